@@ -1,0 +1,22 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install uv with pip when it is
+# missing and run inside the locked environment (uv.lock); nothing is installed by hand.
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := python3 -m uv
+endif
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench env
+
+env:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --locked --quiet
+
+demo: env
+	$(UV) run sd-bridge demo
+
+test: env
+	$(UV) run pytest $(PYTEST_ARGS)
+
+bench: env
+	$(UV) run python -m benchmarks

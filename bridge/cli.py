@@ -1,0 +1,141 @@
+"""The `sd-bridge` command: one subcommand per job, each parsed from its config dataclass.
+
+Subcommands import their modules lazily, so `sd-bridge --help` is instant and the core never imports
+the stages (data/, training/, eval/) at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+
+from bridge.config import ConfigError, parse_config
+
+# name -> (module, config class, run function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "demo": ("bridge.demo", "DemoConfig", "run_demo", "run the bridge end to end on tiny offline models"),
+    "doctor": ("bridge.cli", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
+}
+
+
+@dataclass
+class DoctorConfig:
+    """Print versions, device, cache locations and which presets are available locally."""
+
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of text"})
+
+
+def doctor_report() -> dict:
+    import importlib.metadata as md
+    import os
+    import platform
+
+    import torch
+
+    from bridge import loading, presets
+
+    versions = {}
+    for dist in ["sd-bridge", "torch", "torchvision", "diffusers", "transformers", "peft", "open_clip_torch",
+                 "datasets", "accelerate", "gradio", "safetensors"]:
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    device = {"cuda": torch.cuda.is_available(), "auto": loading.resolve_device("auto"),
+              "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    avail = {}
+    for kind, table in presets.TABLES.items():
+        for name, preset in table.items():
+            avail[name] = {"kind": kind, "hub_id": preset.hub_id, "revision": preset.revision,
+                           "local": loading.is_available_locally(preset)}
+    return {
+        "python": platform.python_version(),
+        "versions": versions,
+        "device": device,
+        "caches": {"sd_bridge": str(loading.cache_dir()),
+                   "hf_home": os.environ.get("HF_HOME", str(os.path.expanduser("~/.cache/huggingface"))),
+                   "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE", "0")},
+        "presets": avail,
+    }
+
+
+def run_doctor(cfg: DoctorConfig, log=print) -> dict:
+    import json
+
+    report = doctor_report()
+    if cfg.json:
+        log(json.dumps(report, indent=2))
+        return report
+    log(f"python {report['python']}")
+    for dist, ver in report["versions"].items():
+        log(f"  {dist:16s} {ver or 'not installed'}")
+    d = report["device"]
+    log(f"device: auto -> {d['auto']} (cuda available: {d['cuda']}, cpu threads: {d['threads']})")
+    for key, value in report["caches"].items():
+        log(f"cache {key}: {value}")
+    log("presets (local = loadable without network):")
+    for name, info in report["presets"].items():
+        where = info["hub_id"] or "built offline by bridge.tiny"
+        log(f"  {info['kind']:8s} {name:14s} {'local  ' if info['local'] else 'missing'} {where}@{info['revision']}")
+    return report
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: sd-bridge COMMAND [options]   (sd-bridge COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:{width}s}  {info[3]}" for name, info in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"sd-bridge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, cfg_name, fn_name, _ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    cfg = parse_config(getattr(module, cfg_name), rest, prog=f"sd-bridge {name}")
+    _quiet_libraries()
+    try:
+        result = getattr(module, fn_name)(cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
+        return 2
+    except _known_errors() as err:
+        print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from bridge.loading import ModelNotAvailableError
+
+    return (ModelNotAvailableError,)
+
+
+def _quiet_libraries() -> None:
+    """Silence per-component progress bars and load chatter; our own progress output is what users read."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The real CLIP BPE tokenizer, built offline, and token counting.
+
+SD1.5 (OpenAI CLIP ViT-L/14) and SD2 (OpenCLIP ViT-H/14) share one BPE vocabulary of 49,408 tokens and
+see 77 positions: BOS + 75 text tokens + EOS. open_clip ships that vocabulary inside its package
+(`bpe_simple_vocab_16e6.txt.gz`), so `clip_tokenizer()` builds the same `transformers.CLIPTokenizer` that
+the hub pipelines carry in their `tokenizer/` folder, with no download.
+
+Counting applies CLIP's own text cleaning first (ftfy + HTML unescape + whitespace, `open_clip.tokenizer`),
+as the original CLIP tokenizer does: without it curly quotes and mojibake count as extra tokens.
+"""
+
+from __future__ import annotations
+
+import gzip
+from functools import lru_cache
+
+CONTEXT_LENGTH = 77  # positions the text encoder sees
+CHUNK_TOKENS = CONTEXT_LENGTH - 2  # text tokens per chunk, BOS/EOS excluded
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    # Same slicing as open_clip.SimpleTokenizer / OpenAI CLIP: 49152 - 256 - 2 merges.
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(line.split()) for line in lines]
+    byte_chars = list(bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + [BOS, EOS]
+    return {tok: i for i, tok in enumerate(vocab)}, merges  # type: ignore[return-value]
+
+
+def build_clip_tokenizer(pad_token: str = EOS):
+    """A fresh CLIPTokenizer with the real vocabulary. SD1.5 pads with EOS, SD2 with "!" (id 0)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _clip_vocab_and_merges()
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=CONTEXT_LENGTH)
+
+
+def clean(text: str) -> str:
+    """CLIP's text cleaning: ftfy, HTML unescape, collapsed whitespace (open_clip.tokenizer)."""
+    from open_clip.tokenizer import basic_clean, whitespace_clean
+
+    return whitespace_clean(basic_clean(text))
+
+
+@lru_cache(maxsize=4)
+def clip_tokenizer():
+    """The shared CLIP tokenizer for counting (built once per process, ~0.2 s)."""
+    return build_clip_tokenizer()
+
+
+def count_tokens(text: str, tokenizer=None) -> int:
+    """Text tokens (BOS/EOS excluded) that `text` costs in a CLIP text encoder."""
+    if not text.strip():
+        return 0
+    tok = tokenizer if tokenizer is not None else clip_tokenizer()
+    return len(tok(clean(text), add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def count_tokens_batch(texts: list[str], tokenizer=None) -> list[int]:
+    tok = tokenizer if tokenizer is not None else clip_tokenizer()
+    cleaned = [clean(t) for t in texts]
+    ids = tok(cleaned, add_special_tokens=False, verbose=False)["input_ids"] if cleaned else []
+    return [len(x) if t.strip() else 0 for x, t in zip(ids, texts)]
