@@ -16,6 +16,8 @@ from bridge.config import ConfigError, parse_config
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("bridge.demo", "DemoConfig", "run_demo", "run the bridge end to end on tiny offline models"),
     "doctor": ("bridge.cli", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
+    "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
+                "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }
 
 

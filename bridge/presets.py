@@ -125,9 +125,8 @@ DEFAULT_SOURCE, DEFAULT_TARGET, DEFAULT_SCORER, DEFAULT_REWRITER = "sd15", "sd2-
 TINY_SOURCE, TINY_TARGET, TINY_SCORER, TINY_REWRITER = "tiny-sd15", "tiny-sd2", "tiny-clip", "tiny-t5"
 
 
-class UnknownPresetError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
+class UnknownPresetError(ValueError):
+    """A preset name that is neither in the tables nor a local model directory."""
 
 
 def _looks_like_path(name: str) -> bool:

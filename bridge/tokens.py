@@ -64,3 +64,26 @@ def count_tokens_batch(texts: list[str], tokenizer=None) -> list[int]:
     cleaned = [clean(t) for t in texts]
     ids = tok(cleaned, add_special_tokens=False, verbose=False)["input_ids"] if cleaned else []
     return [len(x) if t.strip() else 0 for x, t in zip(ids, texts)]
+
+
+def token_budget(nodes, truncates: bool, tokenizer=None) -> tuple[list[int], list]:
+    """Text tokens per chunk (AND parts in order, each split at BREAK) and warnings for chunks over 75.
+
+    A1111 encodes a long chunk as several 75-token chunks; plain diffusers (truncates=True) drops the
+    tokens past 75 without a word. Embeddings are counted by their name's tokens (their real vector
+    count lives in the embedding file).
+    """
+    from bridge.prompt import PromptWarning, chunk_texts
+
+    chunks = [chunk for part in chunk_texts(nodes) for chunk in part]
+    counts = count_tokens_batch(chunks, tokenizer)
+    warnings = []
+    for k, count in enumerate(counts):
+        if count > CHUNK_TOKENS:
+            if truncates:
+                msg = (f"chunk {k + 1} has {count} tokens; the target reads {CHUNK_TOKENS} per prompt and "
+                       f"silently ignores the last {count - CHUNK_TOKENS}")
+            else:
+                msg = f"chunk {k + 1} has {count} tokens; it is encoded as {-(-count // CHUNK_TOKENS)} chunks"
+            warnings.append(PromptWarning("token-budget", msg))
+    return counts, warnings
