@@ -16,6 +16,8 @@ from bridge.config import ConfigError, parse_config
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("bridge.demo", "DemoConfig", "run_demo", "run the bridge end to end on tiny offline models"),
     "doctor": ("bridge.cli", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
+    "gather": ("data.gather", "GatherConfig", "run_gather",
+               "render prompts with the source model into a resumable image+embedding dataset"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }
@@ -128,8 +130,11 @@ def _quiet_libraries() -> None:
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
+        import datasets
         import diffusers
         import transformers
+
+        datasets.disable_progress_bars()
 
         diffusers.utils.logging.disable_progress_bar()
         diffusers.utils.logging.set_verbosity_error()

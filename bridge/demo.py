@@ -1,8 +1,10 @@
 """`sd-bridge demo`: the main job on the embedded tiny presets, offline, in well under two minutes.
 
-Renders real prompts from ../shared/prompts with the source and target presets at the same seeds, scores
-how much the target's images agree with the source's in the scorer's CLIP space, and writes a
-side-by-side PNG, a summary and the resolved config.
+Gathers real prompts from ../shared/prompts with the source preset (images + scorer embeddings, as
+`sd-bridge gather` does), renders the same prompts and seeds with the target, scores how much the target's
+images agree with the stored source images in the scorer's CLIP space, and writes a side-by-side PNG, a
+summary and the resolved config. The stage issues extend it until it runs gather -> train -> eval ->
+translate end to end.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ class DemoConfig:
     """Run the bridge end to end on tiny offline models and write a side-by-side PNG."""
 
     out: Path = field(default=Path("demo-out"), metadata={"help": "output directory"})
-    prompts: Path | None = field(default=None, metadata={"help": "JSONL with a `prompt` key per line "
-                                                                  "(default: ../shared/prompts/plain.jsonl)"})
+    prompts: Path | None = field(default=None, metadata={"help": "prompt file (any format gather reads; "
+                                                                  "default: ../shared/prompts/plain.jsonl)"})
     num_prompts: int = field(default=4, metadata={"help": "how many prompts to render"})
     seeds: int = field(default=2, metadata={"help": "seeds per prompt (the same seeds for source and target)"})
     seed: int = field(default=0, metadata={"help": "base seed from which per-prompt seeds derive"})
@@ -40,52 +42,47 @@ class DemoConfig:
         presets.pipeline(self.source), presets.pipeline(self.target), presets.scorer(self.scorer)
 
 
-def read_prompts(path: Path, limit: int) -> list[str]:
-    prompts = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                prompts.append(json.loads(line)["prompt"].strip())
-            if len(prompts) >= limit:
-                break
-    if not prompts:
-        raise ValueError(f"no prompts in {path}")
-    return prompts
-
-
 def run_demo(cfg: DemoConfig, log=print) -> dict:
+    import datasets
+    import torch
+
     from bridge.images import captioned_grid
-    from bridge.render import Renderer, derive_seed
+    from bridge.render import Renderer
     from bridge.score import Scorer, cosine
     from bridge.tiny import default_prompts_dir
+    from data.gather import GatherConfig, run_gather
 
     started = time.perf_counter()
-    # 1. Prompts and seeds: seed k of a prompt is a pure function of (base seed, prompt, k).
-    prompts = read_prompts(cfg.prompts or default_prompts_dir() / "plain.jsonl", cfg.num_prompts)
-    jobs = [(p, derive_seed(cfg.seed, p, k)) for p in prompts for k in range(cfg.seeds)]
-    flat_prompts, flat_seeds = [p for p, _ in jobs], [s for _, s in jobs]
-    # 2. Render the same (prompt, seed) pairs with both models.
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    # 1. Gather: source renders + scorer embeddings of real prompts, as the pipeline's first stage does.
+    gathered = cfg.out / "gather"
+    run_gather(GatherConfig(prompts=str(cfg.prompts or default_prompts_dir() / "plain.jsonl"), out=gathered,
+                            preset=cfg.source, scorer=cfg.scorer, seeds=cfg.seeds, seed=cfg.seed,
+                            limit=cfg.num_prompts, device=cfg.device, progress=False), log=log)
+    ds = datasets.load_from_disk(str(gathered))
+    # 2. Render the same (prompt, seed) pairs with the target; source images are never rendered again.
     source, target = presets.pipeline(cfg.source), presets.pipeline(cfg.target)
-    src_images = Renderer(source, device=cfg.device)(flat_prompts, flat_seeds)
-    tgt_images = Renderer(target, device=cfg.device)(flat_prompts, flat_seeds)
-    # 3. Agreement in the scorer's CLIP space, averaged over seeds per prompt.
+    tgt_images = Renderer(target, device=cfg.device)(ds["prompt"], ds["seed"], ds["negative_prompt"])
+    # 3. Agreement in the scorer's CLIP space against the stored source embeddings, averaged over seeds.
     scorer = Scorer(presets.scorer(cfg.scorer), device=cfg.device)
-    agree = cosine(scorer.embed_images(src_images), scorer.embed_images(tgt_images))
+    agree = cosine(torch.tensor(ds["embedding"]), scorer.embed_images(tgt_images))
+    prompts = ds["prompt"][:: cfg.seeds]
     per_prompt = [sum(agree[i * cfg.seeds : (i + 1) * cfg.seeds]) / cfg.seeds for i in range(len(prompts))]
     # 4. Side-by-side sheet: per prompt, source | target for each seed.
+    src_images = ds["image"]
     rows = [[img for k in range(cfg.seeds) for img in (src_images[i * cfg.seeds + k], tgt_images[i * cfg.seeds + k])]
             for i in range(len(prompts))]
     captions = [f"agreement {a:.3f} | {p}" for p, a in zip(prompts, per_prompt)]
     headers = [f"{name} s{k}" for k in range(cfg.seeds) for name in (cfg.source, cfg.target)]
-    cfg.out.mkdir(parents=True, exist_ok=True)
     sheet_path = cfg.out / "side_by_side.png"
     captioned_grid(rows, captions, headers).save(sheet_path)
     summary = {
-        "prompts": [{"prompt": p, "seeds": flat_seeds[i * cfg.seeds : (i + 1) * cfg.seeds], "agreement": a}
+        "prompts": [{"prompt": p, "seeds": ds["seed"][i * cfg.seeds : (i + 1) * cfg.seeds], "agreement": a}
                     for i, (p, a) in enumerate(zip(prompts, per_prompt))],
         "mean_agreement": sum(per_prompt) / len(per_prompt),
-        "renders": 2 * len(jobs),
+        "renders": 2 * len(ds),
         "seconds": round(time.perf_counter() - started, 2),
+        "gathered": str(gathered),
         "side_by_side": str(sheet_path),
     }
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -8,8 +8,9 @@ sharded run draws the same noise as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from bridge.presets import PipelinePreset
 
@@ -32,17 +33,19 @@ class RenderSettings:
     height: int
     width: int
     scheduler: str
+    # "a1111": weights, BREAK and >75-token prompts encoded as A1111 does (bridge.encode);
+    # "plain": the text handed to diffusers as is (truncated at 77 tokens).
+    weighting: str = "a1111"
 
     @classmethod
     def for_preset(cls, preset: PipelinePreset, steps: int | None = None, guidance: float | None = None,
-                   size: int | None = None, scheduler: str | None = None) -> "RenderSettings":
+                   size: int | None = None, scheduler: str | None = None, weighting: str = "a1111") -> "RenderSettings":
         side = size or preset.size
         return cls(steps=steps or preset.steps, guidance=preset.guidance if guidance is None else guidance,
-                   height=side, width=side, scheduler=scheduler or preset.scheduler)
+                   height=side, width=side, scheduler=scheduler or preset.scheduler, weighting=weighting)
 
     def as_dict(self) -> dict:
-        return {"steps": self.steps, "guidance": self.guidance, "height": self.height, "width": self.width,
-                "scheduler": self.scheduler}
+        return dataclasses.asdict(self)
 
 
 class Renderer:
@@ -55,6 +58,7 @@ class Renderer:
         self.device = device
         self.dtype = dtype
         self._pipe = None
+        self._chunks: dict[int, int] = {}
 
     @property
     def pipe(self):
@@ -87,31 +91,59 @@ class Renderer:
             raise ValueError(f"height and width must be divisible by 8, got {s.height}x{s.width}")
         if s.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if s.weighting not in ("a1111", "plain"):
+            raise ValueError(f"unknown weighting {s.weighting!r}; choose a1111 or plain")
 
     def __call__(self, prompts: Sequence[str], seeds: Sequence[int], negative_prompts: Sequence[str | None] | None = None,
-                 batch_size: int = 4) -> list:
-        """Render `prompts[i]` at `seeds[i]`; returns PIL images in input order."""
+                 batch_size: int = 4, on_batch: Callable[[int], object] | None = None) -> list:
+        """Render `prompts[i]` at `seeds[i]`; returns PIL images in input order. `on_batch(n)` is called after
+        each pipeline call with its image count (progress bars)."""
         import torch
 
         # 1. Check inputs.
         self.check_inputs(prompts, seeds, negative_prompts, batch_size)
+        negs = [n or "" for n in negative_prompts] if negative_prompts is not None else [""] * len(prompts)
         # 2. Load the pipeline (once) on the caller's device.
         pipe = self.pipe
         s = self.settings
-        images = []
-        for start in range(0, len(prompts), batch_size):
-            batch = list(prompts[start : start + batch_size])
+        images: list = [None] * len(prompts)
+        for batch in self._batches(prompts, negs, batch_size):
             # 3. One generator per image, seeded with that image's seed: batch-independent noise.
-            gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds[start : start + batch_size]]
-            negs = None
-            if negative_prompts is not None:
-                negs = [n or "" for n in negative_prompts[start : start + batch_size]]
-            # 4. Denoise and decode.
+            gens = [torch.Generator(device="cpu").manual_seed(int(seeds[i])) for i in batch]
+            texts, neg_texts = [prompts[i] for i in batch], [negs[i] for i in batch]
+            # 4. Text conditioning: A1111-weighted embeddings, or the raw text for diffusers to encode.
+            if s.weighting == "a1111":
+                from bridge.encode import encode_prompts
+
+                chunks = self._chunks[batch[0]]
+                text_args = {"prompt_embeds": encode_prompts(pipe, texts, min_chunks=chunks),
+                             "negative_prompt_embeds": encode_prompts(pipe, neg_texts, min_chunks=chunks)}
+            else:
+                text_args = {"prompt": texts, "negative_prompt": neg_texts}
+            # 5. Denoise and decode.
             with torch.inference_mode():
-                out = pipe(prompt=batch, negative_prompt=negs, num_inference_steps=s.steps, guidance_scale=s.guidance,
+                out = pipe(**text_args, num_inference_steps=s.steps, guidance_scale=s.guidance,
                            height=s.height, width=s.width, generator=gens, output_type="pil")
-            images.extend(out.images)
+            for i, image in zip(batch, out.images):
+                images[i] = image
+            if on_batch is not None:
+                on_batch(len(batch))
         return images
+
+    def _batches(self, prompts: Sequence[str], negs: list[str], batch_size: int) -> list[list[int]]:
+        """Index batches. With A1111 weighting, a batch only holds items of one chunk count: padding a short
+        prompt with empty chunks to match a long neighbour would change its image."""
+        if self.settings.weighting != "a1111":
+            return [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+        from bridge.encode import weighted_chunks
+
+        tok = self.pipe.tokenizer
+        self._chunks = {i: max(len(weighted_chunks(p, tok)), len(weighted_chunks(n, tok)))
+                        for i, (p, n) in enumerate(zip(prompts, negs))}
+        groups: dict[int, list[int]] = {}
+        for i in range(len(prompts)):
+            groups.setdefault(self._chunks[i], []).append(i)
+        return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
 def derive_seed(base_seed: int, prompt: str, index: int) -> int:

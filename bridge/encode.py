@@ -1,0 +1,110 @@
+"""Text conditioning the way AUTOMATIC1111 builds it, for any diffusers Stable Diffusion pipeline.
+
+Plain diffusers reads `(masterpiece:1.2)` as the characters "( masterpiece : 1 . 2 )" and truncates at
+77 tokens. Users' prompts were written for A1111, so a faithful render of them needs A1111's encoding
+(modules/sd_hijack_clip.py, `FrozenCLIPEmbedderWithCustomWordsBase`):
+  1. each weighted text segment is tokenized on its own; BREAK closes the current chunk;
+  2. tokens are packed into chunks of 75, each wrapped as BOS + 75 + EOS/padding = 77 positions;
+  3. each chunk is encoded separately, its hidden states multiplied by the per-token weights, and the
+     result rescaled so its mean equals the unweighted mean ("restore mean");
+  4. the chunks are concatenated along the sequence axis (cross-attention accepts any length).
+Extra-network tags are removed; embeddings are read as their name's words (SD1 vectors cannot load in
+SD2, and we render SD1.5 from the base model without the user's files); prompt editing and alternation
+use the final-step text. A batch is padded to one chunk count with empty chunks, for prompts and negative
+prompts alike, so classifier-free guidance can stack them.
+"""
+
+from __future__ import annotations
+
+from bridge.prompt import (
+    Alternation, And, Break, Edit, Embedding, Emphasis, Stray, Text, Variants, Wildcard, parse, serialize,
+)
+from bridge.tokens import CHUNK_TOKENS, clean
+
+_BREAK = object()
+
+
+def _segments(nodes, weight: float, out: list) -> None:
+    """(text, weight) segments in reading order, with _BREAK markers (AND parts are read one after another)."""
+    for node in nodes:
+        t = type(node)
+        if t is Text:
+            out.append((node.value, weight))
+        elif t in (Embedding, Wildcard, Stray):
+            out.append((node.raw, weight))
+        elif t is Variants:
+            out.append((serialize([node]), weight))
+        elif t in (Break, And):
+            out.append(_BREAK)
+        elif t is Emphasis:
+            _segments(node.children, weight * node.factor, out)
+        elif t is Edit:
+            _segments(node.parts[-1] if len(node.parts) == 2 else node.parts[0], weight, out)
+        elif t is Alternation:
+            _segments(node.options[0], weight, out)
+
+
+def weighted_chunks(text: str, tokenizer) -> list[tuple[list[int], list[float]]]:
+    """A1111 chunks of (token ids, weights), at most 75 tokens each; at least one (possibly empty) chunk."""
+    segments: list = []
+    _segments(parse(text).nodes, 1.0, segments)
+    chunks: list[tuple[list[int], list[float]]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+
+    def close():
+        nonlocal ids, weights
+        chunks.append((ids, weights))
+        ids, weights = [], []
+
+    for seg in segments:
+        if seg is _BREAK:
+            close()
+            continue
+        seg_text, w = seg
+        if not seg_text.strip():
+            continue
+        for tok in tokenizer(clean(seg_text), add_special_tokens=False, verbose=False)["input_ids"]:
+            if len(ids) == CHUNK_TOKENS:
+                close()
+            ids.append(tok)
+            weights.append(w)
+    if ids or not chunks:
+        close()
+    return chunks
+
+
+def encode_prompts(pipe, texts: list[str], min_chunks: int = 1):
+    """Prompt embeddings [batch, 77 * chunks, width] for `texts`, A1111-weighted, on the pipeline's device."""
+    import torch
+
+    tok, encoder = pipe.tokenizer, pipe.text_encoder
+    per_text = [weighted_chunks(t, tok) for t in texts]
+    n_chunks = max([min_chunks] + [len(c) for c in per_text])
+    bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    ids_rows, weight_rows = [], []
+    for chunks in per_text:
+        chunks = chunks + [([], [])] * (n_chunks - len(chunks))
+        for ids, weights in chunks:
+            fill = CHUNK_TOKENS - len(ids)
+            # SD1.5 pads with EOS; SD2's tokenizer pads with "!" after one EOS (pad_token_id says which).
+            ids_rows.append([bos] + ids + [eos] + [pad] * fill)
+            weight_rows.append([1.0] + weights + [1.0] + [1.0] * fill)
+    device = pipe.device
+    input_ids = torch.tensor(ids_rows, device=device)
+    w = torch.tensor(weight_rows, device=device, dtype=encoder.dtype).unsqueeze(-1)
+    with torch.inference_mode():
+        z = encoder(input_ids)[0]  # [batch * chunks, 77, width]
+    # A1111 restores the mean over the whole batch tensor; per chunk keeps an image independent of
+    # which prompts share its batch (bridge.render's determinism contract).
+    original_mean = z.float().mean(dim=(1, 2), keepdim=True)
+    z = z * w
+    new_mean = z.float().mean(dim=(1, 2), keepdim=True)
+    # Rescale only chunks that carry weights, and never by a ratio of near-zero means (an untrained final
+    # LayerNorm, as in the tiny models, centres every token at 0): that ratio is noise, not a correction.
+    weighted = (w != 1).any(dim=1, keepdim=True)
+    stable = new_mean.abs() > 1e-4 * z.float().abs().mean(dim=(1, 2), keepdim=True)
+    ratio = torch.where(weighted & stable, original_mean / new_mean, torch.ones_like(new_mean))
+    z = z * ratio.to(z.dtype)
+    return z.reshape(len(texts), n_chunks * z.shape[1], z.shape[2])
+
