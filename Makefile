@@ -6,7 +6,7 @@ UV := python3 -m uv
 endif
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench env
+.PHONY: demo test bench env browser
 
 env:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -15,7 +15,11 @@ env:
 demo: env
 	$(UV) run sd-bridge demo
 
-test: env
+# The app's browser test drives Debian's Chromium (no browser download); install it when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: env browser
 	$(UV) run pytest $(PYTEST_ARGS)
 
 bench: env

@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "doctor": ("bridge.cli", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
     "gather": ("data.gather", "GatherConfig", "run_gather",
                "render prompts with the source model into a resumable image+embedding dataset"),
+    "translate": ("bridge.translate_cmd", "TranslateConfig", "run_translate",
+                  "translate prompts for the target model (argument or stdin)"),
+    "migrate": ("bridge.migrate", "MigrateConfig", "run_migrate",
+                "translate a prompt library (txt/csv/tsv/jsonl/infotext/PNG folder), resumable"),
+    "serve": ("app", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }

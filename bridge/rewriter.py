@@ -1,0 +1,102 @@
+"""The learned rewriter: a seq2seq model (flan-t5 family) that rewrites prompt *leaf text*.
+
+Only text leaves are rewritten (DESIGN §3: translate only leaf text); weights, tags, BREAK/AND, editing,
+alternation and escapes stay in the tree around them, so every output is a valid prompt with the user's
+structure. Leaves without letters (", ", " ") are never sent to the model.
+
+This module holds what training and serving share: the task prefix, batched generation, the repair of a
+generated leaf, and the adapter metadata file that ties a LoRA adapter to its base rewriter preset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+PREFIX = "Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
+ADAPTER_META = "sd_bridge_adapter.json"
+_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+_STRUCTURE_WORDS = re.compile(r"\b(BREAK|AND)\b")
+_TAG = re.compile(r"<[^>]*>")
+
+
+def needs_rewrite(text: str) -> bool:
+    """Leaves with at least one letter go to the model; punctuation and whitespace are kept as they are."""
+    return bool(_LETTER.search(text))
+
+
+def repair_leaf(text: str) -> str:
+    """Make generated text safe to put back as a leaf: no structure words, no tags, one line.
+
+    Brackets are escaped later by `Text.value`; BREAK/AND would split chunks or prompts, so they are
+    lowercased; `<…>` would read as an extra-network tag, so it is removed; ":" and "|" are left to the
+    structure check in the translator (they only matter inside brackets).
+    """
+    text = _TAG.sub("", text.replace("\n", " "))
+    return _STRUCTURE_WORDS.sub(lambda m: m.group().lower(), text).replace("<", "").replace(">", "")
+
+
+@dataclass
+class AdapterMeta:
+    """Written by training beside a peft adapter; read by `Translator.from_pretrained`."""
+
+    rewriter: str  # rewriter preset name (or local directory) of the base model
+    rewriter_revision: str
+    source: str
+    target: str
+    prefix: str = PREFIX
+    max_new_tokens: int = 96
+    extra: dict = field(default_factory=dict)
+
+    def save(self, directory: Path | str) -> Path:
+        path = Path(directory) / ADAPTER_META
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path | str) -> "AdapterMeta":
+        path = Path(directory) / ADAPTER_META
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory} is not an sd-bridge adapter directory (no {ADAPTER_META}); "
+                                    "train one with `sd-bridge train`")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_candidates: int = 1,
+             sample: bool = False, seed: int = 0, max_new_tokens: int = 96, batch_size: int = 32,
+             temperature: float = 1.0) -> list[list[str]]:
+    """Rewrite each text; `num_candidates` outputs per text (greedy/beam when not sampling, so deterministic).
+
+    Inputs are sorted by length and batched, so padding is small; outputs come back in input order.
+    Sampling draws from a private RNG stream seeded with `seed` (the global torch RNG is untouched).
+    """
+    import torch
+
+    if not texts:
+        return []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    outputs: list[list[str]] = [[] for _ in texts]
+    device = next(model.parameters()).device
+    kwargs: dict = {"max_new_tokens": max_new_tokens, "num_return_sequences": num_candidates}
+    if sample:
+        kwargs.update(do_sample=True, top_k=0, top_p=1.0, temperature=temperature)
+    elif num_candidates > 1:
+        kwargs.update(num_beams=num_candidates, do_sample=False)
+    else:
+        kwargs.update(do_sample=False, num_beams=1)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tokenizer([prefix + texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
+                        max_length=512).to(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+            torch.manual_seed(seed + start)
+            out = model.generate(**enc, **kwargs)
+        decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
+        for j, i in enumerate(idx):
+            outputs[i] = [d.strip() for d in decoded[j * num_candidates : (j + 1) * num_candidates]]
+    return outputs

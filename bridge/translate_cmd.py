@@ -1,0 +1,66 @@
+"""`sd-bridge translate "PROMPT" [--negative N] [--adapter DIR] [--json]`; prompts from stdin when none is given."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.inspect_cmd import policy_of
+from bridge.policy import MigrationPolicy
+
+
+@dataclass
+class TranslateConfig(MigrationPolicy):
+    """Translate prompts for the target model (one argument, or one prompt per stdin line)."""
+
+    prompt: str | None = field(default=None, metadata={"help": "the prompt (default: read one per line from stdin)",
+                                                        "positional": "?"})
+    negative: str | None = field(default=None, metadata={"help": "negative prompt (with a single prompt)"})
+    adapter: Path | None = field(default=None, metadata={"help": "adapter directory from `sd-bridge train` "
+                                                                  "(default: the syntax strategy)"})
+    target: str | None = field(default=None, metadata={"help": "target preset (default: the adapter's, else sd2-base)"})
+    candidates: int = field(default=1, metadata={"help": "candidates per prompt (sampled; needs an adapter)"})
+    seed: int = field(default=0, metadata={"help": "seed for sampled candidates"})
+    device: str = field(default="cpu", metadata={"help": "device for the rewriter"})
+    batch_size: int = field(default=32, metadata={"help": "leaves per generation batch"})
+    json: bool = field(default=False, metadata={"help": "one JSON object per prompt (JSON lines)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if self.negative is not None and self.prompt is None:
+            raise ValueError("--negative goes with a PROMPT argument; for stdin input use `sd-bridge migrate`")
+
+
+def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
+    from bridge.translator import Translator
+
+    if cfg.prompt is not None:
+        prompts, negatives = [cfg.prompt], [cfg.negative]
+    else:
+        stream = stdin or sys.stdin
+        if stream.isatty():
+            raise ValueError("give a PROMPT argument, or pipe prompts in (one per line)")
+        prompts = [line.rstrip("\r\n") for line in stream]
+        negatives = [None] * len(prompts)
+    translator = Translator.from_pretrained(cfg.adapter, cfg.target, policy_of(cfg), device=cfg.device,
+                                            batch_size=cfg.batch_size)
+    results = translator.translate(prompts, negatives, num_candidates=cfg.candidates, sample=cfg.candidates > 1,
+                                   seed=cfg.seed)
+    for r in results:
+        if cfg.json:
+            log(json.dumps(r.to_dict(), ensure_ascii=False))
+            continue
+        log(r.translated_prompt)
+        if cfg.prompt is not None:  # one prompt: the details go to stderr, the translation alone to stdout
+            if r.translated_negative_prompt is not None:
+                print(f"negative: {r.translated_negative_prompt}", file=sys.stderr)
+            for c in r.candidates[1:]:
+                print(f"candidate: {c}", file=sys.stderr)
+            for w in r.warnings:
+                print(f"warning [{w['code']}] {w['message']}", file=sys.stderr)
+            print(f"tokens per chunk: {r.tokens_before} -> {r.tokens_after} ({r.strategy})", file=sys.stderr)
+    return 0

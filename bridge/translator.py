@@ -1,0 +1,173 @@
+"""`bridge.Translator`: source-model prompts in, target-model prompts out, structure intact.
+
+Without an adapter it is the `syntax` strategy (migration policy + normalisation). With an adapter (a peft
+LoRA trained by `sd-bridge train`) the policy runs first, then the rewriter rewrites the text leaves of the
+result; leaves are deduplicated across the batch, sorted by length and generated in batches. A rewritten
+prompt whose structure (weights, tags, BREAK/AND, editing, alternation) does not read back the same falls
+back to the syntax output, with a warning, and is counted. Negative prompts get the policy only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from bridge import presets
+from bridge.policy import MigrationPolicy, apply_policy
+from bridge.prompt import Text, leaves, parse, serialize, walk
+from bridge.tokens import token_budget
+
+log = logging.getLogger("sd_bridge")
+SYNTAX = "syntax"
+
+
+@dataclass
+class Translation:
+    prompt: str
+    negative_prompt: str | None
+    translated_prompt: str
+    translated_negative_prompt: str | None
+    strategy: str
+    warnings: list[dict] = field(default_factory=list)
+    tokens_before: list[int] = field(default_factory=list)  # CLIP tokens per chunk
+    tokens_after: list[int] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)  # all candidates when several were asked for
+    fallback: bool = False  # the rewrite broke the structure: the syntax output was used
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def skeleton(text: str, embeddings: frozenset[str]) -> list:
+    """Everything in a prompt but its text leaves: what a rewrite must not change."""
+    return [(type(n).__name__, getattr(n, "raw", None), getattr(n, "open", None), getattr(n, "close", None),
+             getattr(n, "when_raw", None)) for n, _, _ in walk(parse(text, embeddings).nodes) if type(n) is not Text]
+
+
+class Translator:
+    """Translate prompts from the source to the target model (see module docstring)."""
+
+    def __init__(self, target: presets.PipelinePreset, policy: MigrationPolicy | None = None, model=None,
+                 tokenizer=None, meta=None, name: str = SYNTAX, batch_size: int = 32):
+        self.target = target
+        self.policy = policy or MigrationPolicy()
+        self.model, self.tokenizer, self.meta = model, tokenizer, meta
+        self.name = name
+        self.batch_size = batch_size
+        self._network_map = self.policy.load_network_map()
+        self._said_syntax = False
+
+    @property
+    def strategy(self) -> str:
+        return SYNTAX if self.model is None else f"adapter:{self.name}"
+
+    @classmethod
+    def from_pretrained(cls, adapter: str | Path | None = None, target: str | None = None,
+                        policy: MigrationPolicy | None = None, device: str = "cpu", dtype: str = "auto",
+                        batch_size: int = 32) -> "Translator":
+        """A translator for `adapter` (a directory written by `sd-bridge train`), or the syntax strategy
+        when `adapter` is None. `target` defaults to the adapter's target (else the reference target)."""
+        if adapter is None:
+            return cls(presets.pipeline(target or presets.DEFAULT_TARGET), policy, batch_size=batch_size)
+        from peft import PeftModel
+
+        from bridge.loading import load_rewriter
+        from bridge.rewriter import AdapterMeta
+
+        adapter = Path(adapter)
+        if not adapter.is_dir():
+            raise FileNotFoundError(f"adapter directory not found: {adapter}")
+        meta = AdapterMeta.load(adapter)
+        if not (adapter / "adapter_model.safetensors").is_file():
+            raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors (only safetensors adapters load)")
+        if target is not None and presets.pipeline(target).name != meta.target:
+            raise ValueError(f"adapter {adapter} was trained for target {meta.target!r}, not {target!r}")
+        base = presets.rewriter(meta.rewriter)
+        model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
+                             f"{str(err).splitlines()[0]}") from None
+        return cls(presets.pipeline(meta.target), policy, model.eval(), tokenizer, meta, adapter.name, batch_size)
+
+    def check_inputs(self, prompts, negative_prompts, num_candidates: int) -> None:
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("`prompts` must be a list of strings")
+        if negative_prompts is not None:
+            if len(negative_prompts) != len(prompts):
+                raise ValueError(f"{len(prompts)} prompts but {len(negative_prompts)} negative prompts")
+            if not all(n is None or isinstance(n, str) for n in negative_prompts):
+                raise TypeError("negative prompts must be strings or None")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        if num_candidates > 1 and self.model is None:
+            raise ValueError("several candidates need an adapter; the syntax strategy has exactly one output")
+
+    def translate(self, prompts: Sequence[str], negative_prompts: Sequence[str | None] | None = None,
+                  num_candidates: int = 1, sample: bool = False, seed: int = 0) -> list[Translation]:
+        # 1. Check inputs.
+        self.check_inputs(prompts, negative_prompts, num_candidates)
+        negatives = list(negative_prompts) if negative_prompts is not None else [None] * len(prompts)
+        if self.model is None and not self._said_syntax:
+            log.warning("no adapter: using the syntax strategy (migration policy only, no learned rewriting)")
+            self._said_syntax = True
+        # 2. The policy (the syntax strategy) on prompts and negatives.
+        names = self.policy.embedding_names()
+        syn = [apply_policy(parse(p, names), self.policy, self._network_map) for p in prompts]
+        syn_neg = [apply_policy(parse(n, names), self.policy, self._network_map) if n is not None else None
+                   for n in negatives]
+        # 3. Learned rewriting of the text leaves, checked against the structure.
+        candidates = [[s.prompt] for s in syn]
+        fallbacks = [[False] for _ in syn]
+        if self.model is not None:
+            candidates, fallbacks = self._rewrite([s.prompt for s in syn], num_candidates, sample, seed, names)
+        # 4. Token budgets and warnings per prompt.
+        out = []
+        for k, prompt in enumerate(prompts):
+            before, _ = token_budget(parse(prompt, names).nodes, truncates=self.target.truncates)
+            after, budget = token_budget(parse(candidates[k][0], names).nodes, truncates=self.target.truncates)
+            warnings = [dict(w.to_dict(), field="prompt") for w in syn[k].warnings + budget]
+            if syn_neg[k] is not None:
+                _, neg_budget = token_budget(parse(syn_neg[k].prompt, names).nodes, self.target.truncates)
+                warnings += [dict(w.to_dict(), field="negative_prompt") for w in syn_neg[k].warnings + neg_budget]
+            if fallbacks[k][0]:
+                warnings.append({"code": "rewrite-fallback", "message": "the rewrite changed the prompt's "
+                                 "structure; the syntax strategy's output is used", "span": None, "field": "prompt"})
+            out.append(Translation(
+                prompt=prompt, negative_prompt=negatives[k], translated_prompt=candidates[k][0],
+                translated_negative_prompt=syn_neg[k].prompt if syn_neg[k] is not None else None,
+                strategy=self.strategy, warnings=warnings, tokens_before=before, tokens_after=after,
+                candidates=candidates[k] if num_candidates > 1 else [], fallback=fallbacks[k][0]))
+        return out
+
+    def _rewrite(self, texts: list[str], n: int, sample: bool, seed: int, names) -> tuple[list, list]:
+        from bridge.rewriter import generate, needs_rewrite, repair_leaf
+
+        parsed = [parse(t, names) for t in texts]
+        unique = sorted({leaf.value for p in parsed for leaf in leaves(p.nodes) if needs_rewrite(leaf.value)})
+        generated = generate(self.model, self.tokenizer, unique, prefix=self.meta.prefix, num_candidates=n,
+                             sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
+                             batch_size=self.batch_size)
+        table = {text: [repair_leaf(g) for g in outs] for text, outs in zip(unique, generated)}
+        candidates, fallbacks = [], []
+        for text, p in zip(texts, parsed):
+            want = skeleton(text, names)
+            cands, falls = [], []
+            for c in range(n):
+                work = p.copy()
+                for leaf in leaves(work.nodes):
+                    if leaf.value in table:
+                        # Keep the leaf's own leading/trailing spaces: they separate it from its neighbours.
+                        value = leaf.value
+                        core = table[value][c]
+                        leaf.value = value[: len(value) - len(value.lstrip())] + core + value[len(value.rstrip()):]
+                candidate = serialize(work.nodes)
+                ok = skeleton(candidate, names) == want
+                cands.append(candidate if ok else text)
+                falls.append(not ok)
+            candidates.append(cands)
+            fallbacks.append(falls)
+        return candidates, fallbacks

@@ -1,0 +1,180 @@
+"""`sd-bridge migrate`: formats round-trip, bad rows isolated, resume after a kill, atomic output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from bridge.cli import main
+from bridge.migrate import ADDED
+
+
+def migrate(*args: str) -> int:
+    try:
+        return main(["migrate", *args, "--no-progress"])
+    except SystemExit as exc:  # config errors exit from the parser
+        return exc.code
+
+
+def test_csv_round_trip_with_quotes_newlines_and_extra_columns(tmp_path):
+    src = tmp_path / "lib.csv"
+    rows = [
+        {"id": "1", "prompt": '(masterpiece:1.2), a "quoted" cat, <lora:x:1>', "negative_prompt": "EasyNegative, ugly",
+         "notes": "a, b"},
+        {"id": "2", "prompt": "two\nlines", "negative_prompt": "", "notes": "line1\nline2"},
+        {"id": "3", "prompt": "[cat:dog:0.5] BREAK __season__", "negative_prompt": "x", "notes": ""},
+    ]
+    with src.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["id", "prompt", "negative_prompt", "notes"])
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "out.csv"
+    assert migrate(str(src), "--out", str(out)) == 0
+    with out.open(newline="", encoding="utf-8") as fh:
+        back = list(csv.DictReader(fh))
+    assert list(back[0]) == ["id", "prompt", "negative_prompt", "notes", *ADDED]  # order kept, columns added
+    for original, migrated in zip(rows, back):
+        assert {k: migrated[k] for k in original} == original
+    assert back[0]["translated_prompt"] == '(masterpiece:1.2), a "quoted" cat,'
+    assert back[0]["translated_negative_prompt"] == "ugly"
+    assert [w["code"] for w in json.loads(back[0]["warnings"])] == ["network-dropped", "embedding-dropped"]
+    assert back[2]["translated_prompt"] == "[cat:dog:0.5] BREAK __season__"
+    from bridge.tokens import count_tokens
+
+    assert json.loads(back[2]["tokens_before"]) == [count_tokens("dog"), count_tokens("__season__")]
+    assert not (tmp_path / "out.csv.errors.jsonl").exists() and not (tmp_path / "out.csv.journal").exists()
+
+
+def test_jsonl_keeps_every_key_and_txt(tmp_path):
+    src = tmp_path / "lib.jsonl"
+    src.write_text('{"prompt": "a <lora:x:1> cat", "id": 7, "meta": {"a": [1, 2]}}\n', encoding="utf-8")
+    assert migrate(str(src), "--out", str(tmp_path / "o.jsonl")) == 0
+    row = json.loads((tmp_path / "o.jsonl").read_text())
+    assert row["id"] == 7 and row["meta"] == {"a": [1, 2]} and row["translated_prompt"] == "a cat"
+    txt = tmp_path / "lib.txt"
+    txt.write_text("a <lora:x:1> cat\n(dog:1.2)\n", encoding="utf-8")
+    assert migrate(str(txt), "--out", str(tmp_path / "o.txt")) == 0
+    assert (tmp_path / "o.txt").read_text() == "a cat\n(dog:1.2)\n"
+
+
+def test_malformed_rows_are_reported_and_good_rows_kept(tmp_path):
+    src = tmp_path / "lib.jsonl"
+    lines = [b'{"prompt": "good one"}', b'{"prompt": "bad \xff bytes"}', b"{broken json", b'{"other": 1}',
+             json.dumps({"prompt": "x" * 1_000_000}).encode(), b'{"prompt": "good two"}']
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "o.jsonl"
+    assert migrate(str(src), "--out", str(out)) == 3
+    good = [json.loads(x)["translated_prompt"] for x in out.read_text().splitlines()]
+    assert good == ["good one", "good two"]
+    errors = [json.loads(x) for x in (tmp_path / "o.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [e["row"] for e in errors] == [1, 2, 3, 4]
+    reasons = " | ".join(e["error"] for e in errors)
+    assert "undecodable bytes" in reasons and "not valid JSON" in reasons and "no key 'prompt'" in reasons
+    assert "1,000,000 characters" in reasons
+
+
+def test_broken_csv_rows(tmp_path):
+    src = tmp_path / "lib.csv"
+    src.write_bytes(b'prompt,neg\n"a cat",x\ntoo,many,fields\n"bad \xff",y\n"a dog",z\n')
+    out = tmp_path / "o.csv"
+    assert migrate(str(src), "--out", str(out), "--negative-column", "neg") == 3
+    back = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [r["prompt"] for r in back] == ["a cat", "a dog"]
+    errors = (tmp_path / "o.csv.errors.jsonl").read_text()
+    assert "3 fields where the header has 2" in errors and "undecodable" in errors
+
+
+@pytest.mark.parametrize("content, args, needle", [
+    (b"", [], "empty file"),
+    (b"text\nx\n", [], "no column 'prompt'"),
+    (b"prompt\nx\n", ["--negative-column", "neg"], "no column 'neg'"),
+])
+def test_usage_errors_exit_2(tmp_path, capsys, content, args, needle):
+    src = tmp_path / "lib.csv"
+    src.write_bytes(content)
+    assert migrate(str(src), "--out", str(tmp_path / "o.csv"), *args) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_input_is_never_overwritten_unless_in_place(tmp_path, capsys):
+    src = tmp_path / "lib.txt"
+    src.write_text("a <lora:x:1> cat\n", encoding="utf-8")
+    assert migrate(str(src), "--out", str(src)) == 2
+    assert "--in-place" in capsys.readouterr().err
+    assert migrate(str(src)) == 2
+    assert migrate(str(src), "--in-place") == 0
+    assert src.read_text() == "a cat\n"
+    assert (tmp_path / "lib.txt.bak").read_text() == "a <lora:x:1> cat\n"
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    src = tmp_path / "lib.jsonl"
+    src.write_text('{"prompt": "a"}\n{bad\n', encoding="utf-8")
+    assert migrate(str(src), "--dry-run") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 2 and report["row_errors"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.jsonl"]
+
+
+def test_infotext_and_png_folders(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("a <lora:x:1> cat\nNegative prompt: EasyNegative, ugly\n"
+                                 "Steps: 20, Sampler: Euler a, CFG scale: 7, Size: 512x768, Clip skip: 2",
+                                 encoding="utf-8")
+    out = tmp_path / "out"
+    assert migrate(str(texts), "--out", str(out)) == 0
+    assert (out / "a.txt").read_text() == ("a cat\nNegative prompt: ugly\n"
+                                           "Steps: 20, Sampler: Euler a, CFG scale: 7, Size: 512x768, Clip skip: 2")
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "(fox:1.2), <lora:y:1>\nSteps: 20, Sampler: Euler a, CFG scale: 7")
+    Image.new("RGB", (8, 8)).save(pngs / "img.png", pnginfo=info)
+    Image.new("RGB", (8, 8)).save(pngs / "plain.png")
+    before = (pngs / "img.png").read_bytes()
+    assert migrate(str(pngs), "--out", str(tmp_path / "side")) == 3  # plain.png has no metadata
+    assert (tmp_path / "side" / "img.txt").read_text().startswith("(fox:1.2),\nSteps: 20")
+    assert (pngs / "img.png").read_bytes() == before  # images are never rewritten
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(tmp_path, prompts_dir):
+    src = tmp_path / "lib.jsonl"
+    lines = (prompts_dir / "a1111.jsonl").read_text(encoding="utf-8").splitlines()
+    src.write_text("\n".join(lines * 3) + "\n", encoding="utf-8")
+    reference = tmp_path / "ref.jsonl"
+    assert migrate(str(src), "--out", str(reference), "--chunk-rows", "50") == 0
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "bridge.cli", "migrate", str(src), "--out", str(out), "--chunk-rows", "50",
+           "--no-progress"]
+    journal = tmp_path / "out.jsonl.journal"
+    for _ in range(3):  # kill it a few times at different points
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = json.loads(journal.read_text())["rows"] if journal.exists() else 0
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if journal.exists():
+                try:
+                    if json.loads(journal.read_text())["rows"] > start + 100:
+                        break
+                except (json.JSONDecodeError, OSError):
+                    pass
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert journal.exists() and not out.exists(), "the run finished before it was killed"
+    assert json.loads(journal.read_text())["rows"] > 300  # three runs each got somewhere
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert out.read_bytes() == reference.read_bytes()
+    assert not journal.exists() and not (tmp_path / "out.jsonl.partial").exists()

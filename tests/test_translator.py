@@ -1,0 +1,113 @@
+"""bridge.Translator and `sd-bridge translate`: syntax strategy, adapters, structure preservation."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from bridge import Translator, presets
+from bridge.cli import main
+from bridge.prompt import parse
+from bridge.rewriter import AdapterMeta, repair_leaf
+from bridge.translator import skeleton
+from conftest import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    """An untrained LoRA on tiny-t5, saved the way training saves one: it rewrites into noise, which is
+    exactly what the structure checks must survive."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bridge.loading import load_rewriter
+
+    out = tmp_path_factory.mktemp("adapter")
+    model, _ = load_rewriter(presets.rewriter("tiny-t5"))
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"],
+                                                  task_type="SEQ_2_SEQ_LM", init_lora_weights=False))
+    peft_model.save_pretrained(out)
+    AdapterMeta("tiny-t5", "tiny-v1", "tiny-sd15", "tiny-sd2", max_new_tokens=12).save(out)
+    return out
+
+
+def test_syntax_strategy_without_adapter(caplog):
+    tr = Translator.from_pretrained(None)
+    with caplog.at_level("WARNING", logger="sd_bridge"):
+        out = tr.translate(["(masterpiece:1.2), a cat <lora:x:1>", "dog"], ["EasyNegative, ugly", None])
+        tr.translate(["again"])
+    assert sum("syntax strategy" in r.message for r in caplog.records) == 1  # said once
+    first = out[0]
+    assert first.translated_prompt == "(masterpiece:1.2), a cat"
+    assert first.translated_negative_prompt == "ugly"
+    assert first.strategy == "syntax" and not first.fallback
+    assert [w["code"] for w in first.warnings] == ["network-dropped", "embedding-dropped"]
+    assert first.tokens_before == first.tokens_after == [4]
+    assert out[1].translated_negative_prompt is None
+
+
+def test_adapter_keeps_structure_or_falls_back(adapter_dir, prompts_dir):
+    tr = Translator.from_pretrained(adapter_dir)
+    assert tr.strategy == f"adapter:{adapter_dir.name}" and tr.target.name == "tiny-sd2"
+    rows = read_jsonl(prompts_dir / "a1111.jsonl")[:40]
+    out = tr.translate([r["prompt"] for r in rows], [r["negative_prompt"] for r in rows])
+    names = tr.policy.embedding_names()
+    from bridge.policy import apply_policy
+
+    for row, t in zip(rows, out):
+        syntax = apply_policy(row["prompt"]).prompt
+        assert skeleton(t.translated_prompt, names) == skeleton(syntax, names)
+        assert parse(t.translated_prompt).serialize() == t.translated_prompt
+        if t.fallback:
+            assert t.translated_prompt == syntax and "rewrite-fallback" in [w["code"] for w in t.warnings]
+    # Deterministic by default.
+    again = tr.translate([rows[0]["prompt"]], [rows[0]["negative_prompt"]])
+    assert again[0].translated_prompt == out[0].translated_prompt
+
+
+def test_candidates_by_sampling(adapter_dir):
+    tr = Translator.from_pretrained(adapter_dir)
+    out = tr.translate(["a castle on a hill, (sunset:1.2)"], num_candidates=3, sample=True, seed=1)[0]
+    assert len(out.candidates) == 3 and out.candidates[0] == out.translated_prompt
+    same = tr.translate(["a castle on a hill, (sunset:1.2)"], num_candidates=3, sample=True, seed=1)[0]
+    assert same.candidates == out.candidates  # a seed makes sampling reproducible
+    with pytest.raises(ValueError, match="need an adapter"):
+        Translator.from_pretrained(None).translate(["x"], num_candidates=2)
+
+
+def test_repair_leaf():
+    assert repair_leaf("a cat AND a dog BREAK <lora:x:1> now\nthen") == "a cat and a dog break  now then"
+
+
+def test_adapter_errors(adapter_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an sd-bridge adapter"):
+        Translator.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="adapter directory not found"):
+        Translator.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match="trained for target 'tiny-sd2'"):
+        Translator.from_pretrained(adapter_dir, target="sd2-base")
+    # An adapter whose metadata names another base model: its tensors do not fit.
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(adapter_dir, other)
+    meta = json.loads((other / "sd_bridge_adapter.json").read_text())
+    (other / "sd_bridge_adapter.json").write_text(json.dumps({**meta, "rewriter": "flan-t5-small"}))
+    with pytest.raises(Exception, match="flan-t5-small"):
+        Translator.from_pretrained(other)
+
+
+def test_translate_cli(capsys, adapter_dir, monkeypatch):
+    assert main(["translate", "a (cat:1.2) <lora:x:1>", "--negative", "EasyNegative, blurry"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "a (cat:1.2)"
+    assert "negative: blurry" in captured.err and "[network-dropped]" in captured.err
+    monkeypatch.setattr("sys.stdin", io.StringIO("a cat\n<lora:y:1> dog\n"))
+    assert main(["translate", "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["translated_prompt"] for x in lines] == ["a cat", "dog"]
+    assert main(["translate", "--adapter", str(adapter_dir), "--json", "a red fox"]) == 0
+    assert json.loads(capsys.readouterr().out)["strategy"].startswith("adapter:")
