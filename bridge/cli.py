@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "migrate": ("bridge.migrate", "MigrateConfig", "run_migrate",
                 "translate a prompt library (txt/csv/tsv/jsonl/infotext/PNG folder), resumable"),
     "serve": ("app", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
+    "train": ("training.trainer", "TrainConfig", "run_train",
+              "train a LoRA rewriter so target renders agree with the gathered source images"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }

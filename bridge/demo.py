@@ -31,6 +31,8 @@ class DemoConfig:
     source: str = field(default=presets.TINY_SOURCE, metadata={"help": "source pipeline preset"})
     target: str = field(default=presets.TINY_TARGET, metadata={"help": "target pipeline preset"})
     scorer: str = field(default=presets.TINY_SCORER, metadata={"help": "scorer preset"})
+    rewriter: str = field(default=presets.TINY_REWRITER, metadata={"help": "rewriter preset for the adapter"})
+    train_steps: int = field(default=4, metadata={"help": "warm-start steps and GRPO steps of the demo adapter"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
 
     def __post_init__(self):
@@ -40,6 +42,7 @@ class DemoConfig:
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         presets.pipeline(self.source), presets.pipeline(self.target), presets.scorer(self.scorer)
+        presets.rewriter(self.rewriter)
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
@@ -60,15 +63,24 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                             preset=cfg.source, scorer=cfg.scorer, seeds=cfg.seeds, seed=cfg.seed,
                             limit=cfg.num_prompts, device=cfg.device, progress=False), log=log)
     ds = datasets.load_from_disk(str(gathered))
-    # 2. Render the same (prompt, seed) pairs with the target; source images are never rendered again.
+    # 2. Train a tiny adapter on it (warm start + a few GRPO steps with the CLIP-agreement reward).
+    from training.config import TrainConfig
+    from training.trainer import run_train
+
+    adapter = cfg.out / "adapter"
+    run_train(TrainConfig(data=gathered, out=adapter, target=cfg.target, rewriter=cfg.rewriter, scorer=cfg.scorer,
+                          steps=cfg.train_steps, warm_start_steps=cfg.train_steps, prompts_per_step=cfg.num_prompts,
+                          k=2, max_new_tokens=16, lr=1e-3, checkpoint_every=max(1, 2 * cfg.train_steps),
+                          device=cfg.device, seed=cfg.seed, progress=False), log=log)
+    # 3. Render the same (prompt, seed) pairs with the target; source images are never rendered again.
     source, target = presets.pipeline(cfg.source), presets.pipeline(cfg.target)
     tgt_images = Renderer(target, device=cfg.device)(ds["prompt"], ds["seed"], ds["negative_prompt"])
-    # 3. Agreement in the scorer's CLIP space against the stored source embeddings, averaged over seeds.
+    # 4. Agreement in the scorer's CLIP space against the stored source embeddings, averaged over seeds.
     scorer = Scorer(presets.scorer(cfg.scorer), device=cfg.device)
     agree = cosine(torch.tensor(ds["embedding"]), scorer.embed_images(tgt_images))
     prompts = ds["prompt"][:: cfg.seeds]
     per_prompt = [sum(agree[i * cfg.seeds : (i + 1) * cfg.seeds]) / cfg.seeds for i in range(len(prompts))]
-    # 4. Side-by-side sheet: per prompt, source | target for each seed.
+    # 5. Side-by-side sheet: per prompt, source | target for each seed.
     src_images = ds["image"]
     rows = [[img for k in range(cfg.seeds) for img in (src_images[i * cfg.seeds + k], tgt_images[i * cfg.seeds + k])]
             for i in range(len(prompts))]
@@ -83,6 +95,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         "renders": 2 * len(ds),
         "seconds": round(time.perf_counter() - started, 2),
         "gathered": str(gathered),
+        "adapter": str(adapter),
         "side_by_side": str(sheet_path),
     }
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -100,3 +100,60 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
         for j, i in enumerate(idx):
             outputs[i] = [d.strip() for d in decoded[j * num_candidates : (j + 1) * num_candidates]]
     return outputs
+
+
+def skeleton(text: str, embeddings: frozenset[str]) -> list:
+    """Everything in a prompt but its text leaves: what a rewrite must not change."""
+    from bridge.prompt import Text, parse, walk
+
+    return [(type(n).__name__, getattr(n, "raw", None), getattr(n, "open", None), getattr(n, "close", None),
+             getattr(n, "when_raw", None)) for n, _, _ in walk(parse(text, embeddings).nodes) if type(n) is not Text]
+
+
+@dataclass
+class Candidate:
+    """One rewrite of a prompt: its text, the (input, output) leaf pairs the model produced for it, and
+    whether it fell back to the input because the rewrite broke the structure."""
+
+    text: str
+    leaf_inputs: list[str]
+    leaf_outputs: list[str]
+    fallback: bool
+
+
+def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozenset[str], prefix: str = PREFIX,
+                    num_candidates: int = 1, sample: bool = False, seed: int = 0, max_new_tokens: int = 96,
+                    batch_size: int = 32, temperature: float = 1.0) -> list[list[Candidate]]:
+    """Rewrite the text leaves of each prompt; `num_candidates` candidates per prompt.
+
+    Leaves are deduplicated across all prompts before generation. A candidate whose structure does not
+    read back like the input's is replaced by the input text (fallback=True).
+    """
+    from bridge.prompt import leaves, parse, serialize
+
+    parsed = [parse(t, embeddings) for t in texts]
+    unique = sorted({leaf.value for p in parsed for leaf in leaves(p.nodes) if needs_rewrite(leaf.value)})
+    generated = generate(model, tokenizer, unique, prefix=prefix, num_candidates=num_candidates, sample=sample,
+                         seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature)
+    table = {text: outs for text, outs in zip(unique, generated)}
+    result = []
+    for text, p in zip(texts, parsed):
+        want = skeleton(text, embeddings)
+        cands = []
+        for c in range(num_candidates):
+            work = p.copy()
+            ins, outs = [], []
+            for leaf in leaves(work.nodes):
+                value = leaf.value
+                if value not in table:
+                    continue
+                ins.append(value)
+                outs.append(table[value][c])
+                # Keep the leaf's own leading/trailing spaces: they separate it from its neighbours.
+                lead, trail = value[: len(value) - len(value.lstrip())], value[len(value.rstrip()):]
+                leaf.value = lead + repair_leaf(table[value][c]) + trail
+            candidate = serialize(work.nodes)
+            ok = skeleton(candidate, embeddings) == want
+            cands.append(Candidate(candidate if ok else text, ins, outs, not ok))
+        result.append(cands)
+    return result

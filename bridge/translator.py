@@ -16,7 +16,7 @@ from typing import Sequence
 
 from bridge import presets
 from bridge.policy import MigrationPolicy, apply_policy
-from bridge.prompt import Text, leaves, parse, serialize, walk
+from bridge.prompt import parse
 from bridge.tokens import token_budget
 
 log = logging.getLogger("sd_bridge")
@@ -38,12 +38,6 @@ class Translation:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def skeleton(text: str, embeddings: frozenset[str]) -> list:
-    """Everything in a prompt but its text leaves: what a rewrite must not change."""
-    return [(type(n).__name__, getattr(n, "raw", None), getattr(n, "open", None), getattr(n, "close", None),
-             getattr(n, "when_raw", None)) for n, _, _ in walk(parse(text, embeddings).nodes) if type(n) is not Text]
 
 
 class Translator:
@@ -144,30 +138,9 @@ class Translator:
         return out
 
     def _rewrite(self, texts: list[str], n: int, sample: bool, seed: int, names) -> tuple[list, list]:
-        from bridge.rewriter import generate, needs_rewrite, repair_leaf
+        from bridge.rewriter import rewrite_prompts
 
-        parsed = [parse(t, names) for t in texts]
-        unique = sorted({leaf.value for p in parsed for leaf in leaves(p.nodes) if needs_rewrite(leaf.value)})
-        generated = generate(self.model, self.tokenizer, unique, prefix=self.meta.prefix, num_candidates=n,
-                             sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
-                             batch_size=self.batch_size)
-        table = {text: [repair_leaf(g) for g in outs] for text, outs in zip(unique, generated)}
-        candidates, fallbacks = [], []
-        for text, p in zip(texts, parsed):
-            want = skeleton(text, names)
-            cands, falls = [], []
-            for c in range(n):
-                work = p.copy()
-                for leaf in leaves(work.nodes):
-                    if leaf.value in table:
-                        # Keep the leaf's own leading/trailing spaces: they separate it from its neighbours.
-                        value = leaf.value
-                        core = table[value][c]
-                        leaf.value = value[: len(value) - len(value.lstrip())] + core + value[len(value.rstrip()):]
-                candidate = serialize(work.nodes)
-                ok = skeleton(candidate, names) == want
-                cands.append(candidate if ok else text)
-                falls.append(not ok)
-            candidates.append(cands)
-            fallbacks.append(falls)
-        return candidates, fallbacks
+        rewrites = rewrite_prompts(self.model, self.tokenizer, texts, names, prefix=self.meta.prefix, num_candidates=n,
+                                   sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
+                                   batch_size=self.batch_size)
+        return [[c.text for c in cands] for cands in rewrites], [[c.fallback for c in cands] for cands in rewrites]

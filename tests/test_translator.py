@@ -11,7 +11,7 @@ from bridge import Translator, presets
 from bridge.cli import main
 from bridge.prompt import parse
 from bridge.rewriter import AdapterMeta, repair_leaf
-from bridge.translator import skeleton
+from bridge.rewriter import skeleton
 from conftest import read_jsonl
 
 

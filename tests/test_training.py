@@ -1,0 +1,164 @@
+"""training/: the optimiser learns a synthetic reward; end to end on tiny presets; resume; the render cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+
+from bridge import Translator, presets
+from bridge.render import Renderer
+from bridge.render_cache import RenderCache
+from bridge.score import Scorer
+from training.config import TrainConfig
+from training.reward import word_presence_reward
+from training.trainer import run_train
+
+TINY = dict(target="tiny-sd2", rewriter="tiny-t5", scorer="tiny-clip", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory, prompts_dir):
+    """Prompt groups without images: enough for a synthetic reward, which never looks at them."""
+    prompts = [json.loads(line)["prompt"].strip()
+               for line in (prompts_dir / "plain.jsonl").read_text(encoding="utf-8").splitlines()[:16]]
+    out = tmp_path_factory.mktemp("syn") / "ds"
+    datasets.Dataset.from_dict({
+        "prompt": prompts, "negative_prompt": [None] * 16, "seed": list(range(16)), "prompt_index": list(range(16)),
+        "embedding": [[0.0] * 32] * 16, "scorer": ["tiny-clip"] * 16, "preset": ["tiny-sd15"] * 16,
+    }).save_to_disk(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gathered(tmp_path_factory, prompts_dir):
+    from data.gather import GatherConfig, run_gather
+
+    out = tmp_path_factory.mktemp("gathered") / "ds"
+    run_gather(GatherConfig(prompts=str(prompts_dir / "a1111.jsonl"), out=out, preset="tiny-sd15", scorer="tiny-clip",
+                            seeds=2, limit=6, device="cpu", progress=False), log=lambda *_: None)
+    return out
+
+
+# "animal" is a word the untrained tiny-t5 samples in ~16% of candidates: a reward with signal from step 1.
+@pytest.mark.parametrize("algo", ["grpo", "raft"])
+def test_mean_reward_rises_clearly_on_a_synthetic_reward(synthetic_data, tmp_path, algo):
+    cfg = TrainConfig(data=synthetic_data, out=tmp_path / algo, steps=20, warm_start_steps=0, prompts_per_step=8, k=4,
+                      lr=1e-3, max_new_tokens=8, lora_r=8, lora_targets=["q", "v", "wo"], algo=algo, **TINY)
+    history = run_train(cfg, log=lambda *_: None, reward_fn=word_presence_reward("animal"))["history"]
+    rewards = [h["reward_mean"] for h in history]
+    first, last = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
+    assert first < 0.5 and last > 0.9, rewards
+
+
+def test_end_to_end_on_tiny_presets(gathered, tmp_path):
+    from peft import PeftModel
+
+    from bridge.loading import load_rewriter
+
+    out = tmp_path / "adapter"
+    cfg = TrainConfig(data=gathered, out=out, steps=3, warm_start_steps=2, prompts_per_step=3, k=2, lr=1e-2,
+                      max_new_tokens=8, lora_r=4, checkpoint_every=2, **TINY)
+    base_before = {k: v.clone() for k, v in load_rewriter(presets.rewriter("tiny-t5"))[0].state_dict().items()}
+    result = run_train(cfg, log=lambda *_: None)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "sd_bridge_adapter.json", "config.json",
+                 "train_log.jsonl", "README.md"):
+        assert (out / name).is_file(), name
+    # LoRA weights moved (B starts at zero), the base model's did not.
+    model = PeftModel.from_pretrained(load_rewriter(presets.rewriter("tiny-t5"))[0], str(out))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+    base_after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                  for k, v in model.state_dict().items() if "lora_" not in k}
+    for k, v in base_before.items():
+        torch.testing.assert_close(base_after[k], v, msg=k)
+    # Per-step log: rewards, KL, renders, cache hits, time split.
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["warm_start", "warm_start", "grpo", "grpo", "grpo"]
+    rl = rows[2]
+    for key in ("reward_mean", "reward_std", "reward_max", "kl", "loss", "renders", "cache_hits", "fallbacks",
+                "time_generate", "time_render", "time_score", "time_update"):
+        assert key in rl, key
+    assert -1 <= rl["reward_mean"] <= 1
+    assert "reward, first step" in (out / "README.md").read_text()
+    # The adapter reloads through the serving path and translates, structure intact.
+    tr = Translator.from_pretrained(out)
+    t = tr.translate(["(masterpiece:1.2), a red fox <lora:x:1> BREAK snow"])[0]
+    assert t.strategy.startswith("adapter:") and "(" in t.translated_prompt and "BREAK" in t.translated_prompt
+    assert result["summary"]["rl_steps"] == 3
+
+
+def test_resume_continues_exactly(synthetic_data, tmp_path):
+    from safetensors.torch import load_file
+
+    common = dict(data=synthetic_data, warm_start_steps=2, prompts_per_step=4, k=2, lr=1e-3, max_new_tokens=6,
+                  lora_r=4, checkpoint_every=2, **TINY)
+    reward = word_presence_reward("animal")
+    run_train(TrainConfig(out=tmp_path / "a", steps=4, **common), log=lambda *_: None, reward_fn=reward)
+    run_train(TrainConfig(out=tmp_path / "b", steps=2, **common), log=lambda *_: None, reward_fn=reward)
+    run_train(TrainConfig(out=tmp_path / "b", steps=4, resume="latest", **common), log=lambda *_: None,
+              reward_fn=reward)
+    a, b = load_file(str(tmp_path / "a" / "adapter_model.safetensors")), load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    log_a = [json.loads(x)["step"] for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x)["step"] for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert log_a == log_b == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="other settings"):
+        run_train(TrainConfig(out=tmp_path / "b", steps=6, resume="latest", **{**common, "lr": 0.5}),
+                  log=lambda *_: None, reward_fn=reward)
+
+
+def test_duplicate_candidates_are_rendered_once(tmp_path):
+    target = presets.pipeline("tiny-sd2")
+    cache = RenderCache(tmp_path, Renderer(target), Scorer(presets.scorer("tiny-clip")))
+    emb = cache.embeddings(["a cat", "a cat", "a dog", "a cat"], [1, 1, 1, 2])
+    assert emb.shape == (4, 32)
+    torch.testing.assert_close(emb[0], emb[1])
+    assert cache.snapshot()["renders"] == 3  # (cat,1) once, (dog,1), (cat,2)
+    again = cache.embeddings(["a cat", "a dog"], [1, 1])
+    torch.testing.assert_close(again[0], emb[0])
+    assert cache.snapshot()["renders"] == 3 and cache.snapshot()["cache_hits"] == 3
+    fresh = RenderCache(tmp_path, Renderer(target), Scorer(presets.scorer("tiny-clip")))  # another run, same disk
+    fresh.embeddings(["a cat"], [2])
+    assert fresh.snapshot()["renders"] == 0
+
+
+def test_bad_data_and_mismatched_presets(tmp_path, gathered, synthetic_data):
+    with pytest.raises(FileNotFoundError, match="not a gathered dataset"):
+        run_train(TrainConfig(data=tmp_path, out=tmp_path / "o", **TINY), log=lambda *_: None)
+    with pytest.raises(ValueError, match="scorer"):
+        run_train(TrainConfig(data=gathered, out=tmp_path / "o", **{**TINY, "scorer": "vit-l-14"}), log=lambda *_: None)
+    broken = tmp_path / "broken"
+    datasets.Dataset.from_dict({"prompt": ["a"]}).save_to_disk(str(broken))
+    with pytest.raises(ValueError, match="lacks column"):
+        run_train(TrainConfig(data=broken, out=tmp_path / "o", **TINY), log=lambda *_: None)
+    with pytest.raises(ValueError, match="k >= 2"):
+        TrainConfig(data=gathered, out=tmp_path / "o", k=1, **TINY)
+
+
+def test_cli_dry_run(gathered, capsys):
+    from bridge.cli import main
+
+    assert main(["train", "--data", str(gathered), "--target", "tiny-sd2", "--rewriter", "tiny-t5", "--scorer",
+                 "tiny-clip", "--steps", "10", "--k", "4", "--prompts-per-step", "2", "--dry-run", "--device", "cpu"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["generations"] == 10 * 2 * 4 and plan["renders_at_most"] == 10 * 2 * 4 * 2
+    assert plan["estimated_seconds_at_most"] > 0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run(synthetic_data, tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bridge.cli", "train",
+           "--data", str(synthetic_data), "--out", str(tmp_path / "ddp"), "--target", "tiny-sd2", "--rewriter", "tiny-t5",
+           "--scorer", "tiny-clip", "--steps", "2", "--warm-start-steps", "1", "--prompts-per-step", "4", "--k", "2",
+           "--max-new-tokens", "6", "--device", "cpu", "--no-progress", "--reward-seeds", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "adapter_model.safetensors").is_file()

@@ -1,0 +1,65 @@
+"""Log-probabilities and losses, shared by every algorithm (GRPO, RAFT, the warm start).
+
+Sequences are (leaf input, leaf output) pairs of the seq2seq rewriter; a candidate prompt's log-prob is
+the sum over its leaves. Formulas: GRPO (Shao et al. 2024, DeepSeekMath §4.1): advantages normalised
+within each prompt's group, PPO clipped ratio, and the k3 KL estimator to the reference policy
+(Schulman 2020, "Approximating KL divergence"), here the base model with the adapter disabled.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_logprobs(model, tokenizer, inputs: list[str], outputs: list[str], prefix: str,
+                   max_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(output | prefix + input) [N, T] and the mask of real tokens [N, T]."""
+    device = next(model.parameters()).device
+    enc = tokenizer([prefix + x for x in inputs], return_tensors="pt", padding=True, truncation=True,
+                    max_length=max_length).to(device)
+    labels = tokenizer(list(outputs), return_tensors="pt", padding=True, truncation=True,
+                       max_length=max_length).input_ids.to(device)
+    mask = labels != tokenizer.pad_token_id
+    labels = labels.masked_fill(~mask, -100)
+    logits = model(**enc, labels=labels).logits  # decoder inputs are the shifted labels
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def sequence_logprobs(model, tokenizer, inputs, outputs, prefix) -> torch.Tensor:
+    lp, _ = token_logprobs(model, tokenizer, inputs, outputs, prefix)
+    return lp.sum(-1)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean_group) / (std_group + eps) for rewards laid out group after group."""
+    r = rewards.view(-1, group_size)
+    return ((r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True, unbiased=False) + eps)).view(-1)
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+              advantages: torch.Tensor, clip_eps: float, kl_coef: float) -> tuple[torch.Tensor, dict]:
+    """Token-level clipped surrogate + k3 KL, averaged over each sequence's tokens, then over sequences.
+
+    logp/old_logp/ref_logp/mask: [N, T]; advantages: [N] (one per sequence, its candidate's advantage).
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(-1)
+    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    # Clamped so one token the policy has moved far from the reference cannot overflow exp().
+    log_ref_ratio = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3: unbiased, always >= 0
+    per_token = -(surrogate - kl_coef * kl)
+    denom = mask.sum(-1).clamp(min=1)
+    loss = ((per_token * mask).sum(-1) / denom).mean()
+    with torch.no_grad():
+        stats = {"kl": float(((kl * mask).sum(-1) / denom).mean()),
+                 "clip_frac": float((((ratio - 1).abs() > clip_eps).float() * mask).sum() / mask.sum().clamp(min=1))}
+    return loss, stats
+
+
+def sft_loss(model, tokenizer, inputs: list[str], outputs: list[str], prefix: str) -> torch.Tensor:
+    """Mean token negative log-likelihood of `outputs` (warm start, RAFT)."""
+    lp, mask = token_logprobs(model, tokenizer, inputs, outputs, prefix)
+    return -(lp.sum() / mask.sum().clamp(min=1))

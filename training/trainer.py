@@ -1,0 +1,447 @@
+"""`sd-bridge train`: a LoRA on the rewriter, trained so the target's renders of its rewrites agree with
+the stored source images (DESIGN §4). Read top to bottom:
+
+  1. data      the gathered dataset as prompt groups (seeds + source embeddings); the policy's input is
+               each prompt after the syntax strategy, so the model only ever rewrites text leaves
+  2. models    base rewriter + peft LoRA; the frozen reference is the same model with the adapter disabled
+  3. warm start  SFT towards identity (+ optional pairs), so optimisation starts at the "same prompt"
+               baseline rather than below it
+  4. optimise  per step: sample prompts -> K candidates each (rollout) -> reward -> update with GRPO
+               (group-normalised advantages, clipped ratio, KL to the reference) or RAFT (SFT on the
+               best of K); generation, reward and loss are the shared functions in rewriter/reward/losses
+  5. output    adapter_model.safetensors + adapter_config.json + sd_bridge_adapter.json + config.json +
+               train_log.jsonl + README.md model card
+
+Every random stream is a pure function of (seed, step): the prompts of a step, the sampling seed and the
+dropout seed. A checkpoint (LoRA + optimizer state, safetensors) therefore resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from bridge import presets
+from bridge.config import config_to_dict, save_config
+from bridge.inspect_cmd import policy_of
+from training.config import TrainConfig
+
+LOG = "train_log.jsonl"
+MICRO_BATCH = 64  # leaf sequences per forward pass
+
+
+# ------------------------------------------------------------------------------ 1-2. data and models
+def policy_inputs(cfg: TrainConfig, groups) -> list[str]:
+    from bridge.policy import apply_policy
+
+    policy = policy_of(cfg)
+    return [apply_policy(g.prompt, policy).prompt for g in groups]
+
+
+def build_model(cfg: TrainConfig, device: str):
+    from peft import LoraConfig, get_peft_model
+
+    from bridge.loading import load_rewriter
+
+    base, tokenizer = load_rewriter(presets.rewriter(cfg.rewriter), device=device, dtype="float32")
+    torch.manual_seed(cfg.seed)  # LoRA init
+    model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                            target_modules=list(cfg.lora_targets), task_type="SEQ_2_SEQ_LM"))
+    return model, tokenizer
+
+
+def step_prompts(cfg: TrainConfig, step: int, n: int) -> list[int]:
+    """The prompt indices of `step`: a pure function of (seed, step), so resumes and processes agree."""
+    rng = random.Random(f"{cfg.seed}/prompts/{step}")
+    return rng.sample(range(n), min(cfg.prompts_per_step, n))
+
+
+def warm_pairs(cfg: TrainConfig, inputs: list[str], names) -> list[tuple[str, str]]:
+    from bridge.prompt import leaves, parse
+    from bridge.rewriter import needs_rewrite
+
+    pairs = sorted({(v, v) for t in inputs for leaf in leaves(parse(t, names).nodes)
+                    if needs_rewrite(v := leaf.value.strip())})
+    if cfg.warm_start_pairs:
+        path = Path(cfg.warm_start_pairs)
+        if not path.is_file():
+            raise FileNotFoundError(f"warm-start pairs file not found: {path}")
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                if not {"source", "target"} <= set(row):
+                    raise ValueError(f"{path}:{n}: expected keys 'source' and 'target'")
+                pairs.append((row["source"], row["target"]))
+    return pairs
+
+
+# ------------------------------------------------------------------------------ updates
+def _micro(seq, size=MICRO_BATCH):
+    for i in range(0, len(seq), size):
+        yield i, seq[i : i + size]
+
+
+def sft_update(model, opt, accelerator, tokenizer, pairs, prefix) -> float:
+    from training.losses import sft_loss
+
+    total = 0.0
+    for _, chunk in _micro(pairs):
+        loss = sft_loss(model, tokenizer, [a for a, _ in chunk], [b for _, b in chunk], prefix) * len(chunk) / len(pairs)
+        accelerator.backward(loss)
+        total += loss.detach().item()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+
+def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainConfig) -> dict:
+    """samples: (leaf input, leaf output, advantage). Old and reference log-probs are fixed before updating."""
+    from training.losses import grpo_loss, token_logprobs
+
+    peft_model = accelerator.unwrap_model(model)
+    ins, outs = [s[0] for s in samples], [s[1] for s in samples]
+    adv = torch.tensor([s[2] for s in samples], dtype=torch.float32, device=accelerator.device)
+    # Old and reference log-probs without dropout: the ratio is then exactly 1 on the first pass.
+    peft_model.eval()
+    with torch.no_grad():
+        old = [token_logprobs(peft_model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)[0]
+               for i, c in _micro(samples)]
+        with peft_model.disable_adapter():
+            ref = [token_logprobs(peft_model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)[0]
+                   for i, c in _micro(samples)]
+    # Updates run without dropout too (as trl's GRPO does by default): dropout noise would make the
+    # importance ratio differ from 1 on samples the policy itself just drew.
+    stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    for _ in range(cfg.updates_per_step):
+        for j, (i, c) in enumerate(_micro(samples)):
+            logp, mask = token_logprobs(model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)
+            loss, st = grpo_loss(logp, old[j], ref[j], mask, adv[i : i + len(c)], cfg.clip_eps, cfg.kl_coef)
+            accelerator.backward(loss * len(c) / len(samples))
+            stats["loss"] += loss.detach().item() * len(c) / len(samples) / cfg.updates_per_step
+            stats["kl"] += st["kl"] * len(c) / len(samples) / cfg.updates_per_step
+            stats["clip_frac"] += st["clip_frac"] * len(c) / len(samples) / cfg.updates_per_step
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return stats
+
+
+def idle_update(model, opt, accelerator) -> None:
+    """No samples on this process this step: a zero loss keeps DDP's collective backward in step."""
+    loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    accelerator.backward(loss)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path: Path, model, opt, step: int, accelerator) -> None:
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    peft_model = accelerator.unwrap_model(model)
+    save_file({k: v.contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()},
+              str(path / "lora.safetensors"))
+    state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in state["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{name}"] = value.contiguous().cpu()
+            else:
+                scalars[f"{idx}.{name}"] = value
+    save_file(tensors, str(path / "optimizer.safetensors"))
+    (path / "trainer_state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"],
+                                                         "scalars": scalars}), encoding="utf-8")
+
+
+def load_checkpoint(path: Path, model, opt, accelerator) -> int:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    for name in ("lora.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} is incomplete (no {name})")
+    set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(path / "lora.safetensors")))
+    meta = json.loads((path / "trainer_state.json").read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = value.to(accelerator.device) if torch.is_tensor(value) else value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def find_resume(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume != "latest":
+        return Path(cfg.resume)
+    ckpts = sorted((cfg.out / "checkpoints").glob("step-*")) if cfg.out else []
+    if not ckpts:
+        raise FileNotFoundError(f"--resume latest: no checkpoints in {cfg.out / 'checkpoints'}")
+    return ckpts[-1]
+
+
+def _same_run(cfg: TrainConfig) -> dict:
+    """Settings a resumed run must share with the checkpointed one (steps may grow)."""
+    skip = {"steps", "resume", "dry_run", "progress", "push_to_hub", "tensorboard", "checkpoint_every", "device"}
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in skip}
+
+
+# ------------------------------------------------------------------------------ the run
+def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from bridge.rewriter import PREFIX, AdapterMeta, rewrite_prompts
+    from training.data import load_groups
+    from training.losses import group_advantages
+
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu)
+    main = accelerator.is_main_process
+    # 1. Data: prompt groups and the policy's inputs.
+    groups, data_info = load_groups(cfg.data, cfg.scorer, cfg.reward_seeds)
+    inputs = policy_inputs(cfg, groups)
+    names = policy_of(cfg).embedding_names()
+    rewriter = presets.rewriter(cfg.rewriter)
+    max_new = cfg.max_new_tokens or rewriter.max_new_tokens
+    total = cfg.warm_start_steps + cfg.steps
+    seeds_per_prompt = max(len(g.seeds) for g in groups)
+    plan = {"prompts": len(groups), "warm_start_steps": cfg.warm_start_steps, "steps": cfg.steps,
+            "generations": cfg.steps * min(cfg.prompts_per_step, len(groups)) * cfg.k,
+            "renders_at_most": cfg.steps * min(cfg.prompts_per_step, len(groups)) * cfg.k * seeds_per_prompt}
+    # 2. Models.
+    model, tokenizer = build_model(cfg, str(accelerator.device))
+    if cfg.dry_run:
+        plan.update(_estimate(cfg, model, tokenizer, inputs, plan))
+        if main:
+            log(json.dumps(plan, indent=2))
+        return plan
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    model, opt = accelerator.prepare(model, opt)
+    if reward_fn is None:
+        reward_fn, cache = _clip_reward(cfg, str(accelerator.device))
+    else:
+        cache = None
+    out = cfg.out
+    start = 0
+    ckpt = find_resume(cfg)
+    if ckpt is not None:
+        saved = json.loads((out / "config.json").read_text())["config"] if (out / "config.json").exists() else None
+        if saved is not None and {k: saved.get(k) for k in _same_run(cfg)} != json.loads(json.dumps(_same_run(cfg))):
+            raise ValueError(f"--resume: {out} was trained with other settings; only --steps may change")
+        start = load_checkpoint(ckpt, model, opt, accelerator)
+        if main:
+            log(f"resumed from {ckpt} at step {start}")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out, presets={"target": presets.describe(presets.pipeline(cfg.target)),
+                                       "rewriter": presets.describe(rewriter),
+                                       "scorer": presets.describe(presets.scorer(cfg.scorer))}, data=data_info)
+        _truncate_log(out / LOG, start)
+    writer = _tensorboard(cfg, out) if main else None
+    pairs = warm_pairs(cfg, inputs, names) if cfg.warm_start_steps else []
+    bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not (cfg.progress and main))
+    history = []
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout stream of this step
+        model.train()
+        record = {"step": step + 1}
+        if step < cfg.warm_start_steps:
+            # 3. Warm start: SFT towards identity (+ user pairs).
+            rng = random.Random(f"{cfg.seed}/warm/{step}")
+            batch = rng.sample(pairs, min(cfg.warm_start_batch, len(pairs)))[accelerator.process_index::
+                                                                           accelerator.num_processes]
+            loss = sft_update(model, opt, accelerator, tokenizer, batch, PREFIX) if batch else (
+                idle_update(model, opt, accelerator) or 0.0)
+            record.update(phase="warm_start", loss=loss, time_update=time.perf_counter() - t0)
+        else:
+            # 4. Optimise: rollout -> reward -> update.
+            rl_step = step - cfg.warm_start_steps
+            idx = step_prompts(cfg, rl_step, len(groups))[accelerator.process_index::accelerator.num_processes]
+            model.eval()
+            cands = rewrite_prompts(accelerator.unwrap_model(model), tokenizer, [inputs[i] for i in idx], names,
+                                    num_candidates=cfg.k, sample=True, seed=cfg.seed * 7919 + rl_step,
+                                    max_new_tokens=max_new, temperature=cfg.temperature)
+            t1 = time.perf_counter()
+            flat = [c for group in cands for c in group]
+            owner = [i for i, group in zip(idx, cands) for _ in group]
+            before = cache.snapshot() if cache else {}
+            rewards = reward_fn(sources=[inputs[i] for i in owner], candidates=[c.text for c in flat],
+                                seeds=[groups[i].seeds for i in owner], negatives=[groups[i].negative_prompt for i in owner],
+                                source_embeddings=[groups[i].embeddings for i in owner]) if flat else []
+            t2 = time.perf_counter()
+            model.train()
+            r = torch.tensor(rewards, dtype=torch.float32)
+            stats: dict = {}
+            if cfg.algo == "grpo":
+                adv = group_advantages(r, cfg.k) if len(r) else r
+                samples = [(a, b, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
+                           for a, b in zip(c.leaf_inputs, c.leaf_outputs)]
+                stats = grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg) if samples else (
+                    idle_update(model, opt, accelerator) or {})
+            else:
+                best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: rewards[j]) for g in range(len(cands))]
+                samples = [(a, b) for j in best if not flat[j].fallback
+                           for a, b in zip(flat[j].leaf_inputs, flat[j].leaf_outputs)]
+                stats = {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, PREFIX)
+                                     for _ in range(cfg.updates_per_step)) / cfg.updates_per_step} if samples else (
+                    idle_update(model, opt, accelerator) or {})
+            t3 = time.perf_counter()
+            record.update(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
+                          reward_std=float(r.std(unbiased=False)) if len(r) else None,
+                          reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
+                          candidates=len(flat), time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
+                          **stats)
+            if cache is not None:
+                record.update(cache.step_stats(before))
+        record["time_step"] = time.perf_counter() - t0
+        history.append(record)
+        if main:
+            with (out / LOG).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "step":
+                        writer.add_scalar(key, value, step + 1)
+        bar.update(1)
+        if record.get("reward_mean") is not None:
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(out / "checkpoints" / f"step-{step + 1:06d}", model, opt, step + 1, accelerator)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if not main:
+        return {"history": history}
+    # 5. Output: the adapter directory.
+    peft_model = accelerator.unwrap_model(model)
+    peft_model.save_pretrained(out, safe_serialization=True)
+    AdapterMeta(cfg.rewriter, rewriter.revision, data_info["source"][0] if data_info["source"] else "", cfg.target,
+                max_new_tokens=max_new).save(out)
+    summary = _summary(out / LOG)
+    (out / "README.md").write_text(model_card(cfg, data_info, summary), encoding="utf-8")
+    if writer is not None:
+        writer.close()
+    if cfg.push_to_hub:
+        _push(cfg.push_to_hub, out)
+    log(f"adapter written to {out} ({summary.get('rl_steps', 0)} optimisation steps; reward first "
+        f"{_fmt(summary.get('reward_first'))} -> last {_fmt(summary.get('reward_last'))})")
+    return {"history": history, "summary": summary, "out": str(out)}
+
+
+# ------------------------------------------------------------------------------ helpers
+def _clip_reward(cfg: TrainConfig, device: str):
+    from bridge.render import Renderer
+    from bridge.render_cache import RenderCache
+    from bridge.score import Scorer
+    from training.reward import ClipAgreementReward
+
+    target = presets.pipeline(cfg.target)
+    scorer = Scorer(presets.scorer(cfg.scorer), device=device)
+    cache = RenderCache(cfg.cache_dir or cfg.out / "render-cache", Renderer(target, device=device), scorer,
+                        batch_size=cfg.render_batch)
+    return ClipAgreementReward(cache, scorer, cfg.text_weight, cfg.token_penalty, cfg.length_penalty,
+                               truncates=target.truncates), cache
+
+
+def _estimate(cfg: TrainConfig, model, tokenizer, inputs, plan) -> dict:
+    """Seconds for one generation and one target render on this device, and the run extrapolated."""
+    from bridge.render import Renderer
+    from bridge.rewriter import generate
+
+    t = time.perf_counter()
+    generate(model, tokenizer, inputs[:1], num_candidates=cfg.k, sample=True, max_new_tokens=cfg.max_new_tokens
+             or presets.rewriter(cfg.rewriter).max_new_tokens)
+    gen_s = (time.perf_counter() - t) / cfg.k
+    renderer = Renderer(presets.pipeline(cfg.target), device="auto" if cfg.device == "auto" else cfg.device)
+    renderer([inputs[0]], [0])  # load + warm up
+    t = time.perf_counter()
+    renderer([inputs[0]], [1])
+    render_s = time.perf_counter() - t
+    est = plan["generations"] * gen_s + plan["renders_at_most"] * render_s
+    return {"seconds_per_generation": round(gen_s, 4), "seconds_per_render": round(render_s, 4),
+            "estimated_seconds_at_most": round(est, 1), "estimated_hours_at_most": round(est / 3600, 2)}
+
+
+def _tensorboard(cfg: TrainConfig, out: Path):
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: uv add tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """A resumed run rewrites the log from its checkpoint on: no step is logged twice."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def _summary(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rl = [r for r in rows if r.get("reward_mean") is not None]
+    tail = rl[-max(1, len(rl) // 10):] if rl else []
+    return {"steps": len(rows), "rl_steps": len(rl), "reward_first": rl[0]["reward_mean"] if rl else None,
+            "reward_last": sum(r["reward_mean"] for r in tail) / len(tail) if tail else None,
+            "renders": sum(r.get("renders", 0) for r in rows), "cache_hits": sum(r.get("cache_hits", 0) for r in rows),
+            "fallbacks": sum(r.get("fallbacks", 0) for r in rows)}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def model_card(cfg: TrainConfig, data_info: dict, summary: dict) -> str:
+    return f"""---
+library_name: peft
+base_model: {presets.rewriter(cfg.rewriter).hub_id or cfg.rewriter}
+tags: [sd-bridge, prompt-translation, lora]
+---
+# sd-bridge adapter: {', '.join(data_info['source']) or 'source'} -> {cfg.target}
+
+A LoRA on the rewriter `{cfg.rewriter}` that rewrites the text leaves of prompts written for
+{', '.join(data_info['source'])} so that `{cfg.target}` draws what the source drew, trained with sd-bridge.
+
+| | |
+|---|---|
+| data | `{cfg.data}`: {data_info['prompts']} prompts, {data_info['rows']} source renders |
+| scorer | `{cfg.scorer}` |
+| algorithm | {cfg.algo}, K={cfg.k}, {cfg.prompts_per_step} prompts/step, {cfg.steps} steps after {cfg.warm_start_steps} warm-start steps |
+| LoRA | r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, targets={', '.join(cfg.lora_targets)} |
+| reward | mean CLIP cosine of target renders vs stored source images over the dataset's seeds; text weight {cfg.text_weight}, token penalty {cfg.token_penalty}, length penalty {cfg.length_penalty} |
+| reward, first step | {_fmt(summary.get('reward_first'))} |
+| reward, last 10% of steps | {_fmt(summary.get('reward_last'))} |
+| target renders / cache hits | {summary.get('renders')} / {summary.get('cache_hits')} |
+| structure fallbacks | {summary.get('fallbacks')} |
+
+Use: `sd-bridge translate --adapter THIS_DIR "PROMPT"` or `bridge.Translator.from_pretrained("THIS_DIR")`.
+Measure it with `sd-bridge eval --adapter THIS_DIR`. The resolved config is in `config.json`, the per-step
+log in `{LOG}`.
+"""
+
+
+def _push(repo_id: str, out: Path) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(out), ignore_patterns=["checkpoints/*", "render-cache/*"])
+    except Exception as err:  # offline, no token, no permission
+        raise RuntimeError(f"--push-to-hub {repo_id} failed ({type(err).__name__}: {err}); the adapter is saved in "
+                           f"{out}") from None
