@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "serve": ("app", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
     "train": ("training.trainer", "TrainConfig", "run_train",
               "train a LoRA rewriter so target renders agree with the gathered source images"),
+    "eval": ("eval.run", "EvalConfig", "run_eval",
+             "compare identity, syntax and adapters on held-out prompts; writes a report"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }

@@ -1,0 +1,55 @@
+"""`EvalConfig`: the options of `sd-bridge eval`, documented once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge import presets
+from bridge.policy import MigrationPolicy
+
+
+@dataclass
+class EvalConfig(MigrationPolicy):
+    """Compare translation strategies on held-out prompts: agreement of target renders with source renders."""
+
+    prompts: str | None = field(default=None, metadata={"help": "held-out prompts: a prompt file, or a gathered "
+                                                                 "dataset directory (its source renders are reused)"})
+    out: Path | None = field(default=None, metadata={"help": "report directory"})
+    source: str = field(default=presets.DEFAULT_SOURCE, metadata={"help": "source pipeline preset"})
+    target: str = field(default=presets.DEFAULT_TARGET, metadata={"help": "target pipeline preset"})
+    scorer: str = field(default=presets.DEFAULT_SCORER, metadata={"help": "scorer preset"})
+    adapter: list[Path] = field(default_factory=list, metadata={"help": "adapter directories to evaluate (any number)"})
+    translations: Path | None = field(default=None, metadata={
+        "help": "file (.csv/.tsv/.jsonl) of translations made by another tool: a `prompt` column (the source) and "
+                "a `translated_prompt` column"})
+    translations_column: str = field(default="translated_prompt", metadata={"help": "column of --translations"})
+    no_syntax: bool = field(default=False, metadata={"help": "leave out the syntax baseline"})
+    seeds: int = field(default=2, metadata={"help": "seeds per prompt (for a dataset: at most its own)"})
+    seed: int = field(default=0, metadata={"help": "base seed (prompt files) and bootstrap seed"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
+    prompt_column: str = field(default="prompt", metadata={"help": "prompt column of a prompt file"})
+    negative_column: str | None = field(default=None, metadata={"help": "negative prompt column of a prompt file"})
+    tie: float = field(default=0.005, metadata={"help": "|delta| at most this is a tie"})
+    regression_threshold: float = field(default=0.02, metadata={"help": "a prompt worse than identity by more than "
+                                                                         "this is listed as a regression"})
+    grid_prompts: int = field(default=8, metadata={"help": "prompts shown as image grids in the report"})
+    render_batch: int = field(default=4, metadata={"help": "images per pipeline call"})
+    cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.prompts:
+            raise ValueError("--prompts is required (a prompt file or a gathered dataset directory)")
+        if self.out is None:
+            raise ValueError("--out is required (the report directory)")
+        self.out = Path(self.out)
+        self.adapter = [Path(a) for a in self.adapter]
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        for name, value in (("source", self.source), ("target", self.target)):
+            presets.pipeline(value)
+        presets.scorer(self.scorer)

@@ -1,0 +1,142 @@
+"""Writing the eval report: report.json (machine-readable), report.md, a self-contained report.html
+(tables, plots and image grids embedded as data URIs) and the plots as PNG files."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+
+def _png_bytes(image, size: int = 192) -> bytes:
+    from PIL import Image
+
+    img = image.convert("RGB")
+    if img.width < size:  # tiny-model images: enlarge with visible pixels
+        img = img.resize((size, size), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def plots(report: dict, out: Path) -> dict[str, Path]:
+    """agreement.png (distribution per strategy) and deltas.png (paired deltas vs identity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["strategies"])
+    values = [[r["strategies"][n]["agreement"] for r in report["rows"]] for n in names]
+    paths = {}
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(names)), 3.2))
+    ax.boxplot(values, showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=15, fontsize=8)
+    ax.set_ylabel("agreement (cosine)")
+    ax.set_title("Image agreement with the source, per strategy")
+    fig.tight_layout()
+    paths["agreement"] = out / "agreement.png"
+    fig.savefig(paths["agreement"], dpi=100)
+    plt.close(fig)
+    others = [n for n in names if n != "identity"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * max(1, len(others))), 3.2))
+    if others:
+        deltas = [[r["strategies"][n]["agreement"] - r["strategies"]["identity"]["agreement"] for r in report["rows"]]
+                  for n in others]
+        ax.boxplot(deltas, showmeans=True)
+        ax.set_xticks(range(1, len(others) + 1), others, rotation=15, fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("agreement - identity")
+    ax.set_title("Paired delta against identity")
+    fig.tight_layout()
+    paths["deltas"] = out / "deltas.png"
+    fig.savefig(paths["deltas"], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def _table_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for name, a in report["strategies"].items():
+        v = a["vs_identity"]
+        rows.append([name, f"{a['agreement_mean']:.4f}", f"[{a['agreement_ci95'][0]:.4f}, {a['agreement_ci95'][1]:.4f}]",
+                     f"{v['delta_mean']:+.4f}", f"{v['win']:.0%} / {v['tie']:.0%} / {v['loss']:.0%}",
+                     f"{a['text_score_mean']:.4f}", f"{a['tokens_mean']:.1f}", f"{a['length_mean']:.0f}",
+                     str(len(a["regressions"])), str(a.get("fallbacks", 0))])
+    return rows
+
+
+HEADER = ["strategy", "agreement", "95% CI", "Δ vs identity", "win / tie / loss", "text–image", "tokens", "chars",
+          "regressions", "fallbacks"]
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# sd-bridge eval: {report['source']['name']} → {report['target']['name']}", "",
+             f"{report['prompts']} prompts × {report['seeds']} seeds, scorer `{report['scorer']['name']}`. Agreement = "
+             "cosine of scorer image embeddings, target render vs source render at the same seed, mean over seeds.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in _table_rows(report)]
+    lines += ["", "![agreement](agreement.png) ![deltas](deltas.png)", ""]
+    for name, a in report["strategies"].items():
+        if a["regressions"]:
+            lines += [f"## Regressions: {name}", ""]
+            lines += [f"- {r['delta']:+.4f}: {r['prompt'][:120]}" for r in a["regressions"][:20]]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def html_report(report: dict, grids: list[dict], plot_paths: dict[str, Path]) -> str:
+    esc = html.escape
+    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADER) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in _table_rows(report))
+    table += "</table>"
+    imgs = "".join(f'<img class="plot" alt="{esc(k)}" src="{_data_uri(p.read_bytes())}">' for k, p in plot_paths.items())
+    grid_html = []
+    for g in grids:
+        cells = "".join(
+            f'<figure><img alt="{esc(name)}" src="{_data_uri(_png_bytes(image))}"><figcaption><b>{esc(name)}</b><br>'
+            f"{esc(text)}</figcaption></figure>" for name, text, image in g["cells"])
+        grid_html.append(f'<div class="grid"><p class="seed">seed {g["seed"]}</p>{cells}</div>')
+    regress = []
+    for name, a in report["strategies"].items():
+        if a["regressions"]:
+            items = "".join(f"<li>{r['delta']:+.4f}: {esc(r['prompt'][:200])}</li>" for r in a["regressions"][:20])
+            regress.append(f"<h3>{esc(name)}</h3><ul>{items}</ul>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sd-bridge eval report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; }}
+.plot {{ max-width: 48%; margin-right: 1%; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 8px; border-top: 1px solid #ddd; padding: 8px 0; }}
+figure {{ width: 192px; margin: 0; }} figure img {{ width: 192px; height: 192px; image-rendering: pixelated; }}
+figcaption {{ font-size: 11px; word-wrap: break-word; }} .seed {{ width: 100%; margin: 0; color: #666; font-size: 12px; }}
+</style></head><body>
+<h1>sd-bridge eval: {esc(report['source']['name'])} → {esc(report['target']['name'])}</h1>
+<p>{report['prompts']} prompts × {report['seeds']} seeds, scorer <code>{esc(report['scorer']['name'])}</code>. Agreement is the
+cosine of scorer image embeddings, target render vs source render at the same seed, averaged over seeds; the interval is a
+95% bootstrap interval of the mean; Δ, win/tie/loss are paired against <i>identity</i> (the source prompt given to the target).</p>
+{table}
+<div>{imgs}</div>
+<h2>Side by side: source | strategies</h2>
+{''.join(grid_html)}
+<h2>Regressions</h2>
+{''.join(regress) or '<p>none</p>'}
+</body></html>
+"""
+
+
+def write_report(report: dict, grids: list[dict], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    plot_paths = plots(report, out)
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html", **plot_paths}
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths["md"].write_text(markdown(report) + "\n", encoding="utf-8")
+    paths["html"].write_text(html_report(report, grids, plot_paths), encoding="utf-8")
+    return paths

@@ -1,0 +1,228 @@
+"""`sd-bridge eval`: how much each translation strategy makes the target draw what the source drew.
+
+Steps: held-out prompts with source renders (reused from a gathered dataset, or rendered once and
+cached) -> each strategy's translations (identity, syntax, adapters, a translations file) -> target
+renders at the same seeds (cached) -> per-prompt agreement, text-image score, tokens, length -> aggregates
+with bootstrap intervals and paired comparisons against identity -> report.json / report.md /
+report.html + plots + the resolved config. Under accelerate, processes split the prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bridge import presets
+from bridge.config import save_config
+from bridge.inspect_cmd import policy_of
+from eval.config import EvalConfig
+from eval.metrics import bootstrap_ci, mean, paired, regressions
+
+DATASET_COLUMNS = ("prompt", "negative_prompt", "seed", "prompt_index", "embedding", "image", "scorer", "preset")
+
+
+@dataclass
+class Item:
+    prompt: str
+    negative: str | None
+    seeds: list[int]
+    source_emb: torch.Tensor  # [seeds, D]
+    source_images: list
+
+
+def _load_dataset(cfg: EvalConfig) -> list[Item]:
+    import datasets
+
+    ds = datasets.load_from_disk(cfg.prompts)
+    missing = [c for c in DATASET_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{cfg.prompts} lacks column(s) {missing}; give a dataset written by `sd-bridge gather`")
+    if set(ds["scorer"]) != {cfg.scorer}:
+        raise ValueError(f"{cfg.prompts} holds embeddings from scorer {sorted(set(ds['scorer']))}, not {cfg.scorer!r}")
+    if set(ds["preset"]) != {presets.pipeline(cfg.source).name}:
+        raise ValueError(f"{cfg.prompts} was rendered with {sorted(set(ds['preset']))}, but --source is {cfg.source!r}")
+    items: dict[int, Item] = {}
+    for row in ds:
+        it = items.setdefault(row["prompt_index"], Item(row["prompt"], row["negative_prompt"], [], [], []))
+        if len(it.seeds) < cfg.seeds:
+            it.seeds.append(int(row["seed"]))
+            it.source_emb.append(row["embedding"])
+            it.source_images.append(row["image"])
+    out = [Item(i.prompt, i.negative, i.seeds, torch.tensor(i.source_emb), i.source_images)
+           for _, i in sorted(items.items())]
+    return out[: cfg.limit] if cfg.limit else out
+
+
+def _load_file(cfg: EvalConfig, source_cache) -> list[Item]:
+    from bridge.clean import clean_records
+    from bridge.render import derive_seed
+    from bridge.sources import read_records
+
+    records, _ = clean_records(read_records(cfg.prompts, cfg.prompt_column, cfg.negative_column))
+    if not records:
+        raise ValueError(f"no prompts in {cfg.prompts}")
+    records = records[: cfg.limit] if cfg.limit else records
+    items = []
+    for r in records:
+        seeds = [derive_seed(cfg.seed, r.prompt, k) for k in range(cfg.seeds)]
+        items.append(Item(r.prompt, r.negative_prompt, seeds, None, None))
+    flat = [(it, s) for it in items for s in it.seeds]
+    emb = source_cache.embeddings([it.prompt for it, _ in flat], [s for _, s in flat], [it.negative for it, _ in flat])
+    images = source_cache.images([it.prompt for it, _ in flat], [s for _, s in flat], [it.negative for it, _ in flat])
+    k = 0
+    for it in items:
+        it.source_emb, it.source_images = emb[k : k + len(it.seeds)], images[k : k + len(it.seeds)]
+        k += len(it.seeds)
+    return items
+
+
+def _translations_file(cfg: EvalConfig, items: list[Item]) -> list[str]:
+    from bridge.sources import read_records
+
+    table = {r.prompt: r.negative_prompt for r in read_records(str(cfg.translations), "prompt",
+                                                                cfg.translations_column)}
+    missing = [it.prompt for it in items if it.prompt not in table]
+    if missing:
+        raise ValueError(f"{cfg.translations} has no translation for {len(missing)} of {len(items)} prompts "
+                         f"(first: {missing[0][:80]!r}); it needs a `prompt` column equal to the source prompts")
+    return [table[it.prompt] or "" for it in items]
+
+
+def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dict]:
+    """name -> {prompts, negatives, fallbacks}: every strategy's translations of the items."""
+    from bridge.translator import Translator
+
+    prompts, negatives = [it.prompt for it in items], [it.negative for it in items]
+    out = {"identity": {"prompts": prompts, "negatives": negatives, "fallbacks": 0}}
+    translators = []
+    if not cfg.no_syntax:
+        translators.append(("syntax", Translator.from_pretrained(None, cfg.target, policy_of(cfg))))
+    for path in cfg.adapter:
+        from bridge.rewriter import AdapterMeta
+
+        meta = AdapterMeta.load(path)
+        if presets.pipeline(meta.target).name != presets.pipeline(cfg.target).name:
+            raise ValueError(f"adapter {path} was trained for target {meta.target!r}, not {cfg.target!r}")
+        translators.append((f"adapter:{Path(path).name}", Translator.from_pretrained(path, cfg.target, policy_of(cfg),
+                                                                                        device=device)))
+    for name, tr in translators:
+        res = tr.translate(prompts, negatives)
+        out[name] = {"prompts": [r.translated_prompt for r in res],
+                     "negatives": [r.translated_negative_prompt for r in res],
+                     "fallbacks": sum(r.fallback for r in res)}
+    if cfg.translations is not None:
+        out[f"file:{Path(cfg.translations).stem}"] = {"prompts": _translations_file(cfg, items),
+                                                      "negatives": negatives, "fallbacks": 0}
+    return out
+
+
+def score_strategy(items: list[Item], strat: dict, target_cache, scorer) -> list[dict]:
+    from bridge.prompt import parse
+    from bridge.tokens import token_budget
+
+    flat = [(i, s) for i, it in enumerate(items) for s in it.seeds]
+    texts = [strat["prompts"][i] for i, _ in flat]
+    negs = [strat["negatives"][i] for i, _ in flat]
+    emb = target_cache.embeddings(texts, [s for _, s in flat], negs)
+    text_emb = scorer.embed_texts([it.prompt for it in items])
+    rows, k = [], 0
+    for i, it in enumerate(items):
+        e = emb[k : k + len(it.seeds)]
+        k += len(it.seeds)
+        per_seed = torch.nn.functional.cosine_similarity(e, it.source_emb, dim=-1).tolist()
+        counts, _ = token_budget(parse(strat["prompts"][i]).nodes, truncates=True)
+        rows.append({"text": strat["prompts"][i], "negative": strat["negatives"][i], "agreement": mean(per_seed),
+                     "per_seed": per_seed, "text_score": float((e @ text_emb[i]).mean()),
+                     "tokens": sum(counts), "length": len(strat["prompts"][i])})
+    return rows
+
+
+def aggregate(names: list[str], rows: list[dict], cfg: EvalConfig) -> dict:
+    base = [r["strategies"]["identity"]["agreement"] for r in rows]
+    prompts = [r["prompt"] for r in rows]
+    out = {}
+    for name in names:
+        vals = [r["strategies"][name]["agreement"] for r in rows]
+        out[name] = {
+            "agreement_mean": mean(vals), "agreement_ci95": list(bootstrap_ci(vals, seed=cfg.seed)),
+            "text_score_mean": mean([r["strategies"][name]["text_score"] for r in rows]),
+            "tokens_mean": mean([r["strategies"][name]["tokens"] for r in rows]),
+            "length_mean": mean([r["strategies"][name]["length"] for r in rows]),
+            "vs_identity": paired(vals, base, tie=cfg.tie, seed=cfg.seed),
+            "regressions": regressions(prompts, vals, base, cfg.regression_threshold),
+        }
+    return out
+
+
+def run_eval(cfg: EvalConfig, log=print) -> dict:
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from bridge.loading import resolve_device
+    from bridge.render import Renderer
+    from bridge.render_cache import RenderCache
+    from bridge.score import Scorer
+    from eval.report import write_report
+
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    device = str(state.device) if state.num_processes > 1 else resolve_device(cfg.device)
+    cache_root = cfg.cache_dir or cfg.out / "render-cache"
+    scorer = Scorer(presets.scorer(cfg.scorer), device=device)
+    source, target = presets.pipeline(cfg.source), presets.pipeline(cfg.target)
+    # 1. Held-out prompts with their source renders.
+    is_dataset = Path(cfg.prompts).is_dir() and (Path(cfg.prompts) / "state.json").is_file()
+    if Path(cfg.prompts).is_dir() and not is_dataset:
+        raise FileNotFoundError(f"{cfg.prompts} is a directory but not a gathered dataset (no state.json)")
+    source_cache = RenderCache(cache_root, Renderer(source, device=device), scorer, cfg.render_batch)
+    items = _load_dataset(cfg) if is_dataset else _load_file(cfg, source_cache)
+    mine = list(range(state.process_index, len(items), state.num_processes))
+    local = [items[i] for i in mine]
+    # 2. Every strategy's translations, 3. target renders and scores.
+    target_cache = RenderCache(cache_root, Renderer(target, device=device), scorer, cfg.render_batch)
+    strats = strategies(cfg, local, device) if local else {}
+    per = {name: score_strategy(local, strat, target_cache, scorer) for name, strat in strats.items()}
+    rows = [{"index": i, "prompt": it.prompt, "negative_prompt": it.negative, "seeds": it.seeds,
+             "strategies": {name: per[name][j] for name in per}} for j, (i, it) in enumerate(zip(mine, local))]
+    fallbacks = {name: s["fallbacks"] for name, s in strats.items()}
+    rows = sorted(gather_object(rows), key=lambda r: r["index"]) if state.num_processes > 1 else rows
+    fallbacks = gather_object([fallbacks]) if state.num_processes > 1 else [fallbacks]
+    if not state.is_main_process:
+        return {}
+    names = list(rows[0]["strategies"]) if rows else []
+    # 4. Aggregates and the report.
+    agg = aggregate(names, rows, cfg)
+    for name in names:
+        agg[name]["fallbacks"] = sum(f.get(name, 0) for f in fallbacks)
+    renders = target_cache.snapshot()
+    grids = _grid_images(items[: cfg.grid_prompts], rows[: cfg.grid_prompts], names, target_cache)
+    report = {"source": presets.describe(source), "target": presets.describe(target),
+              "scorer": presets.describe(scorer.preset), "prompts": len(rows), "seeds": cfg.seeds,
+              "strategies": agg, "rows": rows, "renders": renders}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    paths = write_report(report, grids, cfg.out)
+    save_config(cfg, cfg.out, presets={"source": report["source"], "target": report["target"],
+                                       "scorer": report["scorer"]})
+    for name in names:
+        a = agg[name]
+        log(f"{name:>24s}: agreement {a['agreement_mean']:.4f} [{a['agreement_ci95'][0]:.4f}, "
+            f"{a['agreement_ci95'][1]:.4f}], vs identity {a['vs_identity']['delta_mean']:+.4f} "
+            f"(win {a['vs_identity']['win']:.0%} / tie {a['vs_identity']['tie']:.0%} / loss {a['vs_identity']['loss']:.0%})")
+    log(f"report: {paths['html']}")
+    return report
+
+
+def _grid_images(items: list[Item], rows: list[dict], names: list[str], target_cache) -> list[dict]:
+    """Per grid prompt: the source image and each strategy's target image at the first seed (all cached)."""
+    grids = []
+    for it, row in zip(items, rows):
+        seed = it.seeds[0]
+        cells = [("source", it.prompt, it.source_images[0])]
+        for name in names:
+            s = row["strategies"][name]
+            image = target_cache.images([s["text"]], [seed], [s["negative"]])[0]
+            cells.append((name, s["text"], image))
+        grids.append({"prompt": it.prompt, "seed": seed, "cells": cells})
+    return grids
