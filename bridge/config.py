@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from bridge.files import atomic_write
+
 C = TypeVar("C")
 
 CONFIG_FILENAME = "config.json"
@@ -178,10 +180,7 @@ def save_config(cfg: Any, directory: Path | str, filename: str = CONFIG_FILENAME
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / filename
     payload = {"type": type(cfg).__name__, "config": config_to_dict(cfg), **extra}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def load_saved_config(cls: type[C], path: Path | str) -> C:

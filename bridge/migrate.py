@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator, Literal
 
 from bridge.config import config_to_dict
+from bridge.files import atomic_write
 from bridge.inspect_cmd import policy_of
 from bridge.policy import MigrationPolicy
 
@@ -310,12 +311,6 @@ def _run_key(cfg: MigrateConfig, kind: str) -> str:
                                      default=str).encode()).hexdigest()
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------- run
 def run_migrate(cfg: MigrateConfig, log=print) -> int:
     try:
@@ -402,7 +397,7 @@ def _migrate(cfg: MigrateConfig, log) -> int:
             good = [r for r in chunk if r.error is None]
             try:
                 results = translator.translate([r.prompt for r in good], [r.negative for r in good])
-            except Exception as err:  # a batch failure: isolate it row by row
+            except Exception:  # a batch failure: find the failing rows one by one, keep the others
                 results = []
                 for r in good:
                     try:
@@ -410,7 +405,6 @@ def _migrate(cfg: MigrateConfig, log) -> int:
                     except Exception as row_err:  # noqa: BLE001 - a row error, reported and skipped
                         r.error = f"translation failed: {type(row_err).__name__}: {row_err}"
                         results.append(None)
-                _ = err
             by_index = {r.index: t for r, t in zip(good, results)}
             for r in chunk:
                 t = by_index.get(r.index)
@@ -424,8 +418,8 @@ def _migrate(cfg: MigrateConfig, log) -> int:
             # 4. Commit: data flushed to disk first, then the journal that points past it.
             out_bytes, err_bytes = sink.flush()
             done = chunk[-1].index + 1
-            _write_json_atomic(jpath, {"key": key, "rows": done, "out_bytes": out_bytes, "err_bytes": err_bytes,
-                                       "errors": errors, "warnings": dict(warn_counts)})
+            atomic_write(jpath, json.dumps({"key": key, "rows": done, "out_bytes": out_bytes, "err_bytes": err_bytes,
+                                            "errors": errors, "warnings": dict(warn_counts)}))
             bar.update(len(chunk))
     finally:
         bar.close()
@@ -487,9 +481,7 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
             target = out / (file.stem + ".txt")
             if cfg.in_place:
                 shutil.copy2(file, file.with_name(file.name + ".bak"))
-            tmp = target.with_name(target.name + ".partial")
-            tmp.write_text(format_infotext(info), encoding="utf-8")
-            os.replace(tmp, target)
+            atomic_write(target, format_infotext(info))
         errors += [r for r in chunk if r.error is not None]
         done += len(chunk)
     err_file = out / "migrate.errors.jsonl"

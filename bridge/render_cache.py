@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 from typing import Sequence
+
+from bridge.files import atomic_write
 
 
 class RenderCache:
@@ -55,9 +56,7 @@ class RenderCache:
                 path.parent.mkdir(exist_ok=True)
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(buf.getvalue())
-                os.replace(tmp, path)  # atomic: a reader never sees half a PNG
+                atomic_write(path, buf.getvalue())  # a reader never sees half a PNG
             self.seconds["render"] += time.perf_counter() - t
         out = []
         for k in keys:
@@ -85,9 +84,9 @@ class RenderCache:
             emb = self.scorer.embed_images(images).numpy()
             self.seconds["score"] += time.perf_counter() - t
             for row, i in zip(emb, idx):
-                tmp = paths[i].with_name(f".{paths[i].name}.{os.getpid()}.tmp.npy")
-                np.save(tmp, row.astype(np.float32))
-                os.replace(tmp, paths[i])
+                buf = io.BytesIO()
+                np.save(buf, row.astype(np.float32))
+                atomic_write(paths[i], buf.getvalue())
         # Cached renders count as hits here too (images() counted only the ones it was asked for).
         self.hits += len(keys) - len(first)
         return torch.from_numpy(np.stack([np.load(p) for p in paths]))

@@ -27,6 +27,7 @@ from typing import Literal
 
 from bridge import presets
 from bridge.config import save_config
+from bridge.files import atomic_write
 
 PLAN = "plan.json"
 WORK = ".gather"
@@ -131,12 +132,6 @@ def plan_key(cfg: GatherConfig, records, settings: dict) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def render_shard(records, first_index: int, cfg: GatherConfig, renderer, scorer, source, settings_json: str,
                  on_images=None) -> bytes:
     """Render one shard; return it as Parquet bytes (rows ordered by prompt, then seed)."""
@@ -233,7 +228,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
         if plan_file.exists() and json.loads(plan_file.read_text())["key"] != key:
             raise ValueError(f"{cfg.out} holds a gather with other prompts or settings; use a new --out "
                              f"(or delete {cfg.out}) to start over")
-        _write_atomic(plan_file, json.dumps({"key": key, "shards": n_shards}).encode())
+        atomic_write(plan_file, json.dumps({"key": key, "shards": n_shards}))
     state.wait_for_everyone()
     # 4. Render this process's shards.
     mine = [k for k in todo if k % state.num_processes == state.process_index]
@@ -248,7 +243,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
         lo = k * cfg.shard_prompts
         data = render_shard(records[lo : lo + cfg.shard_prompts], lo, cfg, renderer, scorer, source, settings_json,
                             on_images=bar.update)
-        _write_atomic(shard_path[k], data)
+        atomic_write(shard_path[k], data)
     bar.close()
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -264,7 +259,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
                "processes": state.num_processes, "dataset": str(cfg.out),
                "source": presets.describe(source), "scorer": presets.describe(scorer.preset),
                "settings": settings.as_dict()}
-    _write_atomic(cfg.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write(cfg.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     save_config(cfg, cfg.out, presets={"source": presets.describe(source), "scorer": presets.describe(scorer.preset)},
                 settings=settings.as_dict())
     contact_sheet(cfg.out, cfg.contact_sheet, cfg.seeds)

@@ -32,33 +32,31 @@ def plots(report: dict, out: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def boxplot(path: Path, labels: list[str], values: list[list[float]], ylabel: str, title: str,
+                zero_line: bool = False) -> Path:
+        fig, ax = plt.subplots(figsize=(max(4, 1.6 * max(1, len(labels))), 3.2))
+        if labels:
+            ax.boxplot(values, showmeans=True)
+            ax.set_xticks(range(1, len(labels) + 1), labels, rotation=15, fontsize=8)
+        if zero_line:
+            ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
     names = list(report["strategies"])
-    values = [[r["strategies"][n]["agreement"] for r in report["rows"]] for n in names]
-    paths = {}
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(names)), 3.2))
-    ax.boxplot(values, showmeans=True)
-    ax.set_xticks(range(1, len(names) + 1), names, rotation=15, fontsize=8)
-    ax.set_ylabel("agreement (cosine)")
-    ax.set_title("Image agreement with the source, per strategy")
-    fig.tight_layout()
-    paths["agreement"] = out / "agreement.png"
-    fig.savefig(paths["agreement"], dpi=100)
-    plt.close(fig)
+    agreement = {n: [r["strategies"][n]["agreement"] for r in report["rows"]] for n in names}
     others = [n for n in names if n != "identity"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * max(1, len(others))), 3.2))
-    if others:
-        deltas = [[r["strategies"][n]["agreement"] - r["strategies"]["identity"]["agreement"] for r in report["rows"]]
-                  for n in others]
-        ax.boxplot(deltas, showmeans=True)
-        ax.set_xticks(range(1, len(others) + 1), others, rotation=15, fontsize=8)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_ylabel("agreement - identity")
-    ax.set_title("Paired delta against identity")
-    fig.tight_layout()
-    paths["deltas"] = out / "deltas.png"
-    fig.savefig(paths["deltas"], dpi=100)
-    plt.close(fig)
-    return paths
+    return {
+        "agreement": boxplot(out / "agreement.png", names, [agreement[n] for n in names], "agreement (cosine)",
+                             "Image agreement with the source, per strategy"),
+        "deltas": boxplot(out / "deltas.png", others,
+                          [[a - b for a, b in zip(agreement[n], agreement["identity"])] for n in others],
+                          "agreement - identity", "Paired delta against identity", zero_line=True),
+    }
 
 
 def _table_rows(report: dict) -> list[list[str]]:

@@ -9,7 +9,6 @@ report.html + plots + the resolved config. Under accelerate, processes split the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -29,6 +29,25 @@ def prompts_dir() -> Path:
     return PROMPTS
 
 
+def accelerate_launch(processes: int = 2) -> list[str]:
+    """`accelerate launch` for N CPU processes: its torchrun launcher (--multi_gpu) talks gloo on CPU."""
+    import sys
+
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, with the flags this closed network needs (no browser download)."""
+    import shutil
+
+    exe = shutil.which("chromium")
+    assert exe, "Debian's chromium is needed (make test installs it)"
+    return playwright.chromium.launch(executable_path=exe, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"])
+
+
 def read_jsonl(path: Path) -> list[dict]:
     import json
 

@@ -9,7 +9,8 @@ import socket
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from conftest import launch_chromium
+
 
 
 def free_port() -> int:
@@ -81,11 +82,8 @@ def test_batch_tab(client, tmp_path):
 def test_browser_types_a_prompt_and_sees_the_translation(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    assert shutil.which("chromium"), "Debian's chromium is needed (make test installs it)"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1200, "height": 1400})
         page.goto(server, wait_until="networkidle")
         page.locator("#prompt textarea").fill("(masterpiece:1.2), a lighthouse at dusk, <lora:add_detail:0.7>")

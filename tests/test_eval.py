@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import datasets
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import accelerate_launch, launch_chromium
 from eval.config import EvalConfig
 from eval.metrics import bootstrap_ci, mean, paired, regressions
 from eval.run import run_eval
@@ -111,12 +111,8 @@ def test_prompt_file_input_renders_sources_once(tmp_path):
 def test_html_report_opens_in_chromium_with_every_image(report_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed (make test installs it)"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1200, "height": 1600})
         page.goto((report_dir / "report.html").as_uri(), wait_until="load")
         loaded = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
@@ -152,11 +148,9 @@ def test_bad_inputs(planted, tmp_path):
 @pytest.mark.slow
 def test_two_processes_split_prompts_and_agree(planted, report_dir, tmp_path):
     import subprocess
-    import sys
 
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bridge.cli", "eval",
+    cmd = [*accelerate_launch(2), "-m", "bridge.cli", "eval",
            "--prompts", str(planted / "shifted"), "--out", str(out), "--source", "tiny-sd15", "--target", "tiny-sd15",
            "--scorer", "tiny-clip", "--translations", str(planted / "translations.jsonl"), "--tie", "0",
            "--device", "cpu"]

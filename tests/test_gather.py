@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bridge.cli import main
-from data.gather import GatherConfig, run_gather
+from conftest import accelerate_launch
 
 TINY = ["--preset", "tiny-sd15", "--scorer", "tiny-clip", "--no-progress"]
 
@@ -138,9 +138,7 @@ def test_resume_after_kill_equals_uninterrupted_run(reference, prompt_file, tmp_
 @pytest.mark.slow
 def test_two_process_accelerate_run_matches_one_process(reference, prompt_file, tmp_path):
     out = tmp_path / "two"
-    # On CPU, accelerate's torchrun launcher (--multi_gpu) starts the processes; they talk over gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bridge.cli", "gather",
+    cmd = [*accelerate_launch(2), "-m", "bridge.cli", "gather",
            "--prompts", str(prompt_file), "--out", str(out), *TINY, "--seeds", "2", "--shard-prompts", "2",
            "--batch-size", "2"]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)

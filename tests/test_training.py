@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import datasets
 import pytest
@@ -14,6 +13,7 @@ from bridge import Translator, presets
 from bridge.render import Renderer
 from bridge.render_cache import RenderCache
 from bridge.score import Scorer
+from conftest import accelerate_launch
 from training.config import TrainConfig
 from training.reward import word_presence_reward
 from training.trainer import run_train
@@ -154,8 +154,7 @@ def test_cli_dry_run(gathered, capsys):
 
 @pytest.mark.slow
 def test_two_process_ddp_run(synthetic_data, tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bridge.cli", "train",
+    cmd = [*accelerate_launch(2), "-m", "bridge.cli", "train",
            "--data", str(synthetic_data), "--out", str(tmp_path / "ddp"), "--target", "tiny-sd2", "--rewriter", "tiny-t5",
            "--scorer", "tiny-clip", "--steps", "2", "--warm-start-steps", "1", "--prompts-per-step", "4", "--k", "2",
            "--max-new-tokens", "6", "--device", "cpu", "--no-progress", "--reward-seeds", "1"]
