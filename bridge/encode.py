@@ -16,38 +16,12 @@ prompts alike, so classifier-free guidance can stack them.
 
 from __future__ import annotations
 
-from bridge.prompt import (
-    Alternation, And, Break, Edit, Embedding, Emphasis, Stray, Text, Variants, Wildcard, parse, serialize,
-)
+from bridge.prompt import parse, segments
 from bridge.tokens import CHUNK_TOKENS, clean
-
-_BREAK = object()
-
-
-def _segments(nodes, weight: float, out: list) -> None:
-    """(text, weight) segments in reading order, with _BREAK markers (AND parts are read one after another)."""
-    for node in nodes:
-        t = type(node)
-        if t is Text:
-            out.append((node.value, weight))
-        elif t in (Embedding, Wildcard, Stray):
-            out.append((node.raw, weight))
-        elif t is Variants:
-            out.append((serialize([node]), weight))
-        elif t in (Break, And):
-            out.append(_BREAK)
-        elif t is Emphasis:
-            _segments(node.children, weight * node.factor, out)
-        elif t is Edit:
-            _segments(node.parts[-1] if len(node.parts) == 2 else node.parts[0], weight, out)
-        elif t is Alternation:
-            _segments(node.options[0], weight, out)
 
 
 def weighted_chunks(text: str, tokenizer) -> list[tuple[list[int], list[float]]]:
     """A1111 chunks of (token ids, weights), at most 75 tokens each; at least one (possibly empty) chunk."""
-    segments: list = []
-    _segments(parse(text).nodes, 1.0, segments)
     chunks: list[tuple[list[int], list[float]]] = []
     ids: list[int] = []
     weights: list[float] = []
@@ -57,8 +31,8 @@ def weighted_chunks(text: str, tokenizer) -> list[tuple[list[int], list[float]]]
         chunks.append((ids, weights))
         ids, weights = [], []
 
-    for seg in segments:
-        if seg is _BREAK:
+    for seg in segments(parse(text).nodes):
+        if not isinstance(seg, tuple):  # BREAK, or AND: the parts are read one after another
             close()
             continue
         seg_text, w = seg

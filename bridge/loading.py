@@ -131,13 +131,6 @@ def load_pipeline(preset: PipelinePreset, device: str = "cpu", dtype: str = "aut
     return pipe.to(device)
 
 
-def load_text_tokenizer(preset: PipelinePreset):
-    """The pipeline's own CLIP tokenizer (for token budgets) without loading any weights."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(model_dir(preset), subfolder="tokenizer", local_files_only=True)
-
-
 def load_scorer_model(preset: ScorerPreset, device: str = "cpu", dtype: str = "auto") -> tuple[Any, Any, Any]:
     """(model, image preprocess, tokenizer) from open_clip, loaded from the preset's directory."""
     import open_clip

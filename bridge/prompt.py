@@ -541,36 +541,44 @@ def embeddings(nodes: Iterable) -> list[str]:
     return [n.name for n, _, _ in walk(nodes) if type(n) is Embedding]
 
 
-def _plain(nodes: Iterable, out: list[str]) -> None:
+def segments(nodes: Iterable, weight: float = 1.0, out: list | None = None) -> list:
+    """What the text encoder reads at the last step, in order: (text, effective weight) pairs, with the
+    Break and And nodes themselves marking chunk and part boundaries. Extra-network tags and AND weights
+    are removed before encoding; editing reads its `to` text (empty for [from::when]); alternation its
+    first option; embeddings, wildcards and stray brackets are read as their text."""
+    out = [] if out is None else out
     for node in nodes:
         t = type(node)
         if t is Text:
-            out.append(node.value)
+            out.append((node.value, weight))
         elif t in (Embedding, Wildcard, Stray):
-            out.append(node.raw)
-        elif t is Break:
-            out.append("\x00BREAK\x00")
-        elif t is And:
-            out.append("\x00AND\x00")
-        elif t is Emphasis:
-            _plain(node.children, out)
-        elif t is Edit:
-            # The text at the last step: `to` (empty for [from::when]).
-            _plain(node.parts[-1] if len(node.parts) == 2 else node.parts[0], out)
-        elif t is Alternation:
-            _plain(node.options[0], out)
+            out.append((node.raw, weight))
         elif t is Variants:
-            out.append(serialize([node]))
-        # Network and AndWeight are removed before encoding.
+            out.append((serialize([node]), weight))
+        elif t in (Break, And):
+            out.append(node)
+        elif t is Emphasis:
+            segments(node.children, weight * node.factor, out)
+        elif t is Edit:
+            segments(node.parts[-1] if len(node.parts) == 2 else node.parts[0], weight, out)
+        elif t is Alternation:
+            segments(node.options[0], weight, out)
+    return out
+
+
+def chunk_texts(nodes: Iterable) -> list[list[str]]:
+    """Per AND part, the texts of its BREAK chunks (brackets removed, networks dropped)."""
+    parts: list[list[str]] = [[""]]
+    for seg in segments(nodes):
+        if type(seg) is And:
+            parts.append([""])
+        elif type(seg) is Break:
+            parts[-1].append("")
+        else:
+            parts[-1][-1] += seg[0]
+    return parts
 
 
 def plain_text(nodes: Iterable) -> str:
     """What the text encoder reads (final step; first alternative), without weights, tags or BREAK/AND."""
     return " ".join(" ".join(c.split()) for part in chunk_texts(nodes) for c in part).strip()
-
-
-def chunk_texts(nodes: Iterable) -> list[list[str]]:
-    """Per AND part, the texts of its BREAK chunks (brackets removed, networks dropped)."""
-    out: list[str] = []
-    _plain(nodes, out)
-    return [[chunk for chunk in part.split("\x00BREAK\x00")] for part in "".join(out).split("\x00AND\x00")]
