@@ -50,10 +50,15 @@ def weighted_chunks(text: str, tokenizer) -> list[tuple[list[int], list[float]]]
 
 def encode_prompts(pipe, texts: list[str], min_chunks: int = 1):
     """Prompt embeddings [batch, 77 * chunks, width] for `texts`, A1111-weighted, on the pipeline's device."""
+    return encode_chunks(pipe, [weighted_chunks(t, pipe.tokenizer) for t in texts], min_chunks)
+
+
+def encode_chunks(pipe, per_text: list[list[tuple[list[int], list[float]]]], min_chunks: int = 1):
+    """`encode_prompts` for texts already cut into `weighted_chunks` (callers that needed the chunk counts
+    first do not tokenize twice)."""
     import torch
 
     tok, encoder = pipe.tokenizer, pipe.text_encoder
-    per_text = [weighted_chunks(t, tok) for t in texts]
     n_chunks = max([min_chunks] + [len(c) for c in per_text])
     bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     ids_rows, weight_rows = [], []
@@ -80,5 +85,5 @@ def encode_prompts(pipe, texts: list[str], min_chunks: int = 1):
     stable = new_mean.abs() > 1e-4 * z.float().abs().mean(dim=(1, 2), keepdim=True)
     ratio = torch.where(weighted & stable, original_mean / new_mean, torch.ones_like(new_mean))
     z = z * ratio.to(z.dtype)
-    return z.reshape(len(texts), n_chunks * z.shape[1], z.shape[2])
+    return z.reshape(len(per_text), n_chunks * z.shape[1], z.shape[2])
 

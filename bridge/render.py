@@ -58,7 +58,6 @@ class Renderer:
         self.device = device
         self.dtype = dtype
         self._pipe = None
-        self._chunks: dict[int, int] = {}
 
     @property
     def pipe(self):
@@ -107,17 +106,18 @@ class Renderer:
         pipe = self.pipe
         s = self.settings
         images: list = [None] * len(prompts)
-        for batch in self._batches(prompts, negs, batch_size):
+        batches, chunks = self._batches(prompts, negs, batch_size)
+        for batch in batches:
             # 3. One generator per image, seeded with that image's seed: batch-independent noise.
             gens = [torch.Generator(device="cpu").manual_seed(int(seeds[i])) for i in batch]
             texts, neg_texts = [prompts[i] for i in batch], [negs[i] for i in batch]
             # 4. Text conditioning: A1111-weighted embeddings, or the raw text for diffusers to encode.
             if s.weighting == "a1111":
-                from bridge.encode import encode_prompts
+                from bridge.encode import encode_chunks
 
-                chunks = self._chunks[batch[0]]
-                text_args = {"prompt_embeds": encode_prompts(pipe, texts, min_chunks=chunks),
-                             "negative_prompt_embeds": encode_prompts(pipe, neg_texts, min_chunks=chunks)}
+                n = _chunk_count(chunks[batch[0]])
+                text_args = {"prompt_embeds": encode_chunks(pipe, [chunks[i][0] for i in batch], min_chunks=n),
+                             "negative_prompt_embeds": encode_chunks(pipe, [chunks[i][1] for i in batch], min_chunks=n)}
             else:
                 text_args = {"prompt": texts, "negative_prompt": neg_texts}
             # 5. Denoise and decode.
@@ -130,20 +130,25 @@ class Renderer:
                 on_batch(len(batch))
         return images
 
-    def _batches(self, prompts: Sequence[str], negs: list[str], batch_size: int) -> list[list[int]]:
-        """Index batches. With A1111 weighting, a batch only holds items of one chunk count: padding a short
-        prompt with empty chunks to match a long neighbour would change its image."""
+    def _batches(self, prompts: Sequence[str], negs: list[str], batch_size: int) -> tuple[list[list[int]], list]:
+        """Index batches, and with A1111 weighting each item's (prompt, negative) `weighted_chunks`. A batch
+        then only holds items of one chunk count: padding a short prompt with empty chunks to match a long
+        neighbour would change its image."""
         if self.settings.weighting != "a1111":
-            return [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+            return [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)], []
         from bridge.encode import weighted_chunks
 
         tok = self.pipe.tokenizer
-        self._chunks = {i: max(len(weighted_chunks(p, tok)), len(weighted_chunks(n, tok)))
-                        for i, (p, n) in enumerate(zip(prompts, negs))}
+        chunks = [(weighted_chunks(p, tok), weighted_chunks(n, tok)) for p, n in zip(prompts, negs)]
         groups: dict[int, list[int]] = {}
-        for i in range(len(prompts)):
-            groups.setdefault(self._chunks[i], []).append(i)
-        return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+        for i, pair in enumerate(chunks):
+            groups.setdefault(_chunk_count(pair), []).append(i)
+        return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)], chunks
+
+
+def _chunk_count(pair: tuple[list, list]) -> int:
+    """Chunks an item needs: its prompt and negative prompt are padded to the same count."""
+    return max(len(pair[0]), len(pair[1]))
 
 
 def derive_seed(base_seed: int, prompt: str, index: int) -> int:
