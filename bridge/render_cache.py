@@ -46,6 +46,7 @@ class RenderCache:
                 todo[k] = i
         self.misses += len(todo)
         self.hits += len(keys) - len(todo)
+        fresh_by_key: dict = {}
         if todo:
             idx = list(todo.values())
             t = time.perf_counter()
@@ -57,9 +58,13 @@ class RenderCache:
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
                 atomic_write(path, buf.getvalue())  # a reader never sees half a PNG
+                fresh_by_key[keys[i]] = image  # PNG is lossless: no need to read it back
             self.seconds["render"] += time.perf_counter() - t
         out = []
         for k in keys:
+            if k in fresh_by_key:
+                out.append(fresh_by_key[k])
+                continue
             with Image.open(self._png(k)) as im:
                 out.append(im.convert("RGB"))
         return out
@@ -73,10 +78,10 @@ class RenderCache:
         keys = [self.key(p, n, s) for p, n, s in zip(prompts, negatives, seeds)]
         tag = self.scorer.preset.name.replace("/", "_")
         paths = [self._png(k).with_suffix(f".{tag}.npy") for k in keys]
-        missing = sorted({i for i, p in enumerate(paths) if not p.exists()}, key=lambda i: keys[i])
-        first = {}
-        for i in missing:
-            first.setdefault(keys[i], i)
+        first: dict[str, int] = {}  # each missing embedding once, at its first index
+        for i, p in enumerate(paths):
+            if not p.exists():
+                first.setdefault(keys[i], i)
         if first:
             idx = list(first.values())
             images = self.images([prompts[i] for i in idx], [seeds[i] for i in idx], [negatives[i] for i in idx])
