@@ -110,7 +110,8 @@ class Translator:
             self._said_syntax = True
         # 2. The policy (the syntax strategy) on prompts and negatives.
         names = self.policy.embedding_names()
-        syn = [apply_policy(parse(p, names), self.policy, self._network_map) for p in prompts]
+        parsed = [parse(p, names) for p in prompts]  # read once: for the policy and the token count before
+        syn = [apply_policy(p, self.policy, self._network_map) for p in parsed]
         syn_neg = [apply_policy(parse(n, names), self.policy, self._network_map) if n is not None else None
                    for n in negatives]
         # 3. Learned rewriting of the text leaves, checked against the structure.
@@ -121,7 +122,7 @@ class Translator:
         # 4. Token budgets and warnings per prompt.
         out = []
         for k, prompt in enumerate(prompts):
-            before, _ = token_budget(parse(prompt, names).nodes, truncates=self.target.truncates)
+            before, _ = token_budget(parsed[k].nodes, truncates=self.target.truncates)
             after, budget = token_budget(parse(candidates[k][0], names).nodes, truncates=self.target.truncates)
             warnings = [dict(w.to_dict(), field="prompt") for w in syn[k].warnings + budget]
             if syn_neg[k] is not None:
