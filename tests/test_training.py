@@ -161,3 +161,55 @@ def test_two_process_ddp_run(synthetic_data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ pinned defects (learning issue)
+def test_zero_std_group_gets_zero_advantage_and_is_counted():
+    import torch
+
+    from training.losses import group_advantages, zero_signal_fraction
+
+    # Group 1: candidates that render alike (render noise only); group 2: real differences.
+    r = torch.tensor([0.5, 0.5 + 1e-5, 0.5, 0.5 - 1e-5, 0.1, 0.9, 0.2, 0.3])
+    adv = group_advantages(r, 4, min_std=1e-3)
+    assert adv[:4].abs().max() == 0
+    assert adv[4:].abs().max() > 0.5 and adv[5] == adv[4:].max()
+    assert zero_signal_fraction(r, 4, 1e-3) == 0.5
+    # Without the threshold the noise becomes advantages of about +-1: the defect this pins.
+    assert group_advantages(r, 4)[:4].abs().max() > 0.5
+
+
+def test_clip_acts_only_once_the_policy_moved_from_the_rollout():
+    import torch
+
+    from training.losses import grpo_loss
+
+    old = torch.log(torch.full((2, 3), 0.3))
+    mask = torch.ones(2, 3)
+    adv = torch.tensor([1.0, -1.0])
+    _, first = grpo_loss(old.clone(), old, old, mask, adv, clip_eps=0.2, kl_coef=0.0)
+    assert first["clip_frac"] == 0.0  # the first pass over a rollout: ratio 1
+    _, later = grpo_loss(old + 0.5, old, old, mask, adv, clip_eps=0.2, kl_coef=0.0)
+    assert later["clip_frac"] == 1.0  # ratio e^0.5 > 1.2: a later pass clips
+
+
+def test_token_penalty_only_where_renders_truncate(tmp_path):
+    import torch
+
+    from training.config import TrainConfig
+    from training.reward import ClipAgreementReward
+    from training.trainer import _clip_reward
+
+    class SameImage:  # every candidate renders the source image exactly
+        def embeddings(self, prompts, seeds, negatives):
+            return torch.ones(len(prompts), 4)
+
+    long = "a " + "very " * 120 + "long prompt"  # ~123 CLIP tokens
+    kwargs = dict(seeds=[[0]], source_embeddings=[torch.ones(1, 4)], negatives=[None])
+    chunked = ClipAgreementReward(SameImage(), None, token_penalty=0.1, truncates=False)
+    truncated = ClipAgreementReward(SameImage(), None, token_penalty=0.1, truncates=True)
+    assert chunked([long], [long], **kwargs) == [pytest.approx(1.0)]
+    assert truncated([long], [long], **kwargs)[0] < 0.97
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", target="tiny-sd2", rewriter="tiny-t5", scorer="tiny-clip")
+    reward, _ = _clip_reward(cfg, "cpu")
+    assert reward.truncates is False  # training renders with A1111 weighting, which chunks

@@ -30,7 +30,11 @@ class TrainConfig(MigrationPolicy):
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     clip_eps: float = field(default=0.2, metadata={"help": "PPO-style ratio clip (grpo)"})
     kl_coef: float = field(default=0.05, metadata={"help": "KL penalty to the frozen base (adapter disabled)"})
-    updates_per_step: int = field(default=1, metadata={"help": "gradient passes over each step's samples (grpo)"})
+    updates_per_step: int = field(default=1, metadata={
+        "help": "optimisation passes over each rollout; the PPO clip only acts from the second pass on (with 1, "
+                "grpo is REINFORCE with a group baseline plus KL)"})
+    min_group_std: float = field(default=1e-3, metadata={
+        "help": "groups whose reward std is below this get zero advantage (their differences are render noise)"})
     warm_start_steps: int = field(default=100, metadata={"help": "SFT steps towards identity before optimising"})
     warm_start_pairs: Path | None = field(default=None, metadata={
         "help": "JSONL of {source, target} rewrites added to the identity warm start"})
@@ -44,7 +48,9 @@ class TrainConfig(MigrationPolicy):
                                                                       "(default: all the dataset has)"})
     text_weight: float = field(default=0.0, metadata={"help": "weight of the text-image term (candidate text vs "
                                                                "source image; no render)"})
-    token_penalty: float = field(default=0.1, metadata={"help": "penalty per 75 tokens over the target's budget"})
+    token_penalty: float = field(default=0.1, metadata={
+        "help": "penalty per 75 tokens over the target's budget; applies only where renders truncate (plain "
+                "weighting): A1111 chunking reads past 75 tokens, so with it nothing is over budget"})
     length_penalty: float = field(default=0.0, metadata={"help": "penalty on relative length change"})
     max_new_tokens: int | None = field(default=None, metadata={"help": "generation limit (default: the preset's)"})
     render_batch: int = field(default=4, metadata={"help": "images per target pipeline call"})
@@ -71,6 +77,8 @@ class TrainConfig(MigrationPolicy):
                      "checkpoint_every", "render_batch"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_group_std < 0:
+            raise ValueError(f"min_group_std must be >= 0, got {self.min_group_std}")
         if self.warm_start_steps < 0:
             raise ValueError("warm_start_steps must be >= 0")
         if self.algo == "grpo" and self.k < 2:

@@ -4,6 +4,10 @@ Sequences are (leaf input, leaf output) pairs of the seq2seq rewriter; a candida
 the sum over its leaves. Formulas: GRPO (Shao et al. 2024, DeepSeekMath §4.1): advantages normalised
 within each prompt's group, PPO clipped ratio, and the k3 KL estimator to the reference policy
 (Schulman 2020, "Approximating KL divergence"), here the base model with the adapter disabled.
+
+The clip only acts when a rollout is optimised more than once (`--updates-per-step` > 1): old log-probs
+are taken right before the first pass, so on that pass the ratio is exactly 1. With one pass per rollout
+(the default) this GRPO is REINFORCE with a group-mean baseline, normalised by the group std, plus KL.
 """
 
 from __future__ import annotations
@@ -32,10 +36,23 @@ def sequence_logprobs(model, tokenizer, inputs, outputs, prefix) -> torch.Tensor
     return lp.sum(-1)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """(r - mean_group) / (std_group + eps) for rewards laid out group after group."""
+def group_advantages(rewards: torch.Tensor, group_size: int, min_std: float = 0.0, eps: float = 1e-6) -> torch.Tensor:
+    """(r - mean_group) / (std_group + eps) for rewards laid out group after group.
+
+    A group whose reward std is below `min_std` gets zero advantage: its candidates draw (almost) the same
+    images (rewrites that differ only in case or spacing tokenize alike), so the differences are render
+    noise, and dividing by a tiny std would blow that noise up to advantages of +-1.
+    """
     r = rewards.view(-1, group_size)
-    return ((r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True, unbiased=False) + eps)).view(-1)
+    std = r.std(dim=1, keepdim=True, unbiased=False)
+    adv = (r - r.mean(dim=1, keepdim=True)) / (std + eps)
+    return torch.where(std < min_std, torch.zeros_like(adv), adv).view(-1)
+
+
+def zero_signal_fraction(rewards: torch.Tensor, group_size: int, min_std: float) -> float:
+    """The fraction of groups `group_advantages` zeroes (logged per step)."""
+    r = rewards.view(-1, group_size)
+    return float((r.std(dim=1, unbiased=False) < min_std).float().mean()) if len(r) else 0.0
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,

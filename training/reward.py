@@ -4,7 +4,8 @@
 source prompt (through the render cache, so a candidate seen before costs nothing), the scorer embeds the
 renders, and the reward is the mean cosine to the stored source embeddings, plus optional terms: the
 text-image score of the candidate against the source images (no render), a penalty per 75 tokens over the
-target's budget, and a relative length penalty.
+target's budget where the renders truncate (plain weighting; A1111 chunking reads past 75 tokens, so
+there is no budget to exceed), and a relative length penalty.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class ClipAgreementReward:
                 mean_img = torch.nn.functional.normalize(source_embeddings[i].mean(0), dim=0)
                 rewards[i] += self.text_weight * float(text[i] @ mean_img)
         for i, cand in enumerate(candidates):
-            if self.token_penalty:
+            # Only a render that truncates loses the tokens past 75; A1111 chunking reads them all.
+            if self.token_penalty and self.truncates:
                 counts, _ = token_budget(parse(cand).nodes, truncates=self.truncates)
                 over = sum(max(0, c - CHUNK_TOKENS) for c in counts)
                 rewards[i] -= self.token_penalty * over / CHUNK_TOKENS

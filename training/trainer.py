@@ -114,8 +114,8 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
         with peft_model.disable_adapter():
             ref = [token_logprobs(peft_model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)[0]
                    for i, c in _micro(samples)]
-    # Updates run without dropout too (as trl's GRPO does by default): dropout noise would make the
-    # importance ratio differ from 1 on samples the policy itself just drew.
+    # Updates run without dropout too, as trl's GRPOConfig(disable_dropout=True) does (its default is False):
+    # dropout noise would make the importance ratio differ from 1 on samples the policy itself just drew.
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     for _ in range(cfg.updates_per_step):
         for j, (i, c) in enumerate(_micro(samples)):
@@ -202,7 +202,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
 
     from bridge.rewriter import PREFIX, AdapterMeta, rewrite_prompts
     from training.data import load_groups
-    from training.losses import group_advantages
+    from training.losses import group_advantages, zero_signal_fraction
 
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu)
@@ -284,11 +284,12 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             r = torch.tensor(rewards, dtype=torch.float32)
             stats: dict = {}
             if cfg.algo == "grpo":
-                adv = group_advantages(r, cfg.k) if len(r) else r
+                adv = group_advantages(r, cfg.k, cfg.min_group_std) if len(r) else r
+                stats["zero_signal_groups"] = zero_signal_fraction(r, cfg.k, cfg.min_group_std)
                 samples = [(a, b, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
                            for a, b in zip(c.leaf_inputs, c.leaf_outputs)]
-                stats = grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg) if samples else (
-                    idle_update(model, opt, accelerator) or {})
+                stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg) if samples else (
+                    idle_update(model, opt, accelerator) or {}))
             else:
                 best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: rewards[j]) for g in range(len(cands))]
                 samples = [(a, b) for j in best if not flat[j].fallback
@@ -351,8 +352,10 @@ def _clip_reward(cfg: TrainConfig, device: str):
     scorer = Scorer(presets.scorer(cfg.scorer), device=device)
     cache = RenderCache(cfg.cache_dir or cfg.out / "render-cache", Renderer(target, device=device), scorer,
                         batch_size=cfg.render_batch)
+    # The token penalty only means something where renders truncate: A1111 weighting chunks past 75 tokens.
+    truncates = target.truncates and cache.renderer.settings.weighting == "plain"
     return ClipAgreementReward(cache, scorer, cfg.text_weight, cfg.token_penalty, cfg.length_penalty,
-                               truncates=target.truncates), cache
+                               truncates=truncates), cache
 
 
 def _estimate(cfg: TrainConfig, model, tokenizer, inputs, plan) -> dict:
