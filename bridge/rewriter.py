@@ -69,18 +69,20 @@ class AdapterMeta:
 
 def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_candidates: int = 1,
              sample: bool = False, seed: int = 0, max_new_tokens: int = 96, batch_size: int = 32,
-             temperature: float = 1.0) -> list[list[str]]:
+             temperature: float = 1.0, return_ids: bool = False) -> list[list]:
     """Rewrite each text; `num_candidates` outputs per text (greedy/beam when not sampling, so deterministic).
 
     Inputs are sorted by length and batched, so padding is small; outputs come back in input order.
     Sampling draws from a private RNG stream seeded with `seed` (the global torch RNG is untouched).
+    With `return_ids`, each output is `(text, ids)`: the generated token ids themselves, up to and with the
+    EOS when there is one (training scores exactly these; decoded text can re-encode to other ids).
     """
     import torch
 
     if not texts:
         return []
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    outputs: list[list[str]] = [[] for _ in texts]
+    outputs: list[list] = [[] for _ in texts]
     device = next(model.parameters()).device
     kwargs: dict = {"max_new_tokens": max_new_tokens, "num_return_sequences": num_candidates}
     if sample:
@@ -97,9 +99,23 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
             torch.manual_seed(seed + start)
             out = model.generate(**enc, **kwargs)
         decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
+        ids = [_generated_ids(row, tokenizer) for row in out.tolist()] if return_ids else None
         for j, i in enumerate(idx):
-            outputs[i] = [d.strip() for d in decoded[j * num_candidates : (j + 1) * num_candidates]]
+            span = range(j * num_candidates, (j + 1) * num_candidates)
+            outputs[i] = [(decoded[k].strip(), ids[k]) if return_ids else decoded[k].strip() for k in span]
     return outputs
+
+
+def _generated_ids(row: list[int], tokenizer) -> list[int]:
+    """A generated row without the decoder start token and padding; the EOS is kept when present."""
+    row = row[1:]  # seq2seq generate starts every row with decoder_start_token_id
+    eos = tokenizer.eos_token_id
+    return row[: row.index(eos) + 1] if eos in row else [t for t in row if t != tokenizer.pad_token_id]
+
+
+def ended(ids: Sequence[int], tokenizer) -> bool:
+    """Whether a generation stopped on its own (EOS) rather than at max_new_tokens."""
+    return bool(ids) and ids[-1] == tokenizer.eos_token_id
 
 
 def skeleton(text: str, embeddings: frozenset[str]) -> list:
@@ -119,6 +135,7 @@ class Candidate:
     leaf_inputs: list[str]
     leaf_outputs: list[str]
     fallback: bool
+    leaf_ids: list[list[int]] = field(default_factory=list)  # the sampled token ids of each leaf output
 
 
 def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozenset[str], prefix: str = PREFIX,
@@ -134,7 +151,8 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
     parsed = [parse(t, embeddings) for t in texts]
     unique = sorted({leaf.value for p in parsed for leaf in leaves(p.nodes) if needs_rewrite(leaf.value)})
     generated = generate(model, tokenizer, unique, prefix=prefix, num_candidates=num_candidates, sample=sample,
-                         seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature)
+                         seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
+                         return_ids=True)
     table = {text: outs for text, outs in zip(unique, generated)}
     result = []
     for text, p in zip(texts, parsed):
@@ -142,18 +160,20 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
         cands = []
         for c in range(num_candidates):
             work = p.copy()
-            ins, outs = [], []
+            ins, outs, ids = [], [], []
             for leaf in leaves(work.nodes):
                 value = leaf.value
                 if value not in table:
                     continue
+                out_text, out_ids = table[value][c]
                 ins.append(value)
-                outs.append(table[value][c])
+                outs.append(out_text)
+                ids.append(out_ids)
                 # Keep the leaf's own leading/trailing spaces: they separate it from its neighbours.
                 lead, trail = value[: len(value) - len(value.lstrip())], value[len(value.rstrip()):]
-                leaf.value = lead + repair_leaf(table[value][c]) + trail
+                leaf.value = lead + repair_leaf(out_text) + trail
             candidate = serialize(work.nodes)
             ok = skeleton(candidate, embeddings) == want
-            cands.append(Candidate(candidate if ok else text, ins, outs, not ok))
+            cands.append(Candidate(candidate if ok else text, ins, outs, not ok, ids))
         result.append(cands)
     return result

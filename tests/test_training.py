@@ -213,3 +213,29 @@ def test_token_penalty_only_where_renders_truncate(tmp_path):
     cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", target="tiny-sd2", rewriter="tiny-t5", scorer="tiny-clip")
     reward, _ = _clip_reward(cfg, "cpu")
     assert reward.truncates is False  # training renders with A1111 weighting, which chunks
+
+
+def test_logprobs_are_the_samplers_at_its_temperature():
+    """The policy gradient scores the sampled ids at the sampling temperature, exactly as the sampler drew
+    them (trl divides logits by T too); re-encoding the decoded text is not the same sequence."""
+    import torch
+
+    from bridge.loading import load_rewriter
+    from bridge.rewriter import PREFIX, _generated_ids
+    from training.losses import token_logprobs
+
+    model, tok = load_rewriter(presets.rewriter("tiny-t5"), dtype="float32")
+    texts = ["a lighthouse at dusk, oil painting", "portrait of a cat"]
+    enc = tok([PREFIX + t for t in texts], return_tensors="pt", padding=True)
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=0.7, max_new_tokens=12,
+                         num_return_sequences=4, return_dict_in_generate=True, output_scores=True)
+    ids = [_generated_ids(row, tok) for row in out.sequences.tolist()]
+    steps = torch.stack(out.scores, 1).log_softmax(-1)  # the sampler's processed (T-scaled) log-probs
+    sampler = [sum(float(steps[r, t, i]) for t, i in enumerate(row)) for r, row in enumerate(ids)]
+    inputs = [t for t in texts for _ in range(4)]
+    with torch.no_grad():
+        ours, _ = token_logprobs(model, tok, inputs, [""] * 8, PREFIX, temperature=0.7, output_ids=ids)
+        at_one, _ = token_logprobs(model, tok, inputs, [""] * 8, PREFIX, temperature=1.0, output_ids=ids)
+    assert ours.sum(-1).tolist() == pytest.approx(sampler, abs=1e-3)
+    assert at_one.sum(-1).tolist() != pytest.approx(sampler, abs=1e-3)  # the old bug: raw logits

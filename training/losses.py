@@ -16,17 +16,32 @@ import torch
 
 
 def token_logprobs(model, tokenizer, inputs: list[str], outputs: list[str], prefix: str,
-                   max_length: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log p(output | prefix + input) [N, T] and the mask of real tokens [N, T]."""
+                   max_length: int = 512, temperature: float = 1.0,
+                   output_ids: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(output | prefix + input) [N, T] and the mask of real tokens [N, T].
+
+    `temperature` must be the sampler's: the policy that drew a sample is softmax(logits / T), and trl's
+    GRPO divides the logits by it likewise. `output_ids` scores exactly the sampled token ids (EOS only
+    where generation produced one); without it the output texts are tokenized, with an EOS appended, as
+    SFT targets are. Decoded text re-encodes to other ids often enough that a policy gradient must not
+    use it.
+    """
     device = next(model.parameters()).device
     enc = tokenizer([prefix + x for x in inputs], return_tensors="pt", padding=True, truncation=True,
                     max_length=max_length).to(device)
-    labels = tokenizer(list(outputs), return_tensors="pt", padding=True, truncation=True,
-                       max_length=max_length).input_ids.to(device)
-    mask = labels != tokenizer.pad_token_id
-    labels = labels.masked_fill(~mask, -100)
+    if output_ids is not None:
+        labels = torch.full((len(output_ids), max(1, max(len(ids) for ids in output_ids))), -100, dtype=torch.long)
+        for row, ids in enumerate(output_ids):
+            labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels = labels.to(device)
+        mask = labels != -100
+    else:
+        labels = tokenizer(list(outputs), return_tensors="pt", padding=True, truncation=True,
+                           max_length=max_length).input_ids.to(device)
+        mask = labels != tokenizer.pad_token_id
+        labels = labels.masked_fill(~mask, -100)
     logits = model(**enc, labels=labels).logits  # decoder inputs are the shifted labels
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return picked * mask, mask
 

@@ -100,26 +100,30 @@ def sft_update(model, opt, accelerator, tokenizer, pairs, prefix) -> float:
 
 
 def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainConfig) -> dict:
-    """samples: (leaf input, leaf output, advantage). Old and reference log-probs are fixed before updating."""
+    """samples: (leaf input, leaf output, sampled ids, advantage). Old and reference log-probs are fixed
+    before updating; every log-prob is of the sampled ids at the sampling temperature."""
     from training.losses import grpo_loss, token_logprobs
 
     peft_model = accelerator.unwrap_model(model)
-    ins, outs = [s[0] for s in samples], [s[1] for s in samples]
-    adv = torch.tensor([s[2] for s in samples], dtype=torch.float32, device=accelerator.device)
+    ins, outs, ids = [s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples]
+    adv = torch.tensor([s[3] for s in samples], dtype=torch.float32, device=accelerator.device)
+
+    def logprobs(m, i, n):
+        return token_logprobs(m, tokenizer, ins[i : i + n], outs[i : i + n], prefix, temperature=cfg.temperature,
+                              output_ids=ids[i : i + n])
+
     # Old and reference log-probs without dropout: the ratio is then exactly 1 on the first pass.
     peft_model.eval()
     with torch.no_grad():
-        old = [token_logprobs(peft_model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)[0]
-               for i, c in _micro(samples)]
+        old = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
         with peft_model.disable_adapter():
-            ref = [token_logprobs(peft_model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)[0]
-                   for i, c in _micro(samples)]
+            ref = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
     # Updates run without dropout too, as trl's GRPOConfig(disable_dropout=True) does (its default is False):
     # dropout noise would make the importance ratio differ from 1 on samples the policy itself just drew.
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     for _ in range(cfg.updates_per_step):
         for j, (i, c) in enumerate(_micro(samples)):
-            logp, mask = token_logprobs(model, tokenizer, ins[i : i + len(c)], outs[i : i + len(c)], prefix)
+            logp, mask = logprobs(model, i, len(c))
             loss, st = grpo_loss(logp, old[j], ref[j], mask, adv[i : i + len(c)], cfg.clip_eps, cfg.kl_coef)
             accelerator.backward(loss * len(c) / len(samples))
             stats["loss"] += loss.detach().item() * len(c) / len(samples) / cfg.updates_per_step
@@ -286,8 +290,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             if cfg.algo == "grpo":
                 adv = group_advantages(r, cfg.k, cfg.min_group_std) if len(r) else r
                 stats["zero_signal_groups"] = zero_signal_fraction(r, cfg.k, cfg.min_group_std)
-                samples = [(a, b, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
-                           for a, b in zip(c.leaf_inputs, c.leaf_outputs)]
+                samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
+                           for a, b, ids in zip(c.leaf_inputs, c.leaf_outputs, c.leaf_ids)]
                 stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg) if samples else (
                     idle_update(model, opt, accelerator) or {}))
             else:
