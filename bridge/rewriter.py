@@ -95,6 +95,10 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
         idx = order[start : start + batch_size]
         enc = tokenizer([prefix + texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
                         max_length=512).to(device)
+        # Room for the longest input of the batch rewritten at twice its length: a fixed cap cut 1.1% of
+        # real leaves short. `max_new_tokens` is the floor.
+        longest = max(len(tokenizer(texts[i], add_special_tokens=False).input_ids) for i in idx)
+        kwargs["max_new_tokens"] = max(max_new_tokens, 2 * longest + 8)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
             torch.manual_seed(seed + start)
             out = model.generate(**enc, **kwargs)
@@ -136,6 +140,7 @@ class Candidate:
     leaf_outputs: list[str]
     fallback: bool
     leaf_ids: list[list[int]] = field(default_factory=list)  # the sampled token ids of each leaf output
+    unfinished: bool = False  # a leaf's generation hit the token limit before its EOS (so it fell back)
 
 
 def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozenset[str], prefix: str = PREFIX,
@@ -144,7 +149,8 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
     """Rewrite the text leaves of each prompt; `num_candidates` candidates per prompt.
 
     Leaves are deduplicated across all prompts before generation. A candidate whose structure does not
-    read back like the input's is replaced by the input text (fallback=True).
+    read back like the input's, or one with a leaf that did not end before the token limit, is replaced by
+    the input text (fallback=True; `unfinished` says which).
     """
     from bridge.prompt import leaves, parse, serialize
 
@@ -173,7 +179,9 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
                 lead, trail = value[: len(value) - len(value.lstrip())], value[len(value.rstrip()):]
                 leaf.value = lead + repair_leaf(out_text) + trail
             candidate = serialize(work.nodes)
-            ok = skeleton(candidate, embeddings) == want
-            cands.append(Candidate(candidate if ok else text, ins, outs, not ok, ids))
+            # A leaf cut off at the token limit is not a rewrite: fall back rather than truncate silently.
+            unfinished = not all(ended(x, tokenizer) for x in ids)
+            ok = skeleton(candidate, embeddings) == want and not unfinished
+            cands.append(Candidate(candidate if ok else text, ins, outs, not ok, ids, unfinished))
         result.append(cands)
     return result

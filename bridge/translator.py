@@ -117,8 +117,10 @@ class Translator:
         # 3. Learned rewriting of the text leaves, checked against the structure.
         candidates = [[s.prompt] for s in syn]
         fallbacks = [[False] for _ in syn]
+        unfinished = [False for _ in syn]
         if self.model is not None:
-            candidates, fallbacks = self._rewrite([s.prompt for s in syn], num_candidates, sample, seed, names)
+            candidates, fallbacks, unfinished = self._rewrite([s.prompt for s in syn], num_candidates, sample, seed,
+                                                              names)
         # 4. Token budgets and warnings per prompt.
         out = []
         for k, prompt in enumerate(prompts):
@@ -128,7 +130,10 @@ class Translator:
             if syn_neg[k] is not None:
                 _, neg_budget = token_budget(parse(syn_neg[k].prompt, names).nodes, self.target.truncates)
                 warnings += [dict(w.to_dict(), field="negative_prompt") for w in syn_neg[k].warnings + neg_budget]
-            if fallbacks[k][0]:
+            if unfinished[k]:
+                warnings.append({"code": "rewrite-unfinished", "message": "the rewrite did not end within its "
+                                 "token limit; the syntax strategy's output is used", "span": None, "field": "prompt"})
+            elif fallbacks[k][0]:
                 warnings.append({"code": "rewrite-fallback", "message": "the rewrite changed the prompt's "
                                  "structure; the syntax strategy's output is used", "span": None, "field": "prompt"})
             out.append(Translation(
@@ -144,4 +149,5 @@ class Translator:
         rewrites = rewrite_prompts(self.model, self.tokenizer, texts, names, prefix=self.meta.prefix, num_candidates=n,
                                    sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
                                    batch_size=self.batch_size)
-        return [[c.text for c in cands] for cands in rewrites], [[c.fallback for c in cands] for cands in rewrites]
+        return ([[c.text for c in cands] for cands in rewrites], [[c.fallback for c in cands] for cands in rewrites],
+                [cands[0].unfinished for cands in rewrites])

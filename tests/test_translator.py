@@ -62,7 +62,8 @@ def test_adapter_keeps_structure_or_falls_back(adapter_dir, prompts_dir):
         assert skeleton(t.translated_prompt, names) == skeleton(syntax, names)
         assert parse(t.translated_prompt).serialize() == t.translated_prompt
         if t.fallback:
-            assert t.translated_prompt == syntax and "rewrite-fallback" in [w["code"] for w in t.warnings]
+            codes = [w["code"] for w in t.warnings]
+            assert t.translated_prompt == syntax and ("rewrite-fallback" in codes or "rewrite-unfinished" in codes)
     # Deterministic by default.
     again = tr.translate([rows[0]["prompt"]], [rows[0]["negative_prompt"]])
     assert again[0].translated_prompt == out[0].translated_prompt
@@ -111,3 +112,29 @@ def test_translate_cli(capsys, adapter_dir, monkeypatch):
     assert [x["translated_prompt"] for x in lines] == ["a cat", "dog"]
     assert main(["translate", "--adapter", str(adapter_dir), "--json", "a red fox"]) == 0
     assert json.loads(capsys.readouterr().out)["strategy"].startswith("adapter:")
+
+
+def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
+    """A leaf whose generation hits the limit before EOS is not used (no silent truncation); the limit
+    grows with the input, so a long leaf is not cut at a fixed cap."""
+    import torch
+
+    from bridge.loading import load_rewriter
+    from bridge.rewriter import ended, generate, rewrite_prompts
+
+    model, tok = load_rewriter(presets.rewriter("tiny-t5"))
+    def never_eos(module, args, logits):  # token 5 always wins: every generation runs to the limit
+        logits[..., 5] += 1e4
+        return logits
+
+    model.lm_head.register_forward_hook(never_eos)
+    long_leaf = "a lighthouse on a cliff at dusk with waves and gulls and storm clouds over the sea"
+    [[(_, ids)]] = generate(model, tok, [long_leaf], max_new_tokens=4, return_ids=True)
+    assert len(ids) > 2 * len(tok(long_leaf, add_special_tokens=False).input_ids)  # sized from the input
+    assert not ended(ids, tok)
+    [[cand]] = rewrite_prompts(model, tok, [f"(masterpiece:1.2), {long_leaf}"], frozenset(), max_new_tokens=4)
+    assert cand.unfinished and cand.fallback and cand.text == f"(masterpiece:1.2), {long_leaf}"
+    tr = Translator(presets.pipeline("tiny-sd2"), model=model, tokenizer=tok, meta=AdapterMeta("tiny-t5", "x", "a", "b"))
+    [t] = tr.translate([long_leaf])
+    assert t.fallback and t.translated_prompt == long_leaf
+    assert [w["code"] for w in t.warnings] == ["rewrite-unfinished"]
