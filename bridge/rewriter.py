@@ -10,6 +10,7 @@ generated leaf, and the adapter metadata file that ties a LoRA adapter to its ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from typing import Sequence
 
 PREFIX = "Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
 ADAPTER_META = "sd_bridge_adapter.json"
+TRAIN_PROMPTS = "train_prompts.json"  # sha256 of every training prompt, so eval can refuse leakage
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 _STRUCTURE_WORDS = re.compile(r"\b(BREAK|AND)\b")
 _TAG = re.compile(r"<[^>]*>")
@@ -65,6 +67,25 @@ class AdapterMeta:
         data = json.loads(path.read_text(encoding="utf-8"))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.strip().encode("utf-8")).hexdigest()
+
+
+def save_train_prompts(directory: Path | str, prompts: Sequence[str]) -> Path:
+    """Record which prompts an adapter was trained on (hashes only: the adapter may be shared, the data not)."""
+    hashes = sorted({prompt_hash(p) for p in prompts})
+    path = Path(directory) / TRAIN_PROMPTS
+    path.write_text(json.dumps({"hash": "sha256 of the stripped prompt", "count": len(hashes), "sha256": hashes})
+                    + "\n", encoding="utf-8")
+    return path
+
+
+def train_prompt_hashes(directory: Path | str) -> set[str] | None:
+    """The hashes an adapter recorded, or None for an adapter trained before they were recorded."""
+    path = Path(directory) / TRAIN_PROMPTS
+    return set(json.loads(path.read_text(encoding="utf-8"))["sha256"]) if path.is_file() else None
 
 
 def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_candidates: int = 1,

@@ -24,6 +24,8 @@ class EvalConfig(MigrationPolicy):
         "help": "file (.csv/.tsv/.jsonl) of translations made by another tool: a `prompt` column (the source) and "
                 "a `translated_prompt` column"})
     translations_column: str = field(default="translated_prompt", metadata={"help": "column of --translations"})
+    allow_train_overlap: bool = field(default=False, metadata={
+        "help": "score adapters on prompts they were trained on (counted in the report) instead of refusing"})
     no_syntax: bool = field(default=False, metadata={"help": "leave out the syntax baseline"})
     seeds: int = field(default=2, metadata={"help": "seeds per prompt (for a dataset: at most its own)"})
     seed: int = field(default=0, metadata={"help": "base seed (prompt files) and bootstrap seed"})

@@ -90,6 +90,27 @@ def _translations_file(cfg: EvalConfig, items: list[Item]) -> list[str]:
     return [table[it.prompt] or "" for it in items]
 
 
+def train_overlap(cfg: EvalConfig, items: list[Item], log=print) -> dict[str, int]:
+    """Per adapter, how many eval prompts it was trained on. Seeds derive from the prompt, so an overlap
+    would even reuse cached renders: refused unless --allow-train-overlap, then counted in the report."""
+    from bridge.rewriter import prompt_hash, train_prompt_hashes
+
+    out = {}
+    for path in cfg.adapter:
+        hashes = train_prompt_hashes(path)
+        if hashes is None:
+            continue
+        seen = [it.prompt for it in items if prompt_hash(it.prompt) in hashes]
+        if seen and not cfg.allow_train_overlap:
+            raise ValueError(f"{len(seen)} of {len(items)} eval prompts were in the training data of adapter {path} "
+                             f"(first: {seen[0][:80]!r}); evaluate on held-out prompts, or pass "
+                             "--allow-train-overlap to score them anyway")
+        if seen:
+            log(f"warning: {len(seen)} of {len(items)} eval prompts were in the training data of adapter {path}")
+        out[f"adapter:{Path(path).name}"] = len(seen)
+    return out
+
+
 def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dict]:
     """name -> {prompts, negatives, fallbacks}: every strategy's translations of the items."""
     from bridge.translator import Translator
@@ -177,6 +198,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         raise FileNotFoundError(f"{cfg.prompts} is a directory but not a gathered dataset (no state.json)")
     source_cache = RenderCache(cache_root, Renderer(source, device=device), scorer, cfg.render_batch)
     items = _load_dataset(cfg) if is_dataset else _load_file(cfg, source_cache)
+    overlap = train_overlap(cfg, items, log if state.is_main_process else (lambda *_: None))
     mine = list(range(state.process_index, len(items), state.num_processes))
     local = [items[i] for i in mine]
     # 2. Every strategy's translations, 3. target renders and scores.
@@ -195,6 +217,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     agg = aggregate(names, rows, cfg)
     for name in names:
         agg[name]["fallbacks"] = sum(f.get(name, 0) for f in fallbacks)
+        if name in overlap:
+            agg[name]["train_overlap"] = overlap[name]
     renders = target_cache.snapshot()
     grids = _grid_images(items[: cfg.grid_prompts], rows[: cfg.grid_prompts], names, target_cache)
     report = {"source": presets.describe(source), "target": presets.describe(target),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import datasets
 import pytest
@@ -13,12 +14,13 @@ from bridge import Translator, presets
 from bridge.render import Renderer
 from bridge.render_cache import RenderCache
 from bridge.score import Scorer
-from conftest import accelerate_launch
+from conftest import PROMPTS, accelerate_launch, read_jsonl
 from training.config import TrainConfig
 from training.reward import word_presence_reward
 from training.trainer import run_train
 
 TINY = dict(target="tiny-sd2", rewriter="tiny-t5", scorer="tiny-clip", device="cpu", progress=False)
+EVAL_TINY = dict(target="tiny-sd2", scorer="tiny-clip", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +92,21 @@ def test_end_to_end_on_tiny_presets(gathered, tmp_path):
     t = tr.translate(["(masterpiece:1.2), a red fox <lora:x:1> BREAK snow"])[0]
     assert t.strategy.startswith("adapter:") and "(" in t.translated_prompt and "BREAK" in t.translated_prompt
     assert result["summary"]["rl_steps"] == 3
+    # Eval refuses to score the adapter on its own training prompts (seeds derive from the prompt, so it
+    # would even reuse cached renders), unless asked; then the overlap is counted.
+    from bridge.rewriter import prompt_hash
+    from eval.config import EvalConfig
+    from eval.run import run_eval
+
+    trained = json.loads((out / "train_prompts.json").read_text())["sha256"]
+    gathered_prompts = set(datasets.load_from_disk(str(gathered))["prompt"])
+    assert sorted(prompt_hash(p) for p in gathered_prompts) == trained
+    with pytest.raises(ValueError, match=r"(\d+) of \1 eval prompts were in the training data"):
+        run_eval(EvalConfig(prompts=str(gathered), out=tmp_path / "r", source="tiny-sd15", adapter=[out], seeds=1,
+                            no_syntax=True, **EVAL_TINY), log=lambda *_: None)
+    report = run_eval(EvalConfig(prompts=str(gathered), out=tmp_path / "r", source="tiny-sd15", adapter=[out],
+                                 seeds=1, no_syntax=True, allow_train_overlap=True, **EVAL_TINY), log=lambda *_: None)
+    assert report["strategies"]["adapter:adapter"]["train_overlap"] == len(gathered_prompts)
 
 
 def test_resume_continues_exactly(synthetic_data, tmp_path):
@@ -239,3 +256,42 @@ def test_logprobs_are_the_samplers_at_its_temperature():
         at_one, _ = token_logprobs(model, tok, inputs, [""] * 8, PREFIX, temperature=1.0, output_ids=ids)
     assert ours.sum(-1).tolist() == pytest.approx(sampler, abs=1e-3)
     assert at_one.sum(-1).tolist() != pytest.approx(sampler, abs=1e-3)  # the old bug: raw logits
+
+
+def test_every_sampled_token_weighs_the_same():
+    """DAPO-style normalisation: a 1-token leaf and a 3-token leaf contribute per token, not per leaf."""
+    import torch
+
+    from training.losses import grpo_loss
+
+    logp = torch.zeros(2, 3, requires_grad=True)
+    mask = torch.tensor([[1.0, 0, 0], [1.0, 1, 1]])
+    loss, _ = grpo_loss(logp, logp.detach(), logp.detach(), mask, torch.tensor([1.0, 1.0]), 0.2, 0.0, total_tokens=4)
+    loss.backward()
+    grads = logp.grad[mask.bool()]
+    assert torch.allclose(grads, torch.full_like(grads, -0.25))  # 1/4 for each of the 4 real tokens
+    # Split into two calls (micro-batches) with the batch's token count: the same gradients.
+    split = torch.zeros(2, 3, requires_grad=True)
+    for r in range(2):
+        part, _ = grpo_loss(split[r : r + 1], logp[r : r + 1].detach(), logp[r : r + 1].detach(), mask[r : r + 1],
+                            torch.tensor([1.0]), 0.2, 0.0, total_tokens=4)
+        part.backward()
+    assert torch.allclose(split.grad, logp.grad)
+
+
+def test_candidates_render_with_the_negative_the_translator_serves():
+    from types import SimpleNamespace
+
+    from bridge.translator import Translator
+    from training.config import TrainConfig
+    from training.trainer import policy_inputs
+
+    rows = read_jsonl(PROMPTS / "a1111.jsonl")[:30]
+    groups = [SimpleNamespace(prompt=r["prompt"], negative_prompt=r["negative_prompt"]) for r in rows]
+    cfg = TrainConfig(data=Path("unused"), out=Path("unused"), **{k: v for k, v in TINY.items() if k != "progress"})
+    prompts, negatives = policy_inputs(cfg, groups)
+    served = Translator.from_pretrained(None, "tiny-sd2").translate([r["prompt"] for r in rows],
+                                                                     [r["negative_prompt"] for r in rows])
+    assert prompts == [t.translated_prompt for t in served]
+    assert negatives == [t.translated_negative_prompt for t in served]
+    assert any(n != r["negative_prompt"] for n, r in zip(negatives, rows))  # the policy did change some

@@ -71,8 +71,11 @@ def zero_signal_fraction(rewards: torch.Tensor, group_size: int, min_std: float)
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-              advantages: torch.Tensor, clip_eps: float, kl_coef: float) -> tuple[torch.Tensor, dict]:
-    """Token-level clipped surrogate + k3 KL, averaged over each sequence's tokens, then over sequences.
+              advantages: torch.Tensor, clip_eps: float, kl_coef: float,
+              total_tokens: int | None = None) -> tuple[torch.Tensor, dict]:
+    """Token-level clipped surrogate + k3 KL, summed over real tokens and divided by `total_tokens`: the
+    real tokens of the whole batch (DAPO, Yu et al. 2025, §3.3), so every sampled token weighs the same
+    whatever its leaf's length or its candidate's leaf count. Without it, the mean over this call's tokens.
 
     logp/old_logp/ref_logp/mask: [N, T]; advantages: [N] (one per sequence, its candidate's advantage).
     """
@@ -83,11 +86,11 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     log_ref_ratio = torch.clamp(ref_logp - logp, -20.0, 20.0)
     kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3: unbiased, always >= 0
     per_token = -(surrogate - kl_coef * kl)
-    denom = mask.sum(-1).clamp(min=1)
-    loss = ((per_token * mask).sum(-1) / denom).mean()
+    tokens = mask.sum().clamp(min=1)
+    loss = (per_token * mask).sum() / (total_tokens if total_tokens else tokens)
     with torch.no_grad():
-        stats = {"kl": float(((kl * mask).sum(-1) / denom).mean()),
-                 "clip_frac": float((((ratio - 1).abs() > clip_eps).float() * mask).sum() / mask.sum().clamp(min=1))}
+        stats = {"kl": float((kl * mask).sum() / tokens),
+                 "clip_frac": float((((ratio - 1).abs() > clip_eps).float() * mask).sum() / tokens)}
     return loss, stats
 
 

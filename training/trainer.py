@@ -36,11 +36,18 @@ MICRO_BATCH = 64  # leaf sequences per forward pass
 
 
 # ------------------------------------------------------------------------------ 1-2. data and models
-def policy_inputs(cfg: TrainConfig, groups) -> list[str]:
+def policy_inputs(cfg: TrainConfig, groups) -> tuple[list[str], list[str | None]]:
+    """Prompts and negative prompts after the syntax strategy, exactly as the Translator (eval, serving)
+    processes them: the policy's rewriting of the prompt is what the rewriter sees, and candidates are
+    rendered with the processed negative, as they will be once served."""
     from bridge.policy import apply_policy
 
     policy = policy_of(cfg)
-    return [apply_policy(g.prompt, policy).prompt for g in groups]
+    network_map = policy.load_network_map()
+    prompts = [apply_policy(g.prompt, policy, network_map).prompt for g in groups]
+    negatives = [apply_policy(g.negative_prompt, policy, network_map).prompt if g.negative_prompt is not None
+                 else None for g in groups]
+    return prompts, negatives
 
 
 def build_model(cfg: TrainConfig, device: str):
@@ -120,15 +127,20 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
             ref = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
     # Updates run without dropout too, as trl's GRPOConfig(disable_dropout=True) does (its default is False):
     # dropout noise would make the importance ratio differ from 1 on samples the policy itself just drew.
+    # Per-token normalisation across the whole rollout (DAPO): each micro-batch's token sum is divided by
+    # the rollout's token count, so the micro-batches add up to one token mean.
+    total = sum(max(1, len(x)) for x in ids)
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     for _ in range(cfg.updates_per_step):
         for j, (i, c) in enumerate(_micro(samples)):
             logp, mask = logprobs(model, i, len(c))
-            loss, st = grpo_loss(logp, old[j], ref[j], mask, adv[i : i + len(c)], cfg.clip_eps, cfg.kl_coef)
-            accelerator.backward(loss * len(c) / len(samples))
-            stats["loss"] += loss.detach().item() * len(c) / len(samples) / cfg.updates_per_step
-            stats["kl"] += st["kl"] * len(c) / len(samples) / cfg.updates_per_step
-            stats["clip_frac"] += st["clip_frac"] * len(c) / len(samples) / cfg.updates_per_step
+            loss, st = grpo_loss(logp, old[j], ref[j], mask, adv[i : i + len(c)], cfg.clip_eps, cfg.kl_coef,
+                                 total_tokens=total)
+            accelerator.backward(loss)
+            share = float(mask.sum()) / total / cfg.updates_per_step
+            stats["loss"] += loss.detach().item() / cfg.updates_per_step
+            stats["kl"] += st["kl"] * share
+            stats["clip_frac"] += st["clip_frac"] * share
         opt.step()
         opt.zero_grad(set_to_none=True)
     return stats
@@ -204,7 +216,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from bridge.rewriter import PREFIX, AdapterMeta, rewrite_prompts
+    from bridge.rewriter import PREFIX, AdapterMeta, rewrite_prompts, save_train_prompts
     from training.data import load_groups
     from training.losses import group_advantages, zero_signal_fraction
 
@@ -213,7 +225,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     main = accelerator.is_main_process
     # 1. Data: prompt groups and the policy's inputs.
     groups, data_info = load_groups(cfg.data, cfg.scorer, cfg.reward_seeds)
-    inputs = policy_inputs(cfg, groups)
+    inputs, negatives = policy_inputs(cfg, groups)
     names = policy_of(cfg).embedding_names()
     rewriter = presets.rewriter(cfg.rewriter)
     max_new = cfg.max_new_tokens or rewriter.max_new_tokens
@@ -281,7 +293,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             owner = [i for i, group in zip(idx, cands) for _ in group]
             before = cache.snapshot() if cache else {}
             rewards = reward_fn(sources=[inputs[i] for i in owner], candidates=[c.text for c in flat],
-                                seeds=[groups[i].seeds for i in owner], negatives=[groups[i].negative_prompt for i in owner],
+                                seeds=[groups[i].seeds for i in owner], negatives=[negatives[i] for i in owner],
                                 source_embeddings=[groups[i].embeddings for i in owner]) if flat else []
             t2 = time.perf_counter()
             model.train()
@@ -334,6 +346,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     peft_model.save_pretrained(out, safe_serialization=True)
     AdapterMeta(cfg.rewriter, rewriter.revision, data_info["source"][0] if data_info["source"] else "", cfg.target,
                 max_new_tokens=max_new).save(out)
+    save_train_prompts(out, [g.prompt for g in groups])  # eval refuses to score an adapter on these
     summary = _summary(out / LOG)
     (out / "README.md").write_text(model_card(cfg, data_info, summary), encoding="utf-8")
     if writer is not None:
