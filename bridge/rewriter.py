@@ -90,13 +90,15 @@ def train_prompt_hashes(directory: Path | str) -> set[str] | None:
 
 def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_candidates: int = 1,
              sample: bool = False, seed: int = 0, max_new_tokens: int = 96, batch_size: int = 32,
-             temperature: float = 1.0, return_ids: bool = False) -> list[list]:
+             temperature: float = 1.0, return_ids: bool = False, size_from_input: bool = True) -> list[list]:
     """Rewrite each text; `num_candidates` outputs per text (greedy/beam when not sampling, so deterministic).
 
     Inputs are sorted by length and batched, so padding is small; outputs come back in input order.
     Sampling draws from a private RNG stream seeded with `seed` (the global torch RNG is untouched).
     With `return_ids`, each output is `(text, ids)`: the generated token ids themselves, up to and with the
     EOS when there is one (training scores exactly these; decoded text can re-encode to other ids).
+    With `size_from_input` the limit of a batch grows with its longest input (`max_new_tokens` is then the
+    floor); without it `max_new_tokens` is a hard cap.
     """
     import torch
 
@@ -118,8 +120,9 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
                         max_length=512).to(device)
         # Room for the longest input of the batch rewritten at twice its length: a fixed cap cut 1.1% of
         # real leaves short. `max_new_tokens` is the floor.
-        longest = max(len(tokenizer(texts[i], add_special_tokens=False).input_ids) for i in idx)
-        kwargs["max_new_tokens"] = max(max_new_tokens, 2 * longest + 8)
+        if size_from_input:
+            longest = max(len(tokenizer(texts[i], add_special_tokens=False).input_ids) for i in idx)
+            kwargs["max_new_tokens"] = max(max_new_tokens, 2 * longest + 8)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
             torch.manual_seed(seed + start)
             out = model.generate(**enc, **kwargs)
@@ -166,12 +169,14 @@ class Candidate:
 
 def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozenset[str], prefix: str = PREFIX,
                     num_candidates: int = 1, sample: bool = False, seed: int = 0, max_new_tokens: int = 96,
-                    batch_size: int = 32, temperature: float = 1.0) -> list[list[Candidate]]:
+                    batch_size: int = 32, temperature: float = 1.0,
+                    fallback_unfinished: bool = True, size_from_input: bool = True) -> list[list[Candidate]]:
     """Rewrite the text leaves of each prompt; `num_candidates` candidates per prompt.
 
     Leaves are deduplicated across all prompts before generation. A candidate whose structure does not
-    read back like the input's, or one with a leaf that did not end before the token limit, is replaced by
-    the input text (fallback=True; `unfinished` says which).
+    read back like the input's, or (with `fallback_unfinished`, as served) one with a leaf that did not end
+    before the token limit, is replaced by the input text (fallback=True; `unfinished` says which).
+    Training keeps unfinished candidates as generated and counts them.
     """
     from bridge.prompt import leaves, parse, serialize
 
@@ -179,7 +184,7 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
     unique = sorted({leaf.value for p in parsed for leaf in leaves(p.nodes) if needs_rewrite(leaf.value)})
     generated = generate(model, tokenizer, unique, prefix=prefix, num_candidates=num_candidates, sample=sample,
                          seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
-                         return_ids=True)
+                         return_ids=True, size_from_input=size_from_input)
     table = {text: outs for text, outs in zip(unique, generated)}
     result = []
     for text, p in zip(texts, parsed):
@@ -202,7 +207,7 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
             candidate = serialize(work.nodes)
             # A leaf cut off at the token limit is not a rewrite: fall back rather than truncate silently.
             unfinished = not all(ended(x, tokenizer) for x in ids)
-            ok = skeleton(candidate, embeddings) == want and not unfinished
+            ok = skeleton(candidate, embeddings) == want and not (unfinished and fallback_unfinished)
             cands.append(Candidate(candidate if ok else text, ins, outs, not ok, ids, unfinished))
         result.append(cands)
     return result

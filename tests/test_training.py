@@ -49,8 +49,11 @@ def gathered(tmp_path_factory, prompts_dir):
 # "animal" is a word the untrained tiny-t5 samples in ~16% of candidates: a reward with signal from step 1.
 @pytest.mark.parametrize("algo", ["grpo", "raft"])
 def test_mean_reward_rises_clearly_on_a_synthetic_reward(synthetic_data, tmp_path, algo):
+    # kl_coef=0: this checks that the objective climbs the reward; with the KL to the base model (which
+    # never says "animal") the policy reaches 1.0 in 5 steps and is then pulled back to ~0.85.
     cfg = TrainConfig(data=synthetic_data, out=tmp_path / algo, steps=20, warm_start_steps=0, prompts_per_step=8, k=4,
-                      lr=1e-3, max_new_tokens=8, lora_r=8, lora_targets=["q", "v", "wo"], algo=algo, **TINY)
+                      lr=1e-3, max_new_tokens=8, lora_r=8, lora_targets=["q", "v", "wo"], algo=algo, kl_coef=0.0,
+                      **TINY)
     history = run_train(cfg, log=lambda *_: None, reward_fn=word_presence_reward("animal"))["history"]
     rewards = [h["reward_mean"] for h in history]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
@@ -295,3 +298,21 @@ def test_candidates_render_with_the_negative_the_translator_serves():
     assert prompts == [t.translated_prompt for t in served]
     assert negatives == [t.translated_negative_prompt for t in served]
     assert any(n != r["negative_prompt"] for n, r in zip(negatives, rows))  # the policy did change some
+
+
+def test_kl_is_zero_at_the_warm_start_point(synthetic_data, tmp_path, monkeypatch):
+    """The KL anchor is the warm-started adapter: the first GRPO step, still at that point, has KL 0. With
+    the base model as anchor (the old behaviour, forced here) the same step has KL > 0."""
+    from training import trainer
+
+    def run(out):
+        cfg = TrainConfig(data=synthetic_data, out=out, steps=1, warm_start_steps=3, prompts_per_step=4, k=2,
+                          lr=3e-2, max_new_tokens=6, lora_r=4, **TINY)
+        return [h for h in run_train(cfg, log=lambda *_: None, reward_fn=word_presence_reward("animal"))["history"]
+                if h["phase"] == "grpo"][0]
+
+    first = run(tmp_path / "anchored")
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "anchored" / "checkpoints" / trainer.REFERENCE).is_file()
+    monkeypatch.setattr(trainer, "reference_weights", lambda *a, **k: None)
+    assert run(tmp_path / "base")["kl"] > 1e-4

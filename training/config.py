@@ -29,7 +29,8 @@ class TrainConfig(MigrationPolicy):
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     clip_eps: float = field(default=0.2, metadata={"help": "PPO-style ratio clip (grpo)"})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL penalty to the frozen base (adapter disabled)"})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "KL penalty to the frozen warm-started adapter (the base model when there is no warm start)"})
     updates_per_step: int = field(default=1, metadata={
         "help": "optimisation passes over each rollout; the PPO clip only acts from the second pass on (with 1, "
                 "grpo is REINFORCE with a group baseline plus KL)"})
@@ -52,7 +53,9 @@ class TrainConfig(MigrationPolicy):
         "help": "penalty per 75 tokens over the target's budget; applies only where renders truncate (plain "
                 "weighting): A1111 chunking reads past 75 tokens, so with it nothing is over budget"})
     length_penalty: float = field(default=0.0, metadata={"help": "penalty on relative length change"})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "generation limit (default: the preset's)"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "hard cap on generated tokens per leaf (default: at least the preset's, grown to twice the "
+                "leaf's length plus 8)"})
     render_batch: int = field(default=4, metadata={"help": "images per target pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     checkpoint_every: int = field(default=50, metadata={"help": "save a checkpoint every N steps"})

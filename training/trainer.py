@@ -3,7 +3,9 @@ the stored source images (DESIGN §4). Read top to bottom:
 
   1. data      the gathered dataset as prompt groups (seeds + source embeddings); the policy's input is
                each prompt after the syntax strategy, so the model only ever rewrites text leaves
-  2. models    base rewriter + peft LoRA; the frozen reference is the same model with the adapter disabled
+  2. models    base rewriter + peft LoRA; the KL reference is a frozen copy of the warm-started adapter
+               (as trl re-training an adapter keeps the starting adapter as reference), so the KL
+               anchors to "same prompt", not to the base model's own answer
   3. warm start  SFT towards identity (+ optional pairs), so optimisation starts at the "same prompt"
                baseline rather than below it
   4. optimise  per step: sample prompts -> K candidates each (rollout) -> reward -> update with GRPO
@@ -106,7 +108,47 @@ def sft_update(model, opt, accelerator, tokenizer, pairs, prefix) -> float:
     return total
 
 
-def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainConfig) -> dict:
+REFERENCE = "reference_lora.safetensors"  # the warm-started adapter: the KL anchor of the RL phase
+
+
+class _Swapped:
+    """Within the block, the LoRA holds `weights` (the reference); the trained weights come back after."""
+
+    def __init__(self, peft_model, weights: dict):
+        self.model, self.weights = peft_model, weights
+
+    def __enter__(self):
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        self.saved = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        set_peft_model_state_dict(self.model, self.weights)
+
+    def __exit__(self, *exc):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, self.saved)
+
+
+def reference_weights(cfg: TrainConfig, peft_model, out: Path, main: bool) -> dict | None:
+    """The frozen warm-started LoRA, saved once beside the checkpoints and reloaded on resume. None without
+    a warm start: the fresh LoRA (B = 0) is then the base model, which the disabled adapter gives."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    if not cfg.warm_start_steps:
+        return None
+    path = out / "checkpoints" / REFERENCE
+    if path.is_file():
+        return load_file(str(path), device=str(next(peft_model.parameters()).device))
+    weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(path))
+    return weights
+
+
+def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainConfig,
+                reference: dict | None = None) -> dict:
     """samples: (leaf input, leaf output, sampled ids, advantage). Old and reference log-probs are fixed
     before updating; every log-prob is of the sampled ids at the sampling temperature."""
     from training.losses import grpo_loss, token_logprobs
@@ -123,7 +165,7 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
     peft_model.eval()
     with torch.no_grad():
         old = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
-        with peft_model.disable_adapter():
+        with _Swapped(peft_model, reference) if reference is not None else peft_model.disable_adapter():
             ref = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
     # Updates run without dropout too, as trl's GRPOConfig(disable_dropout=True) does (its default is False):
     # dropout noise would make the importance ratio differ from 1 on samples the policy itself just drew.
@@ -267,6 +309,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     pairs = warm_pairs(cfg, inputs, names) if cfg.warm_start_steps else []
     bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not (cfg.progress and main))
     history = []
+    reference = None
     for step in range(start, total):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout stream of this step
@@ -283,11 +326,15 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         else:
             # 4. Optimise: rollout -> reward -> update.
             rl_step = step - cfg.warm_start_steps
+            if reference is None and cfg.algo == "grpo":
+                reference = reference_weights(cfg, accelerator.unwrap_model(model), out, main)
             idx = step_prompts(cfg, rl_step, len(groups))[accelerator.process_index::accelerator.num_processes]
             model.eval()
             cands = rewrite_prompts(accelerator.unwrap_model(model), tokenizer, [inputs[i] for i in idx], names,
                                     num_candidates=cfg.k, sample=True, seed=cfg.seed * 7919 + rl_step,
-                                    max_new_tokens=max_new, temperature=cfg.temperature)
+                                    max_new_tokens=max_new, temperature=cfg.temperature,
+                                    fallback_unfinished=False,  # scored as generated; counted below
+                                    size_from_input=cfg.max_new_tokens is None)  # an explicit limit is a cap
             t1 = time.perf_counter()
             flat = [c for group in cands for c in group]
             owner = [i for i, group in zip(idx, cands) for _ in group]
@@ -304,8 +351,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
                 stats["zero_signal_groups"] = zero_signal_fraction(r, cfg.k, cfg.min_group_std)
                 samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
                            for a, b, ids in zip(c.leaf_inputs, c.leaf_outputs, c.leaf_ids)]
-                stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg) if samples else (
-                    idle_update(model, opt, accelerator) or {}))
+                stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg, reference)
+                             if samples else (idle_update(model, opt, accelerator) or {}))
             else:
                 best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: rewards[j]) for g in range(len(cands))]
                 samples = [(a, b) for j in best if not flat[j].fallback
@@ -317,6 +364,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             record.update(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
                           reward_std=float(r.std(unbiased=False)) if len(r) else None,
                           reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
+                          unfinished=sum(c.unfinished for c in flat),
                           candidates=len(flat), time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
                           **stats)
             if cache is not None:
