@@ -21,8 +21,13 @@ from pathlib import Path
 from bridge import presets
 from bridge.policy import MigrationPolicy
 
-TINY_NOTE = ("Rendering with the tiny offline models (no GPU or no local weights for the real presets): "
-             "their images are random noise, so this tab shows how the comparison works, not real results.")
+TOY_NOTE = ("Rendering with the **toy world** (no GPU or no local weights for SD1.5/SD2): toy-sd15 → toy-sd2, "
+            "scored by toy-clip. These small trained models read toy-world prompts only, such as the examples "
+            "below; the oracle row shows the known correct translation.")
+TINY_NOTE = ("Rendering with the tiny offline models: their images are random noise, so this tab shows how the "
+             "comparison works, not real results.")
+TOY_EXAMPLES = [["a crimson circle", ""], ["a big azure square by bridget riley", ""],
+                ["a small yellow triangle on the left", ""], ["a green striped circle on a beige background", ""]]
 
 
 @dataclass
@@ -59,23 +64,32 @@ class Models:
                 self._translator = Translator.from_pretrained(self.cfg.adapter, policy=MigrationPolicy())
             return self._translator
 
-    def compare_models(self):
+    def compare_presets(self) -> tuple:
+        """(source, target, scorer, note) for Compare, resolved without loading anything: the real presets
+        when their weights are local and a GPU is present, else the toy world, and a note that says which."""
         from bridge.loading import is_available_locally, resolve_device
+
+        device = resolve_device(self.cfg.device)
+        real = device.startswith("cuda") and all(is_available_locally(p) for p in (
+            presets.pipeline(presets.DEFAULT_SOURCE), presets.pipeline(presets.DEFAULT_TARGET),
+            presets.scorer(presets.DEFAULT_SCORER)))
+        pick = lambda value, real_name, toy_name: value if value != "auto" else (  # noqa: E731
+            real_name if real else toy_name)
+        src = presets.pipeline(pick(self.cfg.source, presets.DEFAULT_SOURCE, presets.TOY_SOURCE))
+        tgt = presets.pipeline(pick(self.cfg.target, presets.DEFAULT_TARGET, presets.TOY_TARGET))
+        sc = presets.scorer(pick(self.cfg.scorer, presets.DEFAULT_SCORER, presets.TOY_SCORER))
+        note = TOY_NOTE if src.toy and tgt.toy else TINY_NOTE if src.tiny or tgt.tiny else ""
+        return src, tgt, sc, note
+
+    def compare_models(self):
+        from bridge.loading import resolve_device
         from bridge.render import Renderer
         from bridge.score import Scorer
 
         with self._lock:
             if self._compare is None:
                 device = resolve_device(self.cfg.device)
-                real = device.startswith("cuda") and all(is_available_locally(p) for p in (
-                    presets.pipeline(presets.DEFAULT_SOURCE), presets.pipeline(presets.DEFAULT_TARGET),
-                    presets.scorer(presets.DEFAULT_SCORER)))
-                pick = lambda value, real_name, tiny_name: value if value != "auto" else (  # noqa: E731
-                    real_name if real else tiny_name)
-                src = presets.pipeline(pick(self.cfg.source, presets.DEFAULT_SOURCE, presets.TINY_SOURCE))
-                tgt = presets.pipeline(pick(self.cfg.target, presets.DEFAULT_TARGET, presets.TINY_TARGET))
-                sc = presets.scorer(pick(self.cfg.scorer, presets.DEFAULT_SCORER, presets.TINY_SCORER))
-                note = TINY_NOTE if src.tiny or tgt.tiny else ""
+                src, tgt, sc, note = self.compare_presets()
                 self._compare = (Renderer(src, device=device), Renderer(tgt, device=device), Scorer(sc, device=device),
                                  note)
             return self._compare
@@ -121,15 +135,37 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds: float, seed: f
     seed_list = [derive_seed(int(seed), prompt, k) for k in range(n)]
     src = src_r([prompt] * n, seed_list, [negative or None] * n)
     tgt = tgt_r([t.translated_prompt] * n, seed_list, [t.translated_negative_prompt] * n)
+    right = _toy_oracle(prompt, negative) if src_r.preset.toy and tgt_r.preset.toy else None
     with torch.inference_mode():
-        agree = cosine(scorer.embed_images(src), scorer.embed_images(tgt))
+        src_emb = scorer.embed_images(src)
+        agree = cosine(src_emb, scorer.embed_images(tgt))
+        if right is not None:
+            best = tgt_r([right.prompt] * n, seed_list, [right.negative_prompt] * n)
+            best_agree = cosine(src_emb, scorer.embed_images(best))
     gallery = []
     for k in range(n):
         gallery.append((src[k], f"seed {seed_list[k]} · {src_r.preset.name} · source prompt"))
         gallery.append((tgt[k], f"seed {seed_list[k]} · {tgt_r.preset.name} · translation · agreement {agree[k]:.3f}"))
+        if right is not None:
+            gallery.append((best[k], f"seed {seed_list[k]} · {tgt_r.preset.name} · oracle · agreement "
+                                     f"{best_agree[k]:.3f}"))
     summary = (f"mean agreement {sum(agree) / n:.3f} over {n} seed(s) "
                f"({tgt_r.preset.name} translation vs {src_r.preset.name} source, scorer {scorer.preset.name})")
+    if right is not None:
+        neg = f" (negative: {right.negative_prompt!r})" if right.negative_prompt else ""
+        summary += (f"; the oracle translation {right.prompt!r}{neg} agrees {sum(best_agree) / n:.3f}"
+                    f" (drifts: {', '.join(right.drifts) or 'none'})")
     return gallery, t.translated_prompt, summary, note
+
+
+def _toy_oracle(prompt: str, negative: str):
+    """The toy world's correct translation, or None for a prompt outside its grammar."""
+    from bridge.toy.world import NotAToyPrompt, oracle
+
+    try:
+        return oracle(prompt, negative or "")
+    except NotAToyPrompt:
+        return None
 
 
 def batch_fn(models: Models, upload, prompt_column: str, negative_column: str):
@@ -192,18 +228,19 @@ def build_app(cfg: ServeConfig | None = None):
                      [out_prompt, out_negative, diff, warnings, tokens], api_name="translate",
                      concurrency_limit=max(cfg.concurrency, 4))
         with gr.Tab("Compare"):
-            note = gr.Markdown()
+            *_, compare_note = models.compare_presets()
+            note = gr.Markdown(compare_note)  # says which models render before anything is rendered
             c_prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3)
             c_negative = gr.Textbox(label="Negative prompt", lines=2)
             with gr.Row():
                 c_seeds = gr.Slider(1, cfg.max_seeds, value=2, step=1, label="Seeds")
                 c_seed = gr.Number(value=0, precision=0, label="Base seed")
             c_go = gr.Button("Render and compare", variant="primary")
-            c_gallery = gr.Gallery(label="source model: source prompt | target model: translation, per seed",
-                                   columns=2, height="auto")
+            c_gallery = gr.Gallery(label="source model: source prompt | target model: translation (| oracle), per seed",
+                                   columns=3 if compare_note == TOY_NOTE else 2, height="auto")
             c_translation = gr.Textbox(label="Translation used")
             c_summary = gr.Markdown()
-            gr.Examples(examples, [c_prompt, c_negative])
+            gr.Examples(TOY_EXAMPLES + examples if compare_note == TOY_NOTE else examples, [c_prompt, c_negative])
             c_go.click(lambda p, n, s, b: compare_fn(models, p, n, s, b), [c_prompt, c_negative, c_seeds, c_seed],
                        [c_gallery, c_translation, c_summary, note], api_name="compare",
                        concurrency_limit=cfg.concurrency)

@@ -1,10 +1,11 @@
 """Run every benchmark: `uv run python -m benchmarks` (or `make bench`)."""
 
-from benchmarks import demo_time, gather_overhead, migrate_speed_memory, prompt_parse, train_step_split
+from benchmarks import demo_time, gather_overhead, migrate_speed_memory, prompt_parse, toyworld_drift, train_step_split
 
 if __name__ == "__main__":
     prompt_parse.main()
     gather_overhead.main([])
     migrate_speed_memory.main([])
     train_step_split.main([])
+    toyworld_drift.main([])
     demo_time.main()

@@ -1,7 +1,7 @@
-"""`sd-bridge demo` wall time on this machine against its 2-minute budget (issue: < 2 min on 2 CPU cores).
+"""`sd-bridge demo` wall time on this machine against its 3-minute budget (issue: <= 3 min on 2 CPU cores).
 
-Runs the demo twice in fresh processes: once with an empty model cache (tiny models are built first, as
-on a fresh machine) and once warm, and prints both with the ratio to the 120 s budget.
+Runs the demo twice in fresh processes, each into a new output directory: once with an empty sd-bridge cache,
+as on a fresh machine, and once more, and prints both with the ratio to the 180 s budget.
 
     uv run python -m benchmarks.demo_time
 """
@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 
-BUDGET_S = 120.0
+BUDGET_S = 180.0
 
 
 def run_once(cache: str, out: str) -> float:

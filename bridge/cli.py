@@ -27,6 +27,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "train a LoRA rewriter so target renders agree with the gathered source images"),
     "eval": ("eval.run", "EvalConfig", "run_eval",
              "compare identity, syntax and adapters on held-out prompts; writes a report"),
+    "toyworld build": ("bridge.toy.build", "BuildConfig", "run_build",
+                       "train the toy world's models (toy-sd15, toy-sd2, toy-clip, toy-t5) from its grammar"),
+    "toyworld prompts": ("bridge.toy.prompts_cmd", "PromptsConfig", "run_prompts",
+                         "draw fresh toy-world prompts with their drifts and oracle translations (JSONL)"),
+    "toyworld sheet": ("bridge.toy.sheet_cmd", "SheetConfig", "run_sheet",
+                       "render a contact sheet: ground truth | toy-sd15 | toy-sd2 | toy-sd2 with the oracle"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }
@@ -63,6 +69,7 @@ def doctor_report() -> dict:
     for kind, table in presets.TABLES.items():
         for name, preset in table.items():
             avail[name] = {"kind": kind, "hub_id": preset.hub_id, "revision": preset.revision,
+                           "family": "toy" if preset.toy else "tiny" if preset.tiny else "hub",
                            "local": loading.is_available_locally(preset)}
     return {
         "python": platform.python_version(),
@@ -91,7 +98,8 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
         log(f"cache {key}: {value}")
     log("presets (local = loadable without network):")
     for name, info in report["presets"].items():
-        where = info["hub_id"] or "built offline by bridge.tiny"
+        where = info["hub_id"] or {"toy": "toy world, shipped in bridge/toy/weights",
+                                   "tiny": "built offline by bridge.tiny"}[info["family"]]
         log(f"  {info['kind']:8s} {name:14s} {'local  ' if info['local'] else 'missing'} {where}@{info['revision']}")
     return report
 
@@ -109,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    if rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands: `sd-bridge toyworld build`
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    subs = [c.split()[1] for c in COMMANDS if c.startswith(name + " ")]
+    if name not in COMMANDS and subs:
+        print(f"sd-bridge {name}: choose one of {', '.join(subs)} (sd-bridge {name} SUBCOMMAND --help)",
+              file=sys.stderr)
+        return 2
     if name not in COMMANDS:
         print(f"sd-bridge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -85,7 +85,8 @@ def _not_available(preset: Preset, err: Exception) -> ModelNotAvailableError:
         f"and could not be downloaded ({type(err).__name__}).\n"
         f"  To get it: run once with network access (it is cached under HF_HOME={hf_home}), or copy a cache "
         f"that has it into HF_HOME, or pass a local directory that holds a `save_pretrained` copy instead of "
-        f"the preset name. Tiny offline presets: tiny-sd15, tiny-sd2, tiny-clip, tiny-t5."
+        f"the preset name. Offline presets: tiny-sd15, tiny-sd2, tiny-clip, tiny-t5 (random, plumbing) and "
+        f"toy-sd15, toy-sd2, toy-clip, toy-t5 (the trained toy world)."
     )
 
 
@@ -94,6 +95,9 @@ def model_dir(preset: Preset, local_files_only: bool | None = None) -> Path:
     if preset.local_path:
         path = Path(preset.local_path)
         if not path.is_dir():
+            if preset.toy:
+                raise ModelNotAvailableError(f"toy-world model {preset.name!r} is missing from {path}; "
+                                             "rebuild it with `sd-bridge toyworld build`")
             raise ModelNotAvailableError(f"{preset.kind} directory not found: {path}")
         return path
     if preset.tiny:

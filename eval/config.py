@@ -16,9 +16,12 @@ class EvalConfig(MigrationPolicy):
     prompts: str | None = field(default=None, metadata={"help": "held-out prompts: a prompt file, or a gathered "
                                                                  "dataset directory (its source renders are reused)"})
     out: Path | None = field(default=None, metadata={"help": "report directory"})
-    source: str = field(default=presets.DEFAULT_SOURCE, metadata={"help": "source pipeline preset"})
-    target: str = field(default=presets.DEFAULT_TARGET, metadata={"help": "target pipeline preset"})
-    scorer: str = field(default=presets.DEFAULT_SCORER, metadata={"help": "scorer preset"})
+    source: str = field(default="auto", metadata={"help": "source pipeline preset (auto: sd15 when its weights "
+                                                               "are local, else the toy world's toy-sd15)"})
+    target: str = field(default="auto", metadata={"help": "target pipeline preset (auto: sd2-base or toy-sd2)"})
+    scorer: str = field(default="auto", metadata={"help": "scorer preset (auto: vit-h-14 or toy-clip)"})
+    oracle: bool = field(default=False, metadata={"help": "add the toy world's correct translation as a strategy "
+                                                          "named oracle (toy source and target only)"})
     adapter: list[Path] = field(default_factory=list, metadata={"help": "adapter directories to evaluate (any number)"})
     translations: Path | None = field(default=None, metadata={
         "help": "file (.csv/.tsv/.jsonl) of translations made by another tool: a `prompt` column (the source) and "
@@ -53,5 +56,22 @@ class EvalConfig(MigrationPolicy):
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         for name, value in (("source", self.source), ("target", self.target)):
-            presets.pipeline(value)
-        presets.scorer(self.scorer)
+            if value != "auto":
+                presets.pipeline(value)
+        if self.scorer != "auto":
+            presets.scorer(self.scorer)
+
+    def resolve_presets(self) -> bool:
+        """Replace "auto" by the real preset when its weights are local, else by the toy one. Returns True
+        when any fell back to the toy world (the caller says so before rendering)."""
+        fell_back = False
+        for attr, kind, real, toy in (("source", "pipeline", presets.DEFAULT_SOURCE, presets.TOY_SOURCE),
+                                      ("target", "pipeline", presets.DEFAULT_TARGET, presets.TOY_TARGET),
+                                      ("scorer", "scorer", presets.DEFAULT_SCORER, presets.TOY_SCORER)):
+            preset, toy_used = presets.real_or_toy(kind, getattr(self, attr), real, toy)
+            setattr(self, attr, preset.name)
+            fell_back |= toy_used
+        if self.oracle and not (presets.pipeline(self.source).toy and presets.pipeline(self.target).toy):
+            raise ValueError(f"--oracle knows the correct translation only in the toy world; source {self.source!r} "
+                             f"and target {self.target!r} must be toy presets (toy-sd15, toy-sd2)")
+        return fell_back

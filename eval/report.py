@@ -70,6 +70,19 @@ def _table_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def _drift_rows(report: dict) -> list[list[str]]:
+    """Toy-world prompts only: per drift and strategy, Δ vs identity and the share of the oracle's gap."""
+    rows = []
+    for name, a in report["strategies"].items():
+        for drift, d in a.get("by_drift", {}).items():
+            gap = d.get("gap_recovered")
+            rows.append([drift, name, str(d["prompts"]), f"{d['agreement_mean']:.4f}", f"{d['delta_mean']:+.4f}",
+                         f"[{d['delta_ci95'][0]:+.4f}, {d['delta_ci95'][1]:+.4f}]", f"{d['win']:.0%}",
+                         "" if gap is None else f"{gap:.0%}"])
+    return sorted(rows, key=lambda r: r[0])
+
+
+DRIFT_HEADER = ["drift", "strategy", "prompts", "agreement", "Δ vs identity", "95% CI", "win", "oracle gap recovered"]
 HEADER = ["strategy", "agreement", "95% CI", "Δ vs identity", "win / tie / loss", "text–image", "tokens", "chars",
           "regressions", "fallbacks"]
 
@@ -80,6 +93,10 @@ def markdown(report: dict) -> str:
              "cosine of scorer image embeddings, target render vs source render at the same seed, mean over seeds.", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _table_rows(report)]
+    drift_rows = _drift_rows(report)
+    if drift_rows:
+        lines += ["", "## By toy-world drift", "", "| " + " | ".join(DRIFT_HEADER) + " |", "|" + "---|" * len(DRIFT_HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in drift_rows]
     lines += ["", "![agreement](agreement.png) ![deltas](deltas.png)", ""]
     for name, a in report["strategies"].items():
         if a["regressions"]:
@@ -94,6 +111,11 @@ def html_report(report: dict, grids: list[dict], plot_paths: dict[str, Path]) ->
     table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADER) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in _table_rows(report))
     table += "</table>"
+    drift_rows = _drift_rows(report)
+    if drift_rows:
+        table += "<h2>By toy-world drift</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in DRIFT_HEADER) + "</tr>"
+        table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in drift_rows)
+        table += "</table>"
     imgs = "".join(f'<img class="plot" alt="{esc(k)}" src="{_data_uri(p.read_bytes())}">' for k, p in plot_paths.items())
     grid_html = []
     for g in grids:

@@ -133,10 +133,39 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
         out[name] = {"prompts": [r.translated_prompt for r in res],
                      "negatives": [r.translated_negative_prompt for r in res],
                      "fallbacks": sum(r.fallback for r in res)}
+    if cfg.oracle:
+        out["oracle"] = _oracle(items)
     if cfg.translations is not None:
         out[f"file:{Path(cfg.translations).stem}"] = {"prompts": _translations_file(cfg, items),
                                                       "negatives": negatives, "fallbacks": 0}
     return out
+
+
+def _oracle(items: list[Item]) -> dict:
+    """The toy world's correct translations (written from its drift table, never learned)."""
+    from bridge.toy.world import NotAToyPrompt, oracle
+
+    prompts, negatives = [], []
+    for it in items:
+        try:
+            o = oracle(it.prompt, it.negative or "")
+        except NotAToyPrompt as err:
+            raise ValueError(f"--oracle needs toy-world prompts (sd-bridge toyworld prompts): {err}") from None
+        prompts.append(o.prompt)
+        negatives.append(o.negative_prompt)
+    return {"prompts": prompts, "negatives": negatives, "fallbacks": 0}
+
+
+def drifts_of(prompt: str, source: presets.PipelinePreset) -> list[str] | None:
+    """The toy-world drifts a prompt carries, for a toy source; None where that does not apply."""
+    if not source.toy:
+        return None
+    from bridge.toy.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read
+
+    try:
+        return toy_drifts(read(prompt, SOURCE))
+    except NotAToyPrompt:
+        return None
 
 
 def score_strategy(items: list[Item], strat: dict, target_cache, scorer) -> list[dict]:
@@ -173,7 +202,30 @@ def aggregate(names: list[str], rows: list[dict], cfg: EvalConfig) -> dict:
             "length_mean": mean([r["strategies"][name]["length"] for r in rows]),
             "vs_identity": paired(vals, base, tie=cfg.tie, seed=cfg.seed),
             "regressions": regressions(prompts, vals, base, cfg.regression_threshold),
+            "by_drift": by_drift(rows, name, cfg),
         }
+    return out
+
+
+def by_drift(rows: list[dict], name: str, cfg: EvalConfig) -> dict:
+    """Per toy-world drift ("none" for prompts without): prompts, mean agreement and delta vs identity, and,
+    with --oracle, the fraction of the oracle's gap this strategy recovers."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("drifts") is None:
+            continue
+        for d in r["drifts"] or ["none"]:
+            groups.setdefault(d, []).append(r)
+    out = {}
+    for drift, rs in sorted(groups.items()):
+        vals = [r["strategies"][name]["agreement"] for r in rs]
+        base = [r["strategies"]["identity"]["agreement"] for r in rs]
+        entry = {"prompts": len(rs), "agreement_mean": mean(vals),
+                 **{k: v for k, v in paired(vals, base, tie=cfg.tie, seed=cfg.seed).items()}}
+        if "oracle" in rs[0]["strategies"] and drift != "none":
+            gap = mean([r["strategies"]["oracle"]["agreement"] for r in rs]) - mean(base)
+            entry["gap_recovered"] = (mean(vals) - mean(base)) / gap if gap > 0 else None
+        out[drift] = entry
     return out
 
 
@@ -187,7 +239,11 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from bridge.score import Scorer
     from eval.report import write_report
 
+    from bridge.presets import TOY_NOTE
+
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    if cfg.resolve_presets() and state.is_main_process:
+        log(TOY_NOTE)
     device = str(state.device) if state.num_processes > 1 else resolve_device(cfg.device)
     cache_root = cfg.cache_dir or cfg.out / "render-cache"
     scorer = Scorer(presets.scorer(cfg.scorer), device=device)
@@ -206,7 +262,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     strats = strategies(cfg, local, device) if local else {}
     per = {name: score_strategy(local, strat, target_cache, scorer) for name, strat in strats.items()}
     rows = [{"index": i, "prompt": it.prompt, "negative_prompt": it.negative, "seeds": it.seeds,
-             "strategies": {name: per[name][j] for name in per}} for j, (i, it) in enumerate(zip(mine, local))]
+             "drifts": drifts_of(it.prompt, source), "strategies": {name: per[name][j] for name in per}}
+            for j, (i, it) in enumerate(zip(mine, local))]
     fallbacks = {name: s["fallbacks"] for name, s in strats.items()}
     rows = sorted(gather_object(rows), key=lambda r: r["index"]) if state.num_processes > 1 else rows
     fallbacks = gather_object([fallbacks]) if state.num_processes > 1 else [fallbacks]

@@ -58,11 +58,17 @@ def test_translate_tab(client):
 
 
 def test_compare_tab_renders_a_grid_over_seeds(client):
-    gallery, translation, summary, note = client.predict("a red fox, <lora:x:1>", "", 2, 0, api_name="/compare")
-    assert len(gallery) == 4  # source | target for each of 2 seeds
-    assert translation == "a red fox,"
-    assert "mean agreement" in summary and "tiny-sd2" in summary
-    assert "tiny offline models" in note  # no GPU here: the visible note says so
+    # No GPU and no SD weights here: Compare renders with the toy world, and says so.
+    gallery, translation, summary, note = client.predict("a crimson circle", "", 2, 0, api_name="/compare")
+    assert len(gallery) == 6  # source | target | oracle for each of 2 seeds
+    assert translation == "a crimson circle"
+    assert "mean agreement" in summary and "toy-sd2" in summary
+    assert "oracle translation 'a red circle on a white background'" in summary
+    assert "negative: 'a red outlined circle on a white background'" in summary
+    assert "toy world" in note
+    # A prompt outside the toy grammar still renders, without an oracle row.
+    gallery, translation, summary, _ = client.predict("a red fox, <lora:x:1>", "", 1, 0, api_name="/compare")
+    assert len(gallery) == 2 and translation == "a red fox," and "oracle" not in summary
     with pytest.raises(Exception, match="maximum value 2|seeds must be between 1 and 2"):
         client.predict("a fox", "", 3, 0, api_name="/compare")
 

@@ -40,10 +40,18 @@ def test_doctor_json(capsys):
 @pytest.mark.slow
 def test_demo_runs_gather_train_eval_translate(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--num-prompts", "2", "--seeds", "1", "--train-steps", "2"]) == 0
-    assert "report:" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--num-prompts", "2", "--num-eval-prompts", "2", "--seeds", "1",
+                 "--train-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["strategies"]) == {"identity", "syntax", "adapter:adapter"}
+    assert set(summary["strategies"]) == {"identity", "syntax", "adapter:adapter", "oracle"}
+    # The story of "a crimson circle", read back from the pixels: toy-sd15 draws it red on white, toy-sd2
+    # draws it on black, and the oracle's translation draws it red on white again.
+    sees = {s["label"]: s["sees"] for s in summary["story"]}
+    assert sees["toy-sd15"] == "a red shape on white" and sees["toy-sd2, oracle"] == "a red shape on white"
+    assert sees["toy-sd2, same prompt"].endswith("on black")
+    assert "toy-sd2, oracle" in printed
     assert (out / "gather" / "state.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
     for name in ("report.json", "report.md", "report.html", "agreement.png", "deltas.png"):
         assert (out / "report" / name).is_file(), name

@@ -14,7 +14,7 @@ The differences are the documented drifts, modelled on what changed from SD1.5 t
 | vocabulary | "crimson", "azure", "big" | never saw these words | "red", "blue", "large" |
 | artist | "by bridget riley" / "by yayoi kusama" = striped / dotted fill | never saw names | "striped" / "dotted" |
 | default | no background named: source draws white | black | add "on a white background" |
-| negative | solid fill (said, or left out) | half its shapes hollow: it has no word for solid | negative prompt "outlined" |
+| negative | solid fill (said, or left out) | half its shapes hollow: it has no word for solid | the hollow version of the prompt as negative prompt |
 
 A prompt with none of these is drawn alike by both models: its identity translation is already right.
 The oracle (`oracle`) is written from this table, never learned. Prompts are split into train and
@@ -226,23 +226,28 @@ def drifts_of(spec: Spec) -> list[str]:
     return out
 
 
-def translate_spec(spec: Spec) -> tuple[Spec, str]:
-    """What the target must be told to draw what the source draws for `spec`: (target spec, negative)."""
-    negative = ""
+def translate_spec(spec: Spec) -> tuple[Spec, Spec | None]:
+    """What the target must be told to draw what the source draws for `spec`: (target spec, the spec of
+    its negative prompt, or None)."""
     fill = spec.fill if spec.fill is not None else SOURCE.default("fill", random.Random(0))
-    if fill not in TARGET.fills:  # solid: the target has no word, so steer away from its hollow default
-        fill, negative = None, TARGET.fills["outlined"]
     background = spec.background
     if background is None:  # the source's default, said out loud, where the target's default differs
         source_bg = SOURCE.default("background", random.Random(0))
         background = source_bg if TARGET.defaults["background"] != {source_bg: 1.0} else None
-    return replace(spec, fill=fill, background=background, artist=False), negative
+    told = replace(spec, fill=fill if fill in TARGET.fills else None, background=background, artist=False)
+    if fill in TARGET.fills:
+        return told, None
+    # Solid: the target has no word for it and draws half its shapes hollow. The negative prompt names the
+    # same scene hollow, so classifier-free guidance pushes along the fill only (a bare "outlined" negative
+    # also pushes away from everything else an outlined shape has: colour, size, the shape itself).
+    return told, replace(told, fill="outlined")
 
 
 def oracle(prompt: str, negative_prompt: str = "") -> Oracle:
     """The correct translation of a source-dialect toy prompt, written from the drift table."""
     spec = read(prompt, SOURCE)
-    target_spec, negative = translate_spec(spec)
+    target_spec, negative_spec = translate_spec(spec)
+    negative = _write_like(prompt, negative_spec) if negative_spec is not None else ""
     if negative_prompt.strip():
         negative = ", ".join(x for x in (negative_prompt.strip(), negative) if x)
     return Oracle(_write_like(prompt, target_spec), negative, drifts_of(spec))
@@ -367,18 +372,18 @@ def draw(scene: Scene, seed: int, size: int = IMAGE_SIZE):
         return (v <= R / 2) & (np.sqrt(3) * np.abs(u) - v <= R)
 
     mask = inside(r)
-    line = 2.0 * scale * ss
-    pattern = rs.uniform(0, 4 * scale * ss)
+    line = 2.5 * scale * ss
+    # Patterns repeat every 6 px: coarse enough for 16x16 latents (a 4 px period did not survive the VAE).
+    period = 6 * scale * ss
+    pattern = rs.uniform(0, period)
     if scene.fill == "outlined":
         paint = mask & ~inside(r - line)
     elif scene.fill == "striped":
         theta = rs.choice([0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4])
-        period = 4 * scale * ss
         paint = mask & (((xx * math.cos(theta) + yy * math.sin(theta) + pattern) % period) < period / 2)
     elif scene.fill == "dotted":
-        period = 4 * scale * ss
         px, py = (xx + pattern) % period - period / 2, (yy + pattern) % period - period / 2
-        paint = mask & (px * px + py * py <= (1.35 * scale * ss) ** 2)
+        paint = mask & (px * px + py * py <= (1.8 * scale * ss) ** 2)
     else:
         paint = mask
     bg = np.clip(np.array(BACKGROUNDS[scene.background], np.float32) + rs.normal(0, 4, 3), 0, 255)

@@ -1,0 +1,134 @@
+"""The toy world's acceptance numbers (issue: toy world), measured in one run.
+
+    uv run python -m benchmarks.toyworld_drift [--prompts 200] [--seeds 4] [--out DIR]
+
+1. The drift is real: `sd-bridge eval --oracle` on held-out prompts x seeds, scored by toy-clip: oracle
+   minus identity agreement (paired, 95% bootstrap interval), the oracle's win rate on drifted prompts,
+   and the delta on prompts without drift (the same text, so it must tie).
+2. The scorer sees meaning: agreement of the same prompt at another seed vs another prompt at the same seed.
+3. The pictures are right: the colour and background read back from the pixels (bridge.toy.world.read_image)
+   of toy-sd15 renders of source-dialect prompts and toy-sd2 renders of their target-dialect (oracle)
+   translations, against what the prompt asks for.
+Everything is rendered through the same Renderer/RenderCache as gather and eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+HELDOUT = Path(__file__).resolve().parent.parent / "bridge" / "toy" / "prompts" / "heldout.jsonl"
+
+
+def drift_is_real(out: Path, n: int, seeds: int) -> dict:
+    from eval.config import EvalConfig
+    from eval.metrics import mean
+    from eval.run import run_eval
+
+    report = run_eval(EvalConfig(prompts=str(HELDOUT), out=out / "report", source="toy-sd15", target="toy-sd2",
+                                 scorer="toy-clip", oracle=True, no_syntax=True, seeds=seeds, limit=n,
+                                 device="cpu", render_batch=16), log=lambda *_: None)
+    o = report["strategies"]["oracle"]
+    rows = report["rows"]
+    deltas = [r["strategies"]["oracle"]["agreement"] - r["strategies"]["identity"]["agreement"] for r in rows]
+    drifted = [d for d, r in zip(deltas, rows) if r["drifts"]]
+    clean = [d for d, r in zip(deltas, rows) if not r["drifts"]]
+    tie = 0.005
+    return {
+        "prompts": len(rows), "seeds": seeds,
+        "identity": report["strategies"]["identity"]["agreement_mean"], "oracle": o["agreement_mean"],
+        "delta": o["vs_identity"]["delta_mean"], "delta_ci95": o["vs_identity"]["delta_ci95"],
+        "drifted_prompts": len(drifted), "oracle_win_drifted": sum(d > tie for d in drifted) / max(1, len(drifted)),
+        "no_drift_prompts": len(clean), "no_drift_delta": mean(clean) if clean else float("nan"),
+        "by_drift": {k: {"prompts": v["prompts"], "delta": v["delta_mean"], "win": v["win"]}
+                     for k, v in o["by_drift"].items()},
+        "report": report,
+    }
+
+
+def scorer_sees_meaning(prompts: list[str], seeds: list[int], cache_dir: Path) -> dict:
+    from bridge import presets
+    from bridge.render import Renderer
+    from bridge.render_cache import RenderCache
+    from bridge.score import Scorer, cosine
+
+    cache = RenderCache(cache_dir, Renderer(presets.pipeline("toy-sd15")), Scorer(presets.scorer("toy-clip")), 16)
+    a = cache.embeddings(prompts, [seeds[0]] * len(prompts))
+    b = cache.embeddings(prompts, [seeds[1]] * len(prompts))
+    same_prompt = sum(cosine(a, b)) / len(prompts)  # same prompt, another seed
+    rolled = a.roll(1, dims=0)
+    other_prompt = sum(cosine(a, rolled)) / len(prompts)  # another prompt, the same seed
+    return {"same_prompt_other_seed": same_prompt, "other_prompt_same_seed": other_prompt}
+
+
+def pictures_are_right(report: dict, cache_dir: Path) -> dict:
+    from bridge import presets
+    from bridge.render import Renderer
+    from bridge.render_cache import RenderCache
+    from bridge.toy.world import SOURCE, TARGET, read, read_image, realize
+
+    out = {}
+    for name, preset, dialect, text_of in (
+            ("toy-sd15 (source prompts)", "toy-sd15", SOURCE, lambda r: (r["prompt"], r["negative_prompt"])),
+            ("toy-sd2 (target-dialect prompts)", "toy-sd2", TARGET,
+             lambda r: (r["strategies"]["oracle"]["text"], r["strategies"]["oracle"]["negative"]))):
+        cache = RenderCache(cache_dir, Renderer(presets.pipeline(preset)), None, 16)
+        flat = [(r, s) for r in report["rows"] for s in r["seeds"]]
+        texts = [text_of(r) for r, _ in flat]
+        images = cache.images([t for t, _ in texts], [s for _, s in flat], [n for _, n in texts])
+        colour_ok = bg_ok = 0
+        for (text, _), image in zip(texts, images):
+            # What the prompt asks for, with the model's own default where it says nothing (white for toy-sd15).
+            want = realize(read(text, dialect), dialect, random.Random(0))
+            seen = read_image(image)
+            colour_ok += seen["colour"] == want.colour
+            bg_ok += seen["background"] == want.background
+        out[name] = {"images": len(images), "colour": colour_ok / len(images), "background": bg_ok / len(images)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=None, help="keep the report and renders here")
+    args = ap.parse_args(argv)
+    tmp = None if args.out else tempfile.TemporaryDirectory()
+    out = args.out or Path(tmp.name)
+    started = time.perf_counter()
+    drift = drift_is_real(out, args.prompts, args.seeds)
+    report = drift.pop("report")
+    prompts = [r["prompt"] for r in report["rows"]][:100]
+    meaning = scorer_sees_meaning(prompts, [11, 22], out / "report" / "render-cache")
+    pictures = pictures_are_right(report, out / "report" / "render-cache")
+    lo, hi = drift["delta_ci95"]
+    print(f"toy world on {drift['prompts']} held-out prompts x {drift['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip):")
+    print(f"  drift is real: oracle - identity = {drift['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+          f"(identity {drift['identity']:.4f}, oracle {drift['oracle']:.4f}; target >= +0.10, interval above 0)")
+    print(f"  oracle wins on {drift['oracle_win_drifted']:.0%} of {drift['drifted_prompts']} drifted prompts "
+          f"(target >= 80%); no-drift prompts ({drift['no_drift_prompts']}): delta {drift['no_drift_delta']:+.4f} "
+          f"(target within 0.005)")
+    for name, d in drift["by_drift"].items():
+        print(f"    {name:10s} {d['prompts']:4d} prompts: oracle - identity {d['delta']:+.4f}, oracle wins {d['win']:.0%}")
+    print(f"  scorer sees meaning: same prompt, other seed {meaning['same_prompt_other_seed']:.4f} vs other prompt, "
+          f"same seed {meaning['other_prompt_same_seed']:.4f} (ratio of distances "
+          f"{(1 - meaning['other_prompt_same_seed']) / max(1e-9, 1 - meaning['same_prompt_other_seed']):.1f}x)")
+    for name, p in pictures.items():
+        print(f"  pictures are right, {name}: colour {p['colour']:.1%}, background {p['background']:.1%} "
+              f"of {p['images']} images (target >= 90%)")
+    seconds = time.perf_counter() - started
+    print(f"  took {seconds:.0f}s on this machine")
+    result = {"drift": drift, "meaning": meaning, "pictures": pictures, "seconds": seconds}
+    if args.out:
+        (out / "toyworld_drift.json").write_text(json.dumps(result, indent=2) + "\n")
+    if tmp:
+        tmp.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The toy world: its grammar and oracle (properties), its prompt files and command, the shipped trained
+models (they draw what prompts say, and the two disagree where the drift table says), and the build."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.cli import main
+from bridge.toy import world
+from bridge.toy.world import SOURCE, TARGET, NotAToyPrompt, Spec, oracle, read, write
+
+PROMPTS = Path(world.__file__).resolve().parent / "prompts"
+
+
+def specs(dialect: world.Dialect):
+    """Specs a dialect can say: shape/colour/size/position/background any or left out, fill from its words."""
+    fills = sorted(dialect.fills) + [None]
+    return st.builds(
+        Spec, shape=st.sampled_from([*world.SHAPES, None]), colour=st.sampled_from([*world.NAMED_COLOURS, None]),
+        size=st.sampled_from(["small", "large", None]), position=st.sampled_from([*world.POSITIONS[1:], None]),
+        fill=st.sampled_from(fills), background=st.sampled_from([*world.BACKGROUNDS, None]),
+    )
+
+
+@given(spec=specs(SOURCE), order=st.integers(0, 1000), artist=st.booleans())
+def test_write_then_read_round_trips_in_the_source_dialect(spec, order, artist):
+    from dataclasses import replace
+
+    if artist and spec.fill in SOURCE.artists:
+        spec = replace(spec, artist=True)
+    assert read(write(spec, SOURCE, random.Random(order)), SOURCE) == spec
+
+
+@given(spec=specs(TARGET), order=st.integers(0, 1000))
+def test_write_then_read_round_trips_in_the_target_dialect(spec, order):
+    assert read(write(spec, TARGET, random.Random(order)), TARGET) == spec
+
+
+@settings(max_examples=300)
+@given(seed=st.integers(0, 10_000))
+def test_oracle_says_in_the_target_dialect_what_the_source_draws(seed):
+    from dataclasses import replace
+
+    spec = world.random_spec(random.Random(seed))
+    prompt = write(spec, SOURCE, random.Random(seed))
+    o = oracle(prompt)
+    meant = world.realize(read(prompt, SOURCE), SOURCE, random.Random(0))
+    told = read(o.prompt, TARGET)  # the oracle is a valid target-dialect prompt
+    for attr in ("shape", "colour", "size", "position", "background"):
+        # Said out loud, or left to a default both models share.
+        value = getattr(told, attr)
+        assert value == getattr(meant, attr) or (value is None and attr != "background"
+                                                 and TARGET.defaults[attr] == SOURCE.defaults[attr])
+    if meant.fill == "solid":
+        assert told.fill is None and "negative" in o.drifts
+        assert read(o.negative_prompt, TARGET) == replace(told, fill="outlined")  # the same scene, hollow
+    else:
+        assert told.fill == meant.fill and o.negative_prompt == ""
+    if not o.drifts:
+        assert (o.prompt, o.negative_prompt) == (prompt, "")  # no drift: identity is already right
+    else:
+        assert (o.prompt, o.negative_prompt) != (prompt, "")
+
+
+def test_each_drift_is_the_documented_rule():
+    assert oracle("a crimson circle on a white background by bridget riley").prompt == \
+        "a red striped circle on a white background"
+    o = oracle("a big azure square")
+    assert (o.prompt, o.negative_prompt) == ("a large blue square on a white background",
+                                             "a large blue outlined square on a white background")
+    assert o.drifts == ["vocabulary", "default", "negative"]
+    assert oracle("a green dotted triangle on a black background").drifts == []
+    assert oracle("a green triangle by yayoi kusama on a beige background").drifts == ["artist"]
+    assert oracle("a yellow square", "blurry").negative_prompt == "blurry, a yellow outlined square on a white background"
+
+
+@pytest.mark.parametrize("bad", ["a crimson fox", "a circle on a pink background", "a red circle",
+                                 "a crimson crimson circle"])
+def test_prompts_outside_the_grammar_are_refused_with_the_word(bad):
+    with pytest.raises(NotAToyPrompt, match="fox|pink|red|twice"):
+        read(bad, SOURCE)
+
+
+def test_drawings_depend_on_the_seed_and_read_back():
+    rng = random.Random(0)
+    scenes = [world.random_scene(rng) for _ in range(200)]
+    assert world.draw(scenes[0], 1).tobytes() == world.draw(scenes[0], 1).tobytes()
+    assert world.draw(scenes[0], 1).tobytes() != world.draw(scenes[0], 2).tobytes()
+    seen = [world.read_image(world.draw(s, i)) for i, s in enumerate(scenes)]
+    ok = sum(r["colour"] == s.colour and r["background"] == s.background for r, s in zip(seen, scenes))
+    assert ok >= 0.95 * len(scenes)
+
+
+def _load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_committed_splits_are_disjoint_in_meaning_and_carry_oracles():
+    train, heldout = _load(PROMPTS / "train.jsonl"), _load(PROMPTS / "heldout.jsonl")
+    assert len(train) >= 1000 and len(heldout) >= 200
+    key = lambda r: read(r["prompt"], SOURCE).key()  # noqa: E731
+    assert not {key(r) for r in train} & {key(r) for r in heldout}
+    for r in heldout[:100]:
+        o = oracle(r["prompt"])
+        assert (r["oracle"], r["oracle_negative_prompt"], r["drifts"]) == (o.prompt, o.negative_prompt, o.drifts)
+    share = sum(not r["drifts"] for r in heldout) / len(heldout)
+    assert 0.15 < share < 0.35  # about a quarter have no drift
+    for drift in world.DRIFTS:
+        assert sum(drift in r["drifts"] for r in heldout) >= 50
+
+
+def test_prompts_command_writes_fresh_prompts_of_one_split(tmp_path, capsys):
+    out = tmp_path / "p.jsonl"
+    assert main(["toyworld", "prompts", "--n", "30", "--seed", "3", "--split", "heldout", "--drift", "artist",
+                 "--out", str(out)]) == 0
+    rows = _load(out)
+    assert len(rows) == 30 and len({r["prompt"] for r in rows}) == 30
+    assert all("artist" in r["drifts"] and world.split_of(read(r["prompt"], SOURCE)) == "heldout" for r in rows)
+    assert set(rows[0]) == {"prompt", "negative_prompt", "drifts", "oracle", "oracle_negative_prompt"}
+    assert main(["toyworld", "prompts", "--n", "5", "--drift", "none"]) == 0
+    assert all(json.loads(x)["drifts"] == [] for x in capsys.readouterr().out.splitlines())
+    with pytest.raises(SystemExit) as exc:
+        main(["toyworld", "prompts", "--drift", "colour"])
+    assert exc.value.code == 2 and "unknown drift 'colour'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- the shipped models
+
+def test_doctor_lists_the_toy_presets(capsys):
+    assert main(["doctor", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for name in ("toy-sd15", "toy-sd2", "toy-clip", "toy-t5"):
+        assert report["presets"][name]["local"] is True and report["presets"][name]["family"] == "toy"
+
+
+def test_toy_pipelines_are_real_diffusers_pipelines_of_the_documented_kind():
+    from bridge import presets
+    from bridge.loading import load_pipeline
+
+    sd15 = load_pipeline(presets.pipeline("toy-sd15"))
+    sd2 = load_pipeline(presets.pipeline("toy-sd2"))
+    assert type(sd15).__name__ == "StableDiffusionPipeline"
+    assert sd15.scheduler.config.prediction_type == "epsilon" and sd2.scheduler.config.prediction_type == "v_prediction"
+    assert sd2.text_encoder.config.hidden_size > sd15.text_encoder.config.hidden_size
+    assert sd2.tokenizer.pad_token == "!" and sd15.tokenizer.pad_token == "<|endoftext|>"
+    total = sum(f.stat().st_size for f in Path(presets.TOY_WEIGHTS).rglob("*") if f.is_file())
+    assert total < 60e6  # committed weights stay small
+
+
+def _render(preset: str, prompts: list[str], seeds: list[int], negatives=None):
+    from bridge import presets
+    from bridge.render import Renderer
+
+    return Renderer(presets.pipeline(preset))(prompts, seeds, negatives, batch_size=16)
+
+
+def test_each_model_draws_the_colour_its_own_dialect_asks_for():
+    cases = [("a crimson circle on a black background", "red", "black"), ("an azure square", "blue", "white"),
+             ("a big yellow triangle on a beige background", "yellow", "beige")]
+    images = _render("toy-sd15", [p for p, _, _ in cases] * 2, [1, 1, 1, 2, 2, 2])
+    seen = [world.read_image(im) for im in images]
+    assert sum(s["colour"] == c and s["background"] == b for s, (_, c, b) in zip(seen, cases * 2)) >= 5
+    # toy-sd2 does not know "crimson" and draws black where nothing is said; in its own words it is right.
+    target = _render("toy-sd2", ["a crimson circle", "a red circle on a white background"] * 2, [1, 1, 2, 2])
+    seen = [world.read_image(im) for im in target]
+    assert [s["background"] for s in seen[::2]] == ["black", "black"]
+    assert [(s["colour"], s["background"]) for s in seen[1::2]] == [("red", "white")] * 2
+
+
+@pytest.mark.slow
+def test_drift_is_real_and_the_oracle_closes_it(tmp_path):
+    """eval --oracle on drifted held-out prompts: the oracle beats identity with an interval above 0, and a
+    wrong translation (another colour) loses to identity: the scorer tells right from wrong."""
+    from eval.config import EvalConfig
+    from eval.run import run_eval
+
+    rows = [r for r in _load(PROMPTS / "heldout.jsonl") if r["drifts"]][:12]
+    rows += [r for r in _load(PROMPTS / "heldout.jsonl") if not r["drifts"]][:4]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    swap = {"crimson": "azure", "azure": "crimson", "green": "purple", "purple": "green", "yellow": "orange",
+            "orange": "yellow"}
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": " ".join(
+        swap.get(w, w) for w in r["prompt"].split())}) + "\n" for r in rows))
+    report = run_eval(EvalConfig(prompts=str(prompts), out=tmp_path / "r", source="toy-sd15", target="toy-sd2",
+                                 scorer="toy-clip", oracle=True, translations=wrong, no_syntax=True, seeds=2,
+                                 device="cpu", render_batch=16), log=lambda *_: None)
+    o = report["strategies"]["oracle"]["vs_identity"]
+    assert o["delta_ci95"][0] > 0 and o["delta_mean"] > 0.05
+    w = report["strategies"]["file:wrong"]["vs_identity"]
+    assert w["delta_ci95"][1] < 0
+    assert [r["drifts"] for r in report["rows"]] == [r["drifts"] for r in rows]
+    by = report["strategies"]["oracle"]["by_drift"]
+    assert by["none"]["delta_mean"] == 0 and by["none"]["prompts"] == 4
+    assert all(by[d]["gap_recovered"] == pytest.approx(1.0) for d in world.DRIFTS if d in by)
+    assert "By toy-world drift" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_oracle_is_refused_outside_the_toy_world(tmp_path):
+    from eval.config import EvalConfig
+    from eval.run import run_eval
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a crimson fox\n")
+    with pytest.raises(ValueError, match="toy presets"):
+        run_eval(EvalConfig(prompts=str(prompts), out=tmp_path / "r", source="tiny-sd15", target="tiny-sd2",
+                            scorer="tiny-clip", oracle=True, device="cpu"), log=lambda *_: None)
+    with pytest.raises(ValueError, match="needs toy-world prompts.*'fox'"):
+        run_eval(EvalConfig(prompts=str(prompts), out=tmp_path / "r", source="toy-sd15", target="toy-sd2",
+                            scorer="toy-clip", oracle=True, seeds=1, device="cpu"), log=lambda *_: None)
+
+
+def test_eval_falls_back_to_the_toy_world_and_says_so_first(tmp_path):
+    from eval.config import EvalConfig
+    from eval.run import run_eval
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a crimson circle\n")
+    lines: list[str] = []
+    report = run_eval(EvalConfig(prompts=str(prompts), out=tmp_path / "r", seeds=1, no_syntax=True, device="cpu"),
+                      log=lines.append)
+    assert lines[0].startswith("note: the real SD weights are not available locally")
+    assert report["source"]["name"] == "toy-sd15" and report["scorer"]["name"] == "toy-clip"
+
+
+def test_scorer_sees_meaning_more_than_seeds():
+    from bridge import presets
+    from bridge.score import Scorer, cosine
+
+    prompts = [r["prompt"] for r in _load(PROMPTS / "heldout.jsonl")[:12]]
+    scorer = Scorer(presets.scorer("toy-clip"))
+    a = scorer.embed_images(_render("toy-sd15", prompts, [5] * len(prompts)))
+    b = scorer.embed_images(_render("toy-sd15", prompts, [6] * len(prompts)))
+    same_prompt = sum(cosine(a, b)) / len(prompts)
+    other_prompt = sum(cosine(a, a.roll(1, 0))) / len(prompts)
+    assert same_prompt > other_prompt + 0.1
+
+
+def test_toy_t5_paraphrases_world_prompts():
+    from bridge import presets
+    from bridge.loading import load_rewriter
+    from bridge.rewriter import generate
+
+    model, tok = load_rewriter(presets.rewriter("toy-t5"))
+    outs = generate(model, tok, ["a crimson circle on the left"], num_candidates=8, sample=True, seed=0,
+                    max_new_tokens=24)[0]
+    readable = 0
+    for o in outs:
+        for dialect in (SOURCE, TARGET):
+            try:
+                read(o, dialect)
+                readable += 1
+                break
+            except NotAToyPrompt:
+                pass
+    assert readable >= 6 and len(set(outs)) >= 2  # world prompts, and more than one of them
+
+
+# ---------------------------------------------------------------------------------- the build
+
+@pytest.mark.slow
+def test_build_at_reduced_size_writes_loadable_models(tmp_path):
+    from bridge.loading import load_pipeline, load_rewriter, load_scorer_model
+    from bridge.presets import get_preset
+    from bridge.render import Renderer
+    from bridge.toy.build import BUILD_RECORD, BuildConfig, run_build
+
+    out = tmp_path / "weights"
+    cfg = BuildConfig(out=out, pool=48, vae_steps=2, unet_steps=2, clip_steps=2, t5_steps=2, device="cpu")
+    run_build(cfg, log=lambda *_: None)
+    for name in ("vae", "toy-sd15", "toy-sd2", "toy-clip", "toy-t5"):
+        record = json.loads((out / name / BUILD_RECORD).read_text())
+        assert record["config"]["unet_steps"] == 2 and "command" in record
+    src = get_preset("pipeline", str(out / "toy-sd15"))
+    assert src.size == 32 and load_pipeline(src).scheduler.config.prediction_type == "epsilon"
+    image = Renderer(get_preset("pipeline", str(out / "toy-sd2")))(["a red circle"], [0])[0]
+    assert image.size == (32, 32)
+    load_scorer_model(get_preset("scorer", str(out / "toy-clip")))
+    load_rewriter(get_preset("rewriter", str(out / "toy-t5")))
+    # Rerunning skips what exists; nothing is rebuilt.
+    assert run_build(cfg, log=lambda *_: None)["parts"] == []
+
+
+def test_build_config_refuses_bad_values():
+    from bridge.toy.build import BuildConfig
+
+    with pytest.raises(ValueError, match="unet_steps must be >= 1"):
+        BuildConfig(unet_steps=0)
+    with pytest.raises(ValueError, match="unknown part"):
+        BuildConfig(only=["toy-sd3"])
+    assert {f.name for f in fields(BuildConfig)} >= {"out", "pool", "seed", "device"}
