@@ -174,11 +174,15 @@ def test_cli_dry_run(gathered, capsys):
 
 @pytest.mark.slow
 def test_two_process_ddp_run(synthetic_data, tmp_path):
+    """Unequal work: one leaf per micro-batch and two passes per rollout, so the processes run different
+    numbers of backward passes per step (their prompts have different leaf counts); gradients sync once
+    per optimiser step (no_sync on the others) and the run finishes."""
     cmd = [*accelerate_launch(2), "-m", "bridge.cli", "train",
            "--data", str(synthetic_data), "--out", str(tmp_path / "ddp"), "--target", "tiny-sd2", "--rewriter", "tiny-t5",
            "--scorer", "tiny-clip", "--steps", "2", "--warm-start-steps", "1", "--prompts-per-step", "4", "--k", "2",
-           "--max-new-tokens", "6", "--device", "cpu", "--no-progress", "--reward-seeds", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--max-new-tokens", "6", "--device", "cpu", "--no-progress", "--reward-seeds", "1",
+           "--micro-batch", "1", "--updates-per-step", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "adapter_model.safetensors").is_file()
 

@@ -56,6 +56,8 @@ class TrainConfig(MigrationPolicy):
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "hard cap on generated tokens per leaf (default: at least the preset's, grown to twice the "
                 "leaf's length plus 8)"})
+    micro_batch: int = field(default=64, metadata={"help": "leaf sequences per forward/backward pass (memory); "
+                                                            "gradients accumulate over a step's micro-batches"})
     render_batch: int = field(default=4, metadata={"help": "images per target pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     checkpoint_every: int = field(default=50, metadata={"help": "save a checkpoint every N steps"})
@@ -77,7 +79,7 @@ class TrainConfig(MigrationPolicy):
         self.data = Path(self.data)
         self.out = Path(self.out) if self.out is not None else None
         for name in ("steps", "prompts_per_step", "k", "lora_r", "updates_per_step", "warm_start_batch",
-                     "checkpoint_every", "render_batch"):
+                     "checkpoint_every", "render_batch", "micro_batch"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_group_std < 0:

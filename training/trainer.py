@@ -34,7 +34,6 @@ from bridge.inspect_cmd import policy_of
 from training.config import TrainConfig
 
 LOG = "train_log.jsonl"
-MICRO_BATCH = 64  # leaf sequences per forward pass
 
 
 # ------------------------------------------------------------------------------ 1-2. data and models
@@ -90,18 +89,31 @@ def warm_pairs(cfg: TrainConfig, inputs: list[str], names) -> list[tuple[str, st
 
 
 # ------------------------------------------------------------------------------ updates
-def _micro(seq, size=MICRO_BATCH):
+def _micro(seq, size: int):
     for i in range(0, len(seq), size):
         yield i, seq[i : i + size]
 
 
-def sft_update(model, opt, accelerator, tokenizer, pairs, prefix) -> float:
+def _backward(accelerator, model, loss, last: bool) -> None:
+    """Accumulate without DDP's gradient all-reduce except on a pass's last micro-batch (torch's no_sync
+    pattern for gradient accumulation): every process then syncs exactly once per optimiser step, however
+    many micro-batches its share needed. Syncing on each backward pairs one process's all-reduces with
+    another's unrelated ones when their micro-batch counts differ, and can hang at the end of the run."""
+    if last:
+        accelerator.backward(loss)
+        return
+    with accelerator.no_sync(model):
+        accelerator.backward(loss)
+
+
+def sft_update(model, opt, accelerator, tokenizer, pairs, prefix, micro_batch: int) -> float:
     from training.losses import sft_loss
 
     total = 0.0
-    for _, chunk in _micro(pairs):
+    chunks = list(_micro(pairs, micro_batch))
+    for n, (_, chunk) in enumerate(chunks):
         loss = sft_loss(model, tokenizer, [a for a, _ in chunk], [b for _, b in chunk], prefix) * len(chunk) / len(pairs)
-        accelerator.backward(loss)
+        _backward(accelerator, model, loss, last=n == len(chunks) - 1)
         total += loss.detach().item()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -164,9 +176,10 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
     # Old and reference log-probs without dropout: the ratio is then exactly 1 on the first pass.
     peft_model.eval()
     with torch.no_grad():
-        old = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
+        chunks = list(_micro(samples, cfg.micro_batch))
+        old = [logprobs(peft_model, i, len(c))[0] for i, c in chunks]
         with _Swapped(peft_model, reference) if reference is not None else peft_model.disable_adapter():
-            ref = [logprobs(peft_model, i, len(c))[0] for i, c in _micro(samples)]
+            ref = [logprobs(peft_model, i, len(c))[0] for i, c in chunks]
     # Updates run without dropout too, as trl's GRPOConfig(disable_dropout=True) does (its default is False):
     # dropout noise would make the importance ratio differ from 1 on samples the policy itself just drew.
     # Per-token normalisation across the whole rollout (DAPO): each micro-batch's token sum is divided by
@@ -174,11 +187,11 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
     total = sum(max(1, len(x)) for x in ids)
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
     for _ in range(cfg.updates_per_step):
-        for j, (i, c) in enumerate(_micro(samples)):
+        for j, (i, c) in enumerate(chunks):
             logp, mask = logprobs(model, i, len(c))
             loss, st = grpo_loss(logp, old[j], ref[j], mask, adv[i : i + len(c)], cfg.clip_eps, cfg.kl_coef,
                                  total_tokens=total)
-            accelerator.backward(loss)
+            _backward(accelerator, model, loss, last=j == len(chunks) - 1)
             share = float(mask.sum()) / total / cfg.updates_per_step
             stats["loss"] += loss.detach().item() / cfg.updates_per_step
             stats["kl"] += st["kl"] * share
@@ -188,12 +201,14 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
     return stats
 
 
-def idle_update(model, opt, accelerator) -> None:
-    """No samples on this process this step: a zero loss keeps DDP's collective backward in step."""
-    loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-    accelerator.backward(loss)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+def idle_update(model, opt, accelerator, passes: int = 1) -> None:
+    """No samples on this process this step: zero losses keep DDP's collective backward in step, one per
+    optimiser step the busy processes take."""
+    for _ in range(passes):
+        loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -320,7 +335,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             rng = random.Random(f"{cfg.seed}/warm/{step}")
             batch = rng.sample(pairs, min(cfg.warm_start_batch, len(pairs)))[accelerator.process_index::
                                                                            accelerator.num_processes]
-            loss = sft_update(model, opt, accelerator, tokenizer, batch, PREFIX) if batch else (
+            loss = sft_update(model, opt, accelerator, tokenizer, batch, PREFIX, cfg.micro_batch) if batch else (
                 idle_update(model, opt, accelerator) or 0.0)
             record.update(phase="warm_start", loss=loss, time_update=time.perf_counter() - t0)
         else:
@@ -352,14 +367,14 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
                 samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
                            for a, b, ids in zip(c.leaf_inputs, c.leaf_outputs, c.leaf_ids)]
                 stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg, reference)
-                             if samples else (idle_update(model, opt, accelerator) or {}))
+                             if samples else (idle_update(model, opt, accelerator, cfg.updates_per_step) or {}))
             else:
                 best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: rewards[j]) for g in range(len(cands))]
                 samples = [(a, b) for j in best if not flat[j].fallback
                            for a, b in zip(flat[j].leaf_inputs, flat[j].leaf_outputs)]
-                stats = {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, PREFIX)
+                stats = {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg.micro_batch)
                                      for _ in range(cfg.updates_per_step)) / cfg.updates_per_step} if samples else (
-                    idle_update(model, opt, accelerator) or {})
+                    idle_update(model, opt, accelerator, cfg.updates_per_step) or {})
             t3 = time.perf_counter()
             record.update(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
                           reward_std=float(r.std(unbiased=False)) if len(r) else None,
