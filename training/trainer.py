@@ -123,6 +123,13 @@ def sft_update(model, opt, accelerator, tokenizer, pairs, prefix, micro_batch: i
 REFERENCE = "reference_lora.safetensors"  # the warm-started adapter: the KL anchor of the RL phase
 
 
+def _lora_state(peft_model) -> dict:
+    """A detached copy of the LoRA weights."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
 class _Swapped:
     """Within the block, the LoRA holds `weights` (the reference); the trained weights come back after."""
 
@@ -130,9 +137,9 @@ class _Swapped:
         self.model, self.weights = peft_model, weights
 
     def __enter__(self):
-        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from peft import set_peft_model_state_dict
 
-        self.saved = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        self.saved = _lora_state(self.model)
         set_peft_model_state_dict(self.model, self.weights)
 
     def __exit__(self, *exc):
@@ -141,18 +148,21 @@ class _Swapped:
         set_peft_model_state_dict(self.model, self.saved)
 
 
-def reference_weights(cfg: TrainConfig, peft_model, out: Path, main: bool) -> dict | None:
-    """The frozen warm-started LoRA, saved once beside the checkpoints and reloaded on resume. None without
+def reference_weights(cfg: TrainConfig, peft_model, out: Path, main: bool, resumed: bool) -> dict | None:
+    """The frozen warm-started LoRA, saved beside the checkpoints when the RL phase starts and reloaded only
+    by a run resumed past that point (a fresh run into an old directory snapshots its own). None without
     a warm start: the fresh LoRA (B = 0) is then the base model, which the disabled adapter gives."""
-    from peft import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
     if not cfg.warm_start_steps:
         return None
     path = out / "checkpoints" / REFERENCE
-    if path.is_file():
+    if resumed:
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: {path} is missing, so the KL reference (the warm-started "
+                                    "adapter) cannot be restored; restart the run without --resume")
         return load_file(str(path), device=str(next(peft_model.parameters()).device))
-    weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    weights = _lora_state(peft_model)
     if main:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous().cpu() for k, v in weights.items()}, str(path))
@@ -342,7 +352,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             # 4. Optimise: rollout -> reward -> update.
             rl_step = step - cfg.warm_start_steps
             if reference is None and cfg.algo == "grpo":
-                reference = reference_weights(cfg, accelerator.unwrap_model(model), out, main)
+                reference = reference_weights(cfg, accelerator.unwrap_model(model), out, main,
+                                              resumed=start > cfg.warm_start_steps)
             idx = step_prompts(cfg, rl_step, len(groups))[accelerator.process_index::accelerator.num_processes]
             model.eval()
             cands = rewrite_prompts(accelerator.unwrap_model(model), tokenizer, [inputs[i] for i in idx], names,
