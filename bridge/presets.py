@@ -111,7 +111,8 @@ PIPELINES: dict[str, PipelinePreset] = {
         # with a wider text encoder and "!" padding, like SD 2.x.
         PipelinePreset("toy-sd15", None, TOY_REVISION, "sd1", 32, "epsilon", 64, steps=15, guidance=5.0,
                        local_path=_toy("toy-sd15"), toy=True),
-        # Guidance measured on held-out prompts (colour + background read back from 80 renders each):
+        # Guidance from a one-off sweep on this 2-core machine (40 held-out prompts x 2 seeds, colour +
+        # background read back with bridge.toy.world.read_image; 80 renders each):
         # toy-sd15 97.5% at 5 (95% at 3), toy-sd2 91% at 3 (85% at 5, 75% at 7.5).
         PipelinePreset("toy-sd2", None, TOY_REVISION, "sd2", 32, "v_prediction", 96, steps=15, guidance=3.0,
                        local_path=_toy("toy-sd2"), toy=True),
