@@ -20,6 +20,7 @@ from typing import Sequence
 PREFIX = "Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
 ADAPTER_META = "sd_bridge_adapter.json"
 TRAIN_PROMPTS = "train_prompts.json"  # sha256 of every training prompt, so eval can refuse leakage
+CURVES = "learning_curves.png"  # reward per step and held-out agreement at checkpoints, beside the adapter
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
 _STRUCTURE_WORDS = re.compile(r"\b(BREAK|AND)\b")
 _TAG = re.compile(r"<[^>]*>")

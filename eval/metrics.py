@@ -47,3 +47,27 @@ def regressions(prompts: Sequence[str], strategy: Sequence[float], baseline: Seq
     rows = [{"prompt": p, "delta": s - b, "agreement": s, "identity": b}
             for p, s, b in zip(prompts, strategy, baseline) if s - b < -threshold]
     return sorted(rows, key=lambda r: r["delta"])
+
+
+def gap_recovered(strategy: Sequence[float], baseline: Sequence[float], oracle: Sequence[float], n: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> dict:
+    """F = (mean strategy - mean baseline) / (mean oracle - mean baseline), the share of the oracle's gain over
+    the baseline that the strategy gets, with a paired percentile bootstrap interval: prompts are resampled
+    together on all three sides, so prompt difficulty cancels as in `paired`. None where the oracle gains
+    nothing (the ratio is undefined); resamples whose oracle gap is not positive are dropped."""
+    if not (len(strategy) == len(baseline) == len(oracle)):
+        raise ValueError("gap_recovered needs one value per prompt on all three sides")
+    k = len(strategy)
+
+    def ratio(idx) -> float | None:
+        gap = sum(oracle[i] - baseline[i] for i in idx)
+        return sum(strategy[i] - baseline[i] for i in idx) / gap if gap > 0 else None
+
+    f = ratio(range(k)) if k else None
+    if f is None:
+        return {"fraction": None, "ci95": [None, None]}
+    rng = random.Random(seed)
+    draws = sorted(r for r in (ratio([rng.randrange(k) for _ in range(k)]) for _ in range(n)) if r is not None)
+    lo = draws[int((1 - level) / 2 * len(draws))]
+    hi = draws[min(len(draws) - 1, int((1 + level) / 2 * len(draws)))]
+    return {"fraction": f, "ci95": [min(lo, f), max(hi, f)]}

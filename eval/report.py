@@ -66,8 +66,19 @@ def _table_rows(report: dict) -> list[list[str]]:
         rows.append([name, f"{a['agreement_mean']:.4f}", f"[{a['agreement_ci95'][0]:.4f}, {a['agreement_ci95'][1]:.4f}]",
                      f"{v['delta_mean']:+.4f}", f"{v['win']:.0%} / {v['tie']:.0%} / {v['loss']:.0%}",
                      f"{a['text_score_mean']:.4f}", f"{a['tokens_mean']:.1f}", f"{a['length_mean']:.0f}",
-                     str(len(a["regressions"])), str(a.get("fallbacks", 0))])
+                     str(len(a["regressions"])), str(a.get("fallbacks", 0))]
+                    + ([_gap(a.get("gap_recovered"), a.get("gap_recovered_ci95"))] if _has_oracle(report) else []))
     return rows
+
+
+def _has_oracle(report: dict) -> bool:
+    return "oracle" in report["strategies"]
+
+
+def _gap(fraction, ci) -> str:
+    if fraction is None:
+        return ""
+    return f"{fraction:.0%}" + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if ci and ci[0] is not None else "")
 
 
 def _drift_rows(report: dict) -> list[list[str]]:
@@ -75,29 +86,35 @@ def _drift_rows(report: dict) -> list[list[str]]:
     rows = []
     for name, a in report["strategies"].items():
         for drift, d in a.get("by_drift", {}).items():
-            gap = d.get("gap_recovered")
             rows.append([drift, name, str(d["prompts"]), f"{d['agreement_mean']:.4f}", f"{d['delta_mean']:+.4f}",
                          f"[{d['delta_ci95'][0]:+.4f}, {d['delta_ci95'][1]:+.4f}]", f"{d['win']:.0%}",
-                         "" if gap is None else f"{gap:.0%}"])
+                         _gap(d.get("gap_recovered"), d.get("gap_recovered_ci95"))])
     return sorted(rows, key=lambda r: r[0])
 
 
-DRIFT_HEADER = ["drift", "strategy", "prompts", "agreement", "Δ vs identity", "95% CI", "win", "oracle gap recovered"]
 HEADER = ["strategy", "agreement", "95% CI", "Δ vs identity", "win / tie / loss", "text–image", "tokens", "chars",
           "regressions", "fallbacks"]
+GAP = "oracle gap recovered [95% CI]"
+DRIFT_HEADER = ["drift", "strategy", "prompts", "agreement", "Δ vs identity", "95% CI", "win", GAP]
+
+
+def _header(report: dict) -> list[str]:
+    return HEADER + ([GAP] if _has_oracle(report) else [])
 
 
 def markdown(report: dict) -> str:
     lines = [f"# sd-bridge eval: {report['source']['name']} → {report['target']['name']}", "",
              f"{report['prompts']} prompts × {report['seeds']} seeds, scorer `{report['scorer']['name']}`. Agreement = "
              "cosine of scorer image embeddings, target render vs source render at the same seed, mean over seeds.", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+             "| " + " | ".join(_header(report)) + " |", "|" + "---|" * len(_header(report))]
     lines += ["| " + " | ".join(r) + " |" for r in _table_rows(report)]
     drift_rows = _drift_rows(report)
     if drift_rows:
         lines += ["", "## By toy-world drift", "", "| " + " | ".join(DRIFT_HEADER) + " |", "|" + "---|" * len(DRIFT_HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in drift_rows]
     lines += ["", "![agreement](agreement.png) ![deltas](deltas.png)", ""]
+    for name, path in report.get("learning_curves", {}).items():
+        lines += [f"## Learning curves: {name}", "", f"![learning curves of {name}]({Path(path).name})", ""]
     for name, a in report["strategies"].items():
         if a["regressions"]:
             lines += [f"## Regressions: {name}", ""]
@@ -108,7 +125,7 @@ def markdown(report: dict) -> str:
 
 def html_report(report: dict, grids: list[dict], plot_paths: dict[str, Path]) -> str:
     esc = html.escape
-    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in HEADER) + "</tr>"
+    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in _header(report)) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in _table_rows(report))
     table += "</table>"
     drift_rows = _drift_rows(report)
@@ -117,6 +134,8 @@ def html_report(report: dict, grids: list[dict], plot_paths: dict[str, Path]) ->
         table += "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in drift_rows)
         table += "</table>"
     imgs = "".join(f'<img class="plot" alt="{esc(k)}" src="{_data_uri(p.read_bytes())}">' for k, p in plot_paths.items())
+    curves = "".join(f'<h2>Learning curves: {esc(name)}</h2><img class="plot" alt="learning curves of {esc(name)}" '
+                     f'src="{_data_uri(Path(path).read_bytes())}">' for name, path in report.get("learning_curves", {}).items())
     grid_html = []
     for g in grids:
         cells = "".join(
@@ -144,6 +163,7 @@ cosine of scorer image embeddings, target render vs source render at the same se
 95% bootstrap interval of the mean; Δ, win/tie/loss are paired against <i>identity</i> (the source prompt given to the target).</p>
 {table}
 <div>{imgs}</div>
+{curves}
 <h2>Side by side: source | strategies</h2>
 {''.join(grid_html)}
 <h2>Regressions</h2>

@@ -18,7 +18,7 @@ from bridge import presets
 from bridge.config import save_config
 from bridge.inspect_cmd import policy_of
 from eval.config import EvalConfig
-from eval.metrics import bootstrap_ci, mean, paired, regressions
+from eval.metrics import bootstrap_ci, gap_recovered, mean, paired, regressions
 
 DATASET_COLUMNS = ("prompt", "negative_prompt", "seed", "prompt_index", "embedding", "image", "scorer", "preset")
 
@@ -204,6 +204,9 @@ def aggregate(names: list[str], rows: list[dict], cfg: EvalConfig) -> dict:
             "regressions": regressions(prompts, vals, base, cfg.regression_threshold),
             "by_drift": by_drift(rows, name, cfg),
         }
+        if "oracle" in names:  # the share of the oracle's gain over identity (paired bootstrap interval)
+            gap = gap_recovered(vals, base, [r["strategies"]["oracle"]["agreement"] for r in rows], seed=cfg.seed)
+            out[name]["gap_recovered"], out[name]["gap_recovered_ci95"] = gap["fraction"], gap["ci95"]
     return out
 
 
@@ -223,8 +226,8 @@ def by_drift(rows: list[dict], name: str, cfg: EvalConfig) -> dict:
         entry = {"prompts": len(rs), "agreement_mean": mean(vals),
                  **{k: v for k, v in paired(vals, base, tie=cfg.tie, seed=cfg.seed).items()}}
         if "oracle" in rs[0]["strategies"] and drift != "none":
-            gap = mean([r["strategies"]["oracle"]["agreement"] for r in rs]) - mean(base)
-            entry["gap_recovered"] = (mean(vals) - mean(base)) / gap if gap > 0 else None
+            gap = gap_recovered(vals, base, [r["strategies"]["oracle"]["agreement"] for r in rs], seed=cfg.seed)
+            entry["gap_recovered"], entry["gap_recovered_ci95"] = gap["fraction"], gap["ci95"]
         out[drift] = entry
     return out
 
@@ -282,6 +285,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
               "scorer": presets.describe(scorer.preset), "prompts": len(rows), "seeds": cfg.seeds,
               "strategies": agg, "rows": rows, "renders": renders}
     cfg.out.mkdir(parents=True, exist_ok=True)
+    report["learning_curves"] = learning_curves(cfg)
     paths = write_report(report, grids, cfg.out)
     save_config(cfg, cfg.out, presets={"source": report["source"], "target": report["target"],
                                        "scorer": report["scorer"]})
@@ -292,6 +296,21 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
             f"(win {a['vs_identity']['win']:.0%} / tie {a['vs_identity']['tie']:.0%} / loss {a['vs_identity']['loss']:.0%})")
     log(f"report: {paths['html']}")
     return report
+
+
+def learning_curves(cfg: EvalConfig) -> dict[str, str]:
+    """Each adapter's learning curves (written by training beside it), copied into the report directory."""
+    import shutil
+
+    from bridge.rewriter import CURVES
+
+    out = {}
+    for path in cfg.adapter:
+        if (Path(path) / CURVES).is_file():
+            dest = cfg.out / f"curves-{Path(path).name}.png"
+            shutil.copyfile(Path(path) / CURVES, dest)
+            out[f"adapter:{Path(path).name}"] = str(dest)
+    return out
 
 
 def _grid_images(items: list[Item], rows: list[dict], names: list[str], target_cache) -> list[dict]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import accelerate_launch, launch_chromium
 from eval.config import EvalConfig
-from eval.metrics import bootstrap_ci, mean, paired, regressions
+from eval.metrics import bootstrap_ci, gap_recovered, mean, paired, regressions
 from eval.run import run_eval
 
 TINY = dict(source="tiny-sd15", scorer="tiny-clip", device="cpu", seeds=2)
@@ -31,6 +31,24 @@ def test_paired_and_regressions():
     assert (p["win"], p["tie"], p["loss"]) == (1 / 3, 1 / 3, 1 / 3)
     assert regressions(["a", "b"], [0.5, 0.4], [0.5, 0.6], threshold=0.05) == [
         {"prompt": "b", "delta": pytest.approx(-0.2), "agreement": 0.4, "identity": 0.6}]
+
+
+def test_gap_recovered_is_the_share_of_the_oracle_gain():
+    base, oracle = [0.2, 0.3, 0.4, 0.1], [0.8, 0.7, 0.9, 0.6]
+    assert gap_recovered(oracle, base, oracle) == {"fraction": 1.0, "ci95": [1.0, 1.0]}
+    assert gap_recovered(base, base, oracle) == {"fraction": 0.0, "ci95": [0.0, 0.0]}
+    half = [b + (o - b) / 2 for b, o in zip(base, oracle)]
+    assert gap_recovered(half, base, oracle)["fraction"] == pytest.approx(0.5)
+    assert gap_recovered(base, base, base)["fraction"] is None  # no gap: the ratio is undefined
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)), min_size=2, max_size=30))
+def test_gap_recovered_interval_contains_the_fraction(triples):
+    s, b, o = (list(x) for x in zip(*triples))
+    g = gap_recovered(s, b, o, n=200)
+    if g["fraction"] is not None:
+        assert g["ci95"][0] <= g["fraction"] <= g["ci95"][1]
 
 
 @pytest.fixture(scope="module")

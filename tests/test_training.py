@@ -60,18 +60,31 @@ def test_mean_reward_rises_clearly_on_a_synthetic_reward(synthetic_data, tmp_pat
     assert first < 0.5 and last > 0.9, rewards
 
 
-def test_end_to_end_on_tiny_presets(gathered, tmp_path):
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory, prompts_dir):
+    """Three a1111 prompts that `gathered` does not hold: the validation set of the learning curve."""
+    from data.gather import GatherConfig, run_gather
+
+    root = tmp_path_factory.mktemp("val")
+    lines = (prompts_dir / "a1111.jsonl").read_text(encoding="utf-8").splitlines()[6:9]
+    (root / "val.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_gather(GatherConfig(prompts=str(root / "val.jsonl"), out=root / "ds", preset="tiny-sd15", scorer="tiny-clip",
+                            seeds=1, device="cpu", progress=False), log=lambda *_: None)
+    return root / "ds"
+
+
+def test_end_to_end_on_tiny_presets(gathered, held_out, tmp_path):
     from peft import PeftModel
 
     from bridge.loading import load_rewriter
 
     out = tmp_path / "adapter"
     cfg = TrainConfig(data=gathered, out=out, steps=3, warm_start_steps=2, prompts_per_step=3, k=2, lr=1e-2,
-                      max_new_tokens=8, lora_r=4, checkpoint_every=2, **TINY)
+                      max_new_tokens=8, lora_r=4, checkpoint_every=2, val_data=held_out, **TINY)
     base_before = {k: v.clone() for k, v in load_rewriter(presets.rewriter("tiny-t5"))[0].state_dict().items()}
     result = run_train(cfg, log=lambda *_: None)
     for name in ("adapter_model.safetensors", "adapter_config.json", "sd_bridge_adapter.json", "config.json",
-                 "train_log.jsonl", "README.md"):
+                 "train_log.jsonl", "README.md", "learning_curves.png"):
         assert (out / name).is_file(), name
     # LoRA weights moved (B starts at zero), the base model's did not.
     model = PeftModel.from_pretrained(load_rewriter(presets.rewriter("tiny-t5"))[0], str(out))
@@ -83,8 +96,15 @@ def test_end_to_end_on_tiny_presets(gathered, tmp_path):
         torch.testing.assert_close(base_after[k], v, msg=k)
     # Per-step log: rewards, KL, renders, cache hits, time split.
     rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in rows] == ["warm_start", "warm_start", "grpo", "grpo", "grpo"]
-    rl = rows[2]
+    assert [(r["step"], r["phase"]) for r in rows] == [
+        (1, "warm_start"), (2, "warm_start"), (2, "val"), (3, "grpo"), (4, "grpo"), (4, "val"), (5, "grpo"), (5, "val")]
+    # Held-out agreement when optimisation starts and at each checkpoint, against identity on the same prompts.
+    val = [r for r in rows if r["phase"] == "val"]
+    assert all(r["val_prompts"] == 3 and -1 <= r["val_agreement"] <= 1 for r in val)
+    assert len({r["val_identity"] for r in val}) == 1
+    card = (out / "README.md").read_text()
+    assert "held-out agreement" in card and "![learning curves](learning_curves.png)" in card
+    rl = rows[3]
     for key in ("reward_mean", "reward_std", "reward_max", "kl", "loss", "renders", "cache_hits", "fallbacks",
                 "time_generate", "time_render", "time_score", "time_update"):
         assert key in rl, key
@@ -110,6 +130,17 @@ def test_end_to_end_on_tiny_presets(gathered, tmp_path):
     report = run_eval(EvalConfig(prompts=str(gathered), out=tmp_path / "r", source="tiny-sd15", adapter=[out],
                                  seeds=1, no_syntax=True, allow_train_overlap=True, **EVAL_TINY), log=lambda *_: None)
     assert report["strategies"]["adapter:adapter"]["train_overlap"] == len(gathered_prompts)
+    # The report shows the adapter's learning curves.
+    assert (tmp_path / "r" / "curves-adapter.png").is_file()
+    assert "![learning curves of adapter:adapter](curves-adapter.png)" in (tmp_path / "r" / "report.md").read_text()
+    assert "Learning curves: adapter:adapter" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_validation_set_must_be_held_out(synthetic_data, tmp_path):
+    cfg = TrainConfig(data=synthetic_data, out=tmp_path / "a", val_data=synthetic_data, steps=1, warm_start_steps=0,
+                      prompts_per_step=2, k=2, max_new_tokens=4, lora_r=4, **TINY)
+    with pytest.raises(ValueError, match=r"--val-data: 16 of 16 validation prompts are also training prompts"):
+        run_train(cfg, log=lambda *_: None, reward_fn=word_presence_reward("animal"))
 
 
 def test_resume_continues_exactly(synthetic_data, tmp_path):
@@ -222,7 +253,7 @@ def test_token_penalty_only_where_renders_truncate(tmp_path):
 
     from training.config import TrainConfig
     from training.reward import ClipAgreementReward
-    from training.trainer import _clip_reward
+    from training.trainer import _clip_reward, _render_cache
 
     class SameImage:  # every candidate renders the source image exactly
         def embeddings(self, prompts, seeds, negatives):
@@ -235,7 +266,7 @@ def test_token_penalty_only_where_renders_truncate(tmp_path):
     assert chunked([long], [long], **kwargs) == [pytest.approx(1.0)]
     assert truncated([long], [long], **kwargs)[0] < 0.97
     cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", target="tiny-sd2", rewriter="tiny-t5", scorer="tiny-clip")
-    reward, _ = _clip_reward(cfg, "cpu")
+    reward = _clip_reward(cfg, _render_cache(cfg, "cpu"))
     assert reward.truncates is False  # training renders with A1111 weighting, which chunks
 
 

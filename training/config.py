@@ -58,6 +58,9 @@ class TrainConfig(MigrationPolicy):
                 "leaf's length plus 8)"})
     micro_batch: int = field(default=64, metadata={"help": "leaf sequences per forward/backward pass (memory); "
                                                             "gradients accumulate over a step's micro-batches"})
+    val_data: Path | None = field(default=None, metadata={
+        "help": "gathered dataset of held-out prompts: agreement on it is measured when optimisation starts and at "
+                "every checkpoint, and drawn in learning_curves.png"})
     render_batch: int = field(default=4, metadata={"help": "images per target pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     checkpoint_every: int = field(default=50, metadata={"help": "save a checkpoint every N steps"})
@@ -78,6 +81,7 @@ class TrainConfig(MigrationPolicy):
             raise ValueError("--out is required (the adapter directory)")
         self.data = Path(self.data)
         self.out = Path(self.out) if self.out is not None else None
+        self.val_data = Path(self.val_data) if self.val_data is not None else None
         for name in ("steps", "prompts_per_step", "k", "lora_r", "updates_per_step", "warm_start_batch",
                      "checkpoint_every", "render_batch", "micro_batch"):
             if getattr(self, name) < (0 if name == "steps" else 1):

@@ -285,7 +285,9 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
 
     from bridge.rewriter import PREFIX, AdapterMeta, rewrite_prompts, save_train_prompts
     from training.data import load_groups
+    from training.curves import plot_curves
     from training.losses import group_advantages, zero_signal_fraction
+    from training.validate import Validator
 
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu)
@@ -310,10 +312,11 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         return plan
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     model, opt = accelerator.prepare(model, opt)
+    cache = _render_cache(cfg, str(accelerator.device)) if reward_fn is None or cfg.val_data else None
     if reward_fn is None:
-        reward_fn, cache = _clip_reward(cfg, str(accelerator.device))
-    else:
-        cache = None
+        reward_fn = _clip_reward(cfg, cache)
+    # Held-out agreement at checkpoints (main process; the others wait at the checkpoint barrier).
+    validator = Validator(cfg, names, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
     out = cfg.out
     start = 0
     ckpt = find_resume(cfg)
@@ -340,6 +343,9 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout stream of this step
         model.train()
         record = {"step": step + 1}
+        if step == cfg.warm_start_steps and validator is not None and not _validated(out, step):
+            # The curve's first point: the model optimisation starts from (warm-started, or the base).
+            _validate(validator, accelerator.unwrap_model(model), tokenizer, cfg, max_new, step, out)
         if step < cfg.warm_start_steps:
             # 3. Warm start: SFT towards identity (+ user pairs).
             rng = random.Random(f"{cfg.seed}/warm/{step}")
@@ -408,6 +414,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         if record.get("reward_mean") is not None:
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            if validator is not None and step >= cfg.warm_start_steps:
+                _validate(validator, accelerator.unwrap_model(model), tokenizer, cfg, max_new, step + 1, out)
             accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(out / "checkpoints" / f"step-{step + 1:06d}", model, opt, step + 1, accelerator)
@@ -422,6 +430,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
                 max_new_tokens=max_new).save(out)
     save_train_prompts(out, [g.prompt for g in groups])  # eval refuses to score an adapter on these
     summary = _summary(out / LOG)
+    summary["curves"] = plot_curves(out / LOG, out) is not None
     (out / "README.md").write_text(model_card(cfg, data_info, summary), encoding="utf-8")
     if writer is not None:
         writer.close()
@@ -433,20 +442,39 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _clip_reward(cfg: TrainConfig, device: str):
+def _render_cache(cfg: TrainConfig, device: str):
+    """Target renders and their scorer embeddings, cached on disk (the reward and validation share it)."""
     from bridge.render import Renderer
     from bridge.render_cache import RenderCache
     from bridge.score import Scorer
+
+    return RenderCache(cfg.cache_dir or cfg.out / "render-cache", Renderer(presets.pipeline(cfg.target), device=device),
+                       Scorer(presets.scorer(cfg.scorer), device=device), batch_size=cfg.render_batch)
+
+
+def _clip_reward(cfg: TrainConfig, cache):
     from training.reward import ClipAgreementReward
 
-    target = presets.pipeline(cfg.target)
-    scorer = Scorer(presets.scorer(cfg.scorer), device=device)
-    cache = RenderCache(cfg.cache_dir or cfg.out / "render-cache", Renderer(target, device=device), scorer,
-                        batch_size=cfg.render_batch)
     # The token penalty only means something where renders truncate: A1111 weighting chunks past 75 tokens.
-    truncates = target.truncates and cache.renderer.settings.weighting == "plain"
-    return ClipAgreementReward(cache, scorer, cfg.text_weight, cfg.token_penalty, cfg.length_penalty,
-                               truncates=truncates), cache
+    truncates = cache.renderer.preset.truncates and cache.renderer.settings.weighting == "plain"
+    return ClipAgreementReward(cache, cache.scorer, cfg.text_weight, cfg.token_penalty, cfg.length_penalty,
+                               truncates=truncates)
+
+
+def _validated(out: Path, step: int) -> bool:
+    """A resumed run keeps the log's rows up to its checkpoint, a validation row at that step included."""
+    path = out / LOG
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    return any(r.get("phase") == "val" and r["step"] == step for r in rows)
+
+
+def _validate(validator, peft_model, tokenizer, cfg: TrainConfig, max_new: int, step: int, out: Path) -> None:
+    """One point of the held-out curve, logged as its own row (phase "val") at the steps done so far."""
+    t = time.perf_counter()
+    row = {"step": step, "phase": "val", **validator(peft_model, tokenizer, max_new, cfg.max_new_tokens is None),
+           "time_val": time.perf_counter() - t}
+    with (out / LOG).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def _estimate(cfg: TrainConfig, model, tokenizer, inputs, plan) -> dict:
@@ -487,10 +515,15 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _summary(path: Path) -> dict:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    every = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in every if r.get("phase") != "val"]
+    val = [r for r in every if r.get("phase") == "val"]
     rl = [r for r in rows if r.get("reward_mean") is not None]
     tail = rl[-max(1, len(rl) // 10):] if rl else []
     return {"steps": len(rows), "rl_steps": len(rl), "reward_first": rl[0]["reward_mean"] if rl else None,
+            "val_identity": val[0]["val_identity"] if val else None,
+            "val_first": val[0]["val_agreement"] if val else None, "val_last": val[-1]["val_agreement"] if val else None,
+            "val_prompts": val[0]["val_prompts"] if val else None,
             "reward_last": sum(r["reward_mean"] for r in tail) / len(tail) if tail else None,
             "renders": sum(r.get("renders", 0) for r in rows), "cache_hits": sum(r.get("cache_hits", 0) for r in rows),
             "fallbacks": sum(r.get("fallbacks", 0) for r in rows)}
@@ -500,7 +533,18 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
 
 
+def _val_rows(cfg: TrainConfig, summary: dict) -> str:
+    if summary.get("val_first") is None:
+        return ""
+    return (f"| held-out agreement ({summary['val_prompts']} prompts of `{cfg.val_data}`): identity | "
+            f"{_fmt(summary['val_identity'])} |\n"
+            f"| held-out agreement: start of optimisation -> end | {_fmt(summary['val_first'])} -> "
+            f"{_fmt(summary['val_last'])} |\n")
+
+
 def model_card(cfg: TrainConfig, data_info: dict, summary: dict) -> str:
+    from bridge.rewriter import CURVES
+
     return f"""---
 library_name: peft
 base_model: {presets.rewriter(cfg.rewriter).hub_id or cfg.rewriter}
@@ -522,7 +566,8 @@ A LoRA on the rewriter `{cfg.rewriter}` that rewrites the text leaves of prompts
 | reward, last 10% of steps | {_fmt(summary.get('reward_last'))} |
 | target renders / cache hits | {summary.get('renders')} / {summary.get('cache_hits')} |
 | structure fallbacks | {summary.get('fallbacks')} |
-
+{_val_rows(cfg, summary)}
+{"![learning curves](" + CURVES + ")" + chr(10) if summary.get("curves") else ""}
 Use: `sd-bridge translate --adapter THIS_DIR "PROMPT"` or `bridge.Translator.from_pretrained("THIS_DIR")`.
 Measure it with `sd-bridge eval --adapter THIS_DIR`. The resolved config is in `config.json`, the per-step
 log in `{LOG}`.

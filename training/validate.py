@@ -1,0 +1,51 @@
+"""Held-out agreement during training (`--val-data`): the second line of the learning curves.
+
+When the optimisation phase starts and at every checkpoint, the model translates the validation prompts as
+they will be served (greedy, with the structure check and the fallback: `rewrite_prompts` with the
+Translator's settings), the target renders the translations at the validation dataset's seeds through the
+run's render cache, and the agreement is the mean cosine to the stored source embeddings: the number
+`sd-bridge eval` reports, on prompts the run never trains on. Identity (the prompts as they are) is measured
+once, as the line to beat.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from training.config import TrainConfig
+
+
+class Validator:
+    def __init__(self, cfg: TrainConfig, names: frozenset[str], cache, train_prompts: list[str]):
+        from bridge.rewriter import prompt_hash
+        from training.data import load_groups
+        from training.trainer import policy_inputs
+
+        self.groups, _ = load_groups(cfg.val_data, cfg.scorer, cfg.reward_seeds)
+        trained = {prompt_hash(p) for p in train_prompts}
+        seen = [g.prompt for g in self.groups if prompt_hash(g.prompt) in trained]
+        if seen:
+            raise ValueError(f"--val-data: {len(seen)} of {len(self.groups)} validation prompts are also training "
+                             f"prompts (first: {seen[0][:80]!r}); gather the validation set from held-out prompts")
+        self.inputs, self.negatives = policy_inputs(cfg, self.groups)
+        self.names, self.cache = names, cache
+        self.identity = self.agreement(self.inputs)
+
+    def agreement(self, texts: list[str]) -> float:
+        flat = [(i, s) for i, g in enumerate(self.groups) for s in g.seeds]
+        emb = self.cache.embeddings([texts[i] for i, _ in flat], [s for _, s in flat],
+                                    [self.negatives[i] for i, _ in flat])
+        src = torch.cat([g.embeddings for g in self.groups]).to(emb.device)
+        return float(torch.nn.functional.cosine_similarity(emb, src, dim=-1).mean())
+
+    def __call__(self, model, tokenizer, max_new_tokens: int, size_from_input: bool) -> dict:
+        from bridge.rewriter import rewrite_prompts
+
+        was_training = model.training
+        model.eval()
+        cands = rewrite_prompts(model, tokenizer, self.inputs, self.names, max_new_tokens=max_new_tokens,
+                                size_from_input=size_from_input)
+        model.train(was_training)
+        texts = [c[0].text for c in cands]
+        return {"val_agreement": self.agreement(texts), "val_identity": self.identity,
+                "val_fallbacks": sum(c[0].fallback for c in cands), "val_prompts": len(texts)}
