@@ -4,6 +4,13 @@ Only text leaves are rewritten (DESIGN §3: translate only leaf text); weights, 
 alternation and escapes stay in the tree around them, so every output is a valid prompt with the user's
 structure. Leaves without letters (", ", " ") are never sent to the model.
 
+The model sees the whole prompt (format "marked"): its text leaves in order, each after its number,
+`[1] masterpiece [2] a red fox in snow [3] by greg rutkowski`, and answers in kind, one output per leaf,
+so every leaf is rewritten in the context of the others and a leaf may grow (text the target needs is
+added where it reads best). A prompt with a single leaf is sent as plain text: the marker would say
+nothing. An answer whose markers do not read back as [1]..[n] in order is a structure failure (fallback).
+Adapters trained before this format rewrite each leaf alone (format "leaf", deduplicated across prompts).
+
 This module holds what training and serving share: the task prefix, batched generation, the repair of a
 generated leaf, and the adapter metadata file that ties a LoRA adapter to its base rewriter preset.
 """
@@ -18,6 +25,9 @@ from pathlib import Path
 from typing import Sequence
 
 PREFIX = "Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
+NEGATIVE_PREFIX = "Rewrite this Stable Diffusion 1.5 negative prompt for Stable Diffusion 2: "
+FORMATS = ("marked", "leaf")
+_MARKER = re.compile(r"\s*\[(\d+)\]\s*")
 ADAPTER_META = "sd_bridge_adapter.json"
 TRAIN_PROMPTS = "train_prompts.json"  # sha256 of every training prompt, so eval can refuse leakage
 CURVES = "learning_curves.png"  # reward per step and held-out agreement at checkpoints, beside the adapter
@@ -52,6 +62,9 @@ class AdapterMeta:
     target: str
     prefix: str = PREFIX
     max_new_tokens: int = 96
+    format: str = "marked"  # what the model reads and writes (module docstring); "leaf" for older adapters
+    rewrite_negative: bool = False  # negative prompts are rewritten too (with NEGATIVE_PREFIX)
+    negative_prefix: str = NEGATIVE_PREFIX
     extra: dict = field(default_factory=dict)
 
     def save(self, directory: Path | str) -> Path:
@@ -66,6 +79,9 @@ class AdapterMeta:
             raise FileNotFoundError(f"{directory} is not an sd-bridge adapter directory (no {ADAPTER_META}); "
                                     "train one with `sd-bridge train`")
         data = json.loads(path.read_text(encoding="utf-8"))
+        data.setdefault("format", "leaf")  # written before the whole-prompt format existed
+        if data["format"] not in FORMATS:
+            raise ValueError(f"{path}: unknown rewrite format {data['format']!r} (known: {', '.join(FORMATS)})")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -155,60 +171,111 @@ def skeleton(text: str, embeddings: frozenset[str]) -> list:
              getattr(n, "when_raw", None)) for n, _, _ in walk(parse(text, embeddings).nodes) if type(n) is not Text]
 
 
+_EDGE = " \t\n,;"  # separators around a leaf's text stay where they are; the model sees the words
+
+
+def split_edges(value: str) -> tuple[str, str, str]:
+    """A leaf value as (leading separators, text, trailing separators): ", a red fox " -> (", ", "a red fox", " ")."""
+    core = value.strip(_EDGE)
+    if not core:
+        return value, "", ""
+    start = value.index(core)
+    return value[:start], core, value[start + len(core):]
+
+
+def model_leaves(nodes) -> list:
+    """The leaves of a parsed prompt that go to the model (those with letters), in order."""
+    from bridge.prompt import leaves
+
+    return [leaf for leaf in leaves(nodes) if needs_rewrite(leaf.value)]
+
+
+def mark(leaves: Sequence[str]) -> str:
+    """The model's view of a prompt's text leaves (stripped): numbered in order; one leaf alone is plain."""
+    if len(leaves) == 1:
+        return leaves[0]
+    return " ".join(f"[{i}] {text}" for i, text in enumerate(leaves, 1))
+
+
+def unmark(text: str, n: int) -> list[str] | None:
+    """The per-leaf outputs of a marked answer for `n` leaves; None when its markers are not [1]..[n] in order."""
+    if n == 1:
+        return [text.strip()]
+    parts = _MARKER.split(text)  # [before [1], "1", leaf 1, "2", leaf 2, ...]
+    if parts[0].strip() or parts[1::2] != [str(i) for i in range(1, n + 1)]:
+        return None
+    return [x.strip() for x in parts[2::2]]
+
+
+def sequences(leaves: Sequence[str], fmt: str) -> list[tuple[str, list[int]]]:
+    """The model inputs for a prompt's leaves and the leaves each one covers: one per leaf ("leaf"), or
+    the whole prompt in one ("marked")."""
+    if fmt == "leaf":
+        return [(text, [i]) for i, text in enumerate(leaves)]
+    return [(mark(leaves), list(range(len(leaves))))] if leaves else []
+
+
 @dataclass
 class Candidate:
-    """One rewrite of a prompt: its text, the (input, output) leaf pairs the model produced for it, and
-    whether it fell back to the input because the rewrite broke the structure."""
+    """One rewrite of a prompt: its text, the (model input, model output) sequences that made it (one per
+    leaf, or one for the whole prompt) with their sampled ids, and whether it fell back to the input
+    because the rewrite broke the structure or (`unfinished`) a generation hit the token limit."""
 
     text: str
-    leaf_inputs: list[str]
-    leaf_outputs: list[str]
+    inputs: list[str]
+    outputs: list[str]
     fallback: bool
-    leaf_ids: list[list[int]] = field(default_factory=list)  # the sampled token ids of each leaf output
-    unfinished: bool = False  # a leaf's generation hit the token limit before its EOS (so it fell back)
+    ids: list[list[int]] = field(default_factory=list)  # the sampled token ids of each output
+    unfinished: bool = False
 
 
 def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozenset[str], prefix: str = PREFIX,
                     num_candidates: int = 1, sample: bool = False, seed: int = 0, max_new_tokens: int = 96,
-                    batch_size: int = 32, temperature: float = 1.0,
-                    fallback_unfinished: bool = True, size_from_input: bool = True) -> list[list[Candidate]]:
+                    batch_size: int = 32, temperature: float = 1.0, fallback_unfinished: bool = True,
+                    size_from_input: bool = True, fmt: str = "marked") -> list[list[Candidate]]:
     """Rewrite the text leaves of each prompt; `num_candidates` candidates per prompt.
 
-    Leaves are deduplicated across all prompts before generation. A candidate whose structure does not
-    read back like the input's, or (with `fallback_unfinished`, as served) one with a leaf that did not end
-    before the token limit, is replaced by the input text (fallback=True; `unfinished` says which).
-    Training keeps unfinished candidates as generated and counts them.
+    Model inputs are deduplicated across all prompts before generation. A candidate whose structure does
+    not read back like the input's (markers included), or (with `fallback_unfinished`, as served) one with
+    a generation that did not end before the token limit, is replaced by the input text (fallback=True;
+    `unfinished` says which). Training keeps unfinished candidates as generated and counts them.
     """
-    from bridge.prompt import leaves, parse, serialize
+    from bridge.prompt import parse, serialize
 
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown rewrite format {fmt!r} (known: {', '.join(FORMATS)})")
     parsed = [parse(t, embeddings) for t in texts]
-    unique = sorted({leaf.value for p in parsed for leaf in leaves(p.nodes) if needs_rewrite(leaf.value)})
+    plans = [sequences([split_edges(leaf.value)[1] for leaf in model_leaves(p.nodes)], fmt) for p in parsed]
+    unique = sorted({seq for plan in plans for seq, _ in plan})
     generated = generate(model, tokenizer, unique, prefix=prefix, num_candidates=num_candidates, sample=sample,
                          seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
                          return_ids=True, size_from_input=size_from_input)
-    table = {text: outs for text, outs in zip(unique, generated)}
+    table = dict(zip(unique, generated))
     result = []
-    for text, p in zip(texts, parsed):
+    for text, p, plan in zip(texts, parsed, plans):
         want = skeleton(text, embeddings)
         cands = []
         for c in range(num_candidates):
             work = p.copy()
-            ins, outs, ids = [], [], []
-            for leaf in leaves(work.nodes):
-                value = leaf.value
-                if value not in table:
-                    continue
-                out_text, out_ids = table[value][c]
-                ins.append(value)
+            targets = model_leaves(work.nodes)
+            ins, outs, ids, readable = [], [], [], True
+            for seq, covered in plan:
+                out_text, out_ids = table[seq][c]
+                ins.append(seq)
                 outs.append(out_text)
                 ids.append(out_ids)
-                # Keep the leaf's own leading/trailing spaces: they separate it from its neighbours.
-                lead, trail = value[: len(value) - len(value.lstrip())], value[len(value.rstrip()):]
-                leaf.value = lead + repair_leaf(out_text) + trail
+                parts = [out_text] if fmt == "leaf" else unmark(out_text, len(covered))
+                if parts is None:
+                    readable = False
+                    continue
+                for i, part in zip(covered, parts):
+                    # Keep the leaf's own leading/trailing separators: they part it from its neighbours.
+                    lead, _, trail = split_edges(targets[i].value)
+                    targets[i].value = lead + repair_leaf(part) + trail
             candidate = serialize(work.nodes)
-            # A leaf cut off at the token limit is not a rewrite: fall back rather than truncate silently.
+            # A generation cut off at the token limit is not a rewrite: fall back rather than truncate silently.
             unfinished = not all(ended(x, tokenizer) for x in ids)
-            ok = skeleton(candidate, embeddings) == want and not (unfinished and fallback_unfinished)
+            ok = readable and skeleton(candidate, embeddings) == want and not (unfinished and fallback_unfinished)
             cands.append(Candidate(candidate if ok else text, ins, outs, not ok, ids, unfinished))
         result.append(cands)
     return result

@@ -4,7 +4,9 @@ Without an adapter it is the `syntax` strategy (migration policy + normalisation
 LoRA trained by `sd-bridge train`) the policy runs first, then the rewriter rewrites the text leaves of the
 result; leaves are deduplicated across the batch, sorted by length and generated in batches. A rewritten
 prompt whose structure (weights, tags, BREAK/AND, editing, alternation) does not read back the same falls
-back to the syntax output, with a warning, and is counted. Negative prompts get the policy only.
+back to the syntax output, with a warning, and is counted. Negative prompts get the policy, and are
+rewritten too when the adapter was trained with --rewrite-negative (a failed negative rewrite falls back
+to the policy's negative on its own).
 """
 
 from __future__ import annotations
@@ -118,9 +120,13 @@ class Translator:
         candidates = [[s.prompt] for s in syn]
         fallbacks = [[False] for _ in syn]
         unfinished = [False for _ in syn]
+        neg_out = [n.prompt if n is not None else None for n in syn_neg]
+        neg_failed = [False for _ in syn]
         if self.model is not None:
             candidates, fallbacks, unfinished = self._rewrite([s.prompt for s in syn], num_candidates, sample, seed,
                                                               names)
+            if self.meta.rewrite_negative:
+                neg_out, neg_failed = self._rewrite_negatives(neg_out, seed, names)
         # 4. Token budgets and warnings per prompt.
         out = []
         for k, prompt in enumerate(prompts):
@@ -136,9 +142,13 @@ class Translator:
             elif fallbacks[k][0]:
                 warnings.append({"code": "rewrite-fallback", "message": "the rewrite changed the prompt's "
                                  "structure; the syntax strategy's output is used", "span": None, "field": "prompt"})
+            if neg_failed[k]:
+                warnings.append({"code": "rewrite-fallback", "message": "the negative prompt's rewrite did not "
+                                 "keep its structure or end; the syntax strategy's output is used", "span": None,
+                                 "field": "negative_prompt"})
             out.append(Translation(
                 prompt=prompt, negative_prompt=negatives[k], translated_prompt=candidates[k][0],
-                translated_negative_prompt=syn_neg[k].prompt if syn_neg[k] is not None else None,
+                translated_negative_prompt=neg_out[k],
                 strategy=self.strategy, warnings=warnings, tokens_before=before, tokens_after=after,
                 candidates=candidates[k] if num_candidates > 1 else [], fallback=fallbacks[k][0]))
         return out
@@ -148,6 +158,19 @@ class Translator:
 
         rewrites = rewrite_prompts(self.model, self.tokenizer, texts, names, prefix=self.meta.prefix, num_candidates=n,
                                    sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
-                                   batch_size=self.batch_size)
+                                   batch_size=self.batch_size, fmt=self.meta.format)
         return ([[c.text for c in cands] for cands in rewrites], [[c.fallback for c in cands] for cands in rewrites],
                 [cands[0].unfinished for cands in rewrites])
+
+    def _rewrite_negatives(self, negatives: list[str | None], seed: int, names) -> tuple[list, list[bool]]:
+        """The policy's negatives rewritten (greedy, one each); None and empty negatives stay as they are."""
+        from bridge.rewriter import rewrite_prompts
+
+        todo = [i for i, n in enumerate(negatives) if n]
+        rewrites = rewrite_prompts(self.model, self.tokenizer, [negatives[i] for i in todo], names,
+                                   prefix=self.meta.negative_prefix, seed=seed, max_new_tokens=self.meta.max_new_tokens,
+                                   batch_size=self.batch_size, fmt=self.meta.format)
+        out, failed = list(negatives), [False] * len(negatives)
+        for i, [cand] in zip(todo, rewrites):
+            out[i], failed[i] = cand.text, cand.fallback
+        return out, failed

@@ -137,6 +137,8 @@ def test_end_to_end_on_tiny_presets(gathered, held_out, tmp_path):
 
 
 def test_validation_set_must_be_held_out(synthetic_data, tmp_path):
+    with pytest.raises(ValueError, match=r"--val-data .*nowhere is not a gathered dataset"):
+        TrainConfig(data=synthetic_data, out=tmp_path / "a", val_data=tmp_path / "nowhere", **TINY)
     cfg = TrainConfig(data=synthetic_data, out=tmp_path / "a", val_data=synthetic_data, steps=1, warm_start_steps=0,
                       prompts_per_step=2, k=2, max_new_tokens=4, lora_r=4, **TINY)
     with pytest.raises(ValueError, match=r"--val-data: 16 of 16 validation prompts are also training prompts"):
@@ -356,3 +358,54 @@ def test_kl_is_zero_at_the_warm_start_point(synthetic_data, tmp_path, monkeypatc
     assert run(tmp_path / "anchored")["kl"] == pytest.approx(0.0, abs=1e-6)
     monkeypatch.setattr(trainer, "reference_weights", lambda *a, **k: None)
     assert run(tmp_path / "base")["kl"] > 1e-4
+
+
+def test_warm_start_pairs_are_in_the_models_format(tmp_path):
+    from bridge.rewriter import NEGATIVE_PREFIX, PREFIX
+    from training.trainer import warm_pairs
+
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", **TINY)
+    prompts, negatives = ["(masterpiece:1.2), a fox BREAK snow", "a cat"], ["blurry, ugly", None]
+    assert warm_pairs(cfg, prompts, negatives, frozenset()) == sorted([
+        (PREFIX + "[1] masterpiece [2] a fox [3] snow", "[1] masterpiece [2] a fox [3] snow"),
+        (PREFIX + "a cat", "a cat")])
+    both = TrainConfig(data=tmp_path, out=tmp_path / "a", rewrite_negative=True, **TINY)
+    assert (NEGATIVE_PREFIX + "blurry, ugly", "blurry, ugly") in warm_pairs(both, prompts, negatives, frozenset())
+    leafwise = TrainConfig(data=tmp_path, out=tmp_path / "a", format="leaf", **TINY)
+    assert {a for a, _ in warm_pairs(leafwise, prompts, negatives, frozenset())} == {
+        PREFIX + x for x in ("masterpiece", "a fox", "snow", "a cat")}
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"source": "(crimson:1.1), fox", "target": "(red:1.1), fox, white background"}\n'
+                     '{"source": "a, (b)", "target": "a"}\n')
+    extra = TrainConfig(data=tmp_path, out=tmp_path / "a", warm_start_pairs=pairs, **TINY)
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: source and target must have the same number of text"):
+        warm_pairs(extra, prompts, negatives, frozenset())
+    pairs.write_text('{"source": "(crimson:1.1), fox", "target": "(red:1.1), fox, white background"}\n')
+    assert (PREFIX + "[1] crimson [2] fox", "[1] red [2] fox, white background") in warm_pairs(
+        extra, prompts, negatives, frozenset())
+
+
+def test_rewrite_negative_samples_and_renders_rewritten_negatives(tmp_path, prompts_dir):
+    """With --rewrite-negative each candidate carries a sampled rewrite of its negative prompt, rendered with
+    it; the adapter says so, and serving rewrites negatives too."""
+    prompts = [json.loads(line)["prompt"].strip()
+               for line in (prompts_dir / "plain.jsonl").read_text(encoding="utf-8").splitlines()[:4]]
+    data = tmp_path / "ds"
+    datasets.Dataset.from_dict({
+        "prompt": prompts, "negative_prompt": ["blurry, ugly hands"] * 4, "seed": list(range(4)),
+        "prompt_index": list(range(4)), "embedding": [[0.0] * 32] * 4, "scorer": ["tiny-clip"] * 4,
+        "preset": ["tiny-sd15"] * 4}).save_to_disk(str(data))
+    seen = []
+
+    def reward(sources, candidates, negatives, **_):
+        seen.extend(negatives)
+        return [float(len(n or "")) / 100 for n in negatives]
+
+    out = tmp_path / "adapter"
+    run_train(TrainConfig(data=data, out=out, steps=2, warm_start_steps=1, prompts_per_step=4, k=2, lr=1e-3,
+                          max_new_tokens=6, lora_r=4, rewrite_negative=True, **TINY), log=lambda *_: None,
+              reward_fn=reward)
+    assert len(seen) == 2 * 4 * 2 and any(n != "blurry, ugly hands" for n in seen)
+    meta = json.loads((out / "sd_bridge_adapter.json").read_text())
+    assert meta["rewrite_negative"] is True and meta["format"] == "marked"
+    assert Translator.from_pretrained(out).meta.rewrite_negative

@@ -138,3 +138,94 @@ def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
     [t] = tr.translate([long_leaf])
     assert t.fallback and t.translated_prompt == long_leaf
     assert [w["code"] for w in t.warnings] == ["rewrite-unfinished"]
+
+
+# ------------------------------------------------------------------ the whole-prompt (marked) format
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from bridge.rewriter import mark, rewrite_prompts, unmark  # noqa: E402
+
+_leaf = st.text(st.sampled_from("abc xyz,.:!"), min_size=1, max_size=12).map(str.strip).filter(bool)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_leaf, min_size=1, max_size=6))
+def test_marked_leaves_read_back(leaves):
+    assert unmark(mark(leaves), len(leaves)) == leaves
+
+
+def test_unmark_refuses_answers_whose_markers_do_not_read_back():
+    assert unmark("[1] a [2] b", 2) == ["a", "b"]
+    for bad in ("[2] a [1] b", "x [1] a [2] b", "[1] a", "[1] a [2] b [3] c", "a b"):
+        assert unmark(bad, 2) is None, bad
+    assert unmark("a red fox", 1) == ["a red fox"]  # one leaf is plain text
+
+
+class _Scripted:
+    """Stands in for `bridge.rewriter.generate`: answers from a table, records what the model was asked."""
+
+    EOS = 1
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers, self.asked = answers, []
+
+    def __call__(self, model, tokenizer, texts, prefix="", num_candidates=1, **_):
+        self.asked += [prefix + t for t in texts]
+        return [[(self.answers.get(t, t), [7, self.EOS])] * num_candidates for t in texts]
+
+
+class _Tok:
+    eos_token_id = _Scripted.EOS
+
+
+def test_the_model_sees_the_whole_prompt_and_answers_per_leaf(monkeypatch):
+    prompt = "(masterpiece:1.2), a crimson fox <lora:x:1> BREAK snow"
+    script = _Scripted({"[1] masterpiece [2] a crimson fox [3] snow":
+                        "[1] best quality [2] a red fox, highly detailed [3] deep snow"})
+    monkeypatch.setattr("bridge.rewriter.generate", script)
+    [[cand]] = rewrite_prompts(None, _Tok(), [prompt], frozenset())
+    assert script.asked == ["Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
+                            "[1] masterpiece [2] a crimson fox [3] snow"]
+    # Every leaf rewritten in context, one leaf grew (added text), the structure is untouched.
+    assert cand.text == "(best quality:1.2), a red fox, highly detailed <lora:x:1> BREAK deep snow"
+    assert not cand.fallback and cand.inputs == ["[1] masterpiece [2] a crimson fox [3] snow"]
+    # Markers out of order: a structure failure, so the input comes back.
+    monkeypatch.setattr("bridge.rewriter.generate", _Scripted({"[1] masterpiece [2] a crimson fox [3] snow":
+                                                               "[1] best quality [3] snow [2] a fox"}))
+    [[bad]] = rewrite_prompts(None, _Tok(), [prompt], frozenset())
+    assert bad.fallback and bad.text == prompt
+    # Older adapters rewrite each leaf alone.
+    script = _Scripted({"a crimson fox": "a red fox"})
+    monkeypatch.setattr("bridge.rewriter.generate", script)
+    [[leafwise]] = rewrite_prompts(None, _Tok(), [prompt], frozenset(), fmt="leaf")
+    assert leafwise.text == "(masterpiece:1.2), a red fox <lora:x:1> BREAK snow" and len(script.asked) == 3
+
+
+def test_negative_prompts_are_rewritten_only_when_the_adapter_learned_to(monkeypatch):
+    script = _Scripted({"blurry": "blurry, low quality", "a crimson fox": "a red fox"})
+    monkeypatch.setattr("bridge.rewriter.generate", script)
+    tiny2 = presets.pipeline("tiny-sd2")
+    plain = Translator(tiny2, model=object(), tokenizer=_Tok(), meta=AdapterMeta("tiny-t5", "x", "a", "b"))
+    [t] = plain.translate(["a crimson fox"], ["blurry"])
+    assert (t.translated_prompt, t.translated_negative_prompt) == ("a red fox", "blurry")
+    meta = AdapterMeta("tiny-t5", "x", "a", "b", rewrite_negative=True)
+    both = Translator(tiny2, model=object(), tokenizer=_Tok(), meta=meta)
+    t, empty = both.translate(["a crimson fox", "a crimson fox"], ["blurry", None])
+    assert (t.translated_prompt, t.translated_negative_prompt) == ("a red fox", "blurry, low quality")
+    assert empty.translated_negative_prompt is None
+    assert meta.negative_prefix + "blurry" in script.asked  # the negative has its own task prefix
+
+
+def test_adapters_from_before_the_marked_format_load_as_leaf(tmp_path):
+    meta = AdapterMeta("tiny-t5", "x", "a", "b")
+    meta.save(tmp_path)
+    data = json.loads((tmp_path / "sd_bridge_adapter.json").read_text())
+    assert AdapterMeta.load(tmp_path).format == "marked"
+    del data["format"]
+    (tmp_path / "sd_bridge_adapter.json").write_text(json.dumps(data))
+    assert AdapterMeta.load(tmp_path).format == "leaf"
+    data["format"] = "xml"
+    (tmp_path / "sd_bridge_adapter.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unknown rewrite format 'xml'"):
+        AdapterMeta.load(tmp_path)

@@ -36,6 +36,12 @@ class TrainConfig(MigrationPolicy):
                 "grpo is REINFORCE with a group baseline plus KL)"})
     min_group_std: float = field(default=1e-3, metadata={
         "help": "groups whose reward std is below this get zero advantage (their differences are render noise)"})
+    format: Literal["marked", "leaf"] = field(default="marked", metadata={
+        "help": "marked: the model reads the whole prompt, leaves numbered, and answers one output per leaf; "
+                "leaf: each leaf alone, without context (the format of older adapters)"})
+    rewrite_negative: bool = field(default=False, metadata={
+        "help": "rewrite negative prompts too (their text leaves, with the negative task prefix); an empty "
+                "negative stays empty"})
     warm_start_steps: int = field(default=100, metadata={"help": "SFT steps towards identity before optimising"})
     warm_start_pairs: Path | None = field(default=None, metadata={
         "help": "JSONL of {source, target} rewrites added to the identity warm start"})
@@ -82,6 +88,9 @@ class TrainConfig(MigrationPolicy):
         self.data = Path(self.data)
         self.out = Path(self.out) if self.out is not None else None
         self.val_data = Path(self.val_data) if self.val_data is not None else None
+        if self.val_data is not None and not (self.val_data / "state.json").is_file():
+            raise ValueError(f"--val-data {self.val_data} is not a gathered dataset (no state.json); gather the "
+                             "held-out prompts with `sd-bridge gather` first")
         for name in ("steps", "prompts_per_step", "k", "lora_r", "updates_per_step", "warm_start_batch",
                      "checkpoint_every", "render_batch", "micro_batch"):
             if getattr(self, name) < (0 if name == "steps" else 1):

@@ -24,6 +24,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,12 +70,26 @@ def step_prompts(cfg: TrainConfig, step: int, n: int) -> list[int]:
     return rng.sample(range(n), min(cfg.prompts_per_step, n))
 
 
-def warm_pairs(cfg: TrainConfig, inputs: list[str], names) -> list[tuple[str, str]]:
-    from bridge.prompt import leaves, parse
-    from bridge.rewriter import needs_rewrite
+def _pair(source: str, target: str, names, fmt: str) -> list[tuple[str, str]]:
+    """(model input, model output) SFT pairs that rewrite prompt `source` into `target` (same leaf count)."""
+    from bridge.prompt import parse
+    from bridge.rewriter import mark, model_leaves, sequences, split_edges
 
-    pairs = sorted({(v, v) for t in inputs for leaf in leaves(parse(t, names).nodes)
-                    if needs_rewrite(v := leaf.value.strip())})
+    src, tgt = ([split_edges(leaf.value)[1] for leaf in model_leaves(parse(t, names).nodes)] for t in (source, target))
+    if len(src) != len(tgt):
+        return []
+    return [(seq, mark([tgt[i] for i in covered])) for seq, covered in sequences(src, fmt)]
+
+
+def warm_pairs(cfg: TrainConfig, inputs: list[str], negatives: list[str | None], names) -> list[tuple[str, str]]:
+    """Identity pairs of every training prompt (and negative prompt, with --rewrite-negative) in the model's
+    format, plus the user's pairs; each input carries its task prefix."""
+    from bridge.rewriter import NEGATIVE_PREFIX, PREFIX
+
+    pairs = {(PREFIX + a, b) for t in inputs for a, b in _pair(t, t, names, cfg.format)}
+    if cfg.rewrite_negative:
+        pairs |= {(NEGATIVE_PREFIX + a, b) for t in negatives if t for a, b in _pair(t, t, names, cfg.format)}
+    pairs = sorted(pairs)
     if cfg.warm_start_pairs:
         path = Path(cfg.warm_start_pairs)
         if not path.is_file():
@@ -84,8 +99,51 @@ def warm_pairs(cfg: TrainConfig, inputs: list[str], names) -> list[tuple[str, st
                 row = json.loads(line)
                 if not {"source", "target"} <= set(row):
                     raise ValueError(f"{path}:{n}: expected keys 'source' and 'target'")
-                pairs.append((row["source"], row["target"]))
+                more = _pair(row["source"], row["target"], names, cfg.format)
+                if not more:
+                    raise ValueError(f"{path}:{n}: source and target must have the same number of text leaves")
+                pairs += [(PREFIX + a, b) for a, b in more]
     return pairs
+
+
+@dataclass
+class Rollout:
+    """One candidate of a step: its prompt and negative prompt, and the (model input with its prefix,
+    output, sampled ids) sequences that made them; a part that fell back contributes none."""
+
+    text: str
+    negative: str | None
+    sequences: list[tuple[str, str, list[int]]]
+    fallback: bool
+    unfinished: bool
+
+
+def rollout(cfg: TrainConfig, model, tokenizer, prompts: list[str], negatives: list[str | None], names,
+            max_new: int, seed: int) -> list[list[Rollout]]:
+    """K sampled candidates per prompt; with --rewrite-negative each pairs with a sample of its negative prompt."""
+    from bridge.rewriter import NEGATIVE_PREFIX, PREFIX, rewrite_prompts
+
+    kw = dict(num_candidates=cfg.k, sample=True, max_new_tokens=max_new, temperature=cfg.temperature,
+              fallback_unfinished=False,  # scored as generated; counted in the log
+              size_from_input=cfg.max_new_tokens is None, fmt=cfg.format)  # an explicit limit is a cap
+    pos = rewrite_prompts(model, tokenizer, prompts, names, prefix=PREFIX, seed=seed, **kw)
+    neg = (rewrite_prompts(model, tokenizer, [n or "" for n in negatives], names, prefix=NEGATIVE_PREFIX,
+                           seed=seed + 1, **kw) if cfg.rewrite_negative else None)
+    out = []
+    for i, group in enumerate(pos):
+        row = []
+        for c, cand in enumerate(group):
+            seqs = [] if cand.fallback else [(PREFIX + a, b, x) for a, b, x in zip(cand.inputs, cand.outputs, cand.ids)]
+            negative, unfinished = negatives[i], cand.unfinished
+            if neg is not None and negatives[i]:
+                nc = neg[i][c]
+                unfinished |= nc.unfinished
+                if not nc.fallback:
+                    negative = nc.text
+                    seqs += [(NEGATIVE_PREFIX + a, b, x) for a, b, x in zip(nc.inputs, nc.outputs, nc.ids)]
+            row.append(Rollout(cand.text, negative, seqs, cand.fallback, unfinished))
+        out.append(row)
+    return out
 
 
 # ------------------------------------------------------------------------------ updates
@@ -283,7 +341,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from bridge.rewriter import PREFIX, AdapterMeta, rewrite_prompts, save_train_prompts
+    from bridge.rewriter import save_train_prompts
     from training.data import load_groups
     from training.curves import plot_curves
     from training.losses import group_advantages, zero_signal_fraction
@@ -316,7 +374,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     if reward_fn is None:
         reward_fn = _clip_reward(cfg, cache)
     # Held-out agreement at checkpoints (main process; the others wait at the checkpoint barrier).
-    validator = Validator(cfg, names, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
+    validator = Validator(cfg, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
     out = cfg.out
     start = 0
     ckpt = find_resume(cfg)
@@ -334,7 +392,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
                                        "scorer": presets.describe(presets.scorer(cfg.scorer))}, data=data_info)
         _truncate_log(out / LOG, start)
     writer = _tensorboard(cfg, out) if main else None
-    pairs = warm_pairs(cfg, inputs, names) if cfg.warm_start_steps else []
+    pairs = warm_pairs(cfg, inputs, negatives, names) if cfg.warm_start_steps else []
     bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not (cfg.progress and main))
     history = []
     reference = None
@@ -351,7 +409,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             rng = random.Random(f"{cfg.seed}/warm/{step}")
             batch = rng.sample(pairs, min(cfg.warm_start_batch, len(pairs)))[accelerator.process_index::
                                                                            accelerator.num_processes]
-            loss = sft_update(model, opt, accelerator, tokenizer, batch, PREFIX, cfg.micro_batch) if batch else (
+            loss = sft_update(model, opt, accelerator, tokenizer, batch, "", cfg.micro_batch) if batch else (
                 idle_update(model, opt, accelerator) or 0.0)
             record.update(phase="warm_start", loss=loss, time_update=time.perf_counter() - t0)
         else:
@@ -362,17 +420,14 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
                                               resumed=start > cfg.warm_start_steps)
             idx = step_prompts(cfg, rl_step, len(groups))[accelerator.process_index::accelerator.num_processes]
             model.eval()
-            cands = rewrite_prompts(accelerator.unwrap_model(model), tokenizer, [inputs[i] for i in idx], names,
-                                    num_candidates=cfg.k, sample=True, seed=cfg.seed * 7919 + rl_step,
-                                    max_new_tokens=max_new, temperature=cfg.temperature,
-                                    fallback_unfinished=False,  # scored as generated; counted below
-                                    size_from_input=cfg.max_new_tokens is None)  # an explicit limit is a cap
+            cands = rollout(cfg, accelerator.unwrap_model(model), tokenizer, [inputs[i] for i in idx],
+                            [negatives[i] for i in idx], names, max_new, seed=cfg.seed * 7919 + rl_step)
             t1 = time.perf_counter()
             flat = [c for group in cands for c in group]
             owner = [i for i, group in zip(idx, cands) for _ in group]
             before = cache.snapshot() if cache else {}
             rewards = reward_fn(sources=[inputs[i] for i in owner], candidates=[c.text for c in flat],
-                                seeds=[groups[i].seeds for i in owner], negatives=[negatives[i] for i in owner],
+                                seeds=[groups[i].seeds for i in owner], negatives=[c.negative for c in flat],
                                 source_embeddings=[groups[i].embeddings for i in owner]) if flat else []
             t2 = time.perf_counter()
             model.train()
@@ -381,15 +436,13 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             if cfg.algo == "grpo":
                 adv = group_advantages(r, cfg.k, cfg.min_group_std) if len(r) else r
                 stats["zero_signal_groups"] = zero_signal_fraction(r, cfg.k, cfg.min_group_std)
-                samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) if not c.fallback
-                           for a, b, ids in zip(c.leaf_inputs, c.leaf_outputs, c.leaf_ids)]
-                stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg, reference)
+                samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) for a, b, ids in c.sequences]
+                stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, "", cfg, reference)
                              if samples else (idle_update(model, opt, accelerator, cfg.updates_per_step) or {}))
             else:
                 best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: rewards[j]) for g in range(len(cands))]
-                samples = [(a, b) for j in best if not flat[j].fallback
-                           for a, b in zip(flat[j].leaf_inputs, flat[j].leaf_outputs)]
-                stats = {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, PREFIX, cfg.micro_batch)
+                samples = [(a, b) for j in best for a, b, _ in flat[j].sequences]
+                stats = {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, "", cfg.micro_batch)
                                      for _ in range(cfg.updates_per_step)) / cfg.updates_per_step} if samples else (
                     idle_update(model, opt, accelerator, cfg.updates_per_step) or {})
             t3 = time.perf_counter()
@@ -426,8 +479,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     # 5. Output: the adapter directory.
     peft_model = accelerator.unwrap_model(model)
     peft_model.save_pretrained(out, safe_serialization=True)
-    AdapterMeta(cfg.rewriter, rewriter.revision, data_info["source"][0] if data_info["source"] else "", cfg.target,
-                max_new_tokens=max_new).save(out)
+    adapter_meta(cfg, max_new, data_info["source"][0] if data_info["source"] else "").save(out)
     save_train_prompts(out, [g.prompt for g in groups])  # eval refuses to score an adapter on these
     summary = _summary(out / LOG)
     summary["curves"] = plot_curves(out / LOG, out) is not None
@@ -468,10 +520,19 @@ def _validated(out: Path, step: int) -> bool:
     return any(r.get("phase") == "val" and r["step"] == step for r in rows)
 
 
+def adapter_meta(cfg: TrainConfig, max_new: int, source: str = ""):
+    """What serving needs to know about the adapter this run trains (sd_bridge_adapter.json)."""
+    from bridge.rewriter import AdapterMeta
+
+    rewriter = presets.rewriter(cfg.rewriter)
+    return AdapterMeta(cfg.rewriter, rewriter.revision, source, cfg.target, max_new_tokens=max_new, format=cfg.format,
+                       rewrite_negative=cfg.rewrite_negative)
+
+
 def _validate(validator, peft_model, tokenizer, cfg: TrainConfig, max_new: int, step: int, out: Path) -> None:
     """One point of the held-out curve, logged as its own row (phase "val") at the steps done so far."""
     t = time.perf_counter()
-    row = {"step": step, "phase": "val", **validator(peft_model, tokenizer, max_new, cfg.max_new_tokens is None),
+    row = {"step": step, "phase": "val", **validator(peft_model, tokenizer, adapter_meta(cfg, max_new)),
            "time_val": time.perf_counter() - t}
     with (out / LOG).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row) + "\n")

@@ -1,8 +1,8 @@
 """Held-out agreement during training (`--val-data`): the second line of the learning curves.
 
 When the optimisation phase starts and at every checkpoint, the model translates the validation prompts as
-they will be served (greedy, with the structure check and the fallback: `rewrite_prompts` with the
-Translator's settings), the target renders the translations at the validation dataset's seeds through the
+they will be served (through `Translator`: the policy, greedy rewriting, the structure check and the
+fallback), the target renders the translations at the validation dataset's seeds through the
 run's render cache, and the agreement is the mean cosine to the stored source embeddings: the number
 `sd-bridge eval` reports, on prompts the run never trains on. Identity (the prompts as they are) is measured
 once, as the line to beat.
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
+from bridge.inspect_cmd import policy_of
 from training.config import TrainConfig
 
 
 class Validator:
-    def __init__(self, cfg: TrainConfig, names: frozenset[str], cache, train_prompts: list[str]):
+    def __init__(self, cfg: TrainConfig, cache, train_prompts: list[str]):
         from bridge.rewriter import prompt_hash
         from training.data import load_groups
         from training.trainer import policy_inputs
@@ -28,24 +29,27 @@ class Validator:
             raise ValueError(f"--val-data: {len(seen)} of {len(self.groups)} validation prompts are also training "
                              f"prompts (first: {seen[0][:80]!r}); gather the validation set from held-out prompts")
         self.inputs, self.negatives = policy_inputs(cfg, self.groups)
-        self.names, self.cache = names, cache
-        self.identity = self.agreement(self.inputs)
+        self.cfg, self.cache = cfg, cache
+        self.identity = self.agreement(self.inputs, self.negatives)
 
-    def agreement(self, texts: list[str]) -> float:
+    def agreement(self, texts: list[str], negatives: list[str | None]) -> float:
         flat = [(i, s) for i, g in enumerate(self.groups) for s in g.seeds]
         emb = self.cache.embeddings([texts[i] for i, _ in flat], [s for _, s in flat],
-                                    [self.negatives[i] for i, _ in flat])
+                                    [negatives[i] for i, _ in flat])
         src = torch.cat([g.embeddings for g in self.groups]).to(emb.device)
         return float(torch.nn.functional.cosine_similarity(emb, src, dim=-1).mean())
 
-    def __call__(self, model, tokenizer, max_new_tokens: int, size_from_input: bool) -> dict:
-        from bridge.rewriter import rewrite_prompts
+    def __call__(self, model, tokenizer, meta) -> dict:
+        """Translate the validation prompts through the serving path (`Translator`) with the model as it is."""
+        from bridge import presets
+        from bridge.translator import Translator
 
         was_training = model.training
         model.eval()
-        cands = rewrite_prompts(model, tokenizer, self.inputs, self.names, max_new_tokens=max_new_tokens,
-                                size_from_input=size_from_input)
+        tr = Translator(presets.pipeline(self.cfg.target), policy_of(self.cfg), model, tokenizer, meta)
+        res = tr.translate([g.prompt for g in self.groups], [g.negative_prompt for g in self.groups])
         model.train(was_training)
-        texts = [c[0].text for c in cands]
-        return {"val_agreement": self.agreement(texts), "val_identity": self.identity,
-                "val_fallbacks": sum(c[0].fallback for c in cands), "val_prompts": len(texts)}
+        texts = [r.translated_prompt for r in res]
+        return {"val_agreement": self.agreement(texts, [r.translated_negative_prompt for r in res]),
+                "val_identity": self.identity, "val_fallbacks": sum(r.fallback for r in res),
+                "val_prompts": len(texts)}
