@@ -1,6 +1,9 @@
 """Run every benchmark: `uv run python -m benchmarks` (or `make bench`)."""
 
-from benchmarks import demo_time, gather_overhead, migrate_speed_memory, prompt_parse, toyworld_drift, train_step_split
+import tempfile
+
+from benchmarks import (demo_time, gather_overhead, migrate_speed_memory, prompt_parse, toyworld_drift,
+                        toyworld_learning, train_step_split)
 
 if __name__ == "__main__":
     prompt_parse.main()
@@ -8,4 +11,6 @@ if __name__ == "__main__":
     migrate_speed_memory.main([])
     train_step_split.main([])
     toyworld_drift.main([])
+    with tempfile.TemporaryDirectory() as tmp:
+        toyworld_learning.main(["--out", tmp])
     demo_time.main()

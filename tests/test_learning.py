@@ -1,0 +1,26 @@
+"""Learning on the toy world: the documented recipe, with a reduced budget, gives an adapter that beats
+identity on held-out prompts it never saw (slow: about 3 minutes on 2 CPU cores).
+
+The assertion can fail: with a frozen adapter (lr 0) or a reward that points the wrong way, the same
+run recovers none of the gap (checked when the test was written; see the learning issue's note)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.toyworld_learning import Recipe, run
+
+REDUCED = Recipe(train_prompts=120, train_seeds=1, val_prompts=16, eval_prompts=60, eval_seeds=1, steps=40,
+                 checkpoint_every=20)
+
+
+@pytest.mark.slow
+def test_grpo_adapter_recovers_the_gap_on_held_out_prompts(tmp_path):
+    result = run(tmp_path, REDUCED)
+    lo, _ = result["delta_ci95"]
+    gap_lo, _ = result["gap_recovered_ci95"]
+    # Beats identity with an interval excluding 0, and by a share of the oracle's gap that the untrained
+    # toy-t5 (which paraphrases a little by itself) does not reach.
+    assert lo > 0 and gap_lo > 0.3, result
+    assert (tmp_path / "adapter" / "learning_curves.png").is_file()
+    assert "Learning curves: adapter:adapter" in (tmp_path / "report" / "report.html").read_text()
