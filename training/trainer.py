@@ -8,11 +8,13 @@ the stored source images (DESIGN §4). Read top to bottom:
                anchors to "same prompt", not to the base model's own answer
   3. warm start  SFT towards identity (+ optional pairs), so optimisation starts at the "same prompt"
                baseline rather than below it
-  4. optimise  per step: sample prompts -> K candidates each (rollout) -> reward -> update with GRPO
-               (group-normalised advantages, clipped ratio, KL to the reference) or RAFT (SFT on the
-               best of K); generation, reward and loss are the shared functions in rewriter/reward/losses
+  4. optimise  per step: sample prompts -> K candidates each (rollout; the model reads the whole prompt,
+               leaves numbered, and with --rewrite-negative the negative too) -> reward -> update with
+               GRPO (group-normalised advantages, clipped ratio, KL to the reference) or RAFT (SFT on the
+               best of K); generation, reward and loss are the shared functions in rewriter/reward/losses.
+               With --val-data, held-out agreement as served when optimising starts and at checkpoints
   5. output    adapter_model.safetensors + adapter_config.json + sd_bridge_adapter.json + config.json +
-               train_log.jsonl + README.md model card
+               train_log.jsonl + learning_curves.png + README.md model card
 
 Every random stream is a pure function of (seed, step): the prompts of a step, the sampling seed and the
 dropout seed. A checkpoint (LoRA + optimizer state, safetensors) therefore resumes exactly.
@@ -269,6 +271,30 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
     return stats
 
 
+def update_policy(cfg: TrainConfig, model, opt, accelerator, tokenizer, flat: list, r: torch.Tensor,
+                  reference: dict | None) -> dict:
+    """One optimiser step on a rollout (`flat`: the step's Rollouts, group after group; `r`: their rewards).
+    GRPO weighs every sampled sequence by its candidate's group-normalised advantage; RAFT fine-tunes on the
+    best candidate of each group. A process without samples takes an idle step (DDP stays in step)."""
+    from training.losses import group_advantages, zero_signal_fraction
+
+    if cfg.algo == "grpo":
+        adv = group_advantages(r, cfg.k, cfg.min_group_std) if len(r) else r
+        stats = {"zero_signal_groups": zero_signal_fraction(r, cfg.k, cfg.min_group_std)}
+        samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) for a, b, ids in c.sequences]
+        if not samples:
+            idle_update(model, opt, accelerator, cfg.updates_per_step)
+            return stats
+        return {**stats, **grpo_update(model, opt, accelerator, tokenizer, samples, "", cfg, reference)}
+    best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: float(r[j])) for g in range(len(flat) // cfg.k)]
+    samples = [(a, b) for j in best for a, b, _ in flat[j].sequences]
+    if not samples:
+        idle_update(model, opt, accelerator, cfg.updates_per_step)
+        return {}
+    return {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, "", cfg.micro_batch)
+                        for _ in range(cfg.updates_per_step)) / cfg.updates_per_step}
+
+
 def idle_update(model, opt, accelerator, passes: int = 1) -> None:
     """No samples on this process this step: zero losses keep DDP's collective backward in step, one per
     optimiser step the busy processes take."""
@@ -344,7 +370,6 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     from bridge.rewriter import save_train_prompts
     from training.data import load_groups
     from training.curves import plot_curves
-    from training.losses import group_advantages, zero_signal_fraction
     from training.validate import Validator
 
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
@@ -432,19 +457,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
             t2 = time.perf_counter()
             model.train()
             r = torch.tensor(rewards, dtype=torch.float32)
-            stats: dict = {}
-            if cfg.algo == "grpo":
-                adv = group_advantages(r, cfg.k, cfg.min_group_std) if len(r) else r
-                stats["zero_signal_groups"] = zero_signal_fraction(r, cfg.k, cfg.min_group_std)
-                samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) for a, b, ids in c.sequences]
-                stats.update(grpo_update(model, opt, accelerator, tokenizer, samples, "", cfg, reference)
-                             if samples else (idle_update(model, opt, accelerator, cfg.updates_per_step) or {}))
-            else:
-                best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: rewards[j]) for g in range(len(cands))]
-                samples = [(a, b) for j in best for a, b, _ in flat[j].sequences]
-                stats = {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, "", cfg.micro_batch)
-                                     for _ in range(cfg.updates_per_step)) / cfg.updates_per_step} if samples else (
-                    idle_update(model, opt, accelerator, cfg.updates_per_step) or {})
+            stats = update_policy(cfg, model, opt, accelerator, tokenizer, flat, r, reference)
             t3 = time.perf_counter()
             record.update(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
                           reward_std=float(r.std(unbiased=False)) if len(r) else None,
@@ -457,12 +470,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         record["time_step"] = time.perf_counter() - t0
         history.append(record)
         if main:
-            with (out / LOG).open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if writer is not None:
-                for key, value in record.items():
-                    if isinstance(value, (int, float)) and key != "step":
-                        writer.add_scalar(key, value, step + 1)
+            _log(out, writer, record)
         bar.update(1)
         if record.get("reward_mean") is not None:
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
@@ -511,6 +519,15 @@ def _clip_reward(cfg: TrainConfig, cache):
     truncates = cache.renderer.preset.truncates and cache.renderer.settings.weighting == "plain"
     return ClipAgreementReward(cache, cache.scorer, cfg.text_weight, cfg.token_penalty, cfg.length_penalty,
                                truncates=truncates)
+
+
+def _log(out: Path, writer, record: dict) -> None:
+    with (out / LOG).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "step":
+                writer.add_scalar(key, value, record["step"])
 
 
 def _validated(out: Path, step: int) -> bool:
