@@ -229,3 +229,12 @@ def test_adapters_from_before_the_marked_format_load_as_leaf(tmp_path):
     (tmp_path / "sd_bridge_adapter.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="unknown rewrite format 'xml'"):
         AdapterMeta.load(tmp_path)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from("ab ,;\n.:")))
+def test_split_edges_keeps_every_character(value):
+    from bridge.rewriter import split_edges
+
+    lead, core, trail = split_edges(value)
+    assert lead + core + trail == value and core == value.strip(" \t\n,;")
