@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ def run(out: Path, recipe: Recipe, reward_fn=None) -> dict:
                             seed=recipe.seed, batch_size=16, device="cpu", progress=False), log=quiet)
     seconds["gather"] = time.perf_counter() - t
     t = time.perf_counter()
+    shutil.rmtree(out / "adapter", ignore_errors=True)  # this benchmark's own adapter, retrained on every run
     run_train(TrainConfig(data=out / "gather", out=out / "adapter", val_data=out / "val", target="toy-sd2",
                           rewriter="toy-t5", scorer="toy-clip", algo=recipe.algo, steps=recipe.steps,
                           prompts_per_step=recipe.prompts_per_step, k=recipe.k, lr=recipe.lr,

@@ -10,6 +10,7 @@ what toy-sd15 drew. The pictures are described in words read back from their pix
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                             limit=cfg.num_prompts, device=cfg.device, progress=False), log=log)
     # 2. Train a small adapter on it (warm start + a few GRPO steps with the CLIP-agreement reward).
     adapter = cfg.out / "adapter"
+    shutil.rmtree(adapter, ignore_errors=True)  # the demo's own adapter, remade on every run
     run_train(TrainConfig(data=gathered, out=adapter, target=cfg.target, rewriter=cfg.rewriter, scorer=cfg.scorer,
                           steps=cfg.train_steps, warm_start_steps=cfg.train_steps,
                           prompts_per_step=min(8, cfg.num_prompts), k=2, max_new_tokens=24, lr=1e-3,

@@ -132,6 +132,30 @@ def plan_key(cfg: GatherConfig, records, settings: dict) -> str:
     return h.hexdigest()
 
 
+def plan_fingerprint(cfg: GatherConfig, records, settings: dict, dtype: str) -> dict:
+    """What decides the rows, setting by setting (the resolved dtype included: fp16 and fp32 renders differ),
+    so a rerun that differs is refused with the setting named."""
+    prompts = hashlib.sha256()
+    for rec in records:
+        prompts.update(json.dumps([rec.prompt, rec.negative_prompt]).encode())
+    return {"prompts": prompts.hexdigest(), "seeds": cfg.seeds, "seed": cfg.seed, "preset": cfg.preset,
+            "revision": cfg.revision, "scorer": cfg.scorer, "shard_prompts": cfg.shard_prompts,
+            **{f"render.{k}": v for k, v in sorted(settings.items())}, "dtype": dtype}
+
+
+def check_plan(cfg: GatherConfig, saved: dict, key: str, fingerprint: dict) -> None:
+    """Refuse to resume a gather made with other prompts or settings, naming the first that differs."""
+    old = saved.get("fingerprint")
+    if old is not None:
+        for name, value in json.loads(json.dumps(fingerprint)).items():
+            if old.get(name) != value:
+                raise ValueError(f"{cfg.out} holds a gather with other prompts or settings ({name}: {old.get(name)!r} "
+                                 f"there, {value!r} now); use a new --out (or delete {cfg.out}) to start over")
+    elif saved["key"] != key:  # a plan written before fingerprints were recorded
+        raise ValueError(f"{cfg.out} holds a gather with other prompts or settings; use a new --out "
+                         f"(or delete {cfg.out}) to start over")
+
+
 def render_shard(records, first_index: int, cfg: GatherConfig, renderer, scorer, source, settings_json: str,
                  on_images=None) -> bytes:
     """Render one shard; return it as Parquet bytes (rows ordered by prompt, then seed)."""
@@ -192,7 +216,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
     theirs); they must match cfg.preset/cfg.scorer."""
     from accelerate import PartialState
 
-    from bridge.loading import resolve_device
+    from bridge.loading import resolve_device, resolve_dtype
     from bridge.render import Renderer, RenderSettings
     from bridge.score import Scorer
 
@@ -221,18 +245,19 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
             log(json.dumps(counts, indent=2))
         return counts
     # 3. The plan must match an earlier run in the same directory, or resuming would mix two datasets.
+    device = str(state.device) if cfg.device == "auto" and state.num_processes > 1 else resolve_device(cfg.device)
     key = plan_key(cfg, records, settings.as_dict())
+    fingerprint = plan_fingerprint(cfg, records, settings.as_dict(),
+                                   str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."))
     if state.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         plan_file = work / PLAN
-        if plan_file.exists() and json.loads(plan_file.read_text())["key"] != key:
-            raise ValueError(f"{cfg.out} holds a gather with other prompts or settings; use a new --out "
-                             f"(or delete {cfg.out}) to start over")
-        atomic_write(plan_file, json.dumps({"key": key, "shards": n_shards}))
+        if plan_file.exists():
+            check_plan(cfg, json.loads(plan_file.read_text()), key, fingerprint)
+        atomic_write(plan_file, json.dumps({"key": key, "shards": n_shards, "fingerprint": fingerprint}))
     state.wait_for_everyone()
     # 4. Render this process's shards.
     mine = [k for k in todo if k % state.num_processes == state.process_index]
-    device = str(state.device) if cfg.device == "auto" and state.num_processes > 1 else resolve_device(cfg.device)
     if renderer is None or renderer.preset != source or renderer.settings != settings:
         renderer = Renderer(source, settings, device=device, dtype=cfg.dtype)
     if scorer is None or scorer.preset != presets.scorer(cfg.scorer):

@@ -84,7 +84,10 @@ def test_rerun_is_a_no_op_and_other_batching_gives_the_same_images(reference, pr
 
 def test_changed_settings_in_the_same_directory_are_refused(reference, prompt_file, capsys):
     assert gather(reference, prompt_file, "--seeds", "3", "--shard-prompts", "2") == 2
-    assert "holds a gather with other prompts or settings" in capsys.readouterr().err
+    assert "holds a gather with other prompts or settings (seeds: 2 there, 3 now)" in capsys.readouterr().err
+    # The dtype decides the pixels: a rerun in bf16 must not add bf16 shards to an fp32 dataset.
+    assert gather(reference, prompt_file, "--seeds", "2", "--shard-prompts", "2", "--dtype", "bf16") == 2
+    assert "(dtype: 'float32' there, 'bfloat16' now)" in capsys.readouterr().err
 
 
 def test_dry_run_renders_nothing(prompt_file, tmp_path, capsys):

@@ -162,9 +162,36 @@ def test_resume_continues_exactly(synthetic_data, tmp_path):
     log_a = [json.loads(x)["step"] for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x)["step"] for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert log_a == log_b == [1, 2, 3, 4, 5, 6]
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"step-000006 was written with lr=0.001, this run has lr=0.5"):
         run_train(TrainConfig(out=tmp_path / "b", steps=6, resume="latest", **{**common, "lr": 0.5}),
                   log=lambda *_: None, reward_fn=reward)
+
+
+def test_a_run_never_resumes_another_runs_checkpoints(synthetic_data, tmp_path):
+    """Run A checkpoints; a fresh run B (other lr) into the same --out is refused before it overwrites
+    anything, so a later `--resume latest` cannot pick A's checkpoint as B's. A checkpoint left half-written
+    by a kill is not a checkpoint: `--resume latest` takes the newest complete one."""
+    import shutil
+
+    common = dict(data=synthetic_data, warm_start_steps=0, prompts_per_step=2, k=2, max_new_tokens=4, lora_r=4,
+                  checkpoint_every=2, **TINY)
+    reward = word_presence_reward("animal")
+    out = tmp_path / "run"
+    run_train(TrainConfig(out=out, steps=4, lr=1e-3, **common), log=lambda *_: None, reward_fn=reward)
+    config_before = (out / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"holds checkpoints of an earlier run \(latest step-000004\); continue it"):
+        run_train(TrainConfig(out=out, steps=2, lr=5e-3, **common), log=lambda *_: None, reward_fn=reward)
+    assert (out / "config.json").read_text() == config_before  # nothing of A's was overwritten
+    with pytest.raises(ValueError, match=r"was written with lr=0.001, this run has lr=0.005"):
+        run_train(TrainConfig(out=out, steps=6, lr=5e-3, resume="latest", **common), log=lambda *_: None,
+                  reward_fn=reward)
+    # A kill while step-6 was being written: a partial directory, and a step directory missing a file.
+    shutil.copytree(out / "checkpoints" / "step-000004", out / "checkpoints" / "step-000006.partial")
+    shutil.copytree(out / "checkpoints" / "step-000004", out / "checkpoints" / "step-000008")
+    (out / "checkpoints" / "step-000008" / "optimizer.safetensors").unlink()
+    result = run_train(TrainConfig(out=out, steps=6, lr=1e-3, resume="latest", **common), log=lambda *_: None,
+                       reward_fn=reward)
+    assert [h["step"] for h in result["history"]] == [5, 6]
 
 
 def test_duplicate_candidates_are_rendered_once(tmp_path):

@@ -306,7 +306,20 @@ def idle_update(model, opt, accelerator, passes: int = 1) -> None:
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: Path, model, opt, step: int, accelerator) -> None:
+def save_checkpoint(path: Path, model, opt, step: int, accelerator, settings: dict | None = None) -> None:
+    """Written into `path.partial` and renamed when complete, so a kill mid-write leaves no checkpoint that
+    `--resume latest` would pick; `settings` (the run's fingerprint) lets a resume refuse another run's."""
+    import shutil
+
+    final, path = path, path.with_name(path.name + ".partial")
+    shutil.rmtree(path, ignore_errors=True)
+    _write_checkpoint(path, model, opt, step, accelerator, settings)
+    if final.exists():
+        shutil.rmtree(final)
+    path.rename(final)
+
+
+def _write_checkpoint(path: Path, model, opt, step: int, accelerator, settings: dict | None) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -324,14 +337,14 @@ def save_checkpoint(path: Path, model, opt, step: int, accelerator) -> None:
                 scalars[f"{idx}.{name}"] = value
     save_file(tensors, str(path / "optimizer.safetensors"))
     (path / "trainer_state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"],
-                                                         "scalars": scalars}), encoding="utf-8")
+                                                         "scalars": scalars, "settings": settings}), encoding="utf-8")
 
 
 def load_checkpoint(path: Path, model, opt, accelerator) -> int:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    for name in ("lora.safetensors", "optimizer.safetensors", "trainer_state.json"):
+    for name in CHECKPOINT_FILES:
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} is incomplete (no {name})")
     set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(path / "lora.safetensors")))
@@ -345,21 +358,53 @@ def load_checkpoint(path: Path, model, opt, accelerator) -> int:
     return int(meta["step"])
 
 
+CHECKPOINT_FILES = ("lora.safetensors", "optimizer.safetensors", "trainer_state.json")
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints in OUT/checkpoints, oldest first (`step-N.partial` is one being written)."""
+    import re
+
+    found = sorted(p for p in (out / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d+", p.name))
+    return [p for p in found if all((p / f).is_file() for f in CHECKPOINT_FILES)]
+
+
 def find_resume(cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from. A fresh run into a directory with checkpoints is refused: resuming
+    later would pick them up as its own."""
     if cfg.resume is None:
+        if cfg.out is not None and checkpoints(cfg.out):
+            raise ValueError(f"{cfg.out} holds checkpoints of an earlier run (latest {checkpoints(cfg.out)[-1].name}); "
+                             "continue it with --resume latest, or choose another --out (or delete "
+                             f"{cfg.out / 'checkpoints'}) to start over")
         return None
     if cfg.resume != "latest":
         return Path(cfg.resume)
-    ckpts = sorted((cfg.out / "checkpoints").glob("step-*")) if cfg.out else []
+    ckpts = checkpoints(cfg.out) if cfg.out else []
     if not ckpts:
-        raise FileNotFoundError(f"--resume latest: no checkpoints in {cfg.out / 'checkpoints'}")
+        raise FileNotFoundError(f"--resume latest: no complete checkpoint in {cfg.out / 'checkpoints'}")
     return ckpts[-1]
 
 
 def _same_run(cfg: TrainConfig) -> dict:
-    """Settings a resumed run must share with the checkpointed one (steps may grow)."""
+    """Settings a resumed run must share with the checkpointed one (steps may grow), JSON-normalised."""
     skip = {"steps", "resume", "dry_run", "progress", "push_to_hub", "tensorboard", "checkpoint_every", "device"}
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in skip}
+    return json.loads(json.dumps({k: v for k, v in config_to_dict(cfg).items() if k not in skip}))
+
+
+def check_resume(cfg: TrainConfig, ckpt: Path) -> None:
+    """Refuse a checkpoint written under other settings, naming the first one that differs. Checkpoints
+    record their run's settings; older ones are compared with OUT/config.json."""
+    state = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else {}
+    saved = state.get("settings")
+    if saved is None and (cfg.out / "config.json").exists():
+        saved = json.loads((cfg.out / "config.json").read_text())["config"]
+    if saved is None:
+        return
+    for key, value in _same_run(cfg).items():
+        if saved.get(key) != value:
+            raise ValueError(f"--resume: {ckpt} was written with {key}={saved.get(key)!r}, this run has "
+                             f"{key}={value!r}; only --steps may change (or choose another --out)")
 
 
 # ------------------------------------------------------------------------------ the run
@@ -393,6 +438,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         if main:
             log(json.dumps(plan, indent=2))
         return plan
+    ckpt = find_resume(cfg)  # before any work: a fresh run into another run's checkpoints is refused
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     model, opt = accelerator.prepare(model, opt)
     cache = _render_cache(cfg, str(accelerator.device)) if reward_fn is None or cfg.val_data else None
@@ -402,11 +448,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     validator = Validator(cfg, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
     out = cfg.out
     start = 0
-    ckpt = find_resume(cfg)
     if ckpt is not None:
-        saved = json.loads((out / "config.json").read_text())["config"] if (out / "config.json").exists() else None
-        if saved is not None and {k: saved.get(k) for k in _same_run(cfg)} != json.loads(json.dumps(_same_run(cfg))):
-            raise ValueError(f"--resume: {out} was trained with other settings; only --steps may change")
+        check_resume(cfg, ckpt)
         start = load_checkpoint(ckpt, model, opt, accelerator)
         if main:
             log(f"resumed from {ckpt} at step {start}")
@@ -479,7 +522,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
                 _validate(validator, accelerator.unwrap_model(model), tokenizer, cfg, max_new, step + 1, out)
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(out / "checkpoints" / f"step-{step + 1:06d}", model, opt, step + 1, accelerator)
+                save_checkpoint(out / "checkpoints" / f"step-{step + 1:06d}", model, opt, step + 1, accelerator,
+                                _same_run(cfg))
     bar.close()
     accelerator.wait_for_everyone()
     if not main:
