@@ -296,6 +296,17 @@ def _part(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+def keep_backup(path: Path) -> Path:
+    """Copy `path` to the first free of IN.bak, IN.bak.1, IN.bak.2, ...: a backup is never overwritten, so a
+    second --in-place run keeps the original in IN.bak and the first run's output in IN.bak.1."""
+    backup, n = path.with_name(path.name + ".bak"), 0
+    while backup.exists():
+        n += 1
+        backup = path.with_name(f"{path.name}.bak.{n}")
+    shutil.copy2(path, backup)
+    return backup
+
+
 def _errors_path(out: Path) -> Path:
     return out.with_name(out.name + ".errors.jsonl")
 
@@ -426,7 +437,7 @@ def _migrate(cfg: MigrateConfig, log) -> int:
         sink.close()
     # 5. Finish atomically: backup (in place), rename the partial output, the errors file, drop the journal.
     if cfg.in_place:
-        shutil.copy2(cfg.input, cfg.input.with_name(cfg.input.name + ".bak"))
+        keep_backup(cfg.input)
     os.replace(sink.part, out)
     err_file = _errors_path(out)
     if errors:
@@ -480,7 +491,7 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
                 warn_counts[w["code"]] += 1
             target = out / (file.stem + ".txt")
             if cfg.in_place:
-                shutil.copy2(file, file.with_name(file.name + ".bak"))
+                keep_backup(file)
             atomic_write(target, format_infotext(info))
         errors += [r for r in chunk if r.error is not None]
         done += len(chunk)

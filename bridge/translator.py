@@ -42,6 +42,27 @@ class Translation:
         return asdict(self)
 
 
+def check_base_model(adapter: Path, base: presets.RewriterPreset) -> None:
+    """The base model peft recorded in adapter_config.json must be the rewriter sd_bridge_adapter.json names:
+    a LoRA of the same shape on another base loads without error and rewrites nonsense. peft records the
+    directory the base was loaded from: a hub id, its cache snapshot (`models--org--name/snapshots/REV`),
+    or a local directory (toy and tiny presets), compared by its name since clones live elsewhere."""
+    import json
+
+    from bridge.loading import model_dir
+
+    config = adapter / "adapter_config.json"
+    recorded = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
+    if not recorded:
+        return
+    if base.hub_id and (recorded == base.hub_id or f"models--{base.hub_id.replace('/', '--')}" in recorded):
+        return
+    if not base.hub_id and Path(recorded).name == model_dir(base).name:
+        return
+    raise ValueError(f"adapter {adapter} was trained on base model {recorded!r}, not on rewriter {base.name!r} "
+                     f"({base.hub_id or model_dir(base)}) that its sd_bridge_adapter.json names")
+
+
 class Translator:
     """Translate prompts from the source to the target model (see module docstring)."""
 
@@ -82,6 +103,7 @@ class Translator:
             raise ValueError(f"adapter {adapter} was trained for target {meta.target!r}, not {target!r}")
         base = presets.rewriter(meta.rewriter)
         model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
+        check_base_model(adapter, base)
         try:
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         except (RuntimeError, ValueError, KeyError) as err:

@@ -115,6 +115,10 @@ def test_input_is_never_overwritten_unless_in_place(tmp_path, capsys):
     assert migrate(str(src), "--in-place") == 0
     assert src.read_text() == "a cat\n"
     assert (tmp_path / "lib.txt.bak").read_text() == "a <lora:x:1> cat\n"
+    # A second --in-place run never overwrites the backup of the original.
+    assert migrate(str(src), "--in-place") == 0
+    assert (tmp_path / "lib.txt.bak").read_text() == "a <lora:x:1> cat\n"
+    assert (tmp_path / "lib.txt.bak.1").read_text() == "a cat\n"
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys):

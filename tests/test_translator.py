@@ -34,6 +34,18 @@ def adapter_dir(tmp_path_factory):
     return out
 
 
+def test_an_adapter_on_another_base_model_is_refused(adapter_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(adapter_dir, other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "google/flan-t5-base"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"trained on base model 'google/flan-t5-base', not on rewriter 'tiny-t5'"):
+        Translator.from_pretrained(other)
+
+
 def test_syntax_strategy_without_adapter(caplog):
     tr = Translator.from_pretrained(None)
     with caplog.at_level("WARNING", logger="sd_bridge"):
