@@ -286,12 +286,19 @@ def _splitter(embeddings: frozenset[str]) -> re.Pattern:
     return re.compile(r"(?<!\\)(?:" + "|".join(parts) + ")")
 
 
+# Brackets nest at most this deep; a deeper opening bracket is read as text (with a warning). The parser
+# and every walk over the tree recurse per level, and real prompts nest a handful deep: without a bound,
+# ~400 nested `[` or a long run of `(` raised RecursionError.
+MAX_DEPTH = 64
+
+
 class _Parser:
     def __init__(self, s: str, embeddings: frozenset[str]):
         self.s = s
         self.n = len(s)
         self.split = _splitter(embeddings)
         self.warnings: list[PromptWarning] = []
+        self.depth = 0
 
     def warn(self, code: str, message: str, start: int, end: int | None = None) -> None:
         self.warnings.append(PromptWarning(code, message, (start, end if end is not None else start + 1)))
@@ -370,8 +377,16 @@ class _Parser:
                 i = mark = m.end()
                 continue
             # c is an opening bracket
+            if self.depth >= MAX_DEPTH:
+                if not any(w.code == "nesting-too-deep" for w in self.warnings):
+                    self.warn("nesting-too-deep", f"brackets nest deeper than {MAX_DEPTH}; deeper ones are read "
+                              "as text", i)
+                i += 1
+                continue
             self.text(out, mark, i, top)
+            self.depth += 1
             node, i = (self.round if c == "(" else self.square if c == "[" else self.brace)(i, opens)
+            self.depth -= 1
             out.append(node)
             mark = i
         self.text(out, mark, i, top)

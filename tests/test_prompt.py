@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bridge.prompt import (
     Alternation, And, AndWeight, Break, Edit, Embedding, Emphasis, Network, Stray, Text, Variants, Wildcard,
-    chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves, weighted_spans,
+    chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves, walk, weighted_spans,
 )
 from conftest import read_jsonl
 
@@ -155,6 +155,16 @@ SYNTAX_CHARS = "()[]{}<>:|\\,_ .0123456789abcAND BREAK\n"
                 max_size=60).map("".join))
 def test_arbitrary_syntax_soup_never_raises_and_round_trips(s):
     assert parse(s).serialize() == s
+
+
+@pytest.mark.parametrize("s, deep", [("[" * 400 + "x" + "]" * 400, True), ("(" * 100_000, True),
+                                     ("x" + ")(" * 50_000, False), ("{" * 3000 + "a|b" + "}" * 3000, True),
+                                     ("[a:" * 2000 + "b" + ":0.5]" * 2000, True)])
+def test_hostile_nesting_never_raises_and_round_trips(s, deep):
+    p = parse(s)
+    assert p.serialize() == s
+    assert ("nesting-too-deep" in [w.code for w in p.warnings]) == deep
+    leaves(p.nodes), list(walk(p.nodes))  # every walk over the tree stays within the recursion limit
 
 
 @settings(max_examples=200, deadline=None)
