@@ -161,9 +161,13 @@ def read_jsonl(cfg: MigrateConfig) -> Iterator[Row]:
                 data = json.loads(line)
             except json.JSONDecodeError as err:
                 row.error = f"not valid JSON ({err.msg} at column {err.colno})"
+            except RecursionError:
+                row.error = "JSON nested too deeply to read"
             else:
                 if not isinstance(data, dict):
                     row.error = "not a JSON object"
+                elif unwritable := _unwritable(data):
+                    row.error = unwritable
                 elif cfg.prompt_column not in data:
                     row.error = f"no key {cfg.prompt_column!r}"
                 elif cfg.negative_column is not None and cfg.negative_column not in data:
@@ -171,6 +175,18 @@ def read_jsonl(cfg: MigrateConfig) -> Iterator[Row]:
                 else:
                     row.data, row.prompt, row.negative = data, data[cfg.prompt_column], data.get(neg_key)
         yield _check(row, cfg.max_chars)
+
+
+def _unwritable(data: dict) -> str | None:
+    """Why a parsed row could not be written back as UTF-8 JSON, if it could not: a `\\ud800` escape decodes to
+    a lone surrogate that no UTF-8 encoder accepts, in whichever key it sits."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError as err:
+        return f"a value holds a lone surrogate ({err.object[err.start:err.end]!a}), which UTF-8 cannot encode"
+    except RecursionError:
+        return "JSON nested too deeply to write back"
+    return None
 
 
 def read_csv(cfg: MigrateConfig, delimiter: str) -> Iterator[Row]:

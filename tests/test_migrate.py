@@ -82,6 +82,19 @@ def test_malformed_rows_are_reported_and_good_rows_kept(tmp_path):
     assert "1,000,000 characters" in reasons
 
 
+def test_hostile_json_rows_are_row_errors(tmp_path):
+    src = tmp_path / "lib.jsonl"
+    deep = b'{"prompt": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    lone = b'{"prompt": "b", "meta": "\\ud800"}'
+    src.write_bytes(b"\n".join([b'{"prompt": "good one"}', deep, lone, b'{"prompt": "good two"}']) + b"\n")
+    out = tmp_path / "o.jsonl"
+    assert migrate(str(src), "--out", str(out)) == 3
+    assert [json.loads(x)["translated_prompt"] for x in out.read_text().splitlines()] == ["good one", "good two"]
+    errors = [json.loads(x) for x in (tmp_path / "o.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [(e["row"], e["error"]) for e in errors] == [
+        (1, "JSON nested too deeply to read"), (2, "a value holds a lone surrogate ('\\ud800'), which UTF-8 cannot encode")]
+
+
 def test_broken_csv_rows(tmp_path):
     src = tmp_path / "lib.csv"
     src.write_bytes(b'prompt,neg\n"a cat",x\ntoo,many,fields\n"bad \xff",y\n"a dog",z\n')
