@@ -2,11 +2,12 @@
 
 import tempfile
 
-from benchmarks import (demo_time, gather_overhead, migrate_speed_memory, prompt_parse, toyworld_drift,
+from benchmarks import (demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
                         toyworld_learning, train_step_split)
 
 if __name__ == "__main__":
     prompt_parse.main()
+    parse_linear.main()
     gather_overhead.main([])
     migrate_speed_memory.main([])
     train_step_split.main([])

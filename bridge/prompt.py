@@ -45,10 +45,25 @@ _TEXT = re.compile(r"[^\\()\[\]{}<:|]+")
 # `:1.2)` closing a round bracket. Stricter than A1111's `[.\d]+`, which crashes A1111 on "1.2.3".
 _WEIGHT_CLOSE = re.compile(r":\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)")
 _NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)\s*")
-# A1111 `re_extra_net`.
-_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-# A1111 `re_weight` for the tail of an AND part.
+# A1111 `re_extra_net` is `<(\w+):([^>]+)>`. Matched with it from every `<`, `[^>]+` scanned to the next `>`
+# each time ("<a:" x 20,000 took 5.6 s), so the parser matches the head here and finds that `>` once.
+_NETWORK_HEAD = re.compile(r"<\w+:")
+# A1111 `re_weight` for the tail of an AND part; found from the last `:` (searching it from every space of a
+# long run was quadratic).
 _AND_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*$")
+_AND_WEIGHT_TAIL = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*")
+
+
+def _and_weight_start(raw: str) -> int | None:
+    """Where `_AND_WEIGHT.search(raw)` would start, in linear time: the tail from the last `:` must be a
+    number, and the match begins at the whitespace run before that colon."""
+    colon = raw.rfind(":")
+    if colon < 0 or not _AND_WEIGHT_TAIL.fullmatch(raw, colon):
+        return None
+    start = colon
+    while start > 0 and raw[start - 1].isspace():
+        start -= 1
+    return start
 _UNESCAPE = re.compile(r"\\([()\[\]\\])")
 _ESCAPE = re.compile(r"([()\[\]\\])")
 # Extra-network kinds that carry SD1 weights (A1111 lora/lyco/hypernet; older LyCORIS tags locon/loha).
@@ -299,6 +314,7 @@ class _Parser:
         self.split = _splitter(embeddings)
         self.warnings: list[PromptWarning] = []
         self.depth = 0
+        self.next_gt = -1  # the first `>` at or after the last network head looked at
 
     def warn(self, code: str, message: str, start: int, end: int | None = None) -> None:
         self.warnings.append(PromptWarning(code, message, (start, end if end is not None else start + 1)))
@@ -368,13 +384,13 @@ class _Parser:
                 mark = i
                 continue
             if c == "<":
-                m = _NETWORK.match(s, i)
-                if not m:
+                end = self.network_end(i)
+                if end is None:
                     i += 1
                     continue
                 self.text(out, mark, i, top)
-                out.append(Network(m.group(), i))
-                i = mark = m.end()
+                out.append(Network(s[i:end], i))
+                i = mark = end
                 continue
             # c is an opening bracket
             if self.depth >= MAX_DEPTH:
@@ -391,6 +407,17 @@ class _Parser:
             mark = i
         self.text(out, mark, i, top)
         return out, i, None
+
+    def network_end(self, i: int) -> int | None:
+        """End of the extra-network tag `<type:args>` at i (A1111 `re_extra_net`), or None. `[^>]+` cannot
+        pass a `>`, so the tag ends at the first `>` after its head: found once per `>`, not once per `<`."""
+        m = _NETWORK_HEAD.match(self.s, i)
+        if not m:
+            return None
+        if self.next_gt < m.end():
+            found = self.s.find(">", m.end())
+            self.next_gt = found if found >= 0 else self.n
+        return self.next_gt + 1 if m.end() < self.next_gt < self.n else None
 
     def _unclosed(self, c: str, start: int) -> None:
         self.warn("unclosed-bracket", f"{c!r} is never closed; A1111 closes it at the end of its scope", start)
@@ -476,14 +503,14 @@ def _append_text(out: list, node: Text) -> None:
 def _split_and_weights(nodes: list) -> list:
     """Give each top-level AND part's trailing `:w` its own node (A1111 `re_weight`)."""
     out: list = []
-    part_end = [k for k, node in enumerate(nodes) if type(node) is And] + [len(nodes)]
+    part_end = {k for k, node in enumerate(nodes) if type(node) is And} | {len(nodes)}
     for k, node in enumerate(nodes):
         if k + 1 in part_end and type(node) is Text:
-            m = _AND_WEIGHT.search(node.raw)
-            if m and (m.start() > 0 or k > 0 and type(nodes[k - 1]) is not And):
-                if m.start() > 0:
-                    out.append(Text(node.raw[: m.start()], node.start))
-                out.append(AndWeight(node.raw[m.start() :], node.start + m.start()))
+            start = _and_weight_start(node.raw)
+            if start is not None and (start > 0 or k > 0 and type(nodes[k - 1]) is not And):
+                if start > 0:
+                    out.append(Text(node.raw[:start], node.start))
+                out.append(AndWeight(node.raw[start:], node.start + start))
                 continue
         out.append(node)
     return out

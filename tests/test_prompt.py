@@ -225,3 +225,20 @@ def test_structured_prompts_round_trip_without_warnings(text):
     parsed = parse(text)
     assert parsed.serialize() == text
     assert not parsed.warnings
+
+
+@pytest.mark.parametrize("name", ["prompt: run of spaces after 'x:' (AND weight)", "prompt: '<a:' repeated (network tag)",
+                                  "prompt: '(' repeated (nesting)", "infotext: a last line of words",
+                                  "infotext: one long word"])
+def test_hostile_megabyte_inputs_parse_in_linear_time(name):
+    """1 MB of each input that was quadratic (hours at this size) parses under a generous bound; the ratio
+    against 100 kB is printed by benchmarks/parse_linear.py."""
+    import time
+
+    from benchmarks.parse_linear import HOSTILE
+
+    fn, unit = HOSTILE[name]
+    text = (unit * (1_000_000 // len(unit) + 1))[:1_000_000]
+    t = time.perf_counter()
+    fn(text)
+    assert time.perf_counter() - t < 30
