@@ -75,6 +75,11 @@ class MigrateConfig(MigrationPolicy):
             raise ValueError(f"--out is the input {self.input}; use --in-place to overwrite it (a .bak is kept)")
         if self.chunk_rows < 1 or self.max_chars < 1:
             raise ValueError("chunk_rows and max_chars must be >= 1")
+        if self.out is not None and not self.in_place:
+            derived = {_part(self.out), _errors_path(self.out), _part(_errors_path(self.out)), _journal_path(self.out)}
+            if self.input.resolve() in {d.resolve() for d in derived}:
+                raise ValueError(f"the input {self.input} is a file this run would write for --out {self.out} "
+                                 "(partial output, errors or journal); rename it or choose another --out")
 
 
 class UsageError(ValueError):
@@ -245,7 +250,9 @@ def read_files(cfg: MigrateConfig, kind: str) -> Iterator[Row]:
     for k, file in enumerate(files):
         row = Row(k, 0, raw=file.name)
         try:
-            if kind == "png":
+            if not file.is_file():  # a named pipe would block the read forever, a device never end
+                row.error = "not a regular file (a named pipe, socket or device)"
+            elif kind == "png":
                 from PIL import Image
 
                 with Image.open(file) as im:
@@ -258,6 +265,8 @@ def read_files(cfg: MigrateConfig, kind: str) -> Iterator[Row]:
             row.error = f"undecodable bytes (not UTF-8) at byte {err.start}"
         except OSError as err:
             row.error = f"unreadable: {err}"
+        except Exception as err:  # Pillow: a text chunk over its limit (ValueError), a broken PNG (SyntaxError)
+            row.error = f"unreadable PNG ({type(err).__name__}: {err})"
         if row.error is None:
             info = parse_infotext(text)
             row.data, row.prompt, row.negative = (file, info), info.prompt, info.negative_prompt
@@ -486,6 +495,26 @@ def _write_row(kind: str, row: Row, t, sink: _TextSink, writer) -> None:
         writer.writerow(list(row.data) + [_cell(values[c]) for c in ADDED])
 
 
+FOLDER_SETTINGS = "migrate.settings.json"
+
+
+def _check_folder_settings(cfg: MigrateConfig, kind: str, out: Path) -> None:
+    """A folder migration records the settings that decide its files in OUT; a rerun into the same OUT with
+    other settings would mix files written under both, so it is refused with the differing setting named."""
+    skip = ("progress", "dry_run", "device", "chunk_rows", "in_place", "out", "input")
+    now = json.loads(json.dumps({"format": kind, **{k: v for k, v in config_to_dict(cfg).items() if k not in skip}},
+                                default=str))
+    path = out / FOLDER_SETTINGS
+    if path.is_file() and not cfg.in_place:
+        before = json.loads(path.read_text(encoding="utf-8"))
+        for key in sorted(set(before) | set(now)):
+            if before.get(key) != now.get(key):
+                raise UsageError(f"{out} holds files migrated with {key}={before.get(key)!r}; this run has "
+                                 f"{key}={now.get(key)!r}: choose another --out, or delete {out} to start over")
+    if not cfg.in_place:
+        atomic_write(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
+
+
 def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: float) -> int:
     """Folders: one sidecar .txt of translated infotext per input file, each written atomically; a rerun
     skips files already written."""
@@ -496,9 +525,13 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
     if cfg.in_place and kind == "png":
         raise UsageError("--in-place does not apply to a PNG folder: images are never rewritten; give --out")
     out.mkdir(parents=True, exist_ok=True)
+    _check_folder_settings(cfg, kind, out)
     errors, done, warn_counts = [], 0, Counter()
     for chunk in _chunks(read_files(cfg, kind), cfg.chunk_rows):
-        todo = [r for r in chunk if r.error is None and not (out / (Path(r.raw).stem + ".txt")).exists()]
+        # A rerun into --out skips files already written; in place, every file is the input: migrate it again
+        # (its backup is kept, as for a single file).
+        todo = [r for r in chunk if r.error is None
+                and (cfg.in_place or not (out / (Path(r.raw).stem + ".txt")).exists())]
         results = translator.translate([r.prompt for r in todo], [r.negative for r in todo]) if todo else []
         for r, t in zip(todo, results):
             file, info = r.data

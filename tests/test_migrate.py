@@ -165,6 +165,47 @@ def test_infotext_and_png_folders(tmp_path):
     assert (pngs / "img.png").read_bytes() == before  # images are never rewritten
 
 
+def test_folder_reruns_in_place_and_bad_files(tmp_path, capsys):
+    import os
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("a <lora:x:1> cat\nSteps: 20, Sampler: Euler a, CFG scale: 7", encoding="utf-8")
+    out = tmp_path / "out"
+    assert migrate(str(texts), "--out", str(out)) == 0
+    # A rerun into the same --out with other settings would mix files written under both: refused, named.
+    assert migrate(str(texts), "--out", str(out), "--networks", "keep") == 2
+    assert "holds files migrated with networks='drop'; this run has networks='keep'" in capsys.readouterr().err
+    # --in-place on a folder rewrites its files (each keeps a backup) instead of skipping them all.
+    assert migrate(str(texts), "--in-place") == 0
+    assert (texts / "a.txt").read_text().startswith("a cat\n")
+    assert (texts / "a.txt.bak").read_text().startswith("a <lora:x:1> cat")
+    # One bad file is a row error, never the end of the run: a named pipe (a read would block forever) and a
+    # PNG whose text chunk is over Pillow's limit.
+    os.mkfifo(texts / "pipe.txt")
+    assert migrate(str(texts), "--out", str(tmp_path / "o2")) == 3
+    assert "not a regular file" in (tmp_path / "o2" / "migrate.errors.jsonl").read_text()
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 20, Sampler: Euler a, CFG scale: 7")
+    Image.new("RGB", (8, 8)).save(pngs / "good.png", pnginfo=info)
+    big = PngImagePlugin.PngInfo()
+    big.add_text("parameters", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 10), zip=True)
+    Image.new("RGB", (8, 8)).save(pngs / "huge.png", pnginfo=big)
+    assert migrate(str(pngs), "--out", str(tmp_path / "side")) == 3
+    assert (tmp_path / "side" / "good.txt").is_file()
+    assert "unreadable PNG" in (tmp_path / "side" / "migrate.errors.jsonl").read_text()
+
+
+def test_an_input_named_like_a_file_the_run_writes_is_refused(tmp_path, capsys):
+    src = tmp_path / "o.jsonl.errors.jsonl"
+    src.write_text('{"prompt": "a cat"}\n', encoding="utf-8")
+    assert migrate(str(src), "--out", str(tmp_path / "o.jsonl")) == 2
+    assert "is a file this run would write" in capsys.readouterr().err
+    assert src.read_text() == '{"prompt": "a cat"}\n'
+
+
 @pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(tmp_path, prompts_dir):
     src = tmp_path / "lib.jsonl"
