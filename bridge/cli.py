@@ -6,6 +6,7 @@ the stages (data/, training/, eval/) at module level.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from dataclasses import dataclass, field
@@ -139,7 +140,23 @@ def main(argv: list[str] | None = None) -> int:
     except _known_errors() as err:
         print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        print(f"sd-bridge {name}: error: {err.strerror}: {err.filename or '?'}; {_DISK_ERRORS[err.errno]}, then "
+              f"{RESUME.get(name, 'rerun the same command')}", file=sys.stderr)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+# OS-level failures end in one line that says how to go on, not a traceback; what was done is kept.
+_DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
+                errno.EROFS: "write somewhere writable", errno.EACCES: "fix the permissions",
+                errno.EPERM: "fix the permissions"}
+RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
+          "gather": "rerun the same command: finished shards are kept",
+          "train": "rerun it with --resume latest: checkpoints are kept",
+          "eval": "rerun the same command: cached renders are kept"}
 
 
 def _known_errors() -> tuple[type[Exception], ...]:

@@ -65,3 +65,19 @@ def test_bad_flags_exit_2(capsys):
         main(["demo", "--seeds", "0"])
     assert exc.value.code == 2
     assert "seeds must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code, hint", [(28, "free some space, then rerun the same command: it resumes"),
+                                        (30, "write somewhere writable")])
+def test_disk_full_or_read_only_is_one_line_that_says_how_to_resume(monkeypatch, capsys, tmp_path, code, hint):
+    import os
+
+    def full(cfg, log=print):
+        raise OSError(code, os.strerror(code), str(tmp_path / "o.jsonl.partial"))
+
+    monkeypatch.setattr("bridge.migrate.run_migrate", full)
+    src = tmp_path / "lib.txt"
+    src.write_text("a cat\n", encoding="utf-8")
+    assert main(["migrate", str(src), "--out", str(tmp_path / "o.jsonl")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and hint in err and "o.jsonl.partial" in err
