@@ -8,6 +8,8 @@ import shutil
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import launch_chromium
 
@@ -103,3 +105,27 @@ def test_browser_types_a_prompt_and_sees_the_translation(server, tmp_path):
             shutil.copy(shot, os.environ["SD_BRIDGE_SCREENSHOT"])
         browser.close()
     assert shot.stat().st_size > 10_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "(x:1.2)"]), max_size=12),
+       st.lists(st.sampled_from(["a", "b", "c", "(x:1.2)"]), max_size=12))
+def test_word_diff_shows_both_sides(before, after):
+    from app import word_diff
+
+    spans = word_diff(" ".join(before), " ".join(after))
+    side = lambda kind: " ".join(t.strip() for t, k in spans if k in (None, kind) and t.strip())  # noqa: E731
+    assert side("removed") == " ".join(before) and side("added") == " ".join(after)
+
+
+def test_word_diff_of_megabyte_prompts_is_bounded():
+    """A 5 MB prompt did not finish in 10 minutes (SequenceMatcher); the changed middle is now bounded."""
+    import time
+
+    from app import word_diff
+
+    a = "a red fox in snow " * 250_000
+    b = "a crimson fox in snow " * 250_000
+    t = time.perf_counter()
+    spans = word_diff(a, b)
+    assert time.perf_counter() - t < 30 and [k for _, k in spans] == [None, "removed", "added", None]
