@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,17 +45,19 @@ def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
         stream = stdin or sys.stdin
         if stream.isatty():
             raise ValueError("give a PROMPT argument, or pipe prompts in (one per line)")
-        prompts = [line.rstrip("\r\n") for line in stream]
+        prompts = _read_lines(stream)
         negatives = [None] * len(prompts)
     translator = Translator.from_pretrained(cfg.adapter, cfg.target, policy_of(cfg), device=cfg.device,
                                             batch_size=cfg.batch_size)
     results = translator.translate(prompts, negatives, num_candidates=cfg.candidates, sample=cfg.candidates > 1,
                                    seed=cfg.seed)
-    for r in results:
+    for n, r in enumerate(results, 1):
+        if _SURROGATE.search(r.prompt):
+            print(f"warning: line {n}: bytes that are not UTF-8 are shown as U+FFFD", file=sys.stderr)
         if cfg.json:
-            log(json.dumps(r.to_dict(), ensure_ascii=False))
+            log(_valid(json.dumps(r.to_dict(), ensure_ascii=False)))
             continue
-        log(r.translated_prompt)
+        log(_valid(r.translated_prompt))
         if cfg.prompt is not None:  # one prompt: the details go to stderr, the translation alone to stdout
             if r.translated_negative_prompt is not None:
                 print(f"negative: {r.translated_negative_prompt}", file=sys.stderr)
@@ -64,3 +67,19 @@ def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
                 print(f"warning [{w['code']}] {w['message']}", file=sys.stderr)
             print(f"tokens per chunk: {r.tokens_before} -> {r.tokens_after} ({r.strategy})", file=sys.stderr)
     return 0
+
+
+# Undecodable input bytes are read as lone surrogates (surrogateescape), so one bad byte neither stops the
+# read nor, printed as U+FFFD, makes the output invalid UTF-8 (a strict stdout would raise on it).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _read_lines(stream) -> list[str]:
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        return [line.rstrip("\r\n") for line in stream]
+    return [line.decode("utf-8", "surrogateescape").rstrip("\r\n") for line in raw]
+
+
+def _valid(text: str) -> str:
+    return _SURROGATE.sub("\ufffd", text)

@@ -124,6 +124,13 @@ def test_translate_cli(capsys, adapter_dir, monkeypatch):
     assert [x["translated_prompt"] for x in lines] == ["a cat", "dog"]
     assert main(["translate", "--adapter", str(adapter_dir), "--json", "a red fox"]) == 0
     assert json.loads(capsys.readouterr().out)["strategy"].startswith("adapter:")
+    # One undecodable byte in piped input neither stops the read nor makes the JSON output invalid UTF-8.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a cat\n\xff dog\n"), encoding="utf-8"))
+    assert main(["translate", "--json"]) == 0
+    captured = capsys.readouterr()
+    captured.out.encode("utf-8")  # strict: no lone surrogate reaches stdout
+    assert [json.loads(x)["translated_prompt"] for x in captured.out.splitlines()] == ["a cat", "\ufffd dog"]
+    assert "line 2: bytes that are not UTF-8 are shown as U+FFFD" in captured.err
 
 
 def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
