@@ -378,7 +378,12 @@ def test_kl_is_zero_at_the_warm_start_point(synthetic_data, tmp_path, monkeypatc
     first = run(tmp_path / "anchored")
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)
     assert (tmp_path / "anchored" / "checkpoints" / trainer.REFERENCE).is_file()
-    # A fresh run into the same directory anchors to its own warm start, not the stale file.
+    # A fresh run into a directory with a stale reference (an earlier run killed after its warm start, before
+    # its first checkpoint; a directory with checkpoints is refused) anchors to its own warm start.
+    import shutil
+
+    for ckpt in trainer.checkpoints(tmp_path / "anchored"):
+        shutil.rmtree(ckpt)
     with (tmp_path / "anchored" / "checkpoints" / trainer.REFERENCE).open("r+b") as fh:
         fh.seek(-64, 2)
         fh.write(b"\x3f" * 64)  # corrupt the old reference's last weights
