@@ -15,7 +15,7 @@ from bridge.config import ConfigError, parse_config
 
 # name -> (module, config class, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "demo": ("bridge.demo", "DemoConfig", "run_demo", "run the bridge end to end on tiny offline models"),
+    "demo": ("bridge.demo", "DemoConfig", "run_demo", "run the bridge end to end on the toy world, offline"),
     "doctor": ("bridge.cli", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
     "gather": ("data.gather", "GatherConfig", "run_gather",
                "render prompts with the source model into a resumable image+embedding dataset"),

@@ -183,6 +183,18 @@ def save_config(cfg: Any, directory: Path | str, filename: str = CONFIG_FILENAME
     return atomic_write(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+def first_difference(saved: dict[str, Any], now: dict[str, Any], keys: list[str] | None = None
+                     ) -> tuple[str, Any, Any] | None:
+    """(key, value saved, value now) for the first of `keys` (default: the keys of `now`) whose value differs;
+    None when all agree. `now` is JSON-normalised (tuples become lists, paths strings) as `saved` was when
+    written. Every resume or rerun check names the setting it refuses on through this."""
+    now = json.loads(json.dumps(now, default=str))
+    for key in now if keys is None else keys:
+        if saved.get(key) != now.get(key):
+            return key, saved.get(key), now.get(key)
+    return None
+
+
 def load_saved_config(cls: type[C], path: Path | str) -> C:
     """Read a config written by `save_config` back into `cls` (unknown keys are errors)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))

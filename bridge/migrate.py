@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from bridge.config import config_to_dict
+from bridge.config import config_to_dict, first_difference
 from bridge.files import atomic_write
 from bridge.inspect_cmd import policy_of
 from bridge.policy import MigrationPolicy
@@ -502,17 +502,17 @@ def _check_folder_settings(cfg: MigrateConfig, kind: str, out: Path) -> None:
     """A folder migration records the settings that decide its files in OUT; a rerun into the same OUT with
     other settings would mix files written under both, so it is refused with the differing setting named."""
     skip = ("progress", "dry_run", "device", "chunk_rows", "in_place", "out", "input")
-    now = json.loads(json.dumps({"format": kind, **{k: v for k, v in config_to_dict(cfg).items() if k not in skip}},
-                                default=str))
+    now = {"format": kind, **{k: v for k, v in config_to_dict(cfg).items() if k not in skip}}
     path = out / FOLDER_SETTINGS
     if path.is_file() and not cfg.in_place:
         before = json.loads(path.read_text(encoding="utf-8"))
-        for key in sorted(set(before) | set(now)):
-            if before.get(key) != now.get(key):
-                raise UsageError(f"{out} holds files migrated with {key}={before.get(key)!r}; this run has "
-                                 f"{key}={now.get(key)!r}: choose another --out, or delete {out} to start over")
+        diff = first_difference(before, now, keys=sorted(set(before) | set(now)))
+        if diff is not None:
+            key, old, new = diff
+            raise UsageError(f"{out} holds files migrated with {key}={old!r}; this run has {key}={new!r}: choose "
+                             f"another --out, or delete {out} to start over")
     if not cfg.in_place:
-        atomic_write(path, json.dumps(now, indent=2, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(now, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: float) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridge import presets
-from bridge.config import save_config
+from bridge.config import first_difference, save_config
 from bridge.files import atomic_write
 
 PLAN = "plan.json"
@@ -123,7 +123,7 @@ def load_prompts(cfg: GatherConfig):
 
 
 def plan_key(cfg: GatherConfig, records, settings: dict) -> str:
-    """What decides the rows: prompts, seeds, model and render settings. A rerun must match it to resume."""
+    """The hash older gathers recorded in place of a fingerprint; only compared with such a plan."""
     h = hashlib.sha256()
     for rec in records:
         h.update(json.dumps([rec.prompt, rec.negative_prompt]).encode())
@@ -143,15 +143,15 @@ def plan_fingerprint(cfg: GatherConfig, records, settings: dict, dtype: str) -> 
             **{f"render.{k}": v for k, v in sorted(settings.items())}, "dtype": dtype}
 
 
-def check_plan(cfg: GatherConfig, saved: dict, key: str, fingerprint: dict) -> None:
+def check_plan(cfg: GatherConfig, saved: dict, records, settings: dict, fingerprint: dict) -> None:
     """Refuse to resume a gather made with other prompts or settings, naming the first that differs."""
-    old = saved.get("fingerprint")
-    if old is not None:
-        for name, value in json.loads(json.dumps(fingerprint)).items():
-            if old.get(name) != value:
-                raise ValueError(f"{cfg.out} holds a gather with other prompts or settings ({name}: {old.get(name)!r} "
-                                 f"there, {value!r} now); use a new --out (or delete {cfg.out}) to start over")
-    elif saved["key"] != key:  # a plan written before fingerprints were recorded
+    if "fingerprint" in saved:
+        diff = first_difference(saved["fingerprint"], fingerprint)
+        if diff is not None:
+            name, before, now = diff
+            raise ValueError(f"{cfg.out} holds a gather with other prompts or settings ({name}: {before!r} there, "
+                             f"{now!r} now); use a new --out (or delete {cfg.out}) to start over")
+    elif saved["key"] != plan_key(cfg, records, settings):  # a plan written before fingerprints were recorded
         raise ValueError(f"{cfg.out} holds a gather with other prompts or settings; use a new --out "
                          f"(or delete {cfg.out}) to start over")
 
@@ -246,15 +246,14 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
         return counts
     # 3. The plan must match an earlier run in the same directory, or resuming would mix two datasets.
     device = str(state.device) if cfg.device == "auto" and state.num_processes > 1 else resolve_device(cfg.device)
-    key = plan_key(cfg, records, settings.as_dict())
     fingerprint = plan_fingerprint(cfg, records, settings.as_dict(),
                                    str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."))
     if state.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         plan_file = work / PLAN
         if plan_file.exists():
-            check_plan(cfg, json.loads(plan_file.read_text()), key, fingerprint)
-        atomic_write(plan_file, json.dumps({"key": key, "shards": n_shards, "fingerprint": fingerprint}))
+            check_plan(cfg, json.loads(plan_file.read_text()), records, settings.as_dict(), fingerprint)
+        atomic_write(plan_file, json.dumps({"shards": n_shards, "fingerprint": fingerprint}))
     state.wait_for_everyone()
     # 4. Render this process's shards.
     mine = [k for k in todo if k % state.num_processes == state.process_index]

@@ -10,11 +10,12 @@ from pathlib import Path
 from bridge.rewriter import CURVES
 
 
-def read_log(path: Path) -> tuple[list[tuple[int, float]], list[dict]]:
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    rewards = [(r["step"], r["reward_mean"]) for r in rows if r.get("reward_mean") is not None]
-    val = [r for r in rows if r.get("phase") == "val"]
-    return rewards, val
+def read_log(path: Path) -> tuple[list[dict], list[dict]]:
+    """A run's train_log.jsonl as (step rows, validation rows); empty when there is no log yet."""
+    path = Path(path)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if path.exists() else []
+    return [r for r in rows if r.get("phase") != "val"], [r for r in rows if r.get("phase") == "val"]
 
 
 def running_mean(values: list[float], window: int = 10) -> list[float]:
@@ -32,7 +33,8 @@ def plot_curves(log_path: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rewards, val = read_log(log_path)
+    steps, val = read_log(log_path)
+    rewards = [(r["step"], r["reward_mean"]) for r in steps if r.get("reward_mean") is not None]
     if not rewards and not val:
         return None
     panels = 2 if val else 1

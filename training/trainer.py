@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from bridge import presets
-from bridge.config import config_to_dict, save_config
+from bridge.config import config_to_dict, first_difference, save_config
 from bridge.inspect_cmd import policy_of
 from training.config import TrainConfig
 
@@ -372,24 +372,24 @@ def checkpoints(out: Path) -> list[Path]:
 def find_resume(cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from. A fresh run into a directory with checkpoints is refused: resuming
     later would pick them up as its own."""
+    ckpts = checkpoints(cfg.out) if cfg.out else []
     if cfg.resume is None:
-        if cfg.out is not None and checkpoints(cfg.out):
-            raise ValueError(f"{cfg.out} holds checkpoints of an earlier run (latest {checkpoints(cfg.out)[-1].name}); "
-                             "continue it with --resume latest, or choose another --out (or delete "
-                             f"{cfg.out / 'checkpoints'}) to start over")
+        if ckpts:
+            raise ValueError(f"{cfg.out} holds checkpoints of an earlier run (latest {ckpts[-1].name}); continue it "
+                             f"with --resume latest, or choose another --out (or delete {cfg.out / 'checkpoints'}) "
+                             "to start over")
         return None
     if cfg.resume != "latest":
         return Path(cfg.resume)
-    ckpts = checkpoints(cfg.out) if cfg.out else []
     if not ckpts:
         raise FileNotFoundError(f"--resume latest: no complete checkpoint in {cfg.out / 'checkpoints'}")
     return ckpts[-1]
 
 
 def _same_run(cfg: TrainConfig) -> dict:
-    """Settings a resumed run must share with the checkpointed one (steps may grow), JSON-normalised."""
+    """Settings a resumed run must share with the checkpointed one (steps may grow)."""
     skip = {"steps", "resume", "dry_run", "progress", "push_to_hub", "tensorboard", "checkpoint_every", "device"}
-    return json.loads(json.dumps({k: v for k, v in config_to_dict(cfg).items() if k not in skip}))
+    return {k: v for k, v in config_to_dict(cfg).items() if k not in skip}
 
 
 def check_resume(cfg: TrainConfig, ckpt: Path) -> None:
@@ -401,10 +401,11 @@ def check_resume(cfg: TrainConfig, ckpt: Path) -> None:
         saved = json.loads((cfg.out / "config.json").read_text())["config"]
     if saved is None:
         return
-    for key, value in _same_run(cfg).items():
-        if saved.get(key) != value:
-            raise ValueError(f"--resume: {ckpt} was written with {key}={saved.get(key)!r}, this run has "
-                             f"{key}={value!r}; only --steps may change (or choose another --out)")
+    diff = first_difference(saved, _same_run(cfg))
+    if diff is not None:
+        key, before, now = diff
+        raise ValueError(f"--resume: {ckpt} was written with {key}={before!r}, this run has {key}={now!r}; only "
+                         "--steps may change (or choose another --out)")
 
 
 # ------------------------------------------------------------------------------ the run
@@ -576,9 +577,9 @@ def _log(out: Path, writer, record: dict) -> None:
 
 def _validated(out: Path, step: int) -> bool:
     """A resumed run keeps the log's rows up to its checkpoint, a validation row at that step included."""
-    path = out / LOG
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
-    return any(r.get("phase") == "val" and r["step"] == step for r in rows)
+    from training.curves import read_log
+
+    return any(r["step"] == step for r in read_log(out / LOG)[1])
 
 
 def adapter_meta(cfg: TrainConfig, max_new: int, source: str = ""):
@@ -637,9 +638,9 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _summary(path: Path) -> dict:
-    every = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    rows = [r for r in every if r.get("phase") != "val"]
-    val = [r for r in every if r.get("phase") == "val"]
+    from training.curves import read_log
+
+    rows, val = read_log(path)
     rl = [r for r in rows if r.get("reward_mean") is not None]
     tail = rl[-max(1, len(rl) // 10):] if rl else []
     return {"steps": len(rows), "rl_steps": len(rl), "reward_first": rl[0]["reward_mean"] if rl else None,
