@@ -2,10 +2,11 @@
 
 import tempfile
 
-from benchmarks import (demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
+from benchmarks import (cli_start, demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
                         toyworld_learning, train_step_split)
 
 if __name__ == "__main__":
+    cli_start.main([])
     prompt_parse.main()
     parse_linear.main()
     gather_overhead.main([])

@@ -11,6 +11,7 @@ import time
 
 from bridge.infotext import parse_infotext
 from bridge.prompt import parse
+from bridge.tokens import count_tokens
 
 # name -> (parser, a unit repeated to size)
 HOSTILE = {
@@ -21,6 +22,7 @@ HOSTILE = {
     "infotext: a last line of words": (lambda s: parse_infotext("p\n" + s), "a b "),
     "infotext: one long word": (lambda s: parse_infotext("p\n" + s), "x"),
     "infotext: unterminated quotes": (lambda s: parse_infotext("p\n" + s), 'k: "'),
+    "tokens: one long word of varied letters (BPE)": (count_tokens, "abcdefghijklmnopqrstuvwxyzaeiouqwrtpsdfgh"),
 }
 
 

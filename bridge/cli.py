@@ -166,23 +166,16 @@ def _known_errors() -> tuple[type[Exception], ...]:
 
 
 def _quiet_libraries() -> None:
-    """Silence per-component progress bars and load chatter; our own progress output is what users read."""
+    """Silence per-component progress bars and load chatter; our own progress output is what users read.
+
+    Through environment variables that the libraries read when they are imported, so a command that never
+    needs them (inspect, translate without an adapter) never pays their import time (issue #13).
+    """
     import os
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import datasets
-        import diffusers
-        import transformers
-
-        datasets.disable_progress_bars()
-
-        diffusers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - both are dependencies
-        pass
+    for key, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+        os.environ.setdefault(key, value)
 
 
 if __name__ == "__main__":  # pragma: no cover

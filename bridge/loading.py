@@ -124,9 +124,12 @@ def model_dir(preset: Preset, local_files_only: bool | None = None) -> Path:
 def load_pipeline(preset: PipelinePreset, device: str = "cpu", dtype: str = "auto"):
     """A diffusers StableDiffusionPipeline on `device`, safety checker off (we only score images)."""
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     device = resolve_device(device)
     path = model_dir(preset)
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # set by the CLI; diffusers' own bar ignores it
+        diffusers_logging.disable_progress_bar()
     pipe = StableDiffusionPipeline.from_pretrained(
         path, dtype=resolve_dtype(dtype, device), use_safetensors=True, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False, local_files_only=True,

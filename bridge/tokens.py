@@ -2,8 +2,12 @@
 
 SD1.5 (OpenAI CLIP ViT-L/14) and SD2 (OpenCLIP ViT-H/14) share one BPE vocabulary of 49,408 tokens and
 see 77 positions: BOS + 75 text tokens + EOS. open_clip ships that vocabulary inside its package
-(`bpe_simple_vocab_16e6.txt.gz`), so `clip_tokenizer()` builds the same `transformers.CLIPTokenizer` that
-the hub pipelines carry in their `tokenizer/` folder, with no download.
+(`bpe_simple_vocab_16e6.txt.gz`). Two tokenizers are built from it, with no download:
+
+- `ClipBPE` counts tokens in pure Python (regex + ftfy), so `inspect`, `translate` and `migrate` without an
+  adapter never import torch or transformers and start in well under a second (issue #13);
+- `build_clip_tokenizer()` builds the `transformers.CLIPTokenizer` that the hub pipelines carry in their
+  `tokenizer/` folder, for the tiny and toy pipelines that need ids.
 
 Counting applies CLIP's own text cleaning first (ftfy + HTML unescape + whitespace, `open_clip.tokenizer`),
 as the original CLIP tokenizer does: without it curly quotes and mojibake count as extra tokens.
@@ -12,15 +16,16 @@ as the original CLIP tokenizer does: without it curly quotes and mojibake count 
 from __future__ import annotations
 
 import gzip
+import heapq
 import html
 import importlib.util
-import re
 from functools import lru_cache
 from pathlib import Path
 
 import ftfy
+import regex
 
-_WHITESPACE = re.compile(r"\s+")
+_WHITESPACE = regex.compile(r"\s+")
 
 CONTEXT_LENGTH = 77  # positions the text encoder sees
 CHUNK_TOKENS = CONTEXT_LENGTH - 2  # text tokens per chunk, BOS/EOS excluded
@@ -48,9 +53,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _clip_vocab_and_merges(path: Path | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     # Same slicing as open_clip.SimpleTokenizer / OpenAI CLIP: 49152 - 256 - 2 merges.
-    lines = gzip.open(_bpe_file()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    lines = gzip.open(path or _bpe_file()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(line.split()) for line in lines]
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + [BOS, EOS]
@@ -72,28 +77,87 @@ def clean(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-@lru_cache(maxsize=4)
-def clip_tokenizer():
-    """The shared CLIP tokenizer for counting (built once per process, ~0.2 s)."""
-    return build_clip_tokenizer()
+# CLIP's pre-tokenizer (OpenAI CLIP `simple_tokenizer.py`, open_clip `SimpleTokenizer`, transformers
+# `CLIPTokenizer`): the special tokens whole, English contractions, runs of letters, single digits, runs of
+# other non-space characters. `regex` gives the Unicode classes \p{L}/\p{N} that `re` lacks.
+_PRE_TOKENIZE = regex.compile(
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE)
 
 
-def count_tokens(text: str, tokenizer=None) -> int:
+class ClipBPE:
+    """CLIP's byte-level BPE in pure Python: the same pieces as `CLIPTokenizer`, without transformers.
+
+    Each pre-token is spelt in CLIP's printable byte alphabet, its last character marked end-of-word
+    (`</w>`), and adjacent symbols are merged by rank. The reference loop (open_clip `SimpleTokenizer.bpe`)
+    rescans the whole word once per merge, which is quadratic: a 100k-letter "word" in a hostile prompt
+    would stall a migrate. Here a heap of (rank, position) over a linked list of symbols gives the same
+    merges in O(n log n): ranks come from a learned table, so every pair a merge creates ranks after the
+    pair merged, and popping (rank, leftmost position) replays the reference's order exactly.
+    """
+
+    def __init__(self, ranks: dict[tuple[str, str], int]):
+        self.ranks = ranks
+        self.byte_chars = _bytes_to_unicode()
+        self._word = lru_cache(maxsize=65536)(self._merge)
+
+    @classmethod
+    def from_vocab_file(cls, path: Path | None = None) -> ClipBPE:
+        _, merges = _clip_vocab_and_merges(path)
+        return cls({pair: rank for rank, pair in enumerate(merges)})
+
+    def pieces(self, text: str) -> list[str]:
+        """BPE pieces of already-cleaned text, lower-cased as CLIP does."""
+        out = []
+        for token in _PRE_TOKENIZE.findall(text.lower()):
+            if token in (BOS, EOS):
+                out.append(token)
+                continue
+            word = "".join(self.byte_chars[b] for b in token.encode("utf-8"))
+            out.extend(self._word(word) if len(word) <= 64 else self._merge(word))
+        return out
+
+    def count(self, text: str) -> int:
+        return len(self.pieces(text))
+
+    def _merge(self, word: str) -> tuple[str, ...]:
+        symbols: list[str | None] = list(word[:-1]) + [word[-1] + "</w>"]
+        nxt = list(range(1, len(symbols))) + [-1]
+        prev = list(range(-1, len(symbols) - 1))
+        heap = [(r, i) for i in range(len(symbols) - 1)
+                if (r := self.ranks.get((symbols[i], symbols[i + 1]))) is not None]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = nxt[i]
+            if symbols[i] is None or j < 0 or self.ranks.get((symbols[i], symbols[j])) != rank:
+                continue  # stale: one side was merged away since this pair was pushed
+            symbols[i], symbols[j] = symbols[i] + symbols[j], None
+            nxt[i] = nxt[j]
+            if nxt[i] >= 0:
+                prev[nxt[i]] = i
+            for a, b in ((prev[i], i), (i, nxt[i])):
+                if a >= 0 and b >= 0 and (r := self.ranks.get((symbols[a], symbols[b]))) is not None:
+                    heapq.heappush(heap, (r, a))
+        return tuple(s for s in symbols if s is not None)
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer() -> ClipBPE:
+    """The shared CLIP tokenizer for counting (built once per process, about 0.1 s, no torch)."""
+    return ClipBPE.from_vocab_file()
+
+
+def count_tokens(text: str) -> int:
     """Text tokens (BOS/EOS excluded) that `text` costs in a CLIP text encoder."""
-    if not text.strip():
-        return 0
-    tok = tokenizer if tokenizer is not None else clip_tokenizer()
-    return len(tok(clean(text), add_special_tokens=False, verbose=False)["input_ids"])
+    return clip_tokenizer().count(clean(text)) if text.strip() else 0
 
 
-def count_tokens_batch(texts: list[str], tokenizer=None) -> list[int]:
-    tok = tokenizer if tokenizer is not None else clip_tokenizer()
-    cleaned = [clean(t) for t in texts]
-    ids = tok(cleaned, add_special_tokens=False, verbose=False)["input_ids"] if cleaned else []
-    return [len(x) if t.strip() else 0 for x, t in zip(ids, texts)]
+def count_tokens_batch(texts: list[str]) -> list[int]:
+    return [count_tokens(t) for t in texts]
 
 
-def token_budget(nodes, truncates: bool, tokenizer=None) -> tuple[list[int], list]:
+def token_budget(nodes, truncates: bool) -> tuple[list[int], list]:
     """Text tokens per chunk (AND parts in order, each split at BREAK) and warnings for chunks over 75.
 
     A1111 encodes a long chunk as several 75-token chunks; plain diffusers (truncates=True) drops the
@@ -103,7 +167,7 @@ def token_budget(nodes, truncates: bool, tokenizer=None) -> tuple[list[int], lis
     from bridge.prompt import PromptWarning, chunk_texts
 
     chunks = [chunk for part in chunk_texts(nodes) for chunk in part]
-    counts = count_tokens_batch(chunks, tokenizer)
+    counts = count_tokens_batch(chunks)
     warnings = []
     for k, count in enumerate(counts):
         if count > CHUNK_TOKENS:

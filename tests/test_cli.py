@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +27,35 @@ def test_console_script_is_installed():
     assert exe, "the sd-bridge console script is not on PATH"
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "doctor" in proc.stdout
+
+
+HEAVY = ("torch", "diffusers", "transformers", "peft", "datasets", "open_clip", "gradio")
+# Each syntax-only command runs in a fresh interpreter, which then lists the heavy libraries it imported.
+_PROBE = """
+import sys
+from bridge.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as stop:  # argparse's --help
+    rc = stop.code
+print("HEAVY=" + ",".join(sorted({m.split(".")[0] for m in sys.modules} & set(%r))), file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["inspect", "masterpiece, (a cat:1.2) <lora:x:1> AND a dog"],
+                                  ["translate", "a cat", "--negative", "blurry"], ["migrate", "{txt}", "--out", "{out}"],
+                                  ["translate", "--help"], ["migrate", "--help"]])
+def test_syntax_commands_never_import_torch(argv, tmp_path):
+    """Issue #13: a syntax-only command starts in a fraction of a second because it never imports the model stack
+    (`benchmarks/cli_start.py` times it). Broken by any module-level import of torch on this path."""
+    src = tmp_path / "p.txt"
+    src.write_text("a cat, (red:1.2)\nmasterpiece, a dog <lora:x:1>\n", encoding="utf-8")
+    argv = [a.format(txt=src, out=tmp_path / "out") for a in argv]
+    proc = subprocess.run([sys.executable, "-c", _PROBE % (HEAVY,), *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == "HEAVY=", proc.stderr
 
 
 def test_doctor_json(capsys):

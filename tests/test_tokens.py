@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-import open_clip
+from functools import lru_cache
 
-from bridge.tokens import CHUNK_TOKENS, clip_tokenizer, count_tokens, count_tokens_batch
+import open_clip
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.tokens import CHUNK_TOKENS, build_clip_tokenizer, clean, clip_tokenizer, count_tokens, count_tokens_batch
 from conftest import read_jsonl
+
+
+@lru_cache(maxsize=1)
+def transformers_tokenizer():
+    return build_clip_tokenizer()
 
 
 def test_counts_equal_open_clip_on_every_shared_prompt(prompts_dir):
@@ -23,4 +32,21 @@ def test_count_basics():
     assert count_tokens("cat") == 1
     assert count_tokens("“curly quotes”") == count_tokens('"curly quotes"')  # ftfy cleaning, as CLIP does
     assert CHUNK_TOKENS == 75
-    assert clip_tokenizer().model_max_length == 77
+
+
+# Prompt-like text: letters from several scripts, digits, weights and brackets, emoji, combining marks.
+PROMPTISH = st.text(st.sampled_from(list("abcxyzABC éüßñ日本語한국 ,.:;()[]{}<>|'\"!?-_/\\0123456789²½😀\u0301\t\n")),
+                    max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PROMPTISH)
+def test_pieces_equal_transformers_clip_tokenizer(text):
+    """The pure-Python BPE (no transformers, for a fast start) splits exactly as transformers' CLIPTokenizer."""
+    text = clean(text)
+    assert clip_tokenizer().pieces(text) == (transformers_tokenizer().tokenize(text) if text else [])
+
+
+def test_special_tokens_and_a_long_word_equal_transformers():
+    text = clean("a <|endoftext|> cat " + "supercalifragilistic" * 150)
+    assert clip_tokenizer().pieces(text) == transformers_tokenizer().tokenize(text)
