@@ -11,7 +11,7 @@ import importlib
 import sys
 from dataclasses import dataclass, field
 
-from bridge.config import ConfigError, parse_config
+from bridge.config import ConfigError, did_you_mean, parse_config
 
 # name -> (module, config class, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -107,7 +107,8 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
 
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: sd-bridge COMMAND [options]   (sd-bridge COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: sd-bridge COMMAND [options]   (sd-bridge COMMAND --help for its options; --version)", "",
+             "commands:"]
     lines += [f"  {name:{width}s}  {info[3]}" for name, info in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -117,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from bridge import __version__
+
+        print(f"sd-bridge {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands: `sd-bridge toyworld build`
         name, rest = f"{name} {rest[0]}", rest[1:]
@@ -126,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if name not in COMMANDS:
-        print(f"sd-bridge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"sd-bridge: unknown command {name!r}{did_you_mean(name, COMMANDS)}; `sd-bridge --help` lists them",
+              file=sys.stderr)
         return 2
     module_name, cfg_name, fn_name, _ = COMMANDS[name]
     module = importlib.import_module(module_name)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -29,6 +31,30 @@ CONFIG_FILENAME = "config.json"
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message names it."""
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices` to a mistyped `word`, else ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in two lines, a suggestion for a mistyped flag or choice, and no usage dump.
+
+    argparse prints the whole usage (16 lines for `train`) before a one-line error; the error is what a
+    user needs, with the nearest flag or choice, and where the full list is.
+    """
+
+    def error(self, message: str):
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if unknown and unknown.group(1).startswith("-"):
+            flags = [o for a in self._actions for o in a.option_strings]
+            message += did_you_mean(unknown.group(1).split("=")[0], flags)
+        elif choice:
+            message += did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        self.exit(2, f"{self.prog}: error: {message}\nsee `{self.prog} --help` for every option\n")
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -74,11 +100,15 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dic
         (inner,) = {a for a in get_args(tp) if a is not Ellipsis}
         kwargs.update(type=_scalar_converter(inner), nargs="*")
     elif tp is bool:
-        # `--flag` / `--no-flag`; a bool flag never swallows the next word (a positional prompt).
-        kwargs["action"] = argparse.BooleanOptionalAction
+        # One flag that changes the default: `--flag` when off by default, `--no-flag` when on (never
+        # `--no-no-syntax`); a bool flag never swallows the next word (a positional prompt).
+        parser.add_argument(_bool_flag(f), action="store_const", const=not f.default, default=argparse.SUPPRESS,
+                            dest=f.name, help=kwargs["help"])
+        return
     else:
         kwargs["type"] = _scalar_converter(tp)
-    kwargs["help"] += f" (default: {_default_text(f)})"
+    if "(default" not in kwargs["help"]:
+        kwargs["help"] += f" (default: {_default_text(f)})"
     positional = meta.get("positional")
     if positional:
         kwargs.pop("dest")
@@ -90,9 +120,13 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dic
     parser.add_argument(_flag(f.name), default=argparse.SUPPRESS, **kwargs)
 
 
+def _bool_flag(f: dataclasses.Field) -> str:
+    return _flag(f.name) if not f.default else "--no-" + f.name.replace("_", "-")
+
+
 def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field, plus `--config FILE.yaml`."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip().split("\n")[0])
+    parser = _Parser(prog=prog, description=description or (cls.__doc__ or "").strip().split("\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="YAML (or JSON) file of field values; flags override it")
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -111,13 +145,15 @@ def _yaml_to_argv(cls: type, data: dict[str, Any], source: str) -> list[str]:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__} (known keys: {', '.join(sorted(known))})")
+            raise ConfigError(f"{source}: unknown key {key!r} for {cls.__name__}{did_you_mean(name, known)} "
+                              f"(known keys: {', '.join(sorted(known))})")
         if value is None:
             continue
         if _unwrap_optional(hints[name])[0] is bool:
             if not isinstance(value, bool):
                 raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
-            argv.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
+            if value != known[name].default:
+                argv.append(_bool_flag(known[name]))
             continue
         argv.append(_flag(name))
         if isinstance(value, (list, tuple)):

@@ -79,8 +79,8 @@ def _normalize_text(raw: str, first: bool, last: bool) -> str:
     raw = _SPACE_COMMA.sub(",", _COMMAS.sub(",", _SPACES.sub(" ", raw)))
     if first:
         raw = raw.lstrip(" ,")
-    if last:
-        stripped = raw.rstrip()
+    if last:  # trailing spaces and the empty item a dropped tag leaves: "blurry, EasyNegative" -> "blurry"
+        stripped = raw.rstrip(" ,")
         if len(stripped) < len(raw) and (len(stripped) - len(stripped.rstrip("\\"))) % 2:
             stripped += raw[len(stripped)]  # that whitespace is escaped by the backslash before it
         raw = stripped

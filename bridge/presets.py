@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from bridge.config import did_you_mean
+
 PredictionType = Literal["epsilon", "v_prediction"]
 
 
@@ -187,7 +189,8 @@ def get_preset(kind: str, name: str, revision: str | None = None) -> Preset:
         preset = _preset_from_dir(kind, path)
     else:
         raise UnknownPresetError(
-            f"unknown {kind} preset {name!r}; choose one of {', '.join(table)} or give a local model directory"
+            f"unknown {kind} preset {name!r}{did_you_mean(name, table)}; choose one of {', '.join(table)} "
+            "or give a local model directory"
         )
     if revision is not None:
         if preset.tiny or preset.toy or preset.local_path:

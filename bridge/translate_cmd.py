@@ -1,4 +1,9 @@
-"""`sd-bridge translate "PROMPT" [--negative N] [--adapter DIR] [--json]`; prompts from stdin when none is given."""
+"""`sd-bridge translate "PROMPT" [--negative N] [--adapter DIR] [--json]`; prompts from stdin when none is given.
+
+Results go to stdout, one line per prompt: the translation, and with `--negative` the translated negative after
+a tab (TSV), or one JSON object per prompt with `--json`. Warnings, extra candidates and token counts go to
+stderr, each prefixed with its input line when prompts come from stdin.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ class TranslateConfig(MigrationPolicy):
     seed: int = field(default=0, metadata={"help": "seed for sampled candidates"})
     device: str = field(default="cpu", metadata={"help": "device for the rewriter"})
     batch_size: int = field(default=32, metadata={"help": "leaves per generation batch"})
-    json: bool = field(default=False, metadata={"help": "one JSON object per prompt (JSON lines)"})
+    json: bool = field(default=False, metadata={"help": "one JSON object per prompt (JSON lines) instead of "
+                                                                "TSV"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -52,21 +58,34 @@ def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
     results = translator.translate(prompts, negatives, num_candidates=cfg.candidates, sample=cfg.candidates > 1,
                                    seed=cfg.seed)
     for n, r in enumerate(results, 1):
+        where = "" if cfg.prompt is not None else f"line {n}: "
         if _SURROGATE.search(r.prompt):
-            print(f"warning: line {n}: bytes that are not UTF-8 are shown as U+FFFD", file=sys.stderr)
+            print(f"warning: {where}bytes that are not UTF-8 are shown as U+FFFD", file=sys.stderr)
         if cfg.json:
             log(_valid(json.dumps(r.to_dict(), ensure_ascii=False)))
-            continue
-        log(_valid(r.translated_prompt))
-        if cfg.prompt is not None:  # one prompt: the details go to stderr, the translation alone to stdout
-            if r.translated_negative_prompt is not None:
-                print(f"negative: {r.translated_negative_prompt}", file=sys.stderr)
-            for c in r.candidates[1:]:
-                print(f"candidate: {c}", file=sys.stderr)
-            for w in r.warnings:
-                print(f"warning [{w['code']}] {w['message']}", file=sys.stderr)
+        else:
+            log(_tsv_line(r, where, with_negative=negatives[n - 1] is not None))
+        for c in r.candidates[1:]:
+            print(f"{where}candidate: {_valid(c)}", file=sys.stderr)
+        for w in r.warnings:  # per line in piped mode too: a script's user reads them on the terminal
+            print(f"{where}warning [{w['code']}] {w['message']}", file=sys.stderr)
+        if cfg.prompt is not None:
             print(f"tokens per chunk: {r.tokens_before} -> {r.tokens_after} ({r.strategy})", file=sys.stderr)
     return 0
+
+
+def _tsv_line(r, where: str, with_negative: bool) -> str:
+    """The translation, and the negative's after a tab when one was given: one line per prompt, so
+    `paste`, `cut -f2` and a line-by-line reader line up with the input. A tab or newline inside a prompt
+    would break that, so it is shown as a space, with a warning; `--json` keeps every character."""
+    fields = [r.translated_prompt] + ([r.translated_negative_prompt or ""] if with_negative else [])
+    if any(_SEPARATOR.search(f) for f in fields):
+        print(f"warning: {where}a tab or line break in the translation is shown as a space (--json keeps it)",
+              file=sys.stderr)
+    return "\t".join(_valid(_SEPARATOR.sub(" ", f)) for f in fields)
+
+
+_SEPARATOR = re.compile(r"[\t\r\n]")
 
 
 # Undecodable input bytes are read as lone surrogates (surrogateescape), so one bad byte neither stops the

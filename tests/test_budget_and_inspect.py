@@ -40,7 +40,7 @@ def test_inspect_json_has_the_documented_keys(capsys):
     assert out["embeddings"] == ["EasyNegative"]
     assert len(out["chunks"]) == 2
     assert {w["code"] for w in out["warnings"]} >= {"network-dropped", "embedding-dropped", "braces-converted"}
-    assert out["syntax"] == "(masterpiece:1.2), a [cat:dog:0.5] BREAK (soft light:1.05),"
+    assert out["syntax"] == "(masterpiece:1.2), a [cat:dog:0.5] BREAK (soft light:1.05)"
     assert out["negative"]["embeddings"] == ["ng_deepnegative_v1_75t"]
 
 

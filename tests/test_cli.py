@@ -20,6 +20,22 @@ def test_help_lists_commands(capsys):
         assert name in out
     assert main(["nope"]) == 2
     assert "unknown command" in capsys.readouterr().err
+    assert main(["tranlsate", "a cat"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean translate?" in err and len(err.splitlines()) == 1
+
+
+def test_version_is_the_installed_one(capsys):
+    import importlib.metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"sd-bridge {importlib.metadata.version('sd-bridge')}\n"
+
+
+def test_a_mistyped_preset_gets_a_suggestion(capsys):
+    assert main(["translate", "a cat", "--target", "sd2-bsae"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean sd2-base?" in err and len(err.splitlines()) == 1
 
 
 def test_console_script_is_installed():

@@ -36,7 +36,44 @@ def test_defaults_and_flags():
     cfg = parse_config(Example, ["--steps", "3", "--algo", "raft", "--tags", "a", "b", "--verbose", "hello"])
     assert (cfg.steps, cfg.algo, cfg.tags, cfg.verbose, cfg.prompt) == (3, "raft", ["a", "b"], True, "hello")
     assert parse_config(Example, ["--prompt", "p"]).prompt == "p"
-    assert parse_config(Example, ["--no-verbose"]).verbose is False
+
+
+def test_one_flag_per_bool_and_one_default_per_help(capsys):
+    """`--flag` turns an off-by-default bool on, `--no-flag` an on-by-default one off; nothing else exists
+    (no `--no-verbose`, no `--no-no-syntax`), and a help text that states its default is not given a second."""
+    assert parse_config(Switches, ["--no-syntax", "--no-progress"]) == Switches(no_syntax=True, progress=False)
+    for wrong in (["--no-no-syntax"], ["--progress"]):
+        with pytest.raises(SystemExit):
+            parse_config(Switches, wrong)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parse_config(Switches, ["--help"])
+    help_text = capsys.readouterr().out
+    assert "--no-no-syntax" not in help_text and help_text.count("(default") == 1  # `out` states its own
+
+
+@dataclass
+class Switches:
+    no_syntax: bool = field(default=False, metadata={"help": "leave out the syntax baseline"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    out: str | None = field(default=None, metadata={"help": "where (default: beside the input)"})
+
+
+def test_yaml_bools_map_onto_the_one_flag(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("no_syntax: true\nprogress: false\n")
+    assert parse_config(Switches, ["--config", str(f)]) == Switches(no_syntax=True, progress=False)
+    f.write_text("no_syntax: false\nprogress: true\n")
+    assert parse_config(Switches, ["--config", str(f)]) == Switches()
+
+
+@pytest.mark.parametrize("argv, hint", [(["--stpes", "3"], "did you mean --steps?"),
+                                        (["--algo", "grp"], "did you mean grpo?")])
+def test_usage_errors_are_two_lines_with_a_suggestion(capsys, argv, hint):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(Example, argv, prog="sd-bridge x")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and hint in err and len(err.strip().splitlines()) == 2, err
 
 
 def test_yaml_then_flags_override(tmp_path):

@@ -44,7 +44,7 @@ def test_csv_round_trip_with_quotes_newlines_and_extra_columns(tmp_path):
     assert list(back[0]) == ["id", "prompt", "negative_prompt", "notes", *ADDED]  # order kept, columns added
     for original, migrated in zip(rows, back):
         assert {k: migrated[k] for k in original} == original
-    assert back[0]["translated_prompt"] == '(masterpiece:1.2), a "quoted" cat,'
+    assert back[0]["translated_prompt"] == '(masterpiece:1.2), a "quoted" cat'
     assert back[0]["translated_negative_prompt"] == "ugly"
     assert [w["code"] for w in json.loads(back[0]["warnings"])] == ["network-dropped", "embedding-dropped"]
     assert back[2]["translated_prompt"] == "[cat:dog:0.5] BREAK __season__"
@@ -161,7 +161,7 @@ def test_infotext_and_png_folders(tmp_path):
     Image.new("RGB", (8, 8)).save(pngs / "plain.png")
     before = (pngs / "img.png").read_bytes()
     assert migrate(str(pngs), "--out", str(tmp_path / "side")) == 3  # plain.png has no metadata
-    assert (tmp_path / "side" / "img.txt").read_text().startswith("(fox:1.2),\nSteps: 20")
+    assert (tmp_path / "side" / "img.txt").read_text().startswith("(fox:1.2)\nSteps: 20")
     assert (pngs / "img.png").read_bytes() == before  # images are never rewritten
 
 

@@ -20,7 +20,7 @@ def codes(result) -> list[str]:
 
 def test_default_policy_drops_sd1_networks_and_embeddings_with_warnings():
     r = apply_policy("(masterpiece:1.2), <lora:add_detail:0.7>, a cat, EasyNegative, <hypernet:h:1>")
-    assert r.prompt == "(masterpiece:1.2), a cat,"
+    assert r.prompt == "(masterpiece:1.2), a cat"  # no empty item left behind
     assert codes(r) == ["network-dropped", "embedding-dropped", "network-dropped"]
     span = r.warnings[0].span
     assert "(masterpiece:1.2), <lora:add_detail:0.7>"[span[0] : span[1]] == "<lora:add_detail:0.7>"

@@ -116,12 +116,16 @@ def test_adapter_errors(adapter_dir, tmp_path):
 def test_translate_cli(capsys, adapter_dir, monkeypatch):
     assert main(["translate", "a (cat:1.2) <lora:x:1>", "--negative", "EasyNegative, blurry"]) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip() == "a (cat:1.2)"
-    assert "negative: blurry" in captured.err and "[network-dropped]" in captured.err
+    assert captured.out == "a (cat:1.2)\tblurry\n"  # results on stdout, as TSV; the details on stderr
+    assert "[network-dropped]" in captured.err and "[embedding-dropped]" in captured.err
+    assert main(["translate", "a cat"]) == 0
+    assert capsys.readouterr().out == "a cat\n"  # no negative given, no second column
     monkeypatch.setattr("sys.stdin", io.StringIO("a cat\n<lora:y:1> dog\n"))
     assert main(["translate", "--json"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    lines = [json.loads(x) for x in captured.out.splitlines()]
     assert [x["translated_prompt"] for x in lines] == ["a cat", "dog"]
+    assert "line 2: warning [network-dropped]" in captured.err  # piped input keeps its per-line warnings
     assert main(["translate", "--adapter", str(adapter_dir), "--json", "a red fox"]) == 0
     assert json.loads(capsys.readouterr().out)["strategy"].startswith("adapter:")
     # One undecodable byte in piped input neither stops the read nor makes the JSON output invalid UTF-8.
@@ -131,6 +135,11 @@ def test_translate_cli(capsys, adapter_dir, monkeypatch):
     captured.out.encode("utf-8")  # strict: no lone surrogate reaches stdout
     assert [json.loads(x)["translated_prompt"] for x in captured.out.splitlines()] == ["a cat", "\ufffd dog"]
     assert "line 2: bytes that are not UTF-8 are shown as U+FFFD" in captured.err
+    # A line break inside a translation would split the one-line-per-prompt output: a space, and a warning.
+    monkeypatch.setattr("bridge.translate_cmd._read_lines", lambda stream: ["a\ncat\tdog"])
+    assert main(["translate", "--no-normalize"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "a cat dog\n" and "line 1: a tab or line break" in captured.err
 
 
 def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
