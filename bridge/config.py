@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -31,6 +33,31 @@ CONFIG_FILENAME = "config.json"
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message names it."""
+
+
+def json_summary_field():
+    """The `--json` flag of a long-running command (gather, migrate, train, eval): its summary as one JSON
+    object on stdout, with the counts its text summary shows, and every log line on stderr."""
+    return dataclasses.field(default=False, metadata={
+        "help": "print the summary as one JSON object on stdout; log lines go to stderr"})
+
+
+def summary_log(cfg: Any, log):
+    """The log to use under `cfg.json`: stderr, so that stdout carries the JSON summary alone."""
+    return functools.partial(print, file=sys.stderr) if getattr(cfg, "json", False) else log
+
+
+def print_json_summary(cfg: Any, summary: dict[str, Any]) -> None:
+    if getattr(cfg, "json", False):
+        print(json.dumps(summary, default=str, ensure_ascii=False), flush=True)
+
+
+def log_plan(cfg: Any, log, plan: dict[str, Any]) -> None:
+    """A `--dry-run` plan: the JSON summary under `--json`, else indented JSON through the log."""
+    if getattr(cfg, "json", False):
+        print_json_summary(cfg, plan)
+    else:
+        log(json.dumps(plan, indent=2))
 
 
 def did_you_mean(word: str, choices) -> str:

@@ -85,7 +85,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     report = run_eval(EvalConfig(prompts=str(cfg.eval_prompts or TOY_PROMPTS / "heldout.jsonl"), out=report_dir,
                                  source=cfg.source, target=cfg.target, scorer=cfg.scorer, adapter=[adapter],
                                  oracle=toy, seeds=cfg.seeds, seed=cfg.seed, limit=cfg.num_eval_prompts,
-                                 device=cfg.device, cache_dir=cache), log=log)
+                                 device=cfg.device, cache_dir=cache, progress=False), log=log)
     # 4. Translate one prompt with the adapter, as `sd-bridge translate --adapter` would, and tell its story.
     translated = Translator.from_pretrained(adapter, device=cfg.device).translate([cfg.example])[0]
     story = tell_story(cfg, translated.translated_prompt, cache, log) if toy else []

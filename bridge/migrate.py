@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from bridge.config import config_to_dict, first_difference
+from bridge.config import (config_to_dict, first_difference, json_summary_field, log_plan, print_json_summary,
+                           summary_log)
 from bridge.files import atomic_write
 from bridge.inspect_cmd import policy_of
 from bridge.policy import MigrationPolicy
@@ -57,6 +58,7 @@ class MigrateConfig(MigrationPolicy):
     in_place: bool = field(default=False, metadata={"help": "replace the input (a .bak copy is kept)"})
     dry_run: bool = field(default=False, metadata={"help": "read and count rows, write nothing"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    json: bool = json_summary_field()
 
     def __post_init__(self):
         super().__post_init__()
@@ -342,7 +344,7 @@ def _journal_path(out: Path) -> Path:
 
 def _run_key(cfg: MigrateConfig, kind: str) -> str:
     st = cfg.input.stat()
-    relevant = {k: v for k, v in config_to_dict(cfg).items() if k not in ("progress", "dry_run", "device")}
+    relevant = {k: v for k, v in config_to_dict(cfg).items() if k not in ("progress", "dry_run", "device", "json")}
     return hashlib.sha256(json.dumps([kind, st.st_size, st.st_mtime_ns, relevant], sort_keys=True,
                                      default=str).encode()).hexdigest()
 
@@ -350,7 +352,7 @@ def _run_key(cfg: MigrateConfig, kind: str) -> str:
 # ------------------------------------------------------------------------------------------- run
 def run_migrate(cfg: MigrateConfig, log=print) -> int:
     try:
-        return _migrate(cfg, log)
+        return _migrate(cfg, summary_log(cfg, log))
     except UsageError as err:
         print(f"sd-bridge migrate: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -377,16 +379,20 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
         yield chunk
 
 
-def _total_rows(cfg: MigrateConfig, kind: str) -> int | None:
+def _total_rows(cfg: MigrateConfig, kind: str) -> int:
+    """Rows the progress bar counts to: files in a folder; lines of a txt/jsonl file (binary lines, as
+    `_decoded_lines` reads them, a last line without a newline included); records of a CSV, read by its own
+    reader, because a quoted field may hold line breaks (counting lines ended a bar at 5000/8350)."""
     if kind in ("png", "infotext"):
         return sum(1 for p in cfg.input.iterdir() if p.suffix.lower() == (".png" if kind == "png" else ".txt"))
+    if kind in ("csv", "tsv"):
+        return sum(1 for r in _rows(cfg, kind) if r.index >= 0)
     with cfg.input.open("rb") as fh:
-        n = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
-    return n - (1 if kind in ("csv", "tsv") else 0)
+        return sum(1 for _ in fh)
 
 
 def _migrate(cfg: MigrateConfig, log) -> int:
-    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from bridge.translator import Translator
 
@@ -397,12 +403,26 @@ def _migrate(cfg: MigrateConfig, log) -> int:
     # 1. Dry run: read every row, count, write nothing.
     if cfg.dry_run:
         counts = Counter("error" if r.error else "ok" for r in _rows(cfg, kind) if r.index >= 0)
-        log(json.dumps({"input": str(cfg.input), "format": kind, "rows": sum(counts.values()),
-                        "readable": counts["ok"], "row_errors": counts["error"]}, indent=2))
+        counts = {"input": str(cfg.input), "format": kind, "rows": sum(counts.values()), "readable": counts["ok"],
+                  "row_errors": counts["error"]}
+        log_plan(cfg, log, counts)
         return EXIT_OK
     translator = Translator.from_pretrained(cfg.adapter, cfg.target, policy_of(cfg), device=cfg.device)
-    if kind in ("png", "infotext"):
-        return _migrate_files(cfg, kind, translator, log, started)
+    with logging_redirect_tqdm():  # library warnings go through the bar instead of landing inside it
+        if kind in ("png", "infotext"):
+            return _migrate_files(cfg, kind, translator, log, started)
+        return _migrate_file(cfg, kind, translator, log, started)
+
+
+def _progress(cfg: MigrateConfig, kind: str, done: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=_total_rows(cfg, kind) if cfg.progress else None, initial=done, unit="row", desc="migrate",
+                disable=not cfg.progress, dynamic_ncols=True)
+
+
+def _migrate_file(cfg: MigrateConfig, kind: str, translator, log, started: float) -> int:
+    """One library file: streamed in chunks, each committed to the journal, so a rerun resumes."""
     # 2. Resume from the journal when it belongs to this input and these settings.
     out, key = cfg.out, _run_key(cfg, kind)
     jpath = _journal_path(out)
@@ -414,10 +434,9 @@ def _migrate(cfg: MigrateConfig, log) -> int:
     warn_counts: Counter = Counter(journal["warnings"] if journal else {})
     sink = _TextSink(out, journal)
     writer = None
-    bar = tqdm(total=_total_rows(cfg, kind), initial=done, unit="row", desc="migrate", disable=not cfg.progress,
-               dynamic_ncols=True)
     if done:
         log(f"resuming {out}: {done} rows already migrated")
+    bar = _progress(cfg, kind, done)
     try:
         rows = _rows(cfg, kind)
         if kind in ("csv", "tsv"):
@@ -501,7 +520,7 @@ FOLDER_SETTINGS = "migrate.settings.json"
 def _check_folder_settings(cfg: MigrateConfig, kind: str, out: Path) -> None:
     """A folder migration records the settings that decide its files in OUT; a rerun into the same OUT with
     other settings would mix files written under both, so it is refused with the differing setting named."""
-    skip = ("progress", "dry_run", "device", "chunk_rows", "in_place", "out", "input")
+    skip = ("progress", "dry_run", "device", "json", "chunk_rows", "in_place", "out", "input")
     now = {"format": kind, **{k: v for k, v in config_to_dict(cfg).items() if k not in skip}}
     path = out / FOLDER_SETTINGS
     if path.is_file() and not cfg.in_place:
@@ -527,6 +546,7 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
     out.mkdir(parents=True, exist_ok=True)
     _check_folder_settings(cfg, kind, out)
     errors, done, warn_counts = [], 0, Counter()
+    bar = _progress(cfg, kind, 0)
     for chunk in _chunks(read_files(cfg, kind), cfg.chunk_rows):
         # A rerun into --out skips files already written; in place, every file is the input: migrate it again
         # (its backup is kept, as for a single file).
@@ -544,6 +564,8 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
             atomic_write(target, format_infotext(info))
         errors += [r for r in chunk if r.error is not None]
         done += len(chunk)
+        bar.update(len(chunk))
+    bar.close()
     err_file = out / "migrate.errors.jsonl"
     if errors:
         err_file.write_text("".join(json.dumps({"row": r.index, "file": r.raw, "error": r.error}) + "\n"
@@ -552,11 +574,14 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
 
 
 def _summary(cfg, log, rows, errors, warn_counts, strategy, out, err_file, started) -> int:
-    log(f"migrated {rows - errors}/{rows} rows with the {strategy} strategy into {out} "
-        f"in {time.perf_counter() - started:.1f}s")
+    seconds = time.perf_counter() - started
+    log(f"migrated {rows - errors}/{rows} rows with the {strategy} strategy into {out} in {seconds:.1f}s")
     if warn_counts:
         log("warnings: " + ", ".join(f"{code} x{n}" for code, n in warn_counts.most_common()))
     if errors:
         log(f"{errors} row(s) failed; reasons in {err_file}")
-        return EXIT_ROW_ERRORS
-    return EXIT_OK
+    print_json_summary(cfg, {"input": str(cfg.input), "output": str(out), "rows": rows, "migrated": rows - errors,
+                             "row_errors": errors, "errors_file": str(err_file) if errors else None,
+                             "strategy": strategy, "warnings": dict(warn_counts.most_common()),
+                             "seconds": round(seconds, 2)})
+    return EXIT_ROW_ERRORS if errors else EXIT_OK

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridge import presets
-from bridge.config import first_difference, save_config
+from bridge.config import first_difference, json_summary_field, log_plan, print_json_summary, save_config, summary_log
 from bridge.files import atomic_write
 
 PLAN = "plan.json"
@@ -68,6 +68,7 @@ class GatherConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (fp16 on CUDA, else fp32), fp32, fp16, bf16"})
     dry_run: bool = field(default=False, metadata={"help": "report counts, render nothing"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    json: bool = json_summary_field()
 
     def __post_init__(self):
         if not self.prompts:
@@ -226,6 +227,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
     # processes with gloo; on GPUs each process takes its own device.
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     started = time.perf_counter()
+    log = summary_log(cfg, log)
     # 1. Prompts: read and clean.
     records, report = load_prompts(cfg)
     source = presets.pipeline(cfg.preset, cfg.revision)
@@ -242,7 +244,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
     # 2. Dry run: counts only.
     if cfg.dry_run:
         if state.is_main_process:
-            log(json.dumps(counts, indent=2))
+            log_plan(cfg, log, counts)
         return counts
     # 3. The plan must match an earlier run in the same directory, or resuming would mix two datasets.
     device = str(state.device) if cfg.device == "auto" and state.num_processes > 1 else resolve_device(cfg.device)
@@ -290,6 +292,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
     log(f"gathered {rows} rows ({counts['prompts']} prompts x {cfg.seeds} seeds) into {cfg.out} "
         f"in {seconds:.1f}s; dropped by cleaning: {report.to_dict()['dropped'] or 'none'}")
     log(f"contact sheet: {cfg.out / 'contact_sheet.png'}")
+    print_json_summary(cfg, summary)
     return summary
 
 

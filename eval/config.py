@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge import presets
+from bridge.config import json_summary_field
 from bridge.policy import MigrationPolicy
 
 
@@ -42,6 +43,8 @@ class EvalConfig(MigrationPolicy):
     render_batch: int = field(default=4, metadata={"help": "images per pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (prompts scored per strategy)"})
+    json: bool = json_summary_field()
 
     def __post_init__(self):
         super().__post_init__()

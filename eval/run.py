@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from bridge import presets
-from bridge.config import save_config
+from bridge.config import print_json_summary, save_config, summary_log
 from bridge.inspect_cmd import policy_of
 from eval.config import EvalConfig
 from eval.metrics import bootstrap_ci, gap_recovered, mean, paired, regressions
@@ -168,24 +168,31 @@ def drifts_of(prompt: str, source: presets.PipelinePreset) -> list[str] | None:
         return None
 
 
-def score_strategy(items: list[Item], strat: dict, target_cache, scorer) -> list[dict]:
+def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prompts=lambda n: None,
+                   chunk: int = 8) -> list[dict]:
+    """Per prompt: the target's renders of the strategy's text against the source renders, `chunk` prompts
+    at a time so that `on_prompts` can move a progress bar."""
     from bridge.prompt import parse
     from bridge.tokens import token_budget
 
-    flat = [(i, s) for i, it in enumerate(items) for s in it.seeds]
-    texts = [strat["prompts"][i] for i, _ in flat]
-    negs = [strat["negatives"][i] for i, _ in flat]
-    emb = target_cache.embeddings(texts, [s for _, s in flat], negs)
     text_emb = scorer.embed_texts([it.prompt for it in items])
-    rows, k = [], 0
-    for i, it in enumerate(items):
-        e = emb[k : k + len(it.seeds)]
-        k += len(it.seeds)
-        per_seed = torch.nn.functional.cosine_similarity(e, it.source_emb, dim=-1).tolist()
-        counts, _ = token_budget(parse(strat["prompts"][i]).nodes, truncates=True)
-        rows.append({"text": strat["prompts"][i], "negative": strat["negatives"][i], "agreement": mean(per_seed),
-                     "per_seed": per_seed, "text_score": float((e @ text_emb[i]).mean()),
-                     "tokens": sum(counts), "length": len(strat["prompts"][i])})
+    rows = []
+    for lo in range(0, len(items), chunk):
+        part = range(lo, min(lo + chunk, len(items)))
+        flat = [(i, s) for i in part for s in items[i].seeds]
+        emb = target_cache.embeddings([strat["prompts"][i] for i, _ in flat], [s for _, s in flat],
+                                      [strat["negatives"][i] for i, _ in flat])
+        k = 0
+        for i in part:
+            it = items[i]
+            e = emb[k : k + len(it.seeds)]
+            k += len(it.seeds)
+            per_seed = torch.nn.functional.cosine_similarity(e, it.source_emb, dim=-1).tolist()
+            counts, _ = token_budget(parse(strat["prompts"][i]).nodes, truncates=True)
+            rows.append({"text": strat["prompts"][i], "negative": strat["negatives"][i], "agreement": mean(per_seed),
+                         "per_seed": per_seed, "text_score": float((e @ text_emb[i]).mean()),
+                         "tokens": sum(counts), "length": len(strat["prompts"][i])})
+        on_prompts(len(part))
     return rows
 
 
@@ -232,6 +239,13 @@ def by_drift(rows: list[dict], name: str, cfg: EvalConfig) -> dict:
     return out
 
 
+def _progress(cfg: EvalConfig, state, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="prompt", desc=desc, position=state.process_index, dynamic_ncols=True,
+                disable=not cfg.progress or total == 0)
+
+
 def run_eval(cfg: EvalConfig, log=print) -> dict:
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -244,6 +258,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
     from bridge.presets import TOY_NOTE
 
+    log = summary_log(cfg, log)
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     if cfg.resolve_presets() and state.is_main_process:
         log(TOY_NOTE)
@@ -263,7 +278,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     # 2. Every strategy's translations, 3. target renders and scores.
     target_cache = RenderCache(cache_root, Renderer(target, device=device), scorer, cfg.render_batch)
     strats = strategies(cfg, local, device) if local else {}
-    per = {name: score_strategy(local, strat, target_cache, scorer) for name, strat in strats.items()}
+    with _progress(cfg, state, len(local) * len(strats), f"eval ({len(strats)} strategies)") as bar:
+        per = {name: score_strategy(local, strat, target_cache, scorer, bar.update) for name, strat in strats.items()}
     rows = [{"index": i, "prompt": it.prompt, "negative_prompt": it.negative, "seeds": it.seeds,
              "drifts": drifts_of(it.prompt, source), "strategies": {name: per[name][j] for name in per}}
             for j, (i, it) in enumerate(zip(mine, local))]
@@ -295,6 +311,9 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
             f"{a['agreement_ci95'][1]:.4f}], vs identity {a['vs_identity']['delta_mean']:+.4f} "
             f"(win {a['vs_identity']['win']:.0%} / tie {a['vs_identity']['tie']:.0%} / loss {a['vs_identity']['loss']:.0%})")
     log(f"report: {paths['html']}")
+    print_json_summary(cfg, {"report": paths, "prompts": report["prompts"], "seeds": cfg.seeds,
+                             "strategies": {name: {k: v for k, v in agg[name].items() if k != "regressions"}
+                                            | {"regressions": len(agg[name]["regressions"])} for name in names}})
     return report
 
 

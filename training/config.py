@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridge import presets
+from bridge.config import json_summary_field
 from bridge.policy import MigrationPolicy
 
 
@@ -78,6 +79,7 @@ class TrainConfig(MigrationPolicy):
     dry_run: bool = field(default=False, metadata={"help": "print the generations/renders this run will make "
                                                            "and an estimated time; train nothing"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    json: bool = json_summary_field()
 
     def __post_init__(self):
         super().__post_init__()

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from bridge import presets
-from bridge.config import config_to_dict, first_difference, save_config
+from bridge.config import config_to_dict, first_difference, log_plan, print_json_summary, save_config, summary_log
 from bridge.inspect_cmd import policy_of
 from training.config import TrainConfig
 
@@ -388,7 +388,7 @@ def find_resume(cfg: TrainConfig) -> Path | None:
 
 def _same_run(cfg: TrainConfig) -> dict:
     """Settings a resumed run must share with the checkpointed one (steps may grow)."""
-    skip = {"steps", "resume", "dry_run", "progress", "push_to_hub", "tensorboard", "checkpoint_every", "device"}
+    skip = {"steps", "resume", "dry_run", "progress", "json", "push_to_hub", "tensorboard", "checkpoint_every", "device"}
     return {k: v for k, v in config_to_dict(cfg).items() if k not in skip}
 
 
@@ -418,6 +418,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     from training.curves import plot_curves
     from training.validate import Validator
 
+    log = summary_log(cfg, log)
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu)
     main = accelerator.is_main_process
@@ -437,7 +438,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     if cfg.dry_run:
         plan.update(_estimate(cfg, model, tokenizer, inputs, plan))
         if main:
-            log(json.dumps(plan, indent=2))
+            log_plan(cfg, log, plan)
         return plan
     ckpt = find_resume(cfg)  # before any work: a fresh run into another run's checkpoints is refused
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -543,6 +544,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
         _push(cfg.push_to_hub, out)
     log(f"adapter written to {out} ({summary.get('rl_steps', 0)} optimisation steps; reward first "
         f"{_fmt(summary.get('reward_first'))} -> last {_fmt(summary.get('reward_last'))})")
+    print_json_summary(cfg, {"adapter": str(out), **summary})
     return {"history": history, "summary": summary, "out": str(out)}
 
 
