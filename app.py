@@ -282,11 +282,31 @@ def build_app(cfg: ServeConfig | None = None):
 
 
 def run_serve(cfg: ServeConfig, log=print, block: bool = True):
+    check_port(cfg.host, cfg.port)  # before anything is built or printed: no URL for a server that never ran
     demo = build_app(cfg)
+    try:
+        demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=cfg.max_file_size,
+                    prevent_thread_lock=True, show_error=True, quiet=True)
+    except OSError as err:  # taken in the moment since the check; Gradio's own message points at an env var
+        raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({err}); choose another with --port") from None
     log(f"sd-bridge app on http://{cfg.host}:{cfg.port} (share off)")
-    demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=cfg.max_file_size,
-                prevent_thread_lock=not block, show_error=True, quiet=True)
-    return demo if not block else 0
+    if not block:
+        return demo
+    demo.block_thread()
+    return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """A clear one-line error when the port is taken, instead of Gradio's traceback."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"port {port} on {host} is in use or not available ({err.strerror}); choose another "
+                             "with --port") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

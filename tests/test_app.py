@@ -50,6 +50,18 @@ def test_app_binds_localhost_only_and_loads_no_model_at_import():
     assert ServeConfig().host == "127.0.0.1"
 
 
+def test_a_port_in_use_is_one_line_naming_the_flag(capsys):
+    from bridge.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no URL printed for a server that never ran
+    assert len(err.splitlines()) == 1 and "is in use" in err and "--port" in err
+
+
 def test_translate_tab(client):
     prompt, negative, diff, warnings, tokens = client.predict(
         "(masterpiece:1.2), a cat <lora:x:1>", "EasyNegative, ugly", api_name="/translate")
