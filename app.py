@@ -11,10 +11,14 @@ limited; no `allowed_paths`, and it reads no path a user types (only files Gradi
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import difflib
 import json
+import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +30,10 @@ TOY_NOTE = ("Rendering with the **toy world** (no GPU or no local weights for SD
             "below; the oracle row shows the known correct translation.")
 TINY_NOTE = ("Rendering with the tiny offline models: their images are random noise, so this tab shows how the "
              "comparison works, not real results.")
+SYNTAX = "syntax (no adapter)"
+RNG_NOTE = ("Each seed seeds a CPU `torch.Generator` per image for the initial latent noise, as diffusers does. "
+            "A1111 draws its noise on the GPU by default (Settings → Sampler parameters → Random number generator "
+            "source), so the seed of an A1111 image gives another picture here unless that setting is CPU.")
 TOY_EXAMPLES = [["a crimson circle", ""], ["a big azure square by bridget riley", ""],
                 ["a small yellow triangle on the left", ""], ["a green striped circle on a beige background", ""]]
 
@@ -36,12 +44,14 @@ class ServeConfig:
 
     host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (0.0.0.0 exposes it on the network)"})
     port: int = field(default=7860, metadata={"help": "port"})
-    adapter: Path | None = field(default=None, metadata={"help": "adapter directory (default: syntax strategy)"})
+    adapter: list[Path] = field(default_factory=list, metadata={
+        "help": "adapter directories the Translate tab offers (the first is the default for every tab; none: the "
+                "syntax strategy); users pick among these, never type a path"})
     source: str = field(default="auto", metadata={"help": "source pipeline for Compare (auto: sd15 when its weights "
                                                            "are local and a GPU is present, else tiny-sd15)"})
     target: str = field(default="auto", metadata={"help": "target pipeline for Compare (auto: sd2-base or tiny-sd2)"})
     scorer: str = field(default="auto", metadata={"help": "scorer for Compare (auto: vit-h-14 or tiny-clip)"})
-    max_seeds: int = field(default=4, metadata={"help": "most seeds a Compare request may ask for"})
+    max_seeds: int = field(default=16, metadata={"help": "most seeds a Compare request may ask for"})
     concurrency: int = field(default=1, metadata={"help": "requests run at once per event (renders are heavy)"})
     max_file_size: str = field(default="10mb", metadata={"help": "upload size limit for Batch"})
     device: str = field(default="auto", metadata={"help": "device for models"})
@@ -53,16 +63,36 @@ class Models:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self._lock = threading.Lock()
-        self._translator = None
+        self._translators: dict = {}
         self._compare = None
+        # Adapters by the name the UI shows: only the directories the server was started with.
+        self.adapters = {SYNTAX: None, **{Path(a).name: Path(a) for a in cfg.adapter}}
+        self.batch_root = Path(tempfile.mkdtemp(prefix="sd-bridge-batch-"))
+        atexit.register(shutil.rmtree, self.batch_root, ignore_errors=True)
 
-    def translator(self):
+    def default_adapter(self) -> str:
+        return list(self.adapters)[1] if len(self.adapters) > 1 else SYNTAX
+
+    def translator(self, adapter: str | None = None, policy: MigrationPolicy | None = None):
         from bridge.translator import Translator
 
+        adapter = adapter or self.default_adapter()
+        if adapter not in self.adapters:
+            raise ValueError(f"unknown adapter {adapter!r}; this server offers {', '.join(self.adapters)}")
+        policy = policy or MigrationPolicy()
+        key = (adapter, json.dumps(dataclasses.asdict(policy), sort_keys=True, default=str))
         with self._lock:
-            if self._translator is None:
-                self._translator = Translator.from_pretrained(self.cfg.adapter, policy=MigrationPolicy())
-            return self._translator
+            if key not in self._translators:
+                self._translators[key] = Translator.from_pretrained(self.adapters[adapter], policy=policy)
+            return self._translators[key]
+
+    def batch_dir(self) -> Path:
+        """A fresh directory for one Batch request; those older than an hour go (Gradio has copied their files
+        into its own cache, which `delete_cache` empties), and all of them at exit."""
+        for old in self.batch_root.iterdir():
+            if time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.batch_root))
 
     def compare_presets(self) -> tuple:
         """(source, target, scorer, note) for Compare, resolved without loading anything: the real presets
@@ -131,52 +161,100 @@ def word_diff(before: str, after: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def translate_fn(models: Models, prompt: str, negative: str):
+MAX_PROMPT_CHARS = 20_000  # as `migrate --max-chars`: bounds the work one request can ask for
+
+
+def _check_prompt(prompt: str | None, what: str = "prompt") -> str:
     if not prompt or not prompt.strip():
-        raise ValueError("enter a prompt to translate")
-    t = models.translator().translate([prompt], [negative or None])[0]
+        raise ValueError(f"enter a {what}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the {what} has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    return prompt
+
+
+def live_tokens(prompt: str) -> str:
+    """CLIP tokens per 75-token chunk while typing (A1111's counter), from the pure-Python tokenizer."""
+    from bridge.prompt import parse
+    from bridge.tokens import CHUNK_TOKENS, token_budget
+
+    if not prompt or not prompt.strip():
+        return f"tokens per chunk: 0 / {CHUNK_TOKENS}"
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"{len(prompt):,} characters: over the {MAX_PROMPT_CHARS:,} limit"
+    counts, _ = token_budget(parse(prompt).nodes, truncates=False)
+    return "tokens per chunk: " + " · ".join(f"{c} / {CHUNK_TOKENS}" for c in counts)
+
+
+def translate_fn(models: Models, prompt: str, negative: str, adapter: str | None = None,
+                 policy: MigrationPolicy | None = None):
+    _check_prompt(prompt)
+    if negative and len(negative) > MAX_PROMPT_CHARS:
+        _check_prompt(negative, "negative prompt")
+    t = models.translator(adapter, policy).translate([prompt], [negative or None])[0]
     warnings = "\n".join(f"[{w['code']}] ({w['field']}) {w['message']}" for w in t.warnings) or "none"
     tokens = f"tokens per chunk: {t.tokens_before} -> {t.tokens_after} (strategy: {t.strategy})"
-    return t.translated_prompt, t.translated_negative_prompt or "", word_diff(prompt, t.translated_prompt), warnings, tokens
+    neg_out = t.translated_negative_prompt or ""
+    return (t.translated_prompt, neg_out, word_diff(prompt, t.translated_prompt), word_diff(negative or "", neg_out),
+            warnings, tokens)
 
 
-def compare_fn(models: Models, prompt: str, negative: str, seeds: float, seed: float):
+def parse_seeds(text: str, count: int, base_seed: int, prompt: str, most: int) -> list[int]:
+    """Explicit seeds ("1234, 5678"), so a user can enter the seed of their own image; else `count` seeds
+    derived from the base seed and the prompt (the seeds `sd-bridge gather` uses)."""
+    from bridge.render import derive_seed
+
+    if text and text.strip():
+        try:
+            seeds = [int(x) for x in text.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"seeds must be whole numbers separated by commas, got {text.strip()[:80]!r}") from None
+        bad = [x for x in seeds if not 0 <= x < 2**63]
+        if bad:
+            raise ValueError(f"seed {bad[0]} is out of range (0 to 2^63-1)")
+    else:
+        seeds = [derive_seed(int(base_seed or 0), prompt, k) for k in range(int(count))]
+    if not 1 <= len(seeds) <= most:
+        raise ValueError(f"give between 1 and {most} seeds, got {len(seeds)}")
+    return seeds
+
+
+def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, count: float, base_seed: float):
+    """A grid: a row per model and prompt (source | target with the source prompt | target with the
+    translation | toy world: target with the oracle), a column per seed, with the agreement of each target
+    image with the source image of its seed."""
     import torch
 
-    from bridge.render import derive_seed
     from bridge.score import cosine
 
-    if not prompt or not prompt.strip():
-        raise ValueError("enter a prompt to compare")
-    n = int(seeds)
-    if not 1 <= n <= models.cfg.max_seeds:
-        raise ValueError(f"seeds must be between 1 and {models.cfg.max_seeds}")
+    _check_prompt(prompt)
+    seeds = parse_seeds(seeds_text, int(count or 1), int(base_seed or 0), prompt, models.cfg.max_seeds)
+    n = len(seeds)
     t = models.translator().translate([prompt], [negative or None])[0]
     src_r, tgt_r, scorer, note = models.compare_models()
-    seed_list = [derive_seed(int(seed), prompt, k) for k in range(n)]
-    src = src_r([prompt] * n, seed_list, [negative or None] * n)
-    tgt = tgt_r([t.translated_prompt] * n, seed_list, [t.translated_negative_prompt] * n)
+    rows = [(src_r, "source prompt", prompt, negative or None), (tgt_r, "source prompt", prompt, negative or None),
+            (tgt_r, "translation", t.translated_prompt, t.translated_negative_prompt)]
     right = _toy_oracle(prompt, negative) if src_r.preset.toy and tgt_r.preset.toy else None
+    if right is not None:
+        rows.append((tgt_r, "oracle", right.prompt, right.negative_prompt))
     with torch.inference_mode():
-        src_emb = scorer.embed_images(src)
-        agree = cosine(src_emb, scorer.embed_images(tgt))
-        if right is not None:
-            best = tgt_r([right.prompt] * n, seed_list, [right.negative_prompt] * n)
-            best_agree = cosine(src_emb, scorer.embed_images(best))
-    gallery = []
-    for k in range(n):
-        gallery.append((src[k], f"seed {seed_list[k]} · {src_r.preset.name} · source prompt"))
-        gallery.append((tgt[k], f"seed {seed_list[k]} · {tgt_r.preset.name} · translation · agreement {agree[k]:.3f}"))
-        if right is not None:
-            gallery.append((best[k], f"seed {seed_list[k]} · {tgt_r.preset.name} · oracle · agreement "
-                                     f"{best_agree[k]:.3f}"))
-    summary = (f"mean agreement {sum(agree) / n:.3f} over {n} seed(s) "
-               f"({tgt_r.preset.name} translation vs {src_r.preset.name} source, scorer {scorer.preset.name})")
+        images = [r([p] * n, seeds, [neg] * n) for r, _, p, neg in rows]
+        embs = [scorer.embed_images(im) for im in images]
+        agree = [cosine(embs[0], e) for e in embs]
+    gallery, means = [], {}
+    for row, (r, kind, _, _) in enumerate(rows):
+        for k in range(n):
+            score = "" if row == 0 else f" · agreement {agree[row][k]:.3f}"
+            gallery.append((images[row][k], f"seed {seeds[k]} · {r.preset.name} · {kind}{score}"))
+        if row:
+            means[kind] = sum(agree[row]) / n
+    summary = (f"mean agreement with the {src_r.preset.name} source over {n} seed(s), scorer {scorer.preset.name}: "
+               + ", ".join(f"{tgt_r.preset.name} with the {kind} {m:.3f}" for kind, m in means.items()))
     if right is not None:
         neg = f" (negative: {right.negative_prompt!r})" if right.negative_prompt else ""
-        summary += (f"; the oracle translation {right.prompt!r}{neg} agrees {sum(best_agree) / n:.3f}"
-                    f" (drifts: {', '.join(right.drifts) or 'none'})")
-    return gallery, t.translated_prompt, summary, note
+        summary += f"; the oracle translation is {right.prompt!r}{neg} (drifts: {', '.join(right.drifts) or 'none'})"
+    import gradio as gr
+
+    return gr.Gallery(value=gallery, columns=n), t.translated_prompt, summary, note
 
 
 def _toy_oracle(prompt: str, negative: str):
@@ -190,21 +268,72 @@ def _toy_oracle(prompt: str, negative: str):
 
 
 def batch_fn(models: Models, upload, prompt_column: str, negative_column: str):
-    from bridge.migrate import MigrateConfig, run_migrate
+    """Migrate an uploaded library with the server's default adapter: the file, the error report, a preview of
+    the first rows and a summary. Errors name the problem, with the file's own name, never a server path."""
+    from bridge.migrate import MigrateConfig, UsageError, migrate
 
     if upload is None:
         raise ValueError("upload a library file (.txt, .csv, .tsv or .jsonl)")
     src = Path(upload if isinstance(upload, str) else upload.name)  # a file Gradio received, never a typed path
-    workdir = Path(tempfile.mkdtemp(prefix="sd-bridge-batch-"))
-    out = workdir / f"{src.stem}.migrated{src.suffix}"
+    out = models.batch_dir() / f"{src.stem}.migrated{src.suffix}"
+    hide = lambda text: text.replace(str(out.parent) + "/", "").replace(str(src), src.name)  # noqa: E731
     lines: list[str] = []
     cfg = MigrateConfig(input=src, out=out, prompt_column=prompt_column or "prompt",
-                        negative_column=negative_column or None, adapter=models.cfg.adapter, progress=False)
-    code = run_migrate(cfg, log=lines.append)
-    if code == 2:
-        raise ValueError("; ".join(lines) or "the file could not be migrated (see the server log)")
+                        negative_column=negative_column or None, adapter=models.adapters[models.default_adapter()],
+                        progress=False)
+    try:
+        migrate(cfg, log=lines.append)
+    except UsageError as err:
+        raise ValueError(hide(str(err))) from None
     errors = out.with_name(out.name + ".errors.jsonl")
-    return str(out), str(errors) if errors.exists() else None, "\n".join(lines)
+    return (str(out), str(errors) if errors.exists() else None, preview(src, out, cfg.prompt_column),
+            hide("\n".join(lines)))
+
+
+PREVIEW_ROWS = 5
+
+
+def preview(src: Path, out: Path, prompt_column: str) -> list[list[str]]:
+    """The first rows of a migrated library: [prompt, translated prompt]."""
+    import csv
+    import itertools
+
+    suffix = src.suffix.lower()
+    with out.open(encoding="utf-8", newline="") as fh:
+        if suffix == ".txt":
+            with src.open(encoding="utf-8", errors="replace") as before:
+                return [[a.rstrip("\r\n"), b.rstrip("\n")] for a, b in itertools.islice(zip(before, fh), PREVIEW_ROWS)]
+        if suffix == ".jsonl":
+            rows = (json.loads(line) for line in fh)
+        else:
+            rows = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+        return [[str(r.get(prompt_column, "")), str(r.get("translated_prompt", ""))]
+                for r in itertools.islice(rows, PREVIEW_ROWS)]
+
+
+PNG_INFO_CHARS = 65_536
+
+
+def png_info_fn(image) -> tuple[str, str, str]:
+    """A1111's PNG Info: the "parameters" text of a dropped PNG, split into prompt, negative and settings."""
+    from PIL import Image, UnidentifiedImageError
+
+    from bridge.infotext import parse_infotext
+
+    if image is None:
+        return "", "", ""
+    try:
+        with Image.open(image) as im:
+            text = im.info.get("parameters")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"this file cannot be read as a PNG ({type(err).__name__})") from None
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("this PNG has no A1111 parameters (no 'parameters' text chunk)")
+    if len(text) > PNG_INFO_CHARS:
+        raise ValueError(f"its parameters have {len(text):,} characters; the limit is {PNG_INFO_CHARS:,}")
+    info = parse_infotext(text)
+    settings = ", ".join(f"{k}: {v}" for k, v in info.params.items())
+    return info.prompt, info.negative_prompt or "", settings
 
 
 def _examples() -> list[list[str]]:
@@ -224,59 +353,125 @@ def _examples() -> list[list[str]]:
     return rows
 
 
+# Gradio caps an auto-height gallery at 55% of the window and scrolls inside it, so a grid of 3-4 rows showed one
+# pair at a time: the Compare grid grows to its content instead, and the page scrolls.
+CSS = "#c-gallery .grid-wrap.fixed-height { max-height: none; overflow: visible; }"
+
+
+def _user_errors(fn):
+    """A ValueError is the user's to fix: shown in the UI as its message (gr.Error), not as a server error."""
+    import functools
+
+    import gradio as gr
+
+    @functools.wraps(fn)  # keeps the signature: the API's parameter names come from it
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+
+    return wrapped
+
+
 def build_app(cfg: ServeConfig | None = None):
     import gradio as gr
 
     cfg = cfg or ServeConfig()
     models = Models(cfg)
     examples = _examples()
-    with gr.Blocks(title="sd-bridge: SD1.5 -> SD2 prompt translation") as demo:
+
+    # The API endpoints: named parameters, as gradio_client shows them (`client.view_api()`).
+    @_user_errors
+    def translate(prompt: str, negative_prompt: str = "", adapter: str = models.default_adapter(),
+                  networks: str = "drop", embeddings: str = "drop", braces: str = "convert"):
+        policy = MigrationPolicy(networks=networks, embeddings=embeddings, braces=braces)
+        return translate_fn(models, prompt, negative_prompt, adapter, policy)
+
+    @_user_errors
+    def compare(prompt: str, negative_prompt: str = "", seeds: str = "", count: float = 4, base_seed: float = 0):
+        return compare_fn(models, prompt, negative_prompt, seeds, count, base_seed)
+
+    @_user_errors
+    def batch(library, prompt_column: str = "prompt", negative_column: str = ""):
+        return batch_fn(models, library, prompt_column, negative_column)
+
+    png_info = _user_errors(png_info_fn)
+
+    with gr.Blocks(title="sd-bridge: SD1.5 -> SD2 prompt translation", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# sd-bridge\nRewrite prompts written for **Stable Diffusion 1.5** so that **SD 2.x** draws "
                     "what SD1.5 drew. Weights, BREAK/AND, prompt editing and wildcards are kept; SD1-only LoRAs "
                     "and embeddings are handled by the migration policy.")
         with gr.Tab("Translate"):
-            prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="prompt")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="prompt")
+                    counter = gr.Markdown(live_tokens(""), elem_id="token-count")
+                    negative = gr.Textbox("", label="Negative prompt", lines=2, elem_id="negative")
+                    neg_counter = gr.Markdown(live_tokens(""), elem_id="negative-token-count")
+                with gr.Column(scale=1):
+                    png = gr.File(label="PNG Info: drop an A1111 PNG to fill the prompts", file_types=[".png"],
+                                  type="filepath", elem_id="png-info")
+                    settings = gr.Textbox(label="Its generation settings", lines=3, elem_id="png-settings")
+            with gr.Row():
+                adapter = gr.Dropdown(list(models.adapters), value=models.default_adapter(), label="Adapter",
+                                      elem_id="adapter")
+                networks = gr.Radio(["drop", "keep"], value="drop", label="LoRA / hypernet tags")
+                embeddings = gr.Radio(["drop", "keep"], value="drop", label="SD1 embeddings")
+                braces = gr.Radio(["convert", "keep"], value="convert", label="NovelAI {braces}")
             go = gr.Button("Translate", variant="primary", elem_id="translate-btn")
-            out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated")
-            out_negative = gr.Textbox(label="Translated negative prompt", lines=2)
-            diff = gr.HighlightedText(label="Changes", combine_adjacent=True,
+            out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated", buttons=["copy"])
+            out_negative = gr.Textbox(label="Translated negative prompt", lines=2, elem_id="translated-negative",
+                                      buttons=["copy"])
+            diff = gr.HighlightedText(label="Changes to the prompt", combine_adjacent=True,
                                       color_map={"removed": "red", "added": "green"})
+            neg_diff = gr.HighlightedText(label="Changes to the negative prompt", combine_adjacent=True,
+                                          color_map={"removed": "red", "added": "green"})
             warnings = gr.Textbox(label="Warnings", lines=3)
             tokens = gr.Markdown()
             gr.Examples(examples, [prompt, negative])
-            go.click(lambda p, n: translate_fn(models, p, n), [prompt, negative],
-                     [out_prompt, out_negative, diff, warnings, tokens], api_name="translate",
+            for box, count in ((prompt, counter), (negative, neg_counter)):  # live, while typing, no queue
+                box.change(live_tokens, box, count, queue=False, show_progress="hidden", api_name=False)
+            png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
+            go.click(translate, [prompt, negative, adapter, networks, embeddings, braces],
+                     [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
                      concurrency_limit=max(cfg.concurrency, 4))
         with gr.Tab("Compare"):
             *_, compare_note = models.compare_presets()
-            note = gr.Markdown(compare_note)  # says which models render before anything is rendered
-            c_prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3)
-            c_negative = gr.Textbox(label="Negative prompt", lines=2)
+            note = gr.Markdown(compare_note, elem_id="compare-note")  # which models render, before any render
+            gr.Markdown(RNG_NOTE)
+            c_prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="c-prompt")
+            c_negative = gr.Textbox("", label="Negative prompt", lines=2)
             with gr.Row():
-                c_seeds = gr.Slider(1, cfg.max_seeds, value=2, step=1, label="Seeds")
+                c_seeds = gr.Textbox("", label="Seeds (e.g. 1234, 5678; empty: derived from the base seed)",
+                                     elem_id="c-seeds")
+                c_count = gr.Slider(1, cfg.max_seeds, value=min(4, cfg.max_seeds), step=1, label="Derived seeds",
+                                    elem_id="c-count")
                 c_seed = gr.Number(value=0, precision=0, label="Base seed")
-            c_go = gr.Button("Render and compare", variant="primary")
-            c_gallery = gr.Gallery(label="source model: source prompt | target model: translation (| oracle), per seed",
-                                   columns=3 if compare_note == TOY_NOTE else 2, height="auto")
-            c_translation = gr.Textbox(label="Translation used")
-            c_summary = gr.Markdown()
+            c_go = gr.Button("Render and compare", variant="primary", elem_id="compare-btn")
+            c_gallery = gr.Gallery(label="rows: source model with the source prompt | target model with the source "
+                                         "prompt | target model with the translation (| the oracle); a column per seed",
+                                   columns=4, height="auto", object_fit="contain", elem_id="c-gallery")
+            c_translation = gr.Textbox(label="Translation used", buttons=["copy"])
+            c_summary = gr.Markdown(elem_id="c-summary")
             gr.Examples(TOY_EXAMPLES + examples if compare_note == TOY_NOTE else examples, [c_prompt, c_negative])
-            c_go.click(lambda p, n, s, b: compare_fn(models, p, n, s, b), [c_prompt, c_negative, c_seeds, c_seed],
+            c_go.click(compare, [c_prompt, c_negative, c_seeds, c_count, c_seed],
                        [c_gallery, c_translation, c_summary, note], api_name="compare",
                        concurrency_limit=cfg.concurrency)
         with gr.Tab("Batch"):
             upload = gr.File(label="Prompt library (.txt, .csv, .tsv, .jsonl)",
-                             file_types=[".txt", ".csv", ".tsv", ".jsonl"])
+                             file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="b-upload")
             with gr.Row():
-                b_prompt_col = gr.Textbox(value="prompt", label="Prompt column/key")
+                b_prompt_col = gr.Textbox(value="prompt", label="Prompt column/key", elem_id="b-prompt-col")
                 b_neg_col = gr.Textbox(value="", label="Negative prompt column/key (optional)")
-            b_go = gr.Button("Migrate", variant="primary")
-            b_out = gr.File(label="Migrated library")
-            b_errors = gr.File(label="Error report (rows that failed)")
-            b_log = gr.Textbox(label="Summary", lines=3)
-            b_go.click(lambda f, pc, nc: batch_fn(models, f, pc, nc), [upload, b_prompt_col, b_neg_col],
-                       [b_out, b_errors, b_log], api_name="batch", concurrency_limit=cfg.concurrency)
+            b_go = gr.Button("Migrate", variant="primary", elem_id="batch-btn")
+            b_preview = gr.Dataframe(headers=["prompt", "translated prompt"], label="First rows", elem_id="b-preview")
+            with gr.Row():
+                b_out = gr.File(label="Migrated library")
+                b_errors = gr.File(label="Error report (rows that failed)")
+            b_log = gr.Textbox(label="Summary", lines=3, elem_id="b-summary")
+            b_go.click(batch, [upload, b_prompt_col, b_neg_col], [b_out, b_errors, b_preview, b_log],
+                       api_name="batch", concurrency_limit=cfg.concurrency)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=64)
     return demo
 
@@ -286,7 +481,7 @@ def run_serve(cfg: ServeConfig, log=print, block: bool = True):
     demo = build_app(cfg)
     try:
         demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=cfg.max_file_size,
-                    prevent_thread_lock=True, show_error=True, quiet=True)
+                    prevent_thread_lock=True, show_error=True, quiet=True, css=CSS)
     except OSError as err:  # taken in the moment since the check; Gradio's own message points at an env var
         raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({err}); choose another with --port") from None
     log(f"sd-bridge app on http://{cfg.host}:{cfg.port} (share off)")

@@ -134,7 +134,7 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dic
         return
     else:
         kwargs["type"] = _scalar_converter(tp)
-    if "(default" not in kwargs["help"]:
+    if "default:" not in kwargs["help"] and "(default" not in kwargs["help"]:  # the help states its own
         kwargs["help"] += f" (default: {_default_text(f)})"
     positional = meta.get("positional")
     if positional:

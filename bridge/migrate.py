@@ -352,7 +352,7 @@ def _run_key(cfg: MigrateConfig, kind: str) -> str:
 # ------------------------------------------------------------------------------------------- run
 def run_migrate(cfg: MigrateConfig, log=print) -> int:
     try:
-        return _migrate(cfg, summary_log(cfg, log))
+        return migrate(cfg, summary_log(cfg, log))
     except UsageError as err:
         print(f"sd-bridge migrate: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -391,7 +391,8 @@ def _total_rows(cfg: MigrateConfig, kind: str) -> int:
         return sum(1 for _ in fh)
 
 
-def _migrate(cfg: MigrateConfig, log) -> int:
+def migrate(cfg: MigrateConfig, log) -> int:
+    """Migrate one library file or folder; raises UsageError when the whole input cannot be migrated."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from bridge.translator import Translator

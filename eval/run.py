@@ -111,6 +111,17 @@ def train_overlap(cfg: EvalConfig, items: list[Item], log=print) -> dict[str, in
     return out
 
 
+def check_adapters(cfg: EvalConfig) -> None:
+    """Each --adapter is an adapter for this target: checked before any render, so a typo costs no render time
+    and leaves no report directory behind."""
+    from bridge.rewriter import AdapterMeta
+
+    for path in cfg.adapter:
+        meta = AdapterMeta.load(path)
+        if presets.pipeline(meta.target).name != presets.pipeline(cfg.target).name:
+            raise ValueError(f"adapter {path} was trained for target {meta.target!r}, not {cfg.target!r}")
+
+
 def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dict]:
     """name -> {prompts, negatives, fallbacks}: every strategy's translations of the items."""
     from bridge.translator import Translator
@@ -121,11 +132,6 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
     if not cfg.no_syntax:
         translators.append(("syntax", Translator.from_pretrained(None, cfg.target, policy_of(cfg))))
     for path in cfg.adapter:
-        from bridge.rewriter import AdapterMeta
-
-        meta = AdapterMeta.load(path)
-        if presets.pipeline(meta.target).name != presets.pipeline(cfg.target).name:
-            raise ValueError(f"adapter {path} was trained for target {meta.target!r}, not {cfg.target!r}")
         translators.append((f"adapter:{Path(path).name}", Translator.from_pretrained(path, cfg.target, policy_of(cfg),
                                                                                         device=device)))
     for name, tr in translators:
@@ -262,6 +268,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     if cfg.resolve_presets() and state.is_main_process:
         log(TOY_NOTE)
+    check_adapters(cfg)
     device = str(state.device) if state.num_processes > 1 else resolve_device(cfg.device)
     cache_root = cfg.cache_dir or cfg.out / "render-cache"
     scorer = Scorer(presets.scorer(cfg.scorer), device=device)

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,11 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SCREENSHOTS = os.environ.get("SD_BRIDGE_SCREENSHOTS")  # a directory: keep each browser test's screenshot
+
+
 @pytest.fixture(scope="module")
 def server():
     from app import ServeConfig, run_serve
 
-    cfg = ServeConfig(port=free_port(), max_seeds=2)
+    cfg = ServeConfig(port=free_port(), max_seeds=8)
     demo = run_serve(cfg, log=lambda *_: None, block=False)
     yield f"http://127.0.0.1:{cfg.port}/"
     demo.close()
@@ -36,6 +40,26 @@ def client(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = launch_chromium(p)
+        yield chromium
+        chromium.close()
+
+
+def screenshot(page, tmp_path, name: str) -> Path:
+    shot = tmp_path / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(SCREENSHOTS) / shot.name)
+    assert shot.stat().st_size > 10_000
+    return shot
 
 
 def test_app_binds_localhost_only_and_loads_no_model_at_import():
@@ -63,28 +87,53 @@ def test_a_port_in_use_is_one_line_naming_the_flag(capsys):
 
 
 def test_translate_tab(client):
-    prompt, negative, diff, warnings, tokens = client.predict(
-        "(masterpiece:1.2), a cat <lora:x:1>", "EasyNegative, ugly", api_name="/translate")
+    prompt, negative, diff, neg_diff, warnings, tokens = client.predict(
+        prompt="(masterpiece:1.2), a cat <lora:x:1>", negative_prompt="EasyNegative, ugly", api_name="/translate")
     assert prompt == "(masterpiece:1.2), a cat" and negative == "ugly"
     assert {"token": "<lora:x:1> ", "class_or_confidence": "removed"} in diff
+    assert {"token": "EasyNegative, ", "class_or_confidence": "removed"} in neg_diff
     assert "network-dropped" in warnings and "embedding-dropped" in warnings
     assert "[4] -> [4]" in tokens
+    # The policy controls reach the translator.
+    prompt, *_ = client.predict(prompt="a cat <lora:x:1>", networks="keep", api_name="/translate")
+    assert prompt == "a cat <lora:x:1>"
+    with pytest.raises(Exception, match="unknown adapter|not in the list of choices"):
+        client.predict(prompt="a cat", adapter="../../etc", api_name="/translate")
+    with pytest.raises(Exception, match="limit is 20,000"):
+        client.predict(prompt="x" * 20_001, api_name="/translate")
+
+
+def test_api_parameters_have_names(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    names = {ep: [p["parameter_name"] for p in api[ep]["parameters"]] for ep in ("/translate", "/compare", "/batch")}
+    assert names == {"/translate": ["prompt", "negative_prompt", "adapter", "networks", "embeddings", "braces"],
+                     "/compare": ["prompt", "negative_prompt", "seeds", "count", "base_seed"],
+                     "/batch": ["library", "prompt_column", "negative_column"]}
 
 
 def test_compare_tab_renders_a_grid_over_seeds(client):
     # No GPU and no SD weights here: Compare renders with the toy world, and says so.
-    gallery, translation, summary, note = client.predict("a crimson circle", "", 2, 0, api_name="/compare")
-    assert len(gallery) == 6  # source | target | oracle for each of 2 seeds
+    update, translation, summary, note = client.predict("a crimson circle", "", "", 2, 0, api_name="/compare")
+    gallery = update["value"]  # a Gallery update: its columns follow the number of seeds
+    assert update["columns"] == 2
+    assert len(gallery) == 8  # 4 rows (source | target: source prompt | target: translation | oracle) x 2 seeds
+    assert [g["caption"].split(" · ")[1:3] for g in gallery[::2]] == [
+        ["toy-sd15", "source prompt"], ["toy-sd2", "source prompt"], ["toy-sd2", "translation"], ["toy-sd2", "oracle"]]
     assert translation == "a crimson circle"
-    assert "mean agreement" in summary and "toy-sd2" in summary
-    assert "oracle translation 'a red circle on a white background'" in summary
+    assert "mean agreement" in summary and "toy-sd2 with the translation" in summary
+    assert "oracle translation is 'a red circle on a white background'" in summary
     assert "negative: 'a red outlined circle on a white background'" in summary
     assert "toy world" in note
-    # A prompt outside the toy grammar still renders, without an oracle row.
-    gallery, translation, summary, _ = client.predict("a red fox, <lora:x:1>", "", 1, 0, api_name="/compare")
-    assert len(gallery) == 2 and translation == "a red fox" and "oracle" not in summary
-    with pytest.raises(Exception, match="maximum value 2|seeds must be between 1 and 2"):
-        client.predict("a fox", "", 3, 0, api_name="/compare")
+    # Explicit seeds, as a user enters the seed of their own image; a prompt outside the toy grammar: no oracle.
+    update, translation, summary, _ = client.predict("a red fox, <lora:x:1>", "", "1234, 99", 1, 0,
+                                                     api_name="/compare")
+    gallery = update["value"]
+    assert len(gallery) == 6 and translation == "a red fox" and "oracle" not in summary
+    assert gallery[0]["caption"].startswith("seed 1234 ") and gallery[1]["caption"].startswith("seed 99 ")
+    with pytest.raises(Exception, match="between 1 and 8 seeds"):
+        client.predict("a fox", "", ", ".join(map(str, range(9))), 1, 0, api_name="/compare")
+    with pytest.raises(Exception, match="whole numbers"):
+        client.predict("a fox", "", "12, lucky", 1, 0, api_name="/compare")
 
 
 def test_batch_tab(client, tmp_path):
@@ -92,31 +141,89 @@ def test_batch_tab(client, tmp_path):
 
     lib = tmp_path / "lib.jsonl"
     lib.write_text('{"prompt": "a <lora:x:1> cat", "id": 1}\n{"nope": 1}\n', encoding="utf-8")
-    migrated, errors, summary = client.predict(handle_file(str(lib)), "prompt", "", api_name="/batch")
+    migrated, errors, first_rows, summary = client.predict(handle_file(str(lib)), "prompt", "", api_name="/batch")
     rows = [json.loads(x) for x in open(migrated, encoding="utf-8").read().splitlines()]
     assert rows == [dict(rows[0], prompt="a <lora:x:1> cat", id=1, translated_prompt="a cat")]
     assert "no key 'prompt'" in open(errors, encoding="utf-8").read()
-    assert "1/2 rows" in summary
+    assert first_rows["data"][0] == ["a <lora:x:1> cat", "a cat"]
+    assert "1/2 rows" in summary and "/tmp" not in summary  # no server paths
 
 
-def test_browser_types_a_prompt_and_sees_the_translation(server, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_browser_counts_tokens_while_typing_and_translates(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(server, wait_until="networkidle")
+    count = page.locator("#token-count")
+    assert "0 / 75" in count.inner_text()
+    page.locator("#prompt textarea").press_sequentially("(masterpiece:1.2), a lighthouse at dusk, <lora:add_detail:0.7>")
+    page.wait_for_function("document.querySelector('#token-count').innerText.includes('7 / 75')", timeout=30_000)
+    assert page.locator("#translated textarea").input_value() == ""  # counted before any click
+    page.locator("#translate-btn").click()
+    page.wait_for_function("document.querySelector('#translated textarea').value.length > 0", timeout=60_000)
+    assert page.locator("#translated textarea").input_value() == "(masterpiece:1.2), a lighthouse at dusk"
+    assert page.locator("#translated button[aria-label*='opy'], #translated button[title*='opy']").count() >= 1
+    screenshot(page, tmp_path, "translate")
+    page.close()
 
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        page = browser.new_page(viewport={"width": 1200, "height": 1400})
-        page.goto(server, wait_until="networkidle")
-        page.locator("#prompt textarea").fill("(masterpiece:1.2), a lighthouse at dusk, <lora:add_detail:0.7>")
-        page.locator("#translate-btn").click()
-        result = page.locator("#translated textarea")
-        page.wait_for_function("document.querySelector('#translated textarea').value.length > 0", timeout=60_000)
-        assert result.input_value() == "(masterpiece:1.2), a lighthouse at dusk"
-        shot = tmp_path / "translate.png"
-        page.screenshot(path=str(shot), full_page=True)
-        if os.environ.get("SD_BRIDGE_SCREENSHOT"):  # keep a copy to look at
-            shutil.copy(shot, os.environ["SD_BRIDGE_SCREENSHOT"])
-        browser.close()
-    assert shot.stat().st_size > 10_000
+
+def test_browser_compare_shows_8_seeds_by_rows_without_scrolling(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server, wait_until="networkidle")
+    page.get_by_role("tab", name="Compare").click()
+    assert "toy world" in page.locator("#compare-note").inner_text()  # the note shows before any render
+    page.locator("#c-prompt textarea").fill("a crimson circle")
+    page.locator("#c-seeds textarea, #c-seeds input").first.fill("1, 2, 3, 4, 5, 6, 7, 8")
+    page.locator("#compare-btn").click()
+    page.wait_for_function("document.querySelectorAll('#c-gallery img').length >= 32 && "
+                           "[...document.querySelectorAll('#c-gallery img')].every(i => i.complete && i.naturalWidth)",
+                           timeout=180_000)
+    boxes = [b for b in (img.bounding_box() for img in page.locator("#c-gallery img").all()) if b]
+    columns, rows = {round(b["x"]) for b in boxes}, {round(b["y"]) for b in boxes}
+    assert len(boxes) == 32 and len(columns) == 8 and len(rows) == 4  # 8 seeds x (3 model rows + the oracle)
+    # Visible without scrolling inside a box: no ancestor of the grid scrolls.
+    assert page.evaluate("""() => { let e = document.querySelector('#c-gallery img');
+        for (; e; e = e.parentElement) { if (e.scrollHeight > e.clientHeight + 2 &&
+            ['auto', 'scroll'].includes(getComputedStyle(e).overflowY) && e !== document.scrollingElement)
+            return `${e.tagName}.${e.className} scrolls: ${e.scrollHeight} > ${e.clientHeight}`; }
+        return true; }""") is True
+    screenshot(page, tmp_path, "compare")
+    page.close()
+
+
+def test_browser_png_info_fills_the_prompts(server, browser, tmp_path):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    png = tmp_path / "a1111.png"
+    info = PngInfo()
+    info.add_text("parameters", "(masterpiece:1.2), a red fox <lora:x:1>\nNegative prompt: EasyNegative, blurry\n"
+                                "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 512x512")
+    Image.new("RGB", (64, 64), "white").save(png, pnginfo=info)
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    page.goto(server, wait_until="networkidle")
+    page.locator("#png-info input[type=file]").set_input_files(str(png))
+    page.wait_for_function("document.querySelector('#prompt textarea').value.length > 0", timeout=30_000)
+    assert page.locator("#prompt textarea").input_value() == "(masterpiece:1.2), a red fox <lora:x:1>"
+    assert page.locator("#negative textarea").input_value() == "EasyNegative, blurry"
+    assert "Seed: 1234" in page.locator("#png-settings textarea").input_value()
+    screenshot(page, tmp_path, "png-info")
+    page.close()
+
+
+def test_browser_batch_shows_why_a_file_fails(server, browser, tmp_path):
+    bad = tmp_path / "library.csv"
+    bad.write_text("text,neg\na cat,blurry\n", encoding="utf-8")
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(server, wait_until="networkidle")
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#b-upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_timeout(1000)
+    page.locator("#batch-btn").click()
+    error = page.get_by_text("no column 'prompt'")
+    error.first.wait_for(timeout=60_000)
+    text = error.first.inner_text()
+    assert "library.csv" in text and "/tmp" not in text  # the file's own name, no server path
+    screenshot(page, tmp_path, "batch-error")
+    page.close()
 
 
 @settings(max_examples=300, deadline=None)

@@ -154,9 +154,16 @@ def test_bad_inputs(planted, tmp_path):
     other_target = tmp_path / "adapter"
     other_target.mkdir()
     AdapterMeta("tiny-t5", "tiny-v1", "tiny-sd15", "sd2-base").save(other_target)
+    # A wrong or missing adapter is refused before any render: no report directory, no render cache.
+    prompt_file = tmp_path / "p.txt"
+    prompt_file.write_text("a red fox\n")
     with pytest.raises(ValueError, match="trained for target 'sd2-base'"):
-        run_eval(EvalConfig(prompts=str(planted / "shifted"), out=tmp_path / "o", target="tiny-sd2",
+        run_eval(EvalConfig(prompts=str(prompt_file), out=tmp_path / "fresh", target="tiny-sd2",
                             adapter=[other_target], **TINY), log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="not an sd-bridge adapter directory"):
+        run_eval(EvalConfig(prompts=str(prompt_file), out=tmp_path / "fresh", target="tiny-sd2",
+                            adapter=[tmp_path / "typo"], **TINY), log=lambda *_: None)
+    assert not (tmp_path / "fresh").exists()
     (tmp_path / "t.jsonl").write_text('{"prompt": "unrelated", "translated_prompt": "x"}\n')
     with pytest.raises(ValueError, match="no translation for 3 of 3"):
         run_eval(EvalConfig(prompts=str(planted / "shifted"), out=tmp_path / "o", target="tiny-sd2",
