@@ -149,6 +149,21 @@ def test_batch_tab(client, tmp_path):
     assert "1/2 rows" in summary and "/tmp" not in summary  # no server paths
 
 
+def test_batch_work_files_are_removed_at_exit(tmp_path):
+    """Each upload's migrated copy lived in a temp directory that nothing removed (60 MB per 10 MB upload)."""
+    import subprocess
+    import sys
+
+    lib = tmp_path / "lib.txt"
+    lib.write_text("a cat <lora:x:1>\n", encoding="utf-8")
+    code = ("import sys, app; m = app.Models(app.ServeConfig()); out, *_ = app.batch_fn(m, sys.argv[1], 'prompt', ''); "
+            "print(m.batch_root); assert open(out).read() == 'a cat\\n'")
+    proc = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    root = Path(proc.stdout.split()[-1])
+    assert root.name.startswith("sd-bridge-batch-") and not root.exists()
+
+
 def test_browser_counts_tokens_while_typing_and_translates(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(server, wait_until="networkidle")
