@@ -54,7 +54,8 @@ class MigrateConfig(MigrationPolicy):
     target: str | None = field(default=None, metadata={"help": "target preset (default: the adapter's, else sd2-base)"})
     device: str = field(default="cpu", metadata={"help": "device for the rewriter"})
     chunk_rows: int = field(default=256, metadata={"help": "rows translated and committed together"})
-    max_chars: int = field(default=20_000, metadata={"help": "a prompt longer than this is a row error"})
+    max_chars: int = field(default=20_000, metadata={"help": "a prompt or negative prompt longer than this is a "
+                                                                   "row error"})
     in_place: bool = field(default=False, metadata={"help": "replace the input (a .bak copy is kept)"})
     dry_run: bool = field(default=False, metadata={"help": "read and count rows, write nothing"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -144,8 +145,9 @@ def _check(row: Row, max_chars: int) -> Row:
             row.error = f"negative prompt is {type(row.negative).__name__}, not text"
         else:
             row.error = _bad_bytes(row.prompt, row.negative)
-            if row.error is None and len(row.prompt) > max_chars:
-                row.error = f"prompt has {len(row.prompt):,} characters (limit --max-chars {max_chars:,})"
+            for what, text in (("prompt", row.prompt), ("negative prompt", row.negative)):
+                if row.error is None and text is not None and len(text) > max_chars:
+                    row.error = f"{what} has {len(text):,} characters (limit --max-chars {max_chars:,})"
     return row
 
 

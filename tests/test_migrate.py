@@ -236,3 +236,15 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, prompts_dir):
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert out.read_bytes() == reference.read_bytes()
     assert not journal.exists() and not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_max_chars_covers_the_negative_prompt_too(tmp_path):
+    src = tmp_path / "lib.jsonl"
+    rows = [{"prompt": "a cat", "negative_prompt": "blurry"}, {"prompt": "x" * 101, "negative_prompt": ""},
+            {"prompt": "a dog", "negative_prompt": "y" * 101}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main(["migrate", str(src), "--out", str(out), "--max-chars", "100", "--no-progress"]) == 3
+    errors = [json.loads(line)["error"] for line in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
+    assert errors == ["prompt has 101 characters (limit --max-chars 100)",
+                      "negative prompt has 101 characters (limit --max-chars 100)"]
