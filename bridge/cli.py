@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import importlib
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from bridge.config import ConfigError, did_you_mean, parse_config
@@ -139,8 +140,29 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     cfg = parse_config(getattr(module, cfg_name), rest, prog=f"sd-bridge {name}")
     _quiet_libraries()
+    out = getattr(cfg, "out", None)
+    existed = out is not None and Path(out).exists()
     try:
         result = getattr(module, fn_name)(cfg)
+    except BaseException as err:
+        _say_partial(name, out, existed, err)
+        return _failure(name, err)
+    return result if isinstance(result, int) else 0
+
+
+def _say_partial(name: str, out, existed: bool, err: BaseException) -> None:
+    """After a failure, a run that left output says where and how to go on: every command that writes a
+    directory is resumable or writes atomically, so what it did is kept, never half-trusted silently."""
+    if isinstance(err, SystemExit) or (isinstance(err, OSError) and err.errno in _DISK_ERRORS):
+        return  # a disk error's own line says how to go on
+    left = [] if out is None else [p for p in (Path(out), Path(f"{out}.partial")) if p.exists()]
+    if name in RESUME and left and not existed:
+        print(f"sd-bridge {name}: partial output kept in {left[0]}; {RESUME[name]}", file=sys.stderr)
+
+
+def _failure(name: str, err: BaseException) -> int:
+    try:
+        raise err
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
         return 2
@@ -153,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sd-bridge {name}: error: {err.strerror}: {err.filename or '?'}; {_DISK_ERRORS[err.errno]}, then "
               f"{RESUME.get(name, 'rerun the same command')}", file=sys.stderr)
         return 1
-    return result if isinstance(result, int) else 0
 
 
 # OS-level failures end in one line that says how to go on, not a traceback; what was done is kept.
@@ -163,7 +184,8 @@ _DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space 
 RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
           "gather": "rerun the same command: finished shards are kept",
           "train": "rerun it with --resume latest: checkpoints are kept",
-          "eval": "rerun the same command: cached renders are kept"}
+          "eval": "rerun the same command: cached renders are kept",
+          "demo": "rerun the same command: the gathered renders are kept"}
 
 
 def _known_errors() -> tuple[type[Exception], ...]:

@@ -127,3 +127,18 @@ def test_disk_full_or_read_only_is_one_line_that_says_how_to_resume(monkeypatch,
     assert main(["migrate", str(src), "--out", str(tmp_path / "o.jsonl")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and hint in err and "o.jsonl.partial" in err
+
+
+def test_a_failed_run_says_where_its_partial_output_is_and_how_to_go_on(tmp_path, capsys):
+    """eval renders the sources, then finds that the translations file covers none of the prompts: its report
+    directory holds the cached renders, and the error says so rather than leaving a silent half-made directory."""
+    prompts, translations = tmp_path / "p.txt", tmp_path / "t.jsonl"
+    prompts.write_text("a red fox\n", encoding="utf-8")
+    translations.write_text('{"prompt": "unrelated", "translated_prompt": "x"}\n', encoding="utf-8")
+    out = tmp_path / "report"
+    assert main(["eval", "--prompts", str(prompts), "--translations", str(translations), "--out", str(out),
+                 "--source", "tiny-sd15", "--target", "tiny-sd2", "--scorer", "tiny-clip", "--device", "cpu",
+                 "--seeds", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2] == f"sd-bridge eval: partial output kept in {out}; rerun the same command: cached renders are kept"
+    assert err[-1].startswith("sd-bridge eval: error: ") and "no translation for 1 of 1" in err[-1]
