@@ -1,8 +1,9 @@
 """The sd-bridge Gradio app (`sd-bridge serve`, or `python app.py`).
 
-Tabs: Translate (prompt + negative -> translation, highlighted diff, warnings, token counts), Compare
-(source prompt on the source model vs translation on the target model at the same seeds, with the CLIP
-agreement per seed), Batch (upload a library, download the migrated file and the error report).
+Tabs: Translate (prompt + negative -> translation, diffs, warnings, live token counts, policy and adapter
+controls, PNG Info), Compare (a grid: a row per model and prompt, a column per seed, with each target image's
+CLIP agreement with the source image of its seed), Batch (upload a library: a preview, the migrated file and
+the error report).
 
 It calls the same code as the CLI (bridge.Translator, bridge.render, bridge.score, bridge.migrate). Safety:
 models load on first use, not at import; binds 127.0.0.1 unless --host; never shares; uploads are size
@@ -252,8 +253,6 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
     if right is not None:
         neg = f" (negative: {right.negative_prompt!r})" if right.negative_prompt else ""
         summary += f"; the oracle translation is {right.prompt!r}{neg} (drifts: {', '.join(right.drifts) or 'none'})"
-    import gradio as gr
-
     return gr.Gallery(value=gallery, columns=n), t.translated_prompt, summary, note
 
 
