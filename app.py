@@ -223,6 +223,7 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
     """A grid: a row per model and prompt (source | target with the source prompt | target with the
     translation | toy world: target with the oracle), a column per seed, with the agreement of each target
     image with the source image of its seed."""
+    import gradio as gr
     import torch
 
     from bridge.score import cosine
