@@ -165,12 +165,13 @@ def word_diff(before: str, after: str) -> list[tuple[str, str | None]]:
 MAX_PROMPT_CHARS = 20_000  # as `migrate --max-chars`: bounds the work one request can ask for
 
 
-def _check_prompt(prompt: str | None, what: str = "prompt") -> str:
+def _check_prompt(prompt: str | None, negative: str | None) -> None:
+    """A prompt to work on, and neither it nor the negative over MAX_PROMPT_CHARS."""
     if not prompt or not prompt.strip():
-        raise ValueError(f"enter a {what}")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"the {what} has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
-    return prompt
+        raise ValueError("enter a prompt")
+    for what, text in (("prompt", prompt), ("negative prompt", negative or "")):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the {what} has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
 
 
 def live_tokens(prompt: str) -> str:
@@ -188,9 +189,7 @@ def live_tokens(prompt: str) -> str:
 
 def translate_fn(models: Models, prompt: str, negative: str, adapter: str | None = None,
                  policy: MigrationPolicy | None = None):
-    _check_prompt(prompt)
-    if negative and len(negative) > MAX_PROMPT_CHARS:
-        _check_prompt(negative, "negative prompt")
+    _check_prompt(prompt, negative)
     t = models.translator(adapter, policy).translate([prompt], [negative or None])[0]
     warnings = "\n".join(f"[{w['code']}] ({w['field']}) {w['message']}" for w in t.warnings) or "none"
     tokens = f"tokens per chunk: {t.tokens_before} -> {t.tokens_after} (strategy: {t.strategy})"
@@ -228,7 +227,7 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
 
     from bridge.score import cosine
 
-    _check_prompt(prompt)
+    _check_prompt(prompt, negative)
     seeds = parse_seeds(seeds_text, int(count or 1), int(base_seed or 0), prompt, models.cfg.max_seeds)
     n = len(seeds)
     t = models.translator().translate([prompt], [negative or None])[0]

@@ -114,6 +114,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def split_command(argv: list[str]) -> tuple[str, list[str]]:
+    """(command name, its arguments); two-word commands too: `sd-bridge toyworld build`."""
+    name, rest = argv[0], argv[1:]
+    if rest and f"{name} {rest[0]}" in COMMANDS:
+        name, rest = f"{name} {rest[0]}", rest[1:]
+    return name, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -124,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"sd-bridge {__version__}")
         return 0
-    name, rest = argv[0], argv[1:]
-    if rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands: `sd-bridge toyworld build`
-        name, rest = f"{name} {rest[0]}", rest[1:]
+    name, rest = split_command(argv)
     subs = [c.split()[1] for c in COMMANDS if c.startswith(name + " ")]
     if name not in COMMANDS and subs:
         print(f"sd-bridge {name}: choose one of {', '.join(subs)} (sd-bridge {name} SUBCOMMAND --help)",
@@ -161,20 +167,18 @@ def _say_partial(name: str, out, existed: bool, err: BaseException) -> None:
 
 
 def _failure(name: str, err: BaseException) -> int:
-    try:
-        raise err
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    """The exit status of a failed command, after its one-line error; anything unforeseen is raised again."""
+    if isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
         print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
         return 2
-    except _known_errors() as err:
+    if isinstance(err, _known_errors()):
         print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
         return 1
-    except OSError as err:
-        if err.errno not in _DISK_ERRORS:
-            raise
+    if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
         print(f"sd-bridge {name}: error: {err.strerror}: {err.filename or '?'}; {_DISK_ERRORS[err.errno]}, then "
               f"{RESUME.get(name, 'rerun the same command')}", file=sys.stderr)
         return 1
+    raise err
 
 
 # OS-level failures end in one line that says how to go on, not a traceback; what was done is kept.

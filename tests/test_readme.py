@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import COMMANDS
+from bridge.cli import COMMANDS, split_command
 from bridge.config import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +40,7 @@ def commands() -> list[str]:
 
 
 def config_of(argv: list[str]):
-    name, rest = argv[0], argv[1:]
-    if rest and f"{name} {rest[0]}" in COMMANDS:
-        name, rest = f"{name} {rest[0]}", rest[1:]
+    name, rest = split_command(argv)
     module, cls, _, _ = COMMANDS[name]
     # Flags, choices and types only: the values' own checks (a dataset that an earlier command makes) run below.
     return build_parser(getattr(importlib.import_module(module), cls), prog=f"sd-bridge {name}").parse_args(rest)
