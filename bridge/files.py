@@ -1,10 +1,77 @@
-"""Atomic file writes: a temporary file beside the target, then a rename (atomic on POSIX), so a reader or
-a resumed run sees the old file or the new one, never half of one."""
+"""Files users hand us and files we write.
+
+Reading: `text_lines` yields the numbered lines of a text library whatever its encoding and line ends, so
+every reader (migrate, gather's sources) splits and decodes the same way. Writing: `atomic_write` goes
+through a temporary file beside the target and a rename (atomic on POSIX), so a reader or a resumed run
+sees the old file or the new one, never half of one.
+"""
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import os
 from pathlib import Path
+from typing import Iterator
+
+# Undecodable bytes become lone surrogates U+DC00 + byte (surrogateescape's mapping, extended to bytes below
+# 0x80, which UTF-16 can also fail on), so the line holding them is found and reported, and no other line is
+# lost. `bad_bytes` finds them.
+_MARK = "sd-bridge-mark"
+codecs.register_error(_MARK, lambda err: ("".join(chr(0xDC00 + b) for b in err.object[err.start:err.end]), err.end))
+
+
+# Python's csv refuses a field over 128 KiB: a valid row with a long field (a prompt beside a base64 thumbnail,
+# a long caption) was rejected, and the reader, resynchronising mid-field, could swallow the next good row.
+# Every CSV reader here reads its lines through this module. A long *prompt* is still a row error, by
+# migrate's --max-chars; other columns pass through whole.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
+
+def sniff_encoding(head: bytes) -> str:
+    """The encoding of a text file from its first bytes. A BOM decides; without one, UTF-16 is told by its NUL
+    bytes: ASCII-range text in UTF-16LE has a zero at nearly every odd offset (BE: every even one), which UTF-8
+    text never has. Windows tools ("Unicode text" exports, PowerShell's `>`) write UTF-16, often without a BOM;
+    read as UTF-8 it decoded to garbage with exit 0."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"  # Python's utf-16 reads the BOM, picks the byte order and drops it
+    pairs = len(head) // 2
+    if pairs >= 2:
+        even_zeros = head[0:2 * pairs:2].count(0)
+        odd_zeros = head[1:2 * pairs:2].count(0)
+        if odd_zeros >= 0.4 * pairs and even_zeros <= 0.05 * pairs:
+            return "utf-16-le"
+        if even_zeros >= 0.4 * pairs and odd_zeros <= 0.05 * pairs:
+            return "utf-16-be"
+    return "utf-8-sig"  # also reads plain UTF-8; a UTF-8 BOM is dropped
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based number, line with its ending) of a text file. Lines end at LF, CRLF or a bare CR (old Mac
+    files and some exporters: read by bytes, a bare-CR file was one line and its records merged into one
+    error). Undecodable bytes become lone surrogates that `bad_bytes` reports."""
+    with open(path, "rb") as raw:
+        encoding = sniff_encoding(raw.read(4096))
+        raw.seek(0)
+        with io.TextIOWrapper(raw, encoding=encoding, errors=_MARK, newline="") as fh:
+            yield from enumerate(fh, 1)
+
+
+def file_encoding(path: Path) -> str:
+    with open(path, "rb") as raw:
+        return sniff_encoding(raw.read(4096))
+
+
+def bad_bytes(*values) -> str | None:
+    """The reason a decoded value cannot be used, when `text_lines` marked undecodable bytes in it."""
+    for v in values:
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return f"undecodable bytes at character {err.start}"
+    return None
 
 
 def atomic_write(path: Path | str, data: bytes | str, encoding: str = "utf-8") -> Path:

@@ -30,7 +30,7 @@ from typing import Iterator, Literal
 
 from bridge.config import (config_to_dict, first_difference, json_summary_field, log_plan, print_json_summary,
                            summary_log)
-from bridge.files import atomic_write
+from bridge.files import atomic_write, bad_bytes, file_encoding, sniff_encoding, text_lines
 from bridge.inspect_cmd import policy_of
 from bridge.policy import MigrationPolicy
 
@@ -119,24 +119,6 @@ def detect(cfg: MigrateConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------- readers
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Lines decoded as UTF-8; undecodable bytes become surrogates, so the row holding them errors alone."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            text = raw.decode("utf-8", errors="surrogateescape")
-            yield number, text[1:] if number == 1 and text.startswith("\ufeff") else text
-
-
-def _bad_bytes(*values) -> str | None:
-    for v in values:
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError as err:
-                return f"undecodable bytes (not UTF-8) at character {err.start}"
-    return None
-
-
 def _check(row: Row, max_chars: int) -> Row:
     if row.error is None:
         if not isinstance(row.prompt, str):
@@ -144,7 +126,7 @@ def _check(row: Row, max_chars: int) -> Row:
         elif row.negative is not None and not isinstance(row.negative, str):
             row.error = f"negative prompt is {type(row.negative).__name__}, not text"
         else:
-            row.error = _bad_bytes(row.prompt, row.negative)
+            row.error = bad_bytes(row.prompt, row.negative)
             for what, text in (("prompt", row.prompt), ("negative prompt", row.negative)):
                 if row.error is None and text is not None and len(text) > max_chars:
                     row.error = f"{what} has {len(text):,} characters (limit --max-chars {max_chars:,})"
@@ -152,19 +134,19 @@ def _check(row: Row, max_chars: int) -> Row:
 
 
 def read_txt(cfg: MigrateConfig) -> Iterator[Row]:
-    for k, (number, line) in enumerate(_decoded_lines(cfg.input)):
+    for k, (number, line) in enumerate(text_lines(cfg.input)):
         text = line.rstrip("\r\n")
         yield _check(Row(k, number, text, text, None, raw=text[:200]), cfg.max_chars)
 
 
 def read_jsonl(cfg: MigrateConfig) -> Iterator[Row]:
     neg_key = cfg.negative_column or "negative_prompt"
-    for k, (number, line) in enumerate(_decoded_lines(cfg.input)):
+    for k, (number, line) in enumerate(text_lines(cfg.input)):
         row = Row(k, number, raw=line[:200].rstrip("\n"))
         if not line.strip():
             row.error = "empty line"
-        elif _bad_bytes(line):
-            row.error = _bad_bytes(line)
+        elif bad_bytes(line):
+            row.error = bad_bytes(line)
         else:
             try:
                 data = json.loads(line)
@@ -199,7 +181,7 @@ def _unwritable(data: dict) -> str | None:
 
 
 def read_csv(cfg: MigrateConfig, delimiter: str) -> Iterator[Row]:
-    lines = _decoded_lines(cfg.input)
+    lines = text_lines(cfg.input)
     counter = {"line": 0}
 
     def feed():
@@ -234,8 +216,8 @@ def read_csv(cfg: MigrateConfig, delimiter: str) -> Iterator[Row]:
             k += 1
             continue
         row = Row(k, start, fields, raw=delimiter.join(fields)[:200])
-        if _bad_bytes(*fields):
-            row.error = _bad_bytes(*fields)
+        if bad_bytes(*fields):
+            row.error = bad_bytes(*fields)
         elif len(fields) != len(header):
             row.error = f"{len(fields)} fields where the header has {len(header)}"
         else:
@@ -264,9 +246,10 @@ def read_files(cfg: MigrateConfig, kind: str) -> Iterator[Row]:
                 if not text:
                     row.error = "no A1111 'parameters' metadata in this PNG"
             else:
-                text = file.read_bytes().decode("utf-8")
+                data = file.read_bytes()
+                text = data.decode(sniff_encoding(data[:4096]))
         except UnicodeDecodeError as err:
-            row.error = f"undecodable bytes (not UTF-8) at byte {err.start}"
+            row.error = f"undecodable bytes at byte {err.start}"
         except OSError as err:
             row.error = f"unreadable: {err}"
         except Exception as err:  # Pillow: a text chunk over its limit (ValueError), a broken PNG (SyntaxError)
@@ -383,14 +366,13 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 def _total_rows(cfg: MigrateConfig, kind: str) -> int:
     """Rows the progress bar counts to: files in a folder; lines of a txt/jsonl file (binary lines, as
-    `_decoded_lines` reads them, a last line without a newline included); records of a CSV, read by its own
-    reader, because a quoted field may hold line breaks (counting lines ended a bar at 5000/8350)."""
+    `text_lines` reads them); records of a CSV, read by its own reader, because a quoted field may hold line
+    breaks (counting lines ended a bar at 5000/8350)."""
     if kind in ("png", "infotext"):
         return sum(1 for p in cfg.input.iterdir() if p.suffix.lower() == (".png" if kind == "png" else ".txt"))
     if kind in ("csv", "tsv"):
         return sum(1 for r in _rows(cfg, kind) if r.index >= 0)
-    with cfg.input.open("rb") as fh:
-        return sum(1 for _ in fh)
+    return sum(1 for _ in text_lines(cfg.input))
 
 
 def migrate(cfg: MigrateConfig, log) -> int:
@@ -401,8 +383,11 @@ def migrate(cfg: MigrateConfig, log) -> int:
 
     started = time.perf_counter()
     kind = detect(cfg)
-    if kind not in ("png", "infotext") and cfg.input.stat().st_size == 0:
-        raise UsageError(f"{cfg.input}: empty file, nothing to migrate")
+    if kind not in ("png", "infotext"):
+        if cfg.input.stat().st_size == 0:
+            raise UsageError(f"{cfg.input}: empty file, nothing to migrate")
+        if (encoding := file_encoding(cfg.input)).startswith("utf-16"):
+            log(f"{cfg.input} is UTF-16 text ({encoding}); the output is written as UTF-8")
     # 1. Dry run: read every row, count, write nothing.
     if cfg.dry_run:
         counts = Counter("error" if r.error else "ok" for r in _rows(cfg, kind) if r.index >= 0)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from bridge.files import bad_bytes, text_lines
+
 FORMATS = ("auto", "txt", "csv", "tsv", "jsonl", "parquet", "png", "hf")
 _EXT = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
@@ -45,13 +47,12 @@ def detect_format(spec: str) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Decoded lines with 1-based numbers; bad bytes are an error naming the line."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            try:
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise SourceError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    """Decoded lines (any line end, UTF-8 or UTF-16) with 1-based numbers; bad bytes are an error naming the
+    line."""
+    for number, line in text_lines(path):
+        if (reason := bad_bytes(line)) is not None:
+            raise SourceError(f"{path}:{number}: {reason}")
+        yield number, line
 
 
 def _check_column(name: str | None, columns: list[str], where: str, required: bool) -> str | None:

@@ -248,3 +248,47 @@ def test_max_chars_covers_the_negative_prompt_too(tmp_path):
     errors = [json.loads(line)["error"] for line in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
     assert errors == ["prompt has 101 characters (limit --max-chars 100)",
                       "negative prompt has 101 characters (limit --max-chars 100)"]
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16-le", b""), ("utf-16-be", b""), ("utf-16-le", b"\xff\xfe"),
+                                           ("utf-8", b"\xef\xbb\xbf")])
+def test_utf16_and_bom_libraries_are_read_not_garbled(tmp_path, capsys, encoding, bom):
+    """Windows "Unicode text" exports are UTF-16, often without a BOM; read as UTF-8 they migrated to garbage
+    with exit 0."""
+    src = tmp_path / "lib.csv"
+    src.write_bytes(bom + 'prompt,negative_prompt\r\n"a café, (cat:1.2)",blurry\r\nsnow,\r\n'.encode(encoding))
+    out = tmp_path / "o.csv"
+    assert migrate(str(src), "--out", str(out)) == 0
+    back = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert [(r["prompt"], r["negative_prompt"]) for r in back] == [("a café, (cat:1.2)", "blurry"), ("snow", "")]
+    assert ("UTF-16" in capsys.readouterr().out) == encoding.startswith("utf-16")
+
+
+@pytest.mark.parametrize("kind", ["txt", "csv", "jsonl"])
+def test_bare_cr_line_ends_separate_records(tmp_path, kind):
+    """Old Mac files end lines with a bare CR; read by bytes, the whole file was one line, and its records
+    merged into one error."""
+    lines = {"txt": ["a cat", "a dog"], "csv": ["prompt", "a cat", "a dog"],
+             "jsonl": ['{"prompt": "a cat"}', '{"prompt": "a dog"}']}[kind]
+    src = tmp_path / f"lib.{kind}"
+    src.write_bytes("\r".join(lines).encode() + b"\r")
+    out = tmp_path / f"o.{kind}"
+    assert migrate(str(src), "--out", str(out)) == 0
+    records = out.read_text(encoding="utf-8").splitlines()
+    assert len(records) == len(lines) and "a cat" in records[-2] and "a dog" in records[-1]
+    assert not (tmp_path / f"o.{kind}.errors.jsonl").exists()
+
+
+def test_csv_fields_over_128_kib_pass_through_without_swallowing_rows(tmp_path):
+    """Python's csv refuses a field over 128 KiB: a valid row with a long non-prompt column was rejected, and a
+    long quoted multi-line field could swallow the next good row."""
+    big = "line\n" * 60_000  # 300 KB, quoted, multi-line
+    src = tmp_path / "lib.csv"
+    with src.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerows([["prompt", "thumbnail"], ["a cat", big], ["a dog", "x"], ["a fox", big + "end"]])
+    out = tmp_path / "o.csv"
+    assert migrate(str(src), "--out", str(out)) == 0
+    with out.open(newline="", encoding="utf-8") as fh:
+        back = list(csv.DictReader(fh))
+    assert [(r["prompt"], r["thumbnail"]) for r in back] == [("a cat", big), ("a dog", "x"), ("a fox", big + "end")]

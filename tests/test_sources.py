@@ -77,7 +77,7 @@ def test_bad_inputs_name_the_problem(tmp_path, name, content, kw, needle):
 def test_undecodable_bytes_name_the_line(tmp_path):
     f = tmp_path / "p.txt"
     f.write_bytes(b"fine\nbad \xff byte\n")
-    with pytest.raises(SourceError, match=r"p.txt:2: not valid UTF-8"):
+    with pytest.raises(SourceError, match=r"p.txt:2: undecodable bytes"):
         list(read_records(str(f)))
 
 
