@@ -16,7 +16,10 @@ import atexit
 import dataclasses
 import difflib
 import json
+import os
+import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -54,8 +57,18 @@ class ServeConfig:
     scorer: str = field(default="auto", metadata={"help": "scorer for Compare (auto: vit-h-14 or tiny-clip)"})
     max_seeds: int = field(default=16, metadata={"help": "most seeds a Compare request may ask for"})
     concurrency: int = field(default=1, metadata={"help": "requests run at once per event (renders are heavy)"})
-    max_file_size: str = field(default="10mb", metadata={"help": "upload size limit for Batch"})
+    max_file_size: str = field(default="10mb", metadata={"help": "upload size limit for Batch and PNG Info "
+                                                                 "(a number and b, kb, mb or gb)"})
     device: str = field(default="auto", metadata={"help": "device for models"})
+
+    def __post_init__(self):
+        self.upload_bytes()  # a bad size is a usage error now, not a traceback at launch
+
+    def upload_bytes(self) -> int:
+        match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)\s*", str(self.max_file_size).lower())
+        if match is None:
+            raise ValueError(f"max_file_size {self.max_file_size!r} is not a size such as 10mb or 512kb")
+        return int(match[1]) * 1024 ** ["b", "kb", "mb", "gb"].index(match[2])  # 1024-based, as Gradio reads it
 
 
 class Models:
@@ -477,17 +490,44 @@ def build_app(cfg: ServeConfig | None = None):
 
 def run_serve(cfg: ServeConfig, log=print, block: bool = True):
     check_port(cfg.host, cfg.port)  # before anything is built or printed: no URL for a server that never ran
+    from starlette.middleware import Middleware
+
+    from bridge.web_guard import JSON_BODY_BYTES, BodyLimit, NoRemoteFiles
+
+    _own_gradio_cache()
     demo = build_app(cfg)
+    # Every request body is capped: JSON calls at 1 MiB, uploads at --max-file-size (Gradio caps only files);
+    # file routes serve no remote URL (bridge/web_guard.py says why).
+    guards = [Middleware(NoRemoteFiles),
+              Middleware(BodyLimit, max_bytes=JSON_BODY_BYTES, upload_bytes=cfg.upload_bytes())]
     try:
-        demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=cfg.max_file_size,
-                    prevent_thread_lock=True, show_error=True, quiet=True, css=CSS)
+        demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=cfg.upload_bytes(),
+                    prevent_thread_lock=True, show_error=True, quiet=True, css=CSS, app_kwargs={"middleware": guards})
     except OSError as err:  # taken in the moment since the check; Gradio's own message points at an env var
         raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({err}); choose another with --port") from None
     log(f"sd-bridge app on http://{cfg.host}:{cfg.port} (share off)")
     if not block:
         return demo
+    # SIGTERM (systemd, docker stop, kill) shuts down as Ctrl-C does: Gradio deletes the files it cached and
+    # atexit removes the Batch work files. By default SIGTERM ended the process with both left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     demo.block_thread()
     return 0
+
+
+def _own_gradio_cache() -> Path:
+    """Gradio caches uploads and results under GRADIO_TEMP_DIR; this server gets a fresh directory there,
+    removed at exit. Gradio's own shutdown deletes the files it tracked but leaves their directories, and
+    gr.File(type="filepath") leaves one empty temp file per upload (gradio 6.x) that nothing tracks: after 20
+    Batch uploads and a shutdown, 20 such files and 3 directories stayed behind."""
+    cache = Path(tempfile.mkdtemp(prefix="sd-bridge-serve-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by Gradio when it builds the app and its components
+    atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    return cache
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def check_port(host: str, port: int) -> None:

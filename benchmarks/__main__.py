@@ -2,11 +2,12 @@
 
 import tempfile
 
-from benchmarks import (cli_start, demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
+from benchmarks import (app_load, cli_start, demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
                         toyworld_learning, train_step_split)
 
 if __name__ == "__main__":
     cli_start.main([])
+    app_load.main([])
     prompt_parse.main()
     parse_linear.main()
     gather_overhead.main([])

@@ -120,19 +120,28 @@ def _env() -> dict:
 
 
 @pytest.mark.slow
-def test_resume_after_kill_equals_uninterrupted_run(reference, prompt_file, tmp_path):
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "bridge.cli", "gather", "--prompts", str(prompt_file), "--out", str(out), *TINY,
-           "--seeds", "2", "--shard-prompts", "2", "--batch-size", "2"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = out / ".gather" / "shard-00000.parquet"
-    deadline = time.time() + 240
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert first.exists(), "the run was killed before it wrote any shard"
-    assert not (out / "state.json").exists(), "the run finished before it could be killed"
+def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(prompt_file, tmp_path):
+    """SIGKILL three times, each at a random moment after the run has written another shard (so mid-render,
+    mid-shard-write or between shards), then a rerun: the same rows as the uninterrupted run."""
+    import random
+
+    rng = random.Random(16)
+    out, reference = tmp_path / "killed", tmp_path / "uninterrupted"
+    flags = [*TINY, "--prompts", str(prompt_file), "--seeds", "2", "--shard-prompts", "1", "--batch-size", "2"]
+    assert main(["gather", *flags, "--out", str(reference)]) == 0
+    cmd = [sys.executable, "-m", "bridge.cli", "gather", *flags, "--out", str(out)]
+    shards = lambda: len(list((out / ".gather").glob("shard-*.parquet")))  # noqa: E731
+    for kill in range(3):
+        before = shards() if out.exists() else 0
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and (not out.exists() or shards() <= before):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (out / "state.json").exists(), f"the run finished before kill {kill + 1}"
+    assert shards() >= 3
     assert subprocess.run(cmd, env=_env(), capture_output=True).returncode == 0
     assert_same_rows(rows(reference), rows(out))
     assert not list((out / ".gather").glob(".*.tmp"))  # no half-written shard left behind

@@ -194,6 +194,48 @@ def test_a_run_never_resumes_another_runs_checkpoints(synthetic_data, tmp_path):
     assert [h["step"] for h in result["history"]] == [5, 6]
 
 
+@pytest.mark.slow
+def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(gathered, tmp_path):
+    """`sd-bridge train` with the real reward on tiny presets, SIGKILLed three times at random moments after a
+    new checkpoint (mid-step, mid-checkpoint-write), each rerun with `--resume latest`: the final adapter and
+    the log equal the uninterrupted run's."""
+    import random
+    import signal
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    rng = random.Random(11)
+    flags = ["--data", str(gathered), "--target", "tiny-sd2", "--rewriter", "tiny-t5", "--scorer", "tiny-clip",
+             "--device", "cpu", "--steps", "8", "--warm-start-steps", "1", "--prompts-per-step", "2", "--k", "2",
+             "--lr", "1e-2", "--max-new-tokens", "6", "--lora-r", "4", "--checkpoint-every", "1", "--no-progress"]
+    train = [sys.executable, "-m", "bridge.cli", "train", *flags]
+    assert subprocess.run(train + ["--out", str(tmp_path / "a")], capture_output=True).returncode == 0
+    out = tmp_path / "b"
+    done = lambda: sorted(p.name for p in (out / "checkpoints").glob("step-*") if "." not in p.name)  # noqa: E731
+    for kill in range(3):
+        before = len(done()) if (out / "checkpoints").exists() else 0
+        proc = subprocess.Popen(train + ["--out", str(out)] + (["--resume", "latest"] if kill else []),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and (
+                not (out / "checkpoints").exists() or len(done()) <= before):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (out / "adapter_model.safetensors").exists(), f"the run finished before kill {kill + 1}"
+    finish = subprocess.run(train + ["--out", str(out), "--resume", "latest"], capture_output=True, text=True)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "a" / "adapter_model.safetensors")), load_file(str(out / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    steps = lambda d: [json.loads(x)["step"] for x in (d / "train_log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps(out) == steps(tmp_path / "a")
+
+
 def test_duplicate_candidates_are_rendered_once(tmp_path):
     target = presets.pipeline("tiny-sd2")
     cache = RenderCache(tmp_path, Renderer(target), Scorer(presets.scorer("tiny-clip")))

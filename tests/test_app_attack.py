@@ -1,0 +1,220 @@
+"""The app under attack, as a real `sd-bridge serve` process on 127.0.0.1: path traversal on every file route,
+oversized bodies and uploads, huge prompts beside a small request, concurrent load, and the temp files left
+after Batch uploads and a shutdown. Each case was an open failure in the reliability issue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+API = ["/gradio_api/call/translate", "/gradio_api/call/compare", "/gradio_api/call/batch", "/gradio_api/call/png_info",
+       "/gradio_api/queue/join", "/gradio_api/run/translate", "/gradio_api/api/translate"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m bridge.cli serve` in its own process, with its own TMPDIR and GRADIO_TEMP_DIR to inspect."""
+
+    def __init__(self, root: Path, *args: str):
+        self.port, self.tmp, self.gradio_tmp = free_port(), root / "tmp", root / "gradio"
+        self.tmp.mkdir()
+        self.gradio_tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(self.tmp), "GRADIO_TEMP_DIR": str(self.gradio_tmp)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(self.port), *args],
+                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.time() + 120
+        while not self.answers():
+            assert self.proc.poll() is None and time.time() < deadline, self.proc.communicate()[0]
+            time.sleep(0.3)
+
+    def answers(self) -> bool:
+        try:
+            return self.request("GET", "/config")[0] == 200
+        except OSError:
+            return False
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+    def request(self, *args, **kwargs):
+        return raw_request(*args, port=self.port, **kwargs)
+
+    def stop(self, sig=signal.SIGTERM) -> str:
+        self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=60)
+        return out
+
+
+def raw_request(method: str, path: str, port: int, body_bytes: int = 0, chunked: bool = False,
+                headers: str = "") -> tuple[int | None, bytes]:
+    """Send exactly this request line (no client-side path normalisation) and a body of `body_bytes` bytes,
+    in 1 MiB pieces; (status, response) with status None when the server closed without answering."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}"
+    if body_bytes:
+        head += "Content-Type: application/json\r\n"
+        head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
+    s.sendall((head + "\r\n").encode())
+    piece, sent = b'{"data": ["' + b"a" * (1 << 20), 0
+    try:
+        while sent < body_bytes:
+            chunk = piece[: min(len(piece), body_bytes - sent)]
+            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
+            sent += len(chunk)
+        if chunked and body_bytes:
+            s.sendall(b"0\r\n\r\n")
+    except OSError:  # the server refused and closed while the body was still going out
+        pass
+    data = b""
+    try:
+        while chunk := s.recv(1 << 16):
+            data += chunk
+    except OSError:
+        pass
+    s.close()
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, data
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("serve"))
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False)
+
+
+def test_every_file_route_refuses_traversal(server, client, tmp_path, tiny_cache):
+    """A secret outside the app, the project's own files and the model cache: no file route serves them, by any
+    spelling of the path. A file the app did produce is served, so the routes were really tried."""
+    from gradio_client import handle_file
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("CANARY-7f3a")
+    cache_file = tiny_cache / "models" / "config.json"  # the model cache the server reads its presets from
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text('{"model_type": "canary-cache-3e1d"}')
+    targets = {str(secret): b"CANARY-7f3a", str(ROOT / "app.py"): b"The sd-bridge Gradio app",
+               str(ROOT / "pyproject.toml"): b"[project]", "/etc/passwd": b"root:", str(cache_file): b"canary-cache-3e1d"}
+    routes = ["/gradio_api/file={}", "/gradio_api/file/{}", "/file={}", "/static/{}", "/assets/{}", "/svelte/{}",
+              "/gradio_api/proxy={}", "/{}", "/gradio_api/custom_component/x/client/y/{}"]
+    tried = 0
+    for target, marker in targets.items():
+        rel = target.lstrip("/")
+        for spelling in (target, "../" * 12 + rel, "%2e%2e%2f" * 12 + rel, "..%2f" * 12 + rel, "....//" * 12 + rel,
+                         target.replace("/", "%2f"), "..\\" * 12 + rel, "./" + "/".join([".."] * 12) + "/" + rel):
+            for route in routes:
+                status, body = server.request("GET", route.format(spelling))
+                assert marker not in body, (route.format(spelling), status)
+                assert status != 200 or b"<!doctype html>" in body[:2000].lower(), (route.format(spelling), status)
+                tried += 1
+    assert tried == len(targets) * 8 * len(routes)
+    lib = tmp_path / "lib.txt"
+    lib.write_text("a cat <lora:x:1>\n", encoding="utf-8")
+    job = client.submit(handle_file(str(lib)), "prompt", "", api_name="/batch")
+    job.result()
+    path = next(Path(server.gradio_tmp).rglob("lib.migrated.txt"))  # the migrated file, in the server's cache
+    status, body = server.request("GET", f"/gradio_api/file={path}")
+    assert status == 200 and body.endswith(b"a cat\n")
+
+
+@pytest.mark.parametrize("url", ["/gradio_api/file=http://127.0.0.1:{port}/config", "/gradio_api/file=https://example.com/x",
+                                 "/gradio_api/file/http://127.0.0.1:{port}/config", "/gradio_api/file=%68ttps://example.com/",
+                                 "/gradio_api/file=HTTP://example.com/"])
+def test_file_routes_serve_no_remote_url(server, url):
+    """Gradio once redirected `file=<URL>` anywhere (an open redirect); now it fetches public URLs itself, which
+    would make this app a fetch proxy. It serves no remote file: 403 before any fetch."""
+    status, body = server.request("GET", url.format(port=server.port))
+    assert status == 403 and b"no remote files" in body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_oversized_bodies_are_refused_without_growing_the_server(server, chunked):
+    """A 20 MB JSON body cost +4 GB RSS and 100 MB got the server OOM-killed; now every API route answers 413
+    (the upload route 413 or 400: a JSON body is not multipart) and the server grows < 200 MB."""
+    before = server.rss_mb()
+    for path in API + ["/gradio_api/upload"]:
+        for mb in (10, 100):
+            status, _ = server.request("POST", path, body_bytes=mb << 20, chunked=chunked)
+            assert status in ((413, 400) if path.endswith("/upload") else (413,)), (path, mb, status)
+    assert server.rss_mb() - before < 200
+    assert server.answers()
+
+
+def test_an_upload_over_the_cap_is_refused(server, tmp_path):
+    boundary = "sdbridgeboundary"
+    size = (10 << 20) + 1
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.txt\"\r\n"
+            f"Content-Type: text/plain\r\n\r\n").encode()
+    body = head + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    s.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+               f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+    try:
+        s.sendall(body)
+    except OSError:
+        pass
+    reply = s.recv(4096)
+    s.close()
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert not list(Path(server.gradio_tmp).rglob("big.txt"))
+
+
+def test_huge_prompts_do_not_hold_up_a_small_request(server, client):
+    """Four 100 KB prompts filled every Translate slot for 3 minutes; now they are refused at once, and a small
+    request sent behind them is answered (the benchmark prints how fast: benchmarks/app_load.py)."""
+    big = "masterpiece, " * 8_000  # 104 KB
+    jobs = [client.submit(big, "", api_name="/translate") for _ in range(4)]
+    small = client.submit("a cat <lora:x:1>", "", api_name="/translate")
+    assert small.result(timeout=20)[0] == "a cat"
+    for job in jobs:
+        with pytest.raises(Exception, match="the limit is 20,000"):
+            job.result(timeout=20)
+
+
+def test_fifty_concurrent_translates_all_succeed(server, client):
+    prompts = [f"a cat number {k}, <lora:x:1>, (masterpiece:1.2)" for k in range(50)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: client.predict(p, "", api_name="/translate")[0], prompts))
+    assert results == [f"a cat number {k}, (masterpiece:1.2)" for k in range(50)]
+
+
+def test_no_temp_files_after_20_batch_uploads_and_a_shutdown(tmp_path):
+    """Each Batch upload left its migrated copy and an empty Gradio temp file; SIGTERM left them all."""
+    from gradio_client import Client, handle_file
+
+    srv = Server(tmp_path)
+    try:
+        lib = tmp_path / "lib.csv"
+        lib.write_text("prompt\na cat <lora:x:1>\n", encoding="utf-8")
+        c = Client(srv.url, verbose=False, download_files=False)
+        for _ in range(20):
+            c.predict(handle_file(str(lib)), "prompt", "", api_name="/batch")
+        assert list(srv.tmp.rglob("*.migrated.csv")) or list(srv.gradio_tmp.rglob("*.migrated.csv"))
+    finally:
+        out = srv.stop(signal.SIGTERM)
+    assert srv.proc.returncode == 0, out
+    assert list(srv.tmp.iterdir()) == [] and list(srv.gradio_tmp.iterdir()) == []
