@@ -292,3 +292,16 @@ def test_csv_fields_over_128_kib_pass_through_without_swallowing_rows(tmp_path):
     with out.open(newline="", encoding="utf-8") as fh:
         back = list(csv.DictReader(fh))
     assert [(r["prompt"], r["thumbnail"]) for r in back] == [("a cat", big), ("a dog", "x"), ("a fox", big + "end")]
+
+
+def test_bom_crlf_nul_and_5000_columns_lose_no_good_row(tmp_path):
+    header = ["prompt"] + [f"c{k}" for k in range(4_999)]
+    rows = [["a cat"] + ["x"] * 4_999, ["a d\x00og"] + ["y"] * 4_999, ["a fox"] + ["z"] * 4_999]
+    src = tmp_path / "lib.csv"
+    src.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(",".join(r) for r in [header] + rows).encode() + b"\r\n")
+    out = tmp_path / "o.csv"
+    assert migrate(str(src), "--out", str(out)) == 0
+    with out.open(newline="", encoding="utf-8") as fh:
+        back = list(csv.reader(fh))
+    assert back[0][:5_000] == header and [r[0] for r in back[1:]] == ["a cat", "a d\x00og", "a fox"]
+    assert [r[4_999] for r in back[1:]] == ["x", "y", "z"]
