@@ -187,7 +187,7 @@ def _check_prompt(prompt: str | None, negative: str | None) -> None:
             raise ValueError(f"the {what} has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
 
 
-def live_tokens(prompt: str) -> str:
+def live_tokens(prompt: str, negative: bool = False) -> str:
     """CLIP tokens per 75-token chunk while typing (A1111's counter), from the pure-Python tokenizer."""
     from bridge.prompt import parse
     from bridge.tokens import CHUNK_TOKENS, token_budget
@@ -196,7 +196,7 @@ def live_tokens(prompt: str) -> str:
         return f"tokens per chunk: 0 / {CHUNK_TOKENS}"
     if len(prompt) > MAX_PROMPT_CHARS:
         return f"{len(prompt):,} characters: over the {MAX_PROMPT_CHARS:,} limit"
-    counts, _ = token_budget(parse(prompt).nodes, truncates=False)
+    counts, _ = token_budget(parse(prompt, negative=negative).nodes, truncates=False)
     return "tokens per chunk: " + " · ".join(f"{c} / {CHUNK_TOKENS}" for c in counts)
 
 
@@ -442,8 +442,10 @@ def build_app(cfg: ServeConfig | None = None):
             warnings = gr.Textbox(label="Warnings", lines=3)
             tokens = gr.Markdown()
             gr.Examples(examples, [prompt, negative])
-            for box, count in ((prompt, counter), (negative, neg_counter)):  # live, while typing, no queue
-                box.change(live_tokens, box, count, queue=False, show_progress="hidden", api_name=False)
+            # Live, while typing, with no queue; a negative is read as A1111 reads negatives (parse(negative=True)).
+            prompt.change(live_tokens, prompt, counter, queue=False, show_progress="hidden", api_name=False)
+            negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
+                            show_progress="hidden", api_name=False)
             png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
             go.click(translate, [prompt, negative, adapter, networks, embeddings, braces],
                      [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",

@@ -3,8 +3,9 @@
 Plain diffusers reads `(masterpiece:1.2)` as the characters "( masterpiece : 1 . 2 )" and truncates at
 77 tokens. Users' prompts were written for A1111, so a faithful render of them needs A1111's encoding
 (modules/sd_hijack_clip.py, `FrozenCLIPEmbedderWithCustomWordsBase`):
-  1. each weighted text segment is tokenized on its own; BREAK closes the current chunk;
-  2. tokens are packed into chunks of 75, each wrapped as BOS + 75 + EOS/padding = 77 positions;
+  1. each run of equal weight is tokenized on its own; BREAK closes the current chunk;
+  2. tokens are packed into chunks of 75 (a chunk that would overflow ends after a comma within its last 20
+     tokens), each wrapped as BOS + 75 + EOS/padding = 77 positions;
   3. each chunk is encoded separately, its hidden states multiplied by the per-token weights, and the
      result rescaled so its mean equals the unweighted mean ("restore mean");
   4. the chunks are concatenated along the sequence axis (cross-attention accepts any length).
@@ -16,36 +17,25 @@ prompts alike, so classifier-free guidance can stack them.
 
 from __future__ import annotations
 
-from bridge.prompt import parse, segments
-from bridge.tokens import CHUNK_TOKENS, clean
+from bridge.prompt import encoder_runs, parse
+from bridge.tokens import CHUNK_TOKENS, clean, pack_chunks
 
 
-def weighted_chunks(text: str, tokenizer) -> list[tuple[list[int], list[float]]]:
-    """A1111 chunks of (token ids, weights), at most 75 tokens each; at least one (possibly empty) chunk."""
-    chunks: list[tuple[list[int], list[float]]] = []
-    ids: list[int] = []
-    weights: list[float] = []
+def weighted_chunks(text: str, tokenizer, negative: bool = False) -> list[tuple[list[int], list[float]]]:
+    """A1111 chunks of (token ids, weights), at most 75 tokens each; at least one (possibly empty) chunk.
+    Equal-weight neighbours are tokenized as one run and chunks end at a comma when one is near (`pack_chunks`);
+    a negative prompt is read as A1111 reads negatives (`parse(negative=True)`)."""
+    comma = _comma_id(tokenizer)
+    runs = [None if not isinstance(r, tuple) else
+            (tokenizer(clean(r[0]), add_special_tokens=False, verbose=False)["input_ids"] if r[0].strip() else [], r[1])
+            for r in encoder_runs(parse(text, negative=negative).nodes)]
+    return pack_chunks(runs, lambda token: token == comma)
 
-    def close():
-        nonlocal ids, weights
-        chunks.append((ids, weights))
-        ids, weights = [], []
 
-    for seg in segments(parse(text).nodes):
-        if not isinstance(seg, tuple):  # BREAK, or AND: the parts are read one after another
-            close()
-            continue
-        seg_text, w = seg
-        if not seg_text.strip():
-            continue
-        for tok in tokenizer(clean(seg_text), add_special_tokens=False, verbose=False)["input_ids"]:
-            if len(ids) == CHUNK_TOKENS:
-                close()
-            ids.append(tok)
-            weights.append(w)
-    if ids or not chunks:
-        close()
-    return chunks
+def _comma_id(tokenizer) -> int | None:
+    """The id of CLIP's "," token, or None for a vocabulary without it (then no chunk ends early)."""
+    token_id = tokenizer.convert_tokens_to_ids(",</w>")
+    return token_id if tokenizer.convert_ids_to_tokens(token_id) == ",</w>" else None
 
 
 def encode_prompts(pipe, texts: list[str], min_chunks: int = 1):

@@ -34,8 +34,8 @@ def policy_of(cfg: MigrationPolicy) -> MigrationPolicy:
     return MigrationPolicy(**{f.name: getattr(cfg, f.name) for f in fields(MigrationPolicy)})
 
 
-def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset) -> dict:
-    parsed = parse(text, policy.embedding_names())
+def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, negative: bool = False) -> dict:
+    parsed = parse(text, policy.embedding_names(), negative=negative)
     counts, budget_warnings = token_budget(parsed.nodes, truncates=target.truncates)
     migrated = apply_policy(parsed, policy)
     return {
@@ -82,7 +82,7 @@ def run_inspect(cfg: InspectConfig, log=print) -> dict:
     policy, target = policy_of(cfg), presets.pipeline(cfg.target)
     report = analyse(cfg.prompt, policy, target)
     if cfg.negative is not None:
-        report["negative"] = analyse(cfg.negative, policy, target)
+        report["negative"] = analyse(cfg.negative, policy, target, negative=True)
     if cfg.json:
         log(json.dumps(report, ensure_ascii=False, indent=2))
         return report

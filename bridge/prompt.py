@@ -64,7 +64,11 @@ def _and_weight_start(raw: str) -> int | None:
     while start > 0 and raw[start - 1].isspace():
         start -= 1
     return start
-_UNESCAPE = re.compile(r"\\([()\[\]\\])")
+# A1111's re_attention reads `\(` `\)` `\[` `\]` `\\` as the escaped character, and any other backslash as a
+# token of its own that `parse_prompt_attention` turns into "" (text[1:]): `fate\/stay night` encodes as
+# `fate/stay night`, a trailing `\` as nothing.
+_UNESCAPE = re.compile(r"\\([()\[\]\\]?)")
+
 _ESCAPE = re.compile(r"([()\[\]\\])")
 # Extra-network kinds that carry SD1 weights (A1111 lora/lyco/hypernet; older LyCORIS tags locon/loha).
 NETWORK_KINDS = ("lora", "lyco", "locon", "loha", "hypernet")
@@ -96,7 +100,8 @@ class Text:
 
     @value.setter
     def value(self, text: str) -> None:
-        self.raw = escape(text)
+        if text != self.value:  # an unchanged leaf keeps its spelling: `fate\/stay` is not rewritten `fate\\/stay`
+            self.raw = escape(text)
 
 
 @dataclass(slots=True)
@@ -308,8 +313,9 @@ MAX_DEPTH = 64
 
 
 class _Parser:
-    def __init__(self, s: str, embeddings: frozenset[str]):
+    def __init__(self, s: str, embeddings: frozenset[str], negative: bool = False):
         self.s = s
+        self.negative = negative
         self.n = len(s)
         self.split = _splitter(embeddings)
         self.warnings: list[PromptWarning] = []
@@ -327,6 +333,8 @@ class _Parser:
         pos = a
         for m in self.split.finditer(s, a, b):
             tok = m.group()
+            if tok == "AND" and self.negative:
+                continue  # A1111 splits only the prompt at AND; in a negative it is a word
             if tok == "AND" and not top:
                 self.warn("and-in-brackets", "AND inside brackets: A1111 splits the whole prompt there, "
                           "breaking the brackets; kept as text", m.start(), m.end())
@@ -385,6 +393,11 @@ class _Parser:
                 continue
             if c == "<":
                 end = self.network_end(i)
+                if end is not None and self.negative:
+                    self.warn("network-in-negative", "A1111 applies extra networks only from the prompt; in a "
+                              "negative prompt this tag is read as text", i, end)
+                    i = end
+                    continue
                 if end is None:
                     i += 1
                     continue
@@ -516,14 +529,19 @@ def _split_and_weights(nodes: list) -> list:
     return out
 
 
-def parse(s: str, embeddings: Iterable[str] | None = None) -> Prompt:
-    """Parse `s` losslessly. `embeddings`: known textual-inversion names (default: DEFAULT_EMBEDDINGS)."""
+def parse(s: str, embeddings: Iterable[str] | None = None, negative: bool = False) -> Prompt:
+    """Parse `s` losslessly. `embeddings`: known textual-inversion names (default: DEFAULT_EMBEDDINGS).
+
+    `negative=True` reads a negative prompt as A1111 does: it takes extra networks only from the prompt and
+    splits only the prompt at AND (modules/processing.py, `extra_networks.parse_prompts(prompts)`;
+    prompt_parser `get_multicond_prompt_list` for prompts, `get_learned_conditioning` for negatives), so in a
+    negative `<lora:x:1>` is text, AND is a word and a trailing `:1.2` is text."""
     if not isinstance(s, str):
         raise TypeError(f"prompt must be a str, got {type(s).__name__}")
     names = frozenset(DEFAULT_EMBEDDINGS if embeddings is None else embeddings)
-    parser = _Parser(s, names)
+    parser = _Parser(s, names, negative)
     nodes, _, _ = parser.seq(0, "top", frozenset())
-    if any(type(n) is Text and ":" in n.raw for n in nodes):
+    if not negative and any(type(n) is Text and ":" in n.raw for n in nodes):
         nodes = _split_and_weights(nodes)
     return Prompt(s, nodes, parser.warnings)
 
@@ -605,6 +623,19 @@ def segments(nodes: Iterable, weight: float = 1.0, out: list | None = None) -> l
             segments(node.parts[-1] if len(node.parts) == 2 else node.parts[0], weight, out)
         elif t is Alternation:
             segments(node.options[0], weight, out)
+    return out
+
+
+def encoder_runs(nodes: Iterable) -> list:
+    """`segments` as A1111 tokenizes them: neighbouring texts of equal weight merged into one run (the end of
+    `parse_prompt_attention`), so `(cropped)(people)` is tokenized as "croppedpeople" (cro/pp/ed/people) and
+    `realistic,<lora:x:0.7>,armor` as "realistic,,armor" (one `,,` token). Break/And markers stay."""
+    out: list = []
+    for seg in segments(nodes):
+        if type(seg) is tuple and out and type(out[-1]) is tuple and out[-1][1] == seg[1]:
+            out[-1] = (out[-1][0] + seg[0], seg[1])
+        else:
+            out.append(seg)
     return out
 
 

@@ -139,7 +139,7 @@ class Renderer:
         from bridge.encode import weighted_chunks
 
         tok = self.pipe.tokenizer
-        chunks = [(weighted_chunks(p, tok), weighted_chunks(n, tok)) for p, n in zip(prompts, negs)]
+        chunks = [(weighted_chunks(p, tok), weighted_chunks(n, tok, negative=True)) for p, n in zip(prompts, negs)]
         groups: dict[int, list[int]] = {}
         for i, pair in enumerate(chunks):
             groups.setdefault(_chunk_count(pair), []).append(i)

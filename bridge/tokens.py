@@ -157,24 +157,90 @@ def count_tokens_batch(texts: list[str]) -> list[int]:
     return [count_tokens(t) for t in texts]
 
 
+COMMA_BACKTRACK = 20  # A1111 opts.comma_padding_backtrack, default 20
+
+
+def pack_chunks(runs: list, is_comma) -> list[tuple[list, list[float]]]:
+    """A1111's chunking (sd_hijack_clip.py `tokenize_line`): `runs` are (tokens, weight) pairs, or None where a
+    BREAK or AND closes the chunk. A chunk holds 75 tokens; when a token other than a comma would overflow it
+    and a comma lies within the last COMMA_BACKTRACK tokens, the chunk ends after that comma and the tokens
+    after it move to the next chunk, so a phrase is not cut in two ("blood splat|ter" stays whole)."""
+    chunks: list[tuple[list, list[float]]] = []
+    tokens: list = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close():
+        nonlocal tokens, weights, last_comma
+        chunks.append((tokens, weights))
+        tokens, weights, last_comma = [], [], -1
+
+    for run in runs:
+        if run is None:
+            close()
+            continue
+        run_tokens, weight = run
+        for token in run_tokens:
+            if is_comma(token):
+                last_comma = len(tokens)
+            elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and len(tokens) - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                moved, moved_weights = tokens[cut:], weights[cut:]
+                tokens, weights = tokens[:cut], weights[:cut]
+                close()
+                tokens, weights = moved, moved_weights
+            if len(tokens) == CHUNK_TOKENS:
+                close()
+            tokens.append(token)
+            weights.append(weight)
+    if tokens or not chunks:
+        close()
+    return chunks
+
+
+def _piece_runs(nodes) -> list:
+    from bridge.prompt import encoder_runs
+
+    bpe = clip_tokenizer()
+    return [None if not isinstance(r, tuple) else (bpe.pieces(clean(r[0])) if r[0].strip() else [], r[1])
+            for r in encoder_runs(nodes)]
+
+
+def a1111_chunks(nodes) -> list[list[str]]:
+    """The CLIP token pieces of each 75-token chunk A1111 encodes `nodes` into, AND parts one after another."""
+    return [tokens for tokens, _ in pack_chunks(_piece_runs(nodes), _is_comma)]
+
+
+def _is_comma(piece: str) -> bool:
+    return piece == ",</w>"
+
+
 def token_budget(nodes, truncates: bool) -> tuple[list[int], list]:
-    """Text tokens per chunk (AND parts in order, each split at BREAK) and warnings for chunks over 75.
+    """Text tokens per chunk as A1111 packs them (`pack_chunks`), and warnings for text between BREAKs that
+    needs more than one 75-token chunk.
 
-    A1111 encodes a long chunk as several 75-token chunks; plain diffusers (truncates=True) drops the
-    tokens past 75 without a word. Embeddings are counted by their name's tokens (their real vector
-    count lives in the embedding file).
+    A1111 encodes a long text as several 75-token chunks; plain diffusers (truncates=True) drops the tokens
+    past 75 without a word. Embeddings are counted by their name's tokens (their real vector count lives in
+    the embedding file).
     """
-    from bridge.prompt import PromptWarning, chunk_texts
+    from bridge.prompt import PromptWarning
 
-    chunks = [chunk for part in chunk_texts(nodes) for chunk in part]
-    counts = count_tokens_batch(chunks)
+    runs = _piece_runs(nodes)
+    counts = [len(tokens) for tokens, _ in pack_chunks(runs, _is_comma)]
+    between_breaks = [0]
+    for run in runs:
+        if run is None:
+            between_breaks.append(0)
+        else:
+            between_breaks[-1] += len(run[0])
     warnings = []
-    for k, count in enumerate(counts):
+    for k, count in enumerate(between_breaks):
         if count > CHUNK_TOKENS:
             if truncates:
                 msg = (f"chunk {k + 1} has {count} tokens; the target reads {CHUNK_TOKENS} per prompt and "
                        f"silently ignores the last {count - CHUNK_TOKENS}")
             else:
-                msg = f"chunk {k + 1} has {count} tokens; it is encoded as {-(-count // CHUNK_TOKENS)} chunks"
+                msg = (f"chunk {k + 1} has {count} tokens; it goes on in another {CHUNK_TOKENS}-token chunk, cut "
+                       f"after the last comma within {COMMA_BACKTRACK} tokens (A1111)")
             warnings.append(PromptWarning("token-budget", msg))
     return counts, warnings

@@ -136,8 +136,8 @@ class Translator:
         names = self.policy.embedding_names()
         parsed = [parse(p, names) for p in prompts]  # read once: for the policy and the token count before
         syn = [apply_policy(p, self.policy, self._network_map) for p in parsed]
-        syn_neg = [apply_policy(parse(n, names), self.policy, self._network_map) if n is not None else None
-                   for n in negatives]
+        syn_neg = [apply_policy(parse(n, names, negative=True), self.policy, self._network_map)
+                   if n is not None else None for n in negatives]
         # 3. Learned rewriting of the text leaves, checked against the structure.
         candidates = [[s.prompt] for s in syn]
         fallbacks = [[False] for _ in syn]
@@ -156,7 +156,8 @@ class Translator:
             after, budget = token_budget(parse(candidates[k][0], names).nodes, truncates=self.target.truncates)
             warnings = [dict(w.to_dict(), field="prompt") for w in syn[k].warnings + budget]
             if syn_neg[k] is not None:
-                _, neg_budget = token_budget(parse(syn_neg[k].prompt, names).nodes, self.target.truncates)
+                _, neg_budget = token_budget(parse(syn_neg[k].prompt, names, negative=True).nodes,
+                                             self.target.truncates)
                 warnings += [dict(w.to_dict(), field="negative_prompt") for w in syn_neg[k].warnings + neg_budget]
             if unfinished[k]:
                 warnings.append({"code": "rewrite-unfinished", "message": "the rewrite did not end within its "
