@@ -206,6 +206,22 @@ def _piece_runs(nodes) -> list:
             for r in encoder_runs(nodes)]
 
 
+def _between_breaks(runs: list) -> list[int]:
+    counts = [0]
+    for run in runs:
+        if run is None:
+            counts.append(0)
+        else:
+            counts[-1] += len(run[0])
+    return counts
+
+
+def tokens_between_breaks(nodes) -> list[int]:
+    """Tokens of the text between BREAKs (per AND part, in order): what a target that truncates at 75 tokens
+    per chunk reads the first 75 of."""
+    return _between_breaks(_piece_runs(nodes))
+
+
 def a1111_chunks(nodes) -> list[list[str]]:
     """The CLIP token pieces of each 75-token chunk A1111 encodes `nodes` into, AND parts one after another."""
     return [tokens for tokens, _ in pack_chunks(_piece_runs(nodes), _is_comma)]
@@ -227,14 +243,8 @@ def token_budget(nodes, truncates: bool) -> tuple[list[int], list]:
 
     runs = _piece_runs(nodes)
     counts = [len(tokens) for tokens, _ in pack_chunks(runs, _is_comma)]
-    between_breaks = [0]
-    for run in runs:
-        if run is None:
-            between_breaks.append(0)
-        else:
-            between_breaks[-1] += len(run[0])
     warnings = []
-    for k, count in enumerate(between_breaks):
+    for k, count in enumerate(_between_breaks(runs)):
         if count > CHUNK_TOKENS:
             if truncates:
                 msg = (f"chunk {k + 1} has {count} tokens; the target reads {CHUNK_TOKENS} per prompt and "
