@@ -1,17 +1,15 @@
 """Guards in front of the Gradio app: a cap on the bytes of one request body, and no remote URLs on file routes.
 
-Body size.
-
-Gradio caps uploaded *files* (`max_file_size`), but nothing caps the JSON body of an API call: a 20 MB body cost
-the server +4 GB RSS and a 100 MB one got it OOM-killed. This ASGI middleware refuses a body over the cap with
-413 before the app reads it: at once when `Content-Length` says so, else (chunked) as soon as the bytes
+Body size. Gradio caps uploaded *files* (`max_file_size`), but nothing capped the JSON body of an API call: a
+20 MB body cost the server +4 GB RSS and a 100 MB one got it OOM-killed. `BodyLimit` refuses a body over the cap
+with 413 before the app reads it: at once when `Content-Length` says so, else (chunked) as soon as the bytes
 received pass the cap. Uploads get their own, larger cap. Passed to FastAPI through Gradio's `app_kwargs`, so
 it wraps every route.
 
-Remote files. `/gradio_api/file=<http(s) URL>` once redirected anywhere (an open redirect, CVE-2024-4940, gradio
-#13593); the Gradio locked here (6.31) instead fetches the URL itself, through safehttpx (public addresses only) and
-streams it back, which makes any Gradio app a fetch proxy for public URLs. This app never serves a remote
-file, so `NoRemoteFiles` refuses such requests with 403.
+Remote files. `/gradio_api/file=<http(s) URL>` once redirected anywhere (an open redirect, CVE-2024-4940,
+gradio #13593); the Gradio locked here (6.31) instead fetches the URL itself, through safehttpx (public
+addresses only), and streams it back, which makes any Gradio app a fetch proxy for public URLs. This app
+never serves a remote file, so `NoRemoteFiles` refuses such requests with 403.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import re
 
 from starlette.exceptions import HTTPException
 
-JSON_BODY_BYTES = 1 << 20  # two 20,000-character prompts encode to < 200 kB of JSON, escapes included
+JSON_BODY_BYTES = 1 << 20  # two 20,000-character prompts are < 0.5 MB of JSON even with every character \u-escaped
 
 
 class BodyLimit:
