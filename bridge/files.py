@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import os
 from pathlib import Path
 from typing import Iterator
@@ -51,11 +50,8 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based number, line with its ending) of a text file. Lines end at LF, CRLF or a bare CR (old Mac
     files and some exporters: read by bytes, a bare-CR file was one line and its records merged into one
     error). Undecodable bytes become lone surrogates that `bad_bytes` reports."""
-    with open(path, "rb") as raw:
-        encoding = sniff_encoding(raw.read(4096))
-        raw.seek(0)
-        with io.TextIOWrapper(raw, encoding=encoding, errors=_MARK, newline="") as fh:
-            yield from enumerate(fh, 1)
+    with open(path, encoding=file_encoding(path), errors=_MARK, newline="") as fh:
+        yield from enumerate(fh, 1)
 
 
 def file_encoding(path: Path) -> str:

@@ -145,8 +145,8 @@ def read_jsonl(cfg: MigrateConfig) -> Iterator[Row]:
         row = Row(k, number, raw=line[:200].rstrip("\n"))
         if not line.strip():
             row.error = "empty line"
-        elif bad_bytes(line):
-            row.error = bad_bytes(line)
+        elif reason := bad_bytes(line):
+            row.error = reason
         else:
             try:
                 data = json.loads(line)
@@ -216,8 +216,8 @@ def read_csv(cfg: MigrateConfig, delimiter: str) -> Iterator[Row]:
             k += 1
             continue
         row = Row(k, start, fields, raw=delimiter.join(fields)[:200])
-        if bad_bytes(*fields):
-            row.error = bad_bytes(*fields)
+        if reason := bad_bytes(*fields):
+            row.error = reason
         elif len(fields) != len(header):
             row.error = f"{len(fields)} fields where the header has {len(header)}"
         else:
