@@ -17,8 +17,8 @@ prompts alike, so classifier-free guidance can stack them.
 
 from __future__ import annotations
 
-from bridge.prompt import encoder_runs, parse
-from bridge.tokens import CHUNK_TOKENS, clean, pack_chunks
+from bridge.prompt import parse
+from bridge.tokens import CHUNK_TOKENS, pack_chunks, token_runs
 
 
 def weighted_chunks(text: str, tokenizer, negative: bool = False) -> list[tuple[list[int], list[float]]]:
@@ -26,9 +26,8 @@ def weighted_chunks(text: str, tokenizer, negative: bool = False) -> list[tuple[
     Equal-weight neighbours are tokenized as one run and chunks end at a comma when one is near (`pack_chunks`);
     a negative prompt is read as A1111 reads negatives (`parse(negative=True)`)."""
     comma = _comma_id(tokenizer)
-    runs = [None if not isinstance(r, tuple) else
-            (tokenizer(clean(r[0]), add_special_tokens=False, verbose=False)["input_ids"] if r[0].strip() else [], r[1])
-            for r in encoder_runs(parse(text, negative=negative).nodes)]
+    runs = token_runs(parse(text, negative=negative).nodes,
+                      lambda cleaned: tokenizer(cleaned, add_special_tokens=False, verbose=False)["input_ids"])
     return pack_chunks(runs, lambda token: token == comma)
 
 

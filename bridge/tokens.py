@@ -153,10 +153,6 @@ def count_tokens(text: str) -> int:
     return clip_tokenizer().count(clean(text)) if text.strip() else 0
 
 
-def count_tokens_batch(texts: list[str]) -> list[int]:
-    return [count_tokens(t) for t in texts]
-
-
 COMMA_BACKTRACK = 20  # A1111 opts.comma_padding_backtrack, default 20
 
 
@@ -198,12 +194,17 @@ def pack_chunks(runs: list, is_comma) -> list[tuple[list, list[float]]]:
     return chunks
 
 
-def _piece_runs(nodes) -> list:
+def token_runs(nodes, tokenize) -> list:
+    """`encoder_runs` of `nodes` with each text run's tokens, `tokenize(cleaned text)`: the input of
+    `pack_chunks`, for the pure-Python counter and the pipeline's tokenizer alike."""
     from bridge.prompt import encoder_runs
 
-    bpe = clip_tokenizer()
-    return [None if not isinstance(r, tuple) else (bpe.pieces(clean(r[0])) if r[0].strip() else [], r[1])
+    return [None if not isinstance(r, tuple) else (tokenize(clean(r[0])) if r[0].strip() else [], r[1])
             for r in encoder_runs(nodes)]
+
+
+def _piece_runs(nodes) -> list:
+    return token_runs(nodes, clip_tokenizer().pieces)
 
 
 def _between_breaks(runs: list) -> list[int]:
