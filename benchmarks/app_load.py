@@ -24,52 +24,88 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PROMPTS = Path(__file__).resolve().parents[1].parent / "shared" / "prompts"
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ROOT.parent / "shared" / "prompts"
 API = ["/gradio_api/call/translate", "/gradio_api/call/compare", "/gradio_api/call/batch", "/gradio_api/call/png_info",
        "/gradio_api/queue/join", "/gradio_api/run/translate", "/gradio_api/api/translate"]
 SMALL_TARGET_S, RSS_TARGET_MB = 2.0, 200
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen, int]:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(port)],
-                            env={**os.environ, "GRADIO_TEMP_DIR": str(tmp)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("the server did not start")
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m bridge.cli serve` in its own process, with its own TMPDIR and GRADIO_TEMP_DIR (under `root`) to
+    inspect, and its output in `root/server.log`. tests/test_app_attack.py uses it too."""
+
+    def __init__(self, root: Path, *args: str):
+        self.port, self.tmp, self.gradio_tmp, self.log = free_port(), root / "tmp", root / "gradio", root / "server.log"
+        self.tmp.mkdir()
+        self.gradio_tmp.mkdir()
+        env = {**os.environ, "TMPDIR": str(self.tmp), "GRADIO_TEMP_DIR": str(self.gradio_tmp)}
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(self.port), *args],
+                                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        deadline = time.time() + 120
+        while not self.answers():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.log.read_text()}")
             time.sleep(0.3)
 
+    def answers(self) -> bool:
+        try:
+            return self.request("GET", "/config")[0] == 200
+        except OSError:
+            return False
 
-def rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1]) / 1024
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+    def request(self, method: str, path: str, body_bytes: int = 0, chunked: bool = False) -> tuple[int | None, bytes]:
+        return raw_request(method, path, self.port, body_bytes, chunked)
+
+    def stop(self, sig=signal.SIGTERM) -> str:
+        """Send `sig`, wait for the exit, and return what the server printed."""
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        return self.log.read_text()
 
 
-def post_body(port: int, path: str, size: int) -> int | None:
-    """POST a `size`-byte JSON body (declared by Content-Length); the status, or None when the server hung up."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=60)
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {size}\r\n\r\n".encode())
-    piece = b"a" * (1 << 20)
+def raw_request(method: str, path: str, port: int, body_bytes: int = 0, chunked: bool = False
+                ) -> tuple[int | None, bytes]:
+    """Send exactly this request line (no client-side path normalisation) and a JSON-looking body of
+    `body_bytes` bytes in 1 MiB pieces, declared by Content-Length or sent chunked; (status, response), with
+    status None when the server closed without answering."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    if body_bytes:
+        head += "Content-Type: application/json\r\n"
+        head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
+    s.sendall((head + "\r\n").encode())
+    piece, sent = b'{"data": ["' + b"a" * (1 << 20), 0
     try:
-        for _ in range(size >> 20):
-            s.sendall(piece)
+        while sent < body_bytes:
+            chunk = piece[: min(len(piece), body_bytes - sent)]
+            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
+            sent += len(chunk)
+        if chunked and body_bytes:
+            s.sendall(b"0\r\n\r\n")
+    except OSError:  # the server refused and closed while the body was still going out
+        pass
+    data = b""
+    try:
+        while chunk := s.recv(1 << 16):
+            data += chunk
     except OSError:
         pass
-    try:
-        reply = s.recv(64)
-    except OSError:
-        reply = b""
     s.close()
-    return int(reply.split()[1]) if reply.startswith(b"HTTP/1.1 ") else None
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, data
 
 
 def timed(fn, *args) -> tuple[float, object]:
@@ -95,9 +131,9 @@ def main(argv=None) -> None:
     prompts = [json.loads(line)["prompt"] for line in (PROMPTS / "a1111.jsonl").read_text(encoding="utf-8").splitlines()]
     prompts = (prompts * (args.requests // len(prompts) + 1))[: args.requests]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(Path(tmp))
+        server = Server(Path(tmp))
         try:
-            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            client = Client(server.url, verbose=False)
             translate = lambda p: client.predict(p, "", api_name="/translate")[0]  # noqa: E731
             translate("warm up: load the translator")
             # 1. One at a time: the baseline of the same run.
@@ -115,12 +151,11 @@ def main(argv=None) -> None:
             small_s, small = timed(translate, "a cat <lora:x:1>")
             refused = sum(isinstance(timed(j.result)[1], Exception) for j in jobs)
             # 4. Oversized bodies.
-            before = rss_mb(proc.pid)
-            statuses = [post_body(port, path, mb << 20) for path in API for mb in (10, 100)]
-            growth = rss_mb(proc.pid) - before
+            before = server.rss_mb()
+            statuses = [server.request("POST", path, body_bytes=mb << 20)[0] for path in API for mb in (10, 100)]
+            growth = server.rss_mb() - before
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            server.stop()
     print(f"translate, one at a time: median {statistics.median(alone) * 1000:.0f} ms over {len(alone)} requests")
     print(f"{args.requests} requests at concurrency {args.concurrency}: {errors} errors, p50 {pct(lat, 50) * 1000:.0f} ms, "
           f"p95 {pct(lat, 95) * 1000:.0f} ms, {args.requests / wall:.1f} req/s; "

@@ -4,92 +4,14 @@ after Batch uploads and a shutdown. Each case was an open failure in the reliabi
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-API = ["/gradio_api/call/translate", "/gradio_api/call/compare", "/gradio_api/call/batch", "/gradio_api/call/png_info",
-       "/gradio_api/queue/join", "/gradio_api/run/translate", "/gradio_api/api/translate"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m bridge.cli serve` in its own process, with its own TMPDIR and GRADIO_TEMP_DIR to inspect."""
-
-    def __init__(self, root: Path, *args: str):
-        self.port, self.tmp, self.gradio_tmp = free_port(), root / "tmp", root / "gradio"
-        self.tmp.mkdir()
-        self.gradio_tmp.mkdir()
-        env = {**os.environ, "TMPDIR": str(self.tmp), "GRADIO_TEMP_DIR": str(self.gradio_tmp)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "serve", "--port", str(self.port), *args],
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        deadline = time.time() + 120
-        while not self.answers():
-            assert self.proc.poll() is None and time.time() < deadline, self.proc.communicate()[0]
-            time.sleep(0.3)
-
-    def answers(self) -> bool:
-        try:
-            return self.request("GET", "/config")[0] == 200
-        except OSError:
-            return False
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
-
-    def request(self, *args, **kwargs):
-        return raw_request(*args, port=self.port, **kwargs)
-
-    def stop(self, sig=signal.SIGTERM) -> str:
-        self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=60)
-        return out
-
-
-def raw_request(method: str, path: str, port: int, body_bytes: int = 0, chunked: bool = False,
-                headers: str = "") -> tuple[int | None, bytes]:
-    """Send exactly this request line (no client-side path normalisation) and a body of `body_bytes` bytes,
-    in 1 MiB pieces; (status, response) with status None when the server closed without answering."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}"
-    if body_bytes:
-        head += "Content-Type: application/json\r\n"
-        head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {body_bytes}\r\n"
-    s.sendall((head + "\r\n").encode())
-    piece, sent = b'{"data": ["' + b"a" * (1 << 20), 0
-    try:
-        while sent < body_bytes:
-            chunk = piece[: min(len(piece), body_bytes - sent)]
-            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" if chunked else chunk)
-            sent += len(chunk)
-        if chunked and body_bytes:
-            s.sendall(b"0\r\n\r\n")
-    except OSError:  # the server refused and closed while the body was still going out
-        pass
-    data = b""
-    try:
-        while chunk := s.recv(1 << 16):
-            data += chunk
-    except OSError:
-        pass
-    s.close()
-    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
-    return status, data
+from benchmarks.app_load import API, ROOT, Server
 
 
 @pytest.fixture(scope="module")
