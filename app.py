@@ -500,10 +500,10 @@ def run_serve(cfg: ServeConfig, log=print, block: bool = True):
     demo = build_app(cfg)
     # Every request body is capped: JSON calls at 1 MiB, uploads at --max-file-size (Gradio caps only files);
     # file routes serve no remote URL (bridge/web_guard.py says why).
-    guards = [Middleware(NoRemoteFiles),
-              Middleware(BodyLimit, max_bytes=JSON_BODY_BYTES, upload_bytes=cfg.upload_bytes())]
+    upload_bytes = cfg.upload_bytes()
+    guards = [Middleware(NoRemoteFiles), Middleware(BodyLimit, max_bytes=JSON_BODY_BYTES, upload_bytes=upload_bytes)]
     try:
-        demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=cfg.upload_bytes(),
+        demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=upload_bytes,
                     prevent_thread_lock=True, show_error=True, quiet=True, css=CSS, app_kwargs={"middleware": guards})
     except OSError as err:  # taken in the moment since the check; Gradio's own message points at an env var
         raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({err}); choose another with --port") from None
