@@ -7,6 +7,12 @@ Layout (A1111 `modules/infotext_utils.py`, `parse_generation_parameters` / `crea
     Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x768, Model hash: abc, Clip skip: 2
 The last line holds `Key: value` pairs; a value with `,`, `:` or a newline is JSON-quoted. A last line
 with fewer than 3 pairs is not a parameters line (A1111's own rule). Unknown keys are kept, in order.
+
+Read as A1111's `parse_generation_parameters` reads it: every prompt and negative line is stripped (so CRLF
+line ends lose their CR); once the negative has begun, any further line's `Negative prompt:` prefix is
+stripped too; a key with an empty value is dropped (A1111's `v[0]` raises on it and the pair is skipped);
+and `Hypernet: name` (with `Hypernet strength`, default 1.0) becomes a `<hypernet:name:strength>` tag at the
+end of the prompt, where the prompt parser and the migration policy see it.
 """
 
 from __future__ import annotations
@@ -69,14 +75,17 @@ def parse_infotext(text: str) -> InfoText:
     prompt: list[str] = []
     negative: list[str] | None = None
     for line in lines:
-        if line.strip().startswith(NEGATIVE) and negative is None:
-            negative = [line.strip()[len(NEGATIVE) :].strip()]
-        elif negative is not None:
-            negative.append(line)
-        else:
-            prompt.append(line)
-    params = {key.strip(): _unquote(value.strip()) for key, value in _PARAM.findall(last)}
-    return InfoText("\n".join(prompt), "\n".join(negative) if negative is not None else None, params)
+        line = line.strip()
+        if line.startswith(NEGATIVE):  # the first starts the negative; a repeated prefix is stripped too
+            line = line[len(NEGATIVE) :].strip()
+            negative = [] if negative is None else negative
+        (prompt if negative is None else negative).append(line)
+    params = {key.strip(): _unquote(value.strip()) for key, value in _PARAM.findall(last) if value.strip()}
+    prompt_text = "\n".join(prompt)
+    if "Hypernet" in params:  # A1111 appends the tag to the prompt it pastes; the tag is then the one record
+        hypernet, strength = params.pop("Hypernet"), params.pop("Hypernet strength", "1.0")
+        prompt_text += f"<hypernet:{hypernet}:{strength}>"
+    return InfoText(prompt_text, "\n".join(negative) if negative is not None else None, params)
 
 
 def format_infotext(info: InfoText) -> str:

@@ -59,3 +59,23 @@ keys = st.from_regex(r"[A-Z][a-z]{1,8}( [a-z]{1,6})?", fullmatch=True)
 def test_format_then_parse_round_trips(prompt, negative, params):
     info = InfoText(prompt, negative, params)
     assert parse_infotext(format_infotext(info)) == info
+
+
+def test_read_as_a1111_reads_it():
+    """A1111 `parse_generation_parameters`: lines stripped (CRLF too), a repeated `Negative prompt:` prefix
+    stripped, empty values dropped, `Hypernet` turned into a tag on the prompt."""
+    crlf = "a cat,  \r\n  on a mat\r\nNegative prompt: ugly\r\nNegative prompt: blurry\r\n" \
+           "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Hypernet: anime_3, Hypernet strength: 0.6\r\n"
+    info = parse_infotext(crlf)
+    assert info.prompt == "a cat,\non a mat<hypernet:anime_3:0.6>"
+    assert info.negative_prompt == "ugly\nblurry"
+    assert info.params == {"Steps": "20", "Sampler": "Euler a", "CFG scale": "7", "Seed": "1"}
+    # Without a strength A1111 writes 1.0; a key with no value is dropped.
+    info = parse_infotext("x\nSteps: 20, Sampler: , CFG scale: 7, Seed: 1, Hypernet: h")
+    assert info.prompt == "x<hypernet:h:1.0>" and "Sampler" not in info.params
+    # The tag is then an extra network like any other: the policy drops SD1 hypernets for SD2 with a warning.
+    from bridge.policy import apply_policy
+    result = apply_policy(info.prompt)
+    assert result.prompt == "x" and any("hypernet" in w.message for w in result.warnings)
+    # And the file written back reads the same.
+    assert parse_infotext(format_infotext(parse_infotext(crlf))) == parse_infotext(crlf)
