@@ -189,14 +189,13 @@ def _check_prompt(prompt: str | None, negative: str | None) -> None:
 
 def live_tokens(prompt: str, negative: bool = False) -> str:
     """CLIP tokens per 75-token chunk while typing (A1111's counter), from the pure-Python tokenizer."""
-    from bridge.prompt import parse
     from bridge.tokens import CHUNK_TOKENS, token_budget
 
     if not prompt or not prompt.strip():
         return f"tokens per chunk: 0 / {CHUNK_TOKENS}"
     if len(prompt) > MAX_PROMPT_CHARS:
         return f"{len(prompt):,} characters: over the {MAX_PROMPT_CHARS:,} limit"
-    counts, _ = token_budget(parse(prompt, negative=negative).nodes, truncates=False)
+    counts, _ = token_budget(prompt, truncates=False, negative=negative)
     return "tokens per chunk: " + " · ".join(f"{c} / {CHUNK_TOKENS}" for c in counts)
 
 
@@ -396,8 +395,8 @@ def build_app(cfg: ServeConfig | None = None):
     # The API endpoints: named parameters, as gradio_client shows them (`client.view_api()`).
     @_user_errors
     def translate(prompt: str, negative_prompt: str = "", adapter: str = models.default_adapter(),
-                  networks: str = "drop", embeddings: str = "drop", braces: str = "convert"):
-        policy = MigrationPolicy(networks=networks, embeddings=embeddings, braces=braces)
+                  networks: str = "drop", embeddings: str = "drop", syntax: str = "a1111"):
+        policy = MigrationPolicy(networks=networks, embeddings=embeddings, syntax=syntax)
         return translate_fn(models, prompt, negative_prompt, adapter, policy)
 
     @_user_errors
@@ -430,7 +429,7 @@ def build_app(cfg: ServeConfig | None = None):
                                       elem_id="adapter")
                 networks = gr.Radio(["drop", "keep"], value="drop", label="LoRA / hypernet tags")
                 embeddings = gr.Radio(["drop", "keep"], value="drop", label="SD1 embeddings")
-                braces = gr.Radio(["convert", "keep"], value="convert", label="NovelAI {braces}")
+                syntax = gr.Radio(["a1111", "novelai"], value="a1111", label="Written for (novelai: {x} weighs x1.05)")
             go = gr.Button("Translate", variant="primary", elem_id="translate-btn")
             out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated", buttons=["copy"])
             out_negative = gr.Textbox(label="Translated negative prompt", lines=2, elem_id="translated-negative",
@@ -447,7 +446,7 @@ def build_app(cfg: ServeConfig | None = None):
             negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
                             show_progress="hidden", api_name=False)
             png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
-            go.click(translate, [prompt, negative, adapter, networks, embeddings, braces],
+            go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax],
                      [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
                      concurrency_limit=max(cfg.concurrency, 4))
         with gr.Tab("Compare"):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from bridge.prompt import parse
 from bridge.sources import PromptRecord
 from bridge.tokens import token_budget
 
@@ -69,7 +68,7 @@ def clean_records(records: Iterable[PromptRecord], min_tokens: int = 1, max_toke
         candidates.append(PromptRecord(prompt, negative or None, rec.params, rec.origin))
     kept = []
     for rec in candidates:
-        counts, _ = token_budget(parse(rec.prompt).nodes, truncates=True)
+        counts, _ = token_budget(rec.prompt, truncates=True)
         total = sum(counts)
         if total < min_tokens:
             report.dropped["too_few_tokens"] += 1

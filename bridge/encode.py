@@ -9,24 +9,26 @@ Plain diffusers reads `(masterpiece:1.2)` as the characters "( masterpiece : 1 .
   3. each chunk is encoded separately, its hidden states multiplied by the per-token weights, and the
      result rescaled so its mean equals the unweighted mean ("restore mean");
   4. the chunks are concatenated along the sequence axis (cross-attention accepts any length).
-Extra-network tags are removed; embeddings are read as their name's words (SD1 vectors cannot load in
-SD2, and we render SD1.5 from the base model without the user's files); prompt editing and alternation
-use the final-step text. A batch is padded to one chunk count with empty chunks, for prompts and negative
+The text of each step is read as A1111 reads it (`bridge.a1111`: tags removed, AND parts, the editing and
+alternation schedule, attention); embeddings are read as their name's words (SD1 vectors cannot load in
+SD2, and we render SD1.5 from the base model without the user's files). AND parts are encoded one after
+another as chunks of one conditioning (A1111 combines them by composable diffusion instead). A batch is padded to one chunk count with empty chunks, for prompts and negative
 prompts alike, so classifier-free guidance can stack them.
 """
 
 from __future__ import annotations
 
-from bridge.prompt import parse
+from bridge.a1111 import DEFAULT_STEPS, runs_at
 from bridge.tokens import CHUNK_TOKENS, pack_chunks, token_runs
 
 
-def weighted_chunks(text: str, tokenizer, negative: bool = False) -> list[tuple[list[int], list[float]]]:
-    """A1111 chunks of (token ids, weights), at most 75 tokens each; at least one (possibly empty) chunk.
-    Equal-weight neighbours are tokenized as one run and chunks end at a comma when one is near (`pack_chunks`);
-    a negative prompt is read as A1111 reads negatives (`parse(negative=True)`)."""
+def weighted_chunks(text: str, tokenizer, negative: bool = False, call: int = 0,
+                    steps: int = DEFAULT_STEPS) -> list[tuple[list[int], list[float]]]:
+    """A1111 chunks of (token ids, weights) for the sampler's `call`-th model call of `steps`, at most 75 tokens
+    each; at least one (possibly empty) chunk. Equal-weight neighbours are tokenized as one run and chunks end at
+    a comma when one is near (`pack_chunks`); a negative prompt is read as A1111 reads negatives."""
     comma = _comma_id(tokenizer)
-    runs = token_runs(parse(text, negative=negative).nodes,
+    runs = token_runs(runs_at(text, call, negative, steps),
                       lambda cleaned: tokenizer(cleaned, add_special_tokens=False, verbose=False)["input_ids"])
     return pack_chunks(runs, lambda token: token == comma)
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from bridge import presets
+from bridge.a1111 import DEFAULT_STEPS, attention, read
 from bridge.policy import MigrationPolicy, apply_policy
 from bridge.prompt import (
     AndWeight, Edit, Emphasis, Alternation, Variants, embeddings, networks, parse, weighted_spans,
@@ -20,12 +21,15 @@ class InspectConfig(MigrationPolicy):
     prompt: str | None = field(default=None, metadata={"help": "the prompt", "positional": "?"})
     negative: str | None = field(default=None, metadata={"help": "a negative prompt to inspect too"})
     target: str = field(default=presets.DEFAULT_TARGET, metadata={"help": "target pipeline preset (token budget, size)"})
+    steps: int = field(default=DEFAULT_STEPS, metadata={"help": "sampling steps to show the editing schedule for"})
     json: bool = field(default=False, metadata={"help": "print one JSON object"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.prompt is None:
             raise ValueError("give a prompt: sd-bridge inspect \"(masterpiece:1.2), a cat\"")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
         presets.pipeline(self.target)
 
 
@@ -34,20 +38,32 @@ def policy_of(cfg: MigrationPolicy) -> MigrationPolicy:
     return MigrationPolicy(**{f.name: getattr(cfg, f.name) for f in fields(MigrationPolicy)})
 
 
-def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, negative: bool = False) -> dict:
-    parsed = parse(text, policy.embedding_names(), negative=negative)
-    counts, budget_warnings = token_budget(parsed.nodes, truncates=target.truncates)
+def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, negative: bool = False,
+            steps: int = DEFAULT_STEPS) -> dict:
+    parsed = parse(text, policy.embedding_names(), negative=negative, syntax=policy.syntax)
+    counts, budget_warnings = token_budget(text, truncates=target.truncates, negative=negative, steps=steps)
     migrated = apply_policy(parsed, policy)
+    parts = read(text, negative, steps)
     return {
         "roundtrip": parsed.serialize(),
         "tree": format_tree(parsed.nodes),
-        "weights": weighted_spans(parsed.nodes),
+        # The weights SD1.5 was drawn with: A1111's own reading at the last step (malformed brackets included);
+        # a NovelAI-syntax prompt's intended weights come from the tree, which weighs its braces.
+        "weights": weighted_spans(parsed.nodes) if policy.syntax == "novelai" else a1111_weights(parts),
+        "schedule": [{"weight": p.weight, "steps": [{"until_step": end, "text": t} for end, t in p.schedule]}
+                     for p in parts],
         "networks": networks(parsed.nodes),
         "embeddings": embeddings(parsed.nodes),
         "chunks": counts,
         "warnings": [w.to_dict() for w in migrated.warnings + budget_warnings],
         "syntax": migrated.prompt,
     }
+
+
+def a1111_weights(parts) -> list[dict]:
+    """`{text, weight}` of each non-blank run whose weight is not 1, as A1111 reads it at the last step."""
+    return [{"text": t, "weight": round(w, 6)} for part in parts for t, w in attention(part.schedule[-1][1])
+            if t.strip() and abs(w - 1.0) > 1e-9]
 
 
 def format_tree(nodes, depth: int = 0, weight: float = 1.0) -> list[str]:
@@ -80,9 +96,9 @@ def format_tree(nodes, depth: int = 0, weight: float = 1.0) -> list[str]:
 
 def run_inspect(cfg: InspectConfig, log=print) -> dict:
     policy, target = policy_of(cfg), presets.pipeline(cfg.target)
-    report = analyse(cfg.prompt, policy, target)
+    report = analyse(cfg.prompt, policy, target, steps=cfg.steps)
     if cfg.negative is not None:
-        report["negative"] = analyse(cfg.negative, policy, target, negative=True)
+        report["negative"] = analyse(cfg.negative, policy, target, negative=True, steps=cfg.steps)
     if cfg.json:
         log(json.dumps(report, ensure_ascii=False, indent=2))
         return report
@@ -95,6 +111,13 @@ def run_inspect(cfg: InspectConfig, log=print) -> dict:
             log("networks: " + ", ".join(f"<{n['type']}:{n['name']}> w={n['weight']}" for n in part["networks"]))
         if part["embeddings"]:
             log("embeddings: " + ", ".join(part["embeddings"]))
+        if len(part["schedule"]) > 1 or part["schedule"][0]["weight"] != 1 or len(part["schedule"][0]["steps"]) > 1:
+            for k, p in enumerate(part["schedule"]):
+                head = f"AND part {k + 1} (weight {p['weight']:g})" if len(part["schedule"]) > 1 or p["weight"] != 1 \
+                    else "schedule"
+                log(f"{head}, over {cfg.steps} steps:")
+                for entry in p["steps"]:
+                    log(f"  until step {entry['until_step']:>3}: {entry['text']!r}")
         log(f"tokens per chunk ({cfg.target}): {part['chunks']}")
         for w in part["warnings"]:
             log(f"warning [{w['code']}] {w['message']}")

@@ -37,8 +37,10 @@ class MigrationPolicy:
         default="drop", metadata={"help": "SD1 textual-inversion embeddings (from the known list): drop or keep"})
     known_embeddings: list[str] = field(
         default_factory=list, metadata={"help": "embedding names to recognise besides the built-in list"})
-    braces: Literal["convert", "keep"] = field(
-        default="convert", metadata={"help": "NovelAI braces {x} (x1.05 each): convert to A1111 (x:1.05) or keep"})
+    syntax: Literal["a1111", "novelai"] = field(
+        default="a1111", metadata={"help": "the dialect the prompts were written in: a1111 (braces {x} are text, as "
+                                           "A1111 reads them) or novelai (braces weight x1.05 each; converted to "
+                                           "A1111's (x:1.05))"})
     normalize: bool = field(default=True, metadata={"help": "collapse whitespace and empty comma items"})
 
     def __post_init__(self):
@@ -139,7 +141,7 @@ class _Migrator:
                     self.warn("embedding-dropped", f"embedding {node.name!r} dropped: SD1 textual-inversion "
                                                    "vectors do not fit the target's text encoder", node)
             elif t is Emphasis:
-                braces = node.open == "{" and node.close == "}" and self.policy.braces == "convert"
+                braces = node.open == "{" and node.close == "}"  # only parsed as emphasis from NovelAI syntax
                 chain = _brace_chain(node) if braces else [node]
                 inner = chain[-1].children
                 children = self.nodes(inner)
@@ -228,7 +230,7 @@ def apply_policy(prompt: Prompt | str, policy: MigrationPolicy | None = None,
     """The `syntax` strategy for one prompt: policy decisions + normalisation, with structured warnings."""
     policy = policy or MigrationPolicy()
     if isinstance(prompt, str):
-        prompt = parse(prompt, policy.embedding_names())
+        prompt = parse(prompt, policy.embedding_names(), syntax=policy.syntax)
     mapping = network_map if network_map is not None else policy.load_network_map()
     migrator = _Migrator(policy, mapping)
     nodes = migrator.nodes(prompt.nodes)

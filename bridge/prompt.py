@@ -12,7 +12,9 @@ Constructs (A1111 `modules/prompt_parser.py` and DESIGN §3):
   [from:to:when] · [to:when] · [from::when] prompt editing (when < 1: fraction of steps, else a step)
   [a|b] alternation · <lora:name:w> <lyco:...> <hypernet:name:w> extra networks (any <type:args> kept)
   textual-inversion embeddings: known bare names (user-extendable), ComfyUI `embedding:name`
-  wildcards __name__ and dynamic-prompt variants {a|b} · NovelAI braces {x} ×1.05 (A1111 reads them as text)
+  wildcards __name__ and dynamic-prompt variants {a|b} · braces {x}: text, as A1111 reads them, or with
+  `syntax="novelai"` NovelAI emphasis ×1.05 each (the source dialect is the user's choice: A1111 itself
+  never weights braces, so weighting them by default changed what an A1111 prompt means)
 
 A1111 quirks we follow: `:` and `|` are plain text outside the brackets that give them meaning; a
 stray `)` or `]` is plain text; `AND` splits the prompt only at the top level (A1111 splits the raw text,
@@ -27,6 +29,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Union
+
+from bridge.a1111 import DEFAULT_STEPS, and_parts, edit_step, schedule_parses, strip_networks
 
 ROUND, SQUARE, BRACE = 1.1, 1 / 1.1, 1.05  # A1111 attention multipliers; NovelAI braces
 
@@ -312,10 +316,14 @@ def _splitter(embeddings: frozenset[str]) -> re.Pattern:
 MAX_DEPTH = 64
 
 
+SYNTAXES = ("a1111", "novelai")
+
+
 class _Parser:
-    def __init__(self, s: str, embeddings: frozenset[str], negative: bool = False):
+    def __init__(self, s: str, embeddings: frozenset[str], negative: bool = False, syntax: str = "a1111"):
         self.s = s
         self.negative = negative
+        self.braces = syntax == "novelai"
         self.n = len(s)
         self.split = _splitter(embeddings)
         self.warnings: list[PromptWarning] = []
@@ -416,7 +424,15 @@ class _Parser:
             self.depth += 1
             node, i = (self.round if c == "(" else self.square if c == "[" else self.brace)(i, opens)
             self.depth -= 1
-            out.append(node)
+            if type(node) is Emphasis and node.open == "{" and not self.braces:
+                # A1111 syntax: `{x}` is the text "{", x, "}" (what is inside still parses).
+                _append_text(out, Text("{", node.start))
+                for child in node.children:
+                    _append_text(out, child) if type(child) is Text else out.append(child)
+                if node.close:
+                    _append_text(out, Text(node.close, i - 1))
+            else:
+                out.append(node)
             mark = i
         self.text(out, mark, i, top)
         return out, i, None
@@ -490,7 +506,7 @@ class _Parser:
     def brace(self, i: int, opens: frozenset[str]) -> tuple[Node, int]:
         segments, seps, j, stop = self._segments(i, "{", opens)
         closed = stop == "}"
-        if not closed:
+        if not closed and (self.braces or seps):
             self._unclosed("{", i)
         if seps:
             return Variants(segments, "}" if closed else "", i), j + 1 if closed else j
@@ -529,8 +545,9 @@ def _split_and_weights(nodes: list) -> list:
     return out
 
 
-def parse(s: str, embeddings: Iterable[str] | None = None, negative: bool = False) -> Prompt:
+def parse(s: str, embeddings: Iterable[str] | None = None, negative: bool = False, syntax: str = "a1111") -> Prompt:
     """Parse `s` losslessly. `embeddings`: known textual-inversion names (default: DEFAULT_EMBEDDINGS).
+    `syntax`: "a1111" reads `{x}` as text, "novelai" as emphasis ×1.05.
 
     `negative=True` reads a negative prompt as A1111 does: it takes extra networks only from the prompt and
     splits only the prompt at AND (modules/processing.py, `extra_networks.parse_prompts(prompts)`;
@@ -538,11 +555,19 @@ def parse(s: str, embeddings: Iterable[str] | None = None, negative: bool = Fals
     negative `<lora:x:1>` is text, AND is a word and a trailing `:1.2` is text."""
     if not isinstance(s, str):
         raise TypeError(f"prompt must be a str, got {type(s).__name__}")
+    if syntax not in SYNTAXES:
+        raise ValueError(f"unknown prompt syntax {syntax!r}; choose one of {', '.join(SYNTAXES)}")
     names = frozenset(DEFAULT_EMBEDDINGS if embeddings is None else embeddings)
-    parser = _Parser(s, names, negative)
+    parser = _Parser(s, names, negative, syntax)
     nodes, _, _ = parser.seq(0, "top", frozenset())
     if not negative and any(type(n) is Text and ":" in n.raw for n in nodes):
         nodes = _split_and_weights(nodes)
+    if any(type(n) in (Edit, Alternation) for n, _, _ in walk(nodes)):
+        parts = [s] if negative else [text for text, _ in and_parts(strip_networks(s))]
+        if not all(schedule_parses(part) for part in parts):
+            parser.warn("editing-ignored", "A1111 cannot parse this prompt's editing (a `|` outside [a|b], or a "
+                        "backslash before nothing): it reads every [a:b:n] and [a|b] here as [emphasis] at all "
+                        "steps", 0, len(s))
     return Prompt(s, nodes, parser.warnings)
 
 
@@ -601,12 +626,17 @@ def embeddings(nodes: Iterable) -> list[str]:
     return [n.name for n, _, _ in walk(nodes) if type(n) is Embedding]
 
 
-def segments(nodes: Iterable, weight: float = 1.0, out: list | None = None) -> list:
-    """What the text encoder reads at the last step, in order: (text, effective weight) pairs, with the
-    Break and And nodes themselves marking chunk and part boundaries. Extra-network tags and AND weights
-    are removed before encoding; editing reads its `to` text (empty for [from::when]); alternation its
-    first option; embeddings, wildcards and stray brackets are read as their text."""
+def segments(nodes: Iterable, weight: float = 1.0, out: list | None = None, step: int | None = None,
+             steps: int = DEFAULT_STEPS) -> list:
+    """What the text encoder reads at sampling step `step` of `steps` (default: the last), in order: (text,
+    effective weight) pairs, with the Break and And nodes themselves marking chunk and part boundaries.
+    Extra-network tags and AND weights are removed before encoding; editing and alternation follow A1111's
+    schedule (`bridge.a1111`: `[from:to:when]` reads `from` up to step `edit_step(when)`, `[a|b]` reads option
+    (step - 1) mod n), so this agrees with the encoder at that step; embeddings, wildcards and stray brackets
+    are read as their text. Malformed brackets are read as this tree holds them: `bridge.a1111.attention` is
+    A1111's own reading."""
     out = [] if out is None else out
+    step = steps if step is None else step
     for node in nodes:
         t = type(node)
         if t is Text:
@@ -618,11 +648,14 @@ def segments(nodes: Iterable, weight: float = 1.0, out: list | None = None) -> l
         elif t in (Break, And):
             out.append(node)
         elif t is Emphasis:
-            segments(node.children, weight * node.factor, out)
+            segments(node.children, weight * node.factor, out, step, steps)
         elif t is Edit:
-            segments(node.parts[-1] if len(node.parts) == 2 else node.parts[0], weight, out)
+            if step <= edit_step(node.when_raw.strip(), steps):
+                segments(node.parts[0] if len(node.parts) == 2 else [], weight, out, step, steps)
+            else:
+                segments(node.parts[-1], weight, out, step, steps)
         elif t is Alternation:
-            segments(node.options[0], weight, out)
+            segments(node.options[(step - 1) % len(node.options)], weight, out, step, steps)
     return out
 
 

@@ -106,18 +106,15 @@ class Renderer:
         pipe = self.pipe
         s = self.settings
         images: list = [None] * len(prompts)
-        batches, chunks = self._batches(prompts, negs, batch_size)
+        batches, plans = self._batches(prompts, negs, batch_size)
         for batch in batches:
             # 3. One generator per image, seeded with that image's seed: batch-independent noise.
             gens = [torch.Generator(device="cpu").manual_seed(int(seeds[i])) for i in batch]
             texts, neg_texts = [prompts[i] for i in batch], [negs[i] for i in batch]
-            # 4. Text conditioning: A1111-weighted embeddings, or the raw text for diffusers to encode.
+            # 4. Text conditioning: A1111-weighted embeddings (switched at the steps where prompt editing or
+            # alternation changes the text), or the raw text for diffusers to encode.
             if s.weighting == "a1111":
-                from bridge.encode import encode_chunks
-
-                n = _chunk_count(chunks[batch[0]])
-                text_args = {"prompt_embeds": encode_chunks(pipe, [chunks[i][0] for i in batch], min_chunks=n),
-                             "negative_prompt_embeds": encode_chunks(pipe, [chunks[i][1] for i in batch], min_chunks=n)}
+                text_args = self._conditioning(pipe, [plans[i] for i in batch])
             else:
                 text_args = {"prompt": texts, "negative_prompt": neg_texts}
             # 5. Denoise and decode.
@@ -131,24 +128,72 @@ class Renderer:
         return images
 
     def _batches(self, prompts: Sequence[str], negs: list[str], batch_size: int) -> tuple[list[list[int]], list]:
-        """Index batches, and with A1111 weighting each item's (prompt, negative) `weighted_chunks`. A batch
-        then only holds items of one chunk count: padding a short prompt with empty chunks to match a long
-        neighbour would change its image."""
+        """Index batches, and with A1111 weighting each item's conditioning plan (`_plan`). A batch then only
+        holds items of one chunk count: padding a short prompt with empty chunks to match a long neighbour
+        would change its image."""
         if self.settings.weighting != "a1111":
             return [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)], []
+        plans = [self._plan(p, n) for p, n in zip(prompts, negs)]
+        groups: dict[int, list[int]] = {}
+        for i, plan in enumerate(plans):
+            groups.setdefault(plan.chunks, []).append(i)
+        return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)], plans
+
+    def _plan(self, prompt: str, negative: str) -> "_Plan":
+        """The (prompt, negative) `weighted_chunks` from each model call at which either one's text changes
+        (prompt editing, alternation: `bridge.a1111`), and the chunk count every step is padded to."""
+        from bridge.a1111 import calls_with_distinct_text
         from bridge.encode import weighted_chunks
 
-        tok = self.pipe.tokenizer
-        chunks = [(weighted_chunks(p, tok), weighted_chunks(n, tok, negative=True)) for p, n in zip(prompts, negs)]
-        groups: dict[int, list[int]] = {}
-        for i, pair in enumerate(chunks):
-            groups.setdefault(_chunk_count(pair), []).append(i)
-        return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)], chunks
+        tok, steps = self.pipe.tokenizer, self.settings.steps
+        calls = sorted(set(calls_with_distinct_text(prompt, False, steps))
+                       | set(calls_with_distinct_text(negative, True, steps)))
+        by_call = {call: (weighted_chunks(prompt, tok, call=call, steps=steps),
+                          weighted_chunks(negative, tok, negative=True, call=call, steps=steps)) for call in calls}
+        return _Plan(by_call, max(max(len(p), len(n)) for p, n in by_call.values()))
+
+    def _conditioning(self, pipe, plans: list["_Plan"]) -> dict:
+        """Prompt and negative embeddings for the first step, and a diffusers step callback that swaps in each
+        later step's when any item's text changes there (A1111 `reconstruct_cond_batch`). Items whose text does
+        not change get the same embeddings back, so an image does not depend on its batch neighbours."""
+        import torch
+
+        from bridge.encode import encode_chunks
+
+        n = plans[0].chunks
+        calls = sorted({call for plan in plans for call in plan.by_call})
+
+        def embeds(call: int) -> tuple:
+            active = [plan.at(call) for plan in plans]
+            return (encode_chunks(pipe, [p for p, _ in active], min_chunks=n),
+                    encode_chunks(pipe, [q for _, q in active], min_chunks=n))
+
+        prompt_embeds, negative_embeds = embeds(0)
+        args = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+        if len(calls) > 1:
+            switches = {call: embeds(call) for call in calls[1:]}
+
+            def on_step_end(pipeline, i: int, t, kwargs: dict) -> dict:
+                # Called after model call i: set what call i + 1 reads. With guidance the pipeline holds
+                # cat([negative, prompt]) in `prompt_embeds` (diffusers StableDiffusionPipeline.__call__).
+                if i + 1 not in switches:
+                    return {}
+                pos, neg = switches[i + 1]
+                return {"prompt_embeds": torch.cat([neg, pos]) if pipeline.do_classifier_free_guidance else pos}
+
+            args.update(callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+        return args
 
 
-def _chunk_count(pair: tuple[list, list]) -> int:
-    """Chunks an item needs: its prompt and negative prompt are padded to the same count."""
-    return max(len(pair[0]), len(pair[1]))
+@dataclass(frozen=True)
+class _Plan:
+    """One item's conditioning: (prompt chunks, negative chunks) from each model call where they change."""
+
+    by_call: dict
+    chunks: int
+
+    def at(self, call: int) -> tuple:
+        return self.by_call[max(c for c in self.by_call if c <= call)]
 
 
 def derive_seed(base_seed: int, prompt: str, index: int) -> int:

@@ -25,6 +25,8 @@ from pathlib import Path
 import ftfy
 import regex
 
+from bridge.a1111 import DEFAULT_STEPS
+
 _WHITESPACE = regex.compile(r"\s+")
 
 CONTEXT_LENGTH = 77  # positions the text encoder sees
@@ -194,17 +196,27 @@ def pack_chunks(runs: list, is_comma) -> list[tuple[list, list[float]]]:
     return chunks
 
 
-def token_runs(nodes, tokenize) -> list:
-    """`encoder_runs` of `nodes` with each text run's tokens, `tokenize(cleaned text)`: the input of
-    `pack_chunks`, for the pure-Python counter and the pipeline's tokenizer alike."""
-    from bridge.prompt import encoder_runs
+def token_runs(runs: list, tokenize) -> list:
+    """The input of `pack_chunks` from `bridge.a1111` runs: each (text, weight) run as (tokenize(cleaned text),
+    weight); None at a BREAK and between AND parts. A BREAK that brackets multiplied (`(b BREAK c)`, weight
+    -1.1) is no break to A1111: it encodes the word "break", and so does this."""
+    return [None if run is None or run == ("BREAK", -1.0)
+            else (tokenize(clean(run[0])) if run[0].strip() else [], run[1]) for run in runs]
 
-    return [None if not isinstance(r, tuple) else (tokenize(clean(r[0])) if r[0].strip() else [], r[1])
-            for r in encoder_runs(nodes)]
 
+def _piece_runs(text: str, negative: bool, steps: int) -> list:
+    """The runs of the step whose text costs the most tokens: A1111's token counter shows that maximum over a
+    prompt's schedule, and the longest step is the one a chunk or budget limit bites on."""
+    from bridge.a1111 import calls_with_distinct_text, runs_at
 
-def _piece_runs(nodes) -> list:
-    return token_runs(nodes, clip_tokenizer().pieces)
+    pieces = clip_tokenizer().pieces
+    best: tuple[int, list] | None = None
+    for call in calls_with_distinct_text(text, negative, steps):
+        runs = token_runs(runs_at(text, call, negative, steps), pieces)
+        total = sum(len(run[0]) for run in runs if run is not None)
+        if best is None or total > best[0]:
+            best = (total, runs)
+    return best[1]
 
 
 def _between_breaks(runs: list) -> list[int]:
@@ -217,22 +229,23 @@ def _between_breaks(runs: list) -> list[int]:
     return counts
 
 
-def tokens_between_breaks(nodes) -> list[int]:
+def tokens_between_breaks(text: str, negative: bool = False, steps: int = DEFAULT_STEPS) -> list[int]:
     """Tokens of the text between BREAKs (per AND part, in order): what a target that truncates at 75 tokens
     per chunk reads the first 75 of."""
-    return _between_breaks(_piece_runs(nodes))
+    return _between_breaks(_piece_runs(text, negative, steps))
 
 
-def a1111_chunks(nodes) -> list[list[str]]:
-    """The CLIP token pieces of each 75-token chunk A1111 encodes `nodes` into, AND parts one after another."""
-    return [tokens for tokens, _ in pack_chunks(_piece_runs(nodes), _is_comma)]
+def a1111_chunks(text: str, negative: bool = False, steps: int = DEFAULT_STEPS) -> list[list[str]]:
+    """The CLIP token pieces of each 75-token chunk A1111 encodes `text` into, AND parts one after another."""
+    return [tokens for tokens, _ in pack_chunks(_piece_runs(text, negative, steps), _is_comma)]
 
 
 def _is_comma(piece: str) -> bool:
     return piece == ",</w>"
 
 
-def token_budget(nodes, truncates: bool) -> tuple[list[int], list]:
+def token_budget(text: str, truncates: bool, negative: bool = False,
+                 steps: int = DEFAULT_STEPS) -> tuple[list[int], list]:
     """Text tokens per chunk as A1111 packs them (`pack_chunks`), and warnings for text between BREAKs that
     needs more than one 75-token chunk.
 
@@ -242,7 +255,7 @@ def token_budget(nodes, truncates: bool) -> tuple[list[int], list]:
     """
     from bridge.prompt import PromptWarning
 
-    runs = _piece_runs(nodes)
+    runs = _piece_runs(text, negative, steps)
     counts = [len(tokens) for tokens, _ in pack_chunks(runs, _is_comma)]
     warnings = []
     for k, count in enumerate(_between_breaks(runs)):

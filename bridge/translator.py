@@ -134,9 +134,9 @@ class Translator:
             self._said_syntax = True
         # 2. The policy (the syntax strategy) on prompts and negatives.
         names = self.policy.embedding_names()
-        parsed = [parse(p, names) for p in prompts]  # read once: for the policy and the token count before
+        parsed = [parse(p, names, syntax=self.policy.syntax) for p in prompts]  # read once: for the policy and the token count before
         syn = [apply_policy(p, self.policy, self._network_map) for p in parsed]
-        syn_neg = [apply_policy(parse(n, names, negative=True), self.policy, self._network_map)
+        syn_neg = [apply_policy(parse(n, names, negative=True, syntax=self.policy.syntax), self.policy, self._network_map)
                    if n is not None else None for n in negatives]
         # 3. Learned rewriting of the text leaves, checked against the structure.
         candidates = [[s.prompt] for s in syn]
@@ -152,12 +152,11 @@ class Translator:
         # 4. Token budgets and warnings per prompt.
         out = []
         for k, prompt in enumerate(prompts):
-            before, _ = token_budget(parsed[k].nodes, truncates=self.target.truncates)
-            after, budget = token_budget(parse(candidates[k][0], names).nodes, truncates=self.target.truncates)
+            before, _ = token_budget(parsed[k].source, truncates=self.target.truncates)
+            after, budget = token_budget(candidates[k][0], truncates=self.target.truncates)
             warnings = [dict(w.to_dict(), field="prompt") for w in syn[k].warnings + budget]
             if syn_neg[k] is not None:
-                _, neg_budget = token_budget(parse(syn_neg[k].prompt, names, negative=True).nodes,
-                                             self.target.truncates)
+                _, neg_budget = token_budget(syn_neg[k].prompt, self.target.truncates, negative=True)
                 warnings += [dict(w.to_dict(), field="negative_prompt") for w in syn_neg[k].warnings + neg_budget]
             if unfinished[k]:
                 warnings.append({"code": "rewrite-unfinished", "message": "the rewrite did not end within its "

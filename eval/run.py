@@ -178,7 +178,6 @@ def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prom
                    chunk: int = 8) -> list[dict]:
     """Per prompt: the target's renders of the strategy's text against the source renders, `chunk` prompts
     at a time so that `on_prompts` can move a progress bar."""
-    from bridge.prompt import parse
     from bridge.tokens import token_budget
 
     text_emb = scorer.embed_texts([it.prompt for it in items])
@@ -194,7 +193,7 @@ def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prom
             e = emb[k : k + len(it.seeds)]
             k += len(it.seeds)
             per_seed = torch.nn.functional.cosine_similarity(e, it.source_emb, dim=-1).tolist()
-            counts, _ = token_budget(parse(strat["prompts"][i]).nodes, truncates=True)
+            counts, _ = token_budget(strat["prompts"][i], truncates=True)
             rows.append({"text": strat["prompts"][i], "negative": strat["negatives"][i], "agreement": mean(per_seed),
                          "per_seed": per_seed, "text_score": float((e @ text_emb[i]).mean()),
                          "tokens": sum(counts), "length": len(strat["prompts"][i])})

@@ -12,27 +12,28 @@ from bridge.tokens import count_tokens, token_budget
 
 
 def test_chunks_are_counted_separately_and_networks_cost_nothing():
-    counts, warnings = token_budget(parse("a red fox <lora:x:1> BREAK (snow:1.2) AND a dog").nodes, truncates=True)
+    counts, warnings = token_budget("a red fox <lora:x:1> BREAK (snow:1.2) AND a dog", truncates=True)
     assert counts == [count_tokens("a red fox"), count_tokens("snow"), count_tokens("a dog")]
     assert warnings == []
 
 
 def test_long_chunk_warns_for_a_truncating_target_only():
     long = ", ".join(["highly detailed"] * 40)
-    counts, warnings = token_budget(parse(long).nodes, truncates=True)
+    counts, warnings = token_budget(long, truncates=True)
     assert counts == [75, 44]  # 119 tokens, packed as A1111 packs them: the first chunk ends at a comma
     assert [w.code for w in warnings] == ["token-budget"] and "ignores the last 44" in warnings[0].message
-    _, warnings = token_budget(parse(long).nodes, truncates=False)
+    _, warnings = token_budget(long, truncates=False)
     assert "goes on in another 75-token chunk" in warnings[0].message
-    counts, warnings = token_budget(parse(long.replace(", highly detailed, ", " BREAK ", 10)).nodes, truncates=True)
+    counts, warnings = token_budget(long.replace(", highly detailed, ", " BREAK ", 10), truncates=True)
     assert len(counts) == 11
 
 
 def test_inspect_json_has_the_documented_keys(capsys):
     prompt = "(masterpiece:1.2), <lora:add_detail:0.7>, a [cat:dog:0.5] BREAK {soft light}, EasyNegative"
-    assert main(["inspect", "--json", prompt, "--negative", "(worst quality:1.4), ng_deepnegative_v1_75t"]) == 0
+    assert main(["inspect", "--json", prompt, "--negative", "(worst quality:1.4), ng_deepnegative_v1_75t",
+                 "--syntax", "novelai"]) == 0
     out = json.loads(capsys.readouterr().out)
-    for key in ("roundtrip", "weights", "networks", "embeddings", "chunks", "warnings", "syntax"):
+    for key in ("roundtrip", "weights", "schedule", "networks", "embeddings", "chunks", "warnings", "syntax"):
         assert key in out and key in out["negative"]
     assert out["roundtrip"] == prompt
     assert {"text": "masterpiece", "weight": 1.2} in out["weights"]

@@ -48,3 +48,44 @@ def test_renders_are_independent_of_batch_neighbours():
     # "a cat" is not padded to the long prompt's two chunks: it is batched only with one-chunk prompts.
     diff = np.abs(np.asarray(together[0], dtype=np.int16) - np.asarray(alone, dtype=np.int16)).max()
     assert diff <= 1
+
+
+def _render_by_hand(r: Renderer, texts_per_call: list[str], seed: int):
+    """The reference for prompt editing: the pipeline driven step by step with embeddings built here, one text
+    per model call, switched by a diffusers step callback written independently of the Renderer's."""
+    pipe, s = r.pipe, r.settings
+    neg = encode_prompts(pipe, [""])
+    per_call = [encode_prompts(pipe, [t]) for t in texts_per_call]
+
+    def switch(pipeline, i, t, kwargs):
+        if i + 1 < len(per_call) and texts_per_call[i + 1] != texts_per_call[i]:
+            return {"prompt_embeds": torch.cat([neg, per_call[i + 1]])}
+        return {}
+
+    with torch.inference_mode():
+        return pipe(prompt_embeds=per_call[0], negative_prompt_embeds=neg, num_inference_steps=s.steps,
+                    guidance_scale=s.guidance, height=s.height, width=s.width,
+                    generator=[torch.Generator().manual_seed(seed)], callback_on_step_end=switch,
+                    callback_on_step_end_tensor_inputs=["prompt_embeds"], output_type="pil").images[0]
+
+
+@pytest.mark.parametrize("prompt,per_call", [
+    # `.5` of 6 steps is step 3: A1111's model calls 0-3 read "a cat" (call <= end step), calls 4-5 "a dog".
+    ("[a cat:a dog:0.5]", ["a cat"] * 4 + ["a dog"] * 2),
+    # An integer is a step: the same switch written as 3.
+    ("[a cat:a dog:3]", ["a cat"] * 4 + ["a dog"] * 2),
+    # Alternation: step k reads option (k - 1) % 2, and call c the first step >= c: cat, cat, dog, cat, dog, cat.
+    ("[a cat|a dog]", ["a cat", "a cat", "a dog", "a cat", "a dog", "a cat"]),
+])
+def test_prompt_editing_switches_the_conditioning_at_a1111s_steps(prompt, per_call):
+    import numpy as np
+
+    from bridge.render import RenderSettings
+
+    preset = presets.pipeline("tiny-sd15")
+    r = Renderer(preset, RenderSettings.for_preset(preset, steps=6))
+    ours = np.asarray(r([prompt], [7])[0])
+    assert np.array_equal(ours, np.asarray(_render_by_hand(r, per_call, 7)))
+    # Neither text alone draws it: the switch is what the image shows.
+    for alone in ("a cat", "a dog"):
+        assert not np.array_equal(ours, np.asarray(r([alone], [7])[0]))

@@ -20,7 +20,7 @@ SYNTAX = list("()[]{}<>:|\\,.-_ \n\r\t0123456789") + [
     "Negative prompt:", "Steps: 20, Sampler: Euler a", "Size: 512x768", "Clip skip: 2", "Hypernet: ", '"', "\r\n"]
 ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=())  # surrogates too
 user_text = st.lists(st.one_of(st.sampled_from(SYNTAX), ANY_CHAR), max_size=80).map("".join)
-POLICIES = [MigrationPolicy(), MigrationPolicy(networks="keep", embeddings="keep", braces="keep", normalize=False)]
+POLICIES = [MigrationPolicy(), MigrationPolicy(networks="keep", embeddings="keep", syntax="novelai", normalize=False)]
 
 
 @settings(max_examples=600, deadline=None)
@@ -31,7 +31,7 @@ def test_no_prompt_makes_the_parser_or_its_walks_raise(s):
     list(walk(p.nodes)), leaves(p.nodes), weighted_spans(p.nodes), networks(p.nodes), embeddings(p.nodes)
     segments(p.nodes), chunk_texts(p.nodes), plain_text(p.nodes)
     replace_leaves(p, str.upper)
-    token_budget(p.nodes, truncates=False)
+    token_budget(s, truncates=False)
 
 
 @settings(max_examples=600, deadline=None)

@@ -54,11 +54,13 @@ def test_unknown_tags_wildcards_and_structure_are_kept():
     assert apply_policy(src).prompt == src
 
 
-def test_braces_convert_to_a1111_weights():
-    r = apply_policy("{cat}, {{dog}}")
+def test_braces_are_text_unless_the_source_is_novelai():
+    """A1111 reads `{x}` as text, so an A1111 prompt keeps its braces; NovelAI weighting is the explicit source
+    dialect, and its braces become A1111 weights."""
+    assert apply_policy("{cat}, {{dog}}").prompt == "{cat}, {{dog}}" and codes(apply_policy("{cat}")) == []
+    r = apply_policy("{cat}, {{dog}}", MigrationPolicy(syntax="novelai"))
     assert r.prompt == "(cat:1.05), (dog:1.1025)"
     assert codes(r) == ["braces-converted", "braces-converted"]
-    assert apply_policy("{cat}", MigrationPolicy(braces="keep")).prompt == "{cat}"
 
 
 def test_emptied_brackets_disappear_and_commas_collapse():
@@ -80,7 +82,7 @@ def test_syntax_strategy_is_idempotent_on_soup(s):
 
 
 def test_syntax_strategy_is_idempotent_on_the_corpus(prompts_dir):
-    for policy in (MigrationPolicy(), MigrationPolicy(networks="keep", embeddings="keep", braces="keep")):
+    for policy in (MigrationPolicy(), MigrationPolicy(networks="keep", embeddings="keep", syntax="novelai")):
         for row in read_jsonl(prompts_dir / "a1111.jsonl"):
             for text in (row["prompt"], row["negative_prompt"] or ""):
                 once = apply_policy(text, policy).prompt
@@ -101,7 +103,7 @@ def test_clip_skip_and_size_warnings():
 
 def test_syntax_output_reparses_with_the_same_weights():
     src = "((masterpiece)), [blurry], (cat:1.3), <lora:x:1>, {soft}"
-    out = apply_policy(src).prompt
+    out = apply_policy(src, MigrationPolicy(syntax="novelai")).prompt  # NovelAI in, A1111 out
     weights = {w["text"]: round(w["weight"], 4) for w in
                __import__("bridge.prompt", fromlist=["weighted_spans"]).weighted_spans(parse(out).nodes)}
     assert weights == {"masterpiece": 1.21, "blurry": 0.9091, "cat": 1.3, "soft": 1.05}

@@ -27,8 +27,8 @@ def weights_of(s: str) -> dict[str, float]:
     ("((cat:1.5))", {"cat": 1.65}),
     ("(a (b:2) c)", {"a ": 1.1, "b": 2.2, " c": 1.1}),
     ("(cat:.5)", {"cat": 0.5}),
-    ("{cat}", {"cat": 1.05}),
-    ("{{cat}}", {"cat": 1.1025}),
+    ("{cat}", {}),  # A1111 reads braces as text
+    ("({cat})", {"{cat}": 1.1}),
     ("(a:b)", {"a:b": 1.1}),  # ':' without a number is text
     ("(EasyNegative:1.2)", {"EasyNegative": 1.2}),
     ("cat", {}),
@@ -37,6 +37,15 @@ def weights_of(s: str) -> dict[str, float]:
 def test_effective_weights(prompt, expected):
     assert weights_of(prompt) == expected
     assert parse(prompt).serialize() == prompt
+
+
+def test_novelai_syntax_weighs_braces():
+    """NovelAI emphasis is the source dialect's choice: `syntax="novelai"` weighs `{x}` x1.05 per level."""
+    spans = lambda text: {w["text"]: w["weight"] for w in weighted_spans(parse(text, syntax="novelai").nodes)}  # noqa: E731
+    assert spans("{cat}") == {"cat": 1.05} and spans("{{cat}}") == {"cat": 1.1025}
+    assert parse("{cat}", syntax="novelai").serialize() == "{cat}"
+    with pytest.raises(ValueError, match="unknown prompt syntax 'nai'"):
+        parse("x", syntax="nai")
 
 
 @pytest.mark.parametrize("prompt, types", [
@@ -72,7 +81,8 @@ def test_edit_and_alternation_details():
     assert parse("[a::12]").nodes[0].parts[1] == []
     alt = parse("[red|blue|]").nodes[0]
     assert len(alt.options) == 3 and alt.options[2] == []
-    assert plain_text(parse("a [cat:dog:0.5] [x|y]").nodes) == "a dog x"
+    # The last of 20 steps (A1111: option (20 - 1) mod 2 of an alternation).
+    assert plain_text(parse("a [cat:dog:0.5] [x|y]").nodes) == "a dog y"
 
 
 def test_networks_and_embeddings():
@@ -93,7 +103,7 @@ def test_networks_and_embeddings():
 @pytest.mark.parametrize("prompt, code", [
     ("(a, b", "unclosed-bracket"),
     ("[a", "unclosed-bracket"),
-    ("{a", "unclosed-bracket"),
+    ("{a|b", "unclosed-bracket"),
     ("a)", "stray-bracket"),
     ("a]", "stray-bracket"),
     ("(a AND b)", "and-in-brackets"),

@@ -28,7 +28,6 @@ class ClipAgreementReward:
 
     def __call__(self, sources: Sequence[str], candidates: Sequence[str], *, seeds: Sequence[list[int]],
                  source_embeddings: Sequence[torch.Tensor], negatives: Sequence[str | None], **_) -> list[float]:
-        from bridge.prompt import parse
         from bridge.tokens import tokens_between_breaks
 
         flat_p, flat_s, flat_n, owner = [], [], [], []
@@ -51,7 +50,7 @@ class ClipAgreementReward:
         for i, cand in enumerate(candidates):
             # Only a render that truncates loses the tokens past 75; A1111 chunking reads them all.
             if self.token_penalty and self.truncates:
-                over = sum(max(0, c - CHUNK_TOKENS) for c in tokens_between_breaks(parse(cand).nodes))
+                over = sum(max(0, c - CHUNK_TOKENS) for c in tokens_between_breaks(cand))
                 rewards[i] -= self.token_penalty * over / CHUNK_TOKENS
             if self.length_penalty:
                 rewards[i] -= self.length_penalty * abs(len(cand) - len(sources[i])) / max(1, len(sources[i]))
