@@ -1,8 +1,10 @@
-"""Run every benchmark: `uv run python -m benchmarks` (or `make bench`)."""
+"""Run every benchmark: `uv run python -m benchmarks` (or `make bench`). `benchmarks.a1111_parity` needs a checkout
+of the A1111 WebUI (`SD_BRIDGE_WEBUI=PATH`) and runs when one is given."""
 
+import os
 import tempfile
 
-from benchmarks import (app_load, cli_start, demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
+from benchmarks import (a1111_parity, app_load, cli_start, demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
                         toyworld_learning, train_step_split)
 
 if __name__ == "__main__":
@@ -17,3 +19,5 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         toyworld_learning.main(["--out", tmp])
     demo_time.main()
+    if os.environ.get("SD_BRIDGE_WEBUI"):
+        a1111_parity.main(["--webui", os.environ["SD_BRIDGE_WEBUI"]])
