@@ -305,8 +305,9 @@ def read(text: str, negative: bool = False, steps: int = DEFAULT_STEPS) -> list[
 
 
 def schedule(text: str, steps: int = DEFAULT_STEPS, negative: bool = False) -> list[dict]:
-    """The public view of `read`: per AND part, its weight and [{"until_step", "text"}] over `steps` steps."""
-    return [{"weight": p.weight, "schedule": [{"until_step": end, "text": t} for end, t in p.schedule]}
+    """The public view of `read` (and `inspect`'s "schedule"): per AND part, its weight and the text it encodes
+    until each step, [{"until_step", "text"}] over `steps` steps."""
+    return [{"weight": p.weight, "steps": [{"until_step": end, "text": t} for end, t in p.schedule]}
             for p in read(text, negative, steps)]
 
 

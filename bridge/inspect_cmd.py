@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from bridge import presets
-from bridge.a1111 import DEFAULT_STEPS, attention, read
+from bridge.a1111 import DEFAULT_STEPS, attention, read, schedule
 from bridge.policy import MigrationPolicy, apply_policy
 from bridge.prompt import (
     AndWeight, Edit, Emphasis, Alternation, Variants, embeddings, networks, parse, weighted_spans,
@@ -43,15 +43,13 @@ def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, 
     parsed = parse(text, policy.embedding_names(), negative=negative, syntax=policy.syntax)
     counts, budget_warnings = token_budget(text, truncates=target.truncates, negative=negative, steps=steps)
     migrated = apply_policy(parsed, policy)
-    parts = read(text, negative, steps)
     return {
         "roundtrip": parsed.serialize(),
         "tree": format_tree(parsed.nodes),
         # The weights SD1.5 was drawn with: A1111's own reading at the last step (malformed brackets included);
         # a NovelAI-syntax prompt's intended weights come from the tree, which weighs its braces.
-        "weights": weighted_spans(parsed.nodes) if policy.syntax == "novelai" else a1111_weights(parts),
-        "schedule": [{"weight": p.weight, "steps": [{"until_step": end, "text": t} for end, t in p.schedule]}
-                     for p in parts],
+        "weights": weighted_spans(parsed.nodes) if policy.syntax == "novelai" else a1111_weights(text, negative),
+        "schedule": schedule(text, steps, negative),
         "networks": networks(parsed.nodes),
         "embeddings": embeddings(parsed.nodes),
         "chunks": counts,
@@ -60,9 +58,9 @@ def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, 
     }
 
 
-def a1111_weights(parts) -> list[dict]:
+def a1111_weights(text: str, negative: bool) -> list[dict]:
     """`{text, weight}` of each non-blank run whose weight is not 1, as A1111 reads it at the last step."""
-    return [{"text": t, "weight": round(w, 6)} for part in parts for t, w in attention(part.schedule[-1][1])
+    return [{"text": t, "weight": round(w, 6)} for part in read(text, negative) for t, w in attention(part.schedule[-1][1])
             if t.strip() and abs(w - 1.0) > 1e-9]
 
 

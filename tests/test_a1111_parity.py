@@ -214,3 +214,11 @@ def test_inspect_shows_the_schedule(capsys):
     assert main(["inspect", "--json", "(a [b) c]"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["weights"] == [{"text": "a ", "weight": 1.1}, {"text": " c", "weight": 0.909091}]
+
+
+def test_schedule_api():
+    from bridge.a1111 import schedule
+
+    assert schedule("a [b:c:0.5] AND d:0.7", steps=4) == [
+        {"weight": 1.0, "steps": [{"until_step": 2, "text": "a b"}, {"until_step": 4, "text": "a c"}]},
+        {"weight": 0.7, "steps": [{"until_step": 4, "text": " d"}]}]

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from bridge.cli import main
-from bridge.prompt import parse
 from bridge.tokens import count_tokens, token_budget
 
 
