@@ -10,10 +10,10 @@ modules/prompt_parser.py):
   1. extra-network tags `<kind:args>` are removed from the prompt (never from the negative);
   2. the prompt is split at `\\bAND\\b` in the raw text (even inside brackets), and each part's trailing
      `:w` is its composable-diffusion weight: `1girl, (masterpiece:1.4` is part "1girl, (masterpiece" at 1.4;
-  3. each part's prompt-editing / alternation schedule: the part is parsed with A1111's schedule grammar
-     (A1111's lark grammar, parsed here by `_Schedule`); a number with a "." is a fraction of the steps, an integer is
-     a step, both capped at the step count, so `[b:1.5]` never switches; `[a|b]` changes every step; a part
-     the grammar cannot parse is one text for all steps;
+  3. each part's prompt-editing / alternation schedule, from A1111's schedule grammar (parsed here by
+     `_Schedule`): a number with a "." is a fraction of the steps, an integer a step, both capped at the step
+     count, so `[b:1.5]` never switches; `[a|b]` changes every step; a part the grammar cannot parse is one
+     text for all steps;
   4. each scheduled text is read for attention: `(x)` ×1.1, `[x]` ÷1.1, `(x:w)` ×w, with round and square
      brackets on separate stacks, unclosed ones closing at the end, BREAK kept as a marker of weight -1 that
      the enclosing brackets multiply too (A1111's bug: `(b BREAK c)` encodes the word "break" at -1.1), and
@@ -33,9 +33,7 @@ DEFAULT_STEPS = 20  # A1111's default sampling steps: the schedule shown when no
 
 _NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111 extra_networks re_extra_net
 _AND = re.compile(r"\bAND\b")
-# A part's trailing `:w`. A1111's re_weight, `^((?:\s|.)*?)(?:\s*:\s*(number))?\s*$`, backtracks over the whole
-# part from every position; anchoring the search at the last colon gives the same split in linear time.
-_PART_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*")
+_PART_WEIGHT = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*")  # a part's trailing `:w`, from its colon
 _ATTENTION = re.compile(r"\\[()\[\]\\]?|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
@@ -44,8 +42,10 @@ _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 # `[a]` nest; a `|` outside an alternation, or a backslash before nothing, fails the whole parse. Earley took
 # 0.36 s per bracketed prompt of the corpus (a 10,000-row migration would spend an hour on it), so
 # `_Schedule` parses the same language by recursive descent: at the top level a bracket that does not close
-# into a valid construct is text, as Earley's literal alternative makes it. tests/test_a1111_parity.py holds
-# it equal to the grammar run by lark on every corpus prompt and on generated bracket soup.
+# into a valid construct is text, as Earley's literal alternative makes it. It equals the grammar run by lark
+# on A1111's doctests and the shortest corpus prompts (tests/test_a1111_parity.py) and on all 187 bracketed
+# corpus prompts (benchmarks/a1111_parity.py); on random bracket soup about 1% differ, where an edit touches
+# a run of stray `]]` or `):` and Earley's ambiguity resolution reads the edit as text.
 _NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")  # lark common.SIGNED_NUMBER
 MAX_NESTING = 100  # deeper constructs fail (and read as text at the top level), not the Python stack
 
@@ -166,19 +166,28 @@ def strip_networks(prompt: str) -> str:
     return _NETWORK.sub("", prompt)
 
 
+def part_weight_start(part: str) -> int | None:
+    """Where an AND part's trailing `:w` starts (with the whitespace before its colon), or None. A1111's
+    re_weight, `^((?:\s|.)*?)(?:\s*:\s*(number))?\s*$`, backtracks over the whole part from every position;
+    the tail from the last colon must be the number, so anchoring there gives the same split in linear time."""
+    colon = part.rfind(":")
+    if colon < 0 or not _PART_WEIGHT.fullmatch(part, colon):
+        return None
+    start = colon
+    while start > 0 and part[start - 1].isspace():
+        start -= 1
+    return start
+
+
 def and_parts(prompt: str) -> list[tuple[str, float]]:
     """Split at AND in the raw text; each part's trailing `:w` is its weight (default 1.0)."""
     out = []
     for part in _AND.split(prompt):
-        colon = part.rfind(":")
-        m = _PART_WEIGHT.fullmatch(part, colon) if colon >= 0 else None
-        if m is None:
+        start = part_weight_start(part)
+        if start is None:
             out.append((part.rstrip(), 1.0))  # re_weight's lazy text leaves the trailing whitespace out
-            continue
-        start = colon
-        while start > 0 and part[start - 1].isspace():
-            start -= 1
-        out.append((part[:start], float(m.group(1))))
+        else:
+            out.append((part[:start], float(part[start:].strip()[1:])))  # the tail is `:` and a number
     return out
 
 
@@ -193,25 +202,28 @@ def edit_step(when: str, steps: int) -> int:
 def prompt_schedule(text: str, steps: int = DEFAULT_STEPS) -> list[tuple[int, str]]:
     """[(end step, text)] for one AND part over `steps` sampling steps (A1111
     `get_learned_conditioning_prompt_schedules`): editing and alternation resolved, brackets for emphasis kept."""
-    if "[" not in text:  # no editing or alternation can be written without one
-        return [(steps, text)]
-    try:
-        nodes = _Schedule(text).top()
-    except _Fail:
+    nodes = _constructs(text) if "[" in text else None  # no editing or alternation without a `[`
+    if nodes is None:
         return [(steps, text)]
     ends = {steps}
     _collect_ends(nodes, steps, ends)
     return [(end, _text_at(text, 0, len(text), nodes, end, steps)) for end in sorted(ends)]
 
 
+@lru_cache(maxsize=4096)
+def _constructs(text: str) -> list | None:
+    """`_Schedule(text).top()`, or None where A1111's parse fails; once per text for the parser's warning, the
+    schedule at every step count and every call of the encoder."""
+    try:
+        return _Schedule(text).top()
+    except _Fail:
+        return None
+
+
 def schedule_parses(text: str) -> bool:
     """False when A1111 cannot parse `text`'s schedule (a `|` outside an alternation, a backslash before nothing
     or a newline): it then reads every `[a:b:n]` and `[a|b]` in it as plain emphasis, for every step."""
-    try:
-        _Schedule(text).top()
-    except _Fail:
-        return False
-    return True
+    return _constructs(text) is not None
 
 
 def _collect_ends(nodes: list, steps: int, ends: set[int]) -> None:

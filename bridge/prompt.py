@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Union
 
-from bridge.a1111 import DEFAULT_STEPS, and_parts, edit_step, schedule_parses, strip_networks
+from bridge.a1111 import DEFAULT_STEPS, and_parts, edit_step, part_weight_start, schedule_parses, strip_networks
 
 ROUND, SQUARE, BRACE = 1.1, 1 / 1.1, 1.05  # A1111 attention multipliers; NovelAI braces
 
@@ -55,19 +55,6 @@ _NETWORK_HEAD = re.compile(r"<\w+:")
 # A1111 `re_weight` for the tail of an AND part; found from the last `:` (searching it from every space of a
 # long run was quadratic).
 _AND_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*$")
-_AND_WEIGHT_TAIL = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*")
-
-
-def _and_weight_start(raw: str) -> int | None:
-    """Where `_AND_WEIGHT.search(raw)` would start, in linear time: the tail from the last `:` must be a
-    number, and the match begins at the whitespace run before that colon."""
-    colon = raw.rfind(":")
-    if colon < 0 or not _AND_WEIGHT_TAIL.fullmatch(raw, colon):
-        return None
-    start = colon
-    while start > 0 and raw[start - 1].isspace():
-        start -= 1
-    return start
 # A1111's re_attention reads `\(` `\)` `\[` `\]` `\\` as the escaped character, and any other backslash as a
 # token of its own that `parse_prompt_attention` turns into "" (text[1:]): `fate\/stay night` encodes as
 # `fate/stay night`, a trailing `\` as nothing.
@@ -535,7 +522,7 @@ def _split_and_weights(nodes: list) -> list:
     part_end = {k for k, node in enumerate(nodes) if type(node) is And} | {len(nodes)}
     for k, node in enumerate(nodes):
         if k + 1 in part_end and type(node) is Text:
-            start = _and_weight_start(node.raw)
+            start = part_weight_start(node.raw)
             if start is not None and (start > 0 or k > 0 and type(nodes[k - 1]) is not And):
                 if start > 0:
                     out.append(Text(node.raw[:start], node.start))
