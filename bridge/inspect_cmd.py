@@ -109,10 +109,11 @@ def run_inspect(cfg: InspectConfig, log=print) -> dict:
             log("networks: " + ", ".join(f"<{n['type']}:{n['name']}> w={n['weight']}" for n in part["networks"]))
         if part["embeddings"]:
             log("embeddings: " + ", ".join(part["embeddings"]))
-        if len(part["schedule"]) > 1 or part["schedule"][0]["weight"] != 1 or len(part["schedule"][0]["steps"]) > 1:
-            for k, p in enumerate(part["schedule"]):
-                head = f"AND part {k + 1} (weight {p['weight']:g})" if len(part["schedule"]) > 1 or p["weight"] != 1 \
-                    else "schedule"
+        sched = part["schedule"]
+        show_parts = len(sched) > 1 or sched[0]["weight"] != 1
+        if show_parts or len(sched[0]["steps"]) > 1:
+            for k, p in enumerate(sched):
+                head = f"AND part {k + 1} (weight {p['weight']:g})" if show_parts else "schedule"
                 log(f"{head}, over {cfg.steps} steps:")
                 for entry in p["steps"]:
                     log(f"  until step {entry['until_step']:>3}: {entry['text']!r}")

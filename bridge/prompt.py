@@ -646,19 +646,6 @@ def segments(nodes: Iterable, weight: float = 1.0, out: list | None = None, step
     return out
 
 
-def encoder_runs(nodes: Iterable) -> list:
-    """`segments` as A1111 tokenizes them: neighbouring texts of equal weight merged into one run (the end of
-    `parse_prompt_attention`), so `(cropped)(people)` is tokenized as "croppedpeople" (cro/pp/ed/people) and
-    `realistic,<lora:x:0.7>,armor` as "realistic,,armor" (one `,,` token). Break/And markers stay."""
-    out: list = []
-    for seg in segments(nodes):
-        if type(seg) is tuple and out and type(out[-1]) is tuple and out[-1][1] == seg[1]:
-            out[-1] = (out[-1][0] + seg[0], seg[1])
-        else:
-            out.append(seg)
-    return out
-
-
 def chunk_texts(nodes: Iterable) -> list[list[str]]:
     """Per AND part, the texts of its BREAK chunks (brackets removed, networks dropped)."""
     parts: list[list[str]] = [[""]]

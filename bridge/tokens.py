@@ -25,7 +25,7 @@ from pathlib import Path
 import ftfy
 import regex
 
-from bridge.a1111 import DEFAULT_STEPS
+from bridge.a1111 import DEFAULT_STEPS, calls_with_distinct_text, runs_at
 
 _WHITESPACE = regex.compile(r"\s+")
 
@@ -207,8 +207,6 @@ def token_runs(runs: list, tokenize) -> list:
 def _piece_runs(text: str, negative: bool, steps: int) -> list:
     """The runs of the step whose text costs the most tokens: A1111's token counter shows that maximum over a
     prompt's schedule, and the longest step is the one a chunk or budget limit bites on."""
-    from bridge.a1111 import calls_with_distinct_text, runs_at
-
     pieces = clip_tokenizer().pieces
     best: tuple[int, list] | None = None
     for call in calls_with_distinct_text(text, negative, steps):

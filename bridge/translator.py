@@ -134,7 +134,7 @@ class Translator:
             self._said_syntax = True
         # 2. The policy (the syntax strategy) on prompts and negatives.
         names = self.policy.embedding_names()
-        parsed = [parse(p, names, syntax=self.policy.syntax) for p in prompts]  # read once: for the policy and the token count before
+        parsed = [parse(p, names, syntax=self.policy.syntax) for p in prompts]
         syn = [apply_policy(p, self.policy, self._network_map) for p in parsed]
         syn_neg = [apply_policy(parse(n, names, negative=True, syntax=self.policy.syntax), self.policy, self._network_map)
                    if n is not None else None for n in negatives]

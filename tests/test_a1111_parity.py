@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import Translator
-from bridge.a1111 import calls_with_distinct_text
+from bridge.a1111 import attention, calls_with_distinct_text
 from bridge.encode import weighted_chunks
-from bridge.prompt import encoder_runs, parse, replace_leaves, segments
+from bridge.prompt import parse, replace_leaves, segments
 from bridge.tokens import COMMA_BACKTRACK, a1111_chunks, build_clip_tokenizer, pack_chunks, token_budget
 
 ANY = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), max_size=60)
@@ -57,10 +57,10 @@ def test_the_translator_keeps_a_tag_in_a_negative_as_text():
 
 
 def test_equal_weight_neighbours_are_tokenized_as_one_run():
-    assert encoder_runs(parse("(cropped)(people)").nodes) == [("croppedpeople", 1.1)]
+    assert attention("(cropped)(people)") == [("croppedpeople", 1.1)]
     assert a1111_chunks("(cropped)(people)") == [["cro", "pp", "ed", "people</w>"]]
     assert a1111_chunks("realistic,<lora:x:0.7>,armor") == [["realistic</w>", ",,</w>", "armor</w>"]]
-    assert encoder_runs(parse("(a)(b:1.2) c BREAK d").nodes)[:2] == [("a", 1.1), ("b", 1.2)]
+    assert attention("(a)(b:1.2) c BREAK d")[:2] == [("a", 1.1), ("b", 1.2)]
 
 
 def test_a_long_chunk_ends_at_a_comma_within_20_tokens(prompts_dir):
