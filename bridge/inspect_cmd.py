@@ -48,7 +48,7 @@ def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, 
         "tree": format_tree(parsed.nodes),
         # The weights SD1.5 was drawn with: A1111's own reading at the last step (malformed brackets included);
         # a NovelAI-syntax prompt's intended weights come from the tree, which weighs its braces.
-        "weights": weighted_spans(parsed.nodes) if policy.syntax == "novelai" else a1111_weights(text, negative),
+        "weights": weighted_spans(parsed.nodes) if policy.syntax == "novelai" else a1111_weights(text, negative, steps),
         "schedule": schedule(text, steps, negative),
         "networks": networks(parsed.nodes),
         "embeddings": embeddings(parsed.nodes),
@@ -58,10 +58,10 @@ def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, 
     }
 
 
-def a1111_weights(text: str, negative: bool) -> list[dict]:
-    """`{text, weight}` of each non-blank run whose weight is not 1, as A1111 reads it at the last step."""
-    return [{"text": t, "weight": round(w, 6)} for part in read(text, negative) for t, w in attention(part.schedule[-1][1])
-            if t.strip() and abs(w - 1.0) > 1e-9]
+def a1111_weights(text: str, negative: bool, steps: int) -> list[dict]:
+    """`{text, weight}` of each non-blank run whose weight is not 1, as A1111 reads it at the last of `steps`."""
+    return [{"text": t, "weight": round(w, 6)} for part in read(text, negative, steps)
+            for t, w in attention(part.schedule[-1][1]) if t.strip() and abs(w - 1.0) > 1e-9]
 
 
 def format_tree(nodes, depth: int = 0, weight: float = 1.0) -> list[str]:

@@ -214,6 +214,10 @@ def test_inspect_shows_the_schedule(capsys):
     assert main(["inspect", "--json", "(a [b) c]"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["weights"] == [{"text": "a ", "weight": 1.1}, {"text": " c", "weight": 0.909091}]
+    # The weights are those of the last of --steps: an edit at step 25 has not switched at step 20.
+    for steps, expected in (("20", {"text": "x", "weight": 1.3}), ("30", {"text": "y", "weight": 1.2})):
+        assert main(["inspect", "--json", "[(x:1.3):(y:1.2):25]", "--steps", steps]) == 0
+        assert json.loads(capsys.readouterr().out)["weights"] == [expected]
 
 
 def test_schedule_api():
