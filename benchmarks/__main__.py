@@ -1,11 +1,12 @@
 """Run every benchmark: `uv run python -m benchmarks` (or `make bench`). `benchmarks.a1111_parity` needs a checkout
-of the A1111 WebUI (`SD_BRIDGE_WEBUI=PATH`) and runs when one is given."""
+of the A1111 WebUI (`SD_BRIDGE_WEBUI=PATH`), `benchmarks.comfyui_parity` one of ComfyUI (`SD_BRIDGE_COMFYUI=PATH`);
+each runs when its checkout is given."""
 
 import os
 import tempfile
 
-from benchmarks import (a1111_parity, app_load, cli_start, demo_time, gather_overhead, migrate_speed_memory, parse_linear, prompt_parse, toyworld_drift,
-                        toyworld_learning, train_step_split)
+from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, migrate_speed_memory,
+                        parse_linear, prompt_parse, toyworld_drift, toyworld_learning, train_step_split)
 
 if __name__ == "__main__":
     cli_start.main([])
@@ -21,3 +22,6 @@ if __name__ == "__main__":
     demo_time.main()
     if os.environ.get("SD_BRIDGE_WEBUI"):
         a1111_parity.main(["--webui", os.environ["SD_BRIDGE_WEBUI"]])
+    if os.environ.get("SD_BRIDGE_COMFYUI"):
+        comfyui_parity.main(["--comfyui", os.environ["SD_BRIDGE_COMFYUI"]]
+                            + (["--webui", os.environ["SD_BRIDGE_WEBUI"]] if os.environ.get("SD_BRIDGE_WEBUI") else []))

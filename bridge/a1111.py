@@ -166,8 +166,13 @@ def strip_networks(prompt: str) -> str:
     return _NETWORK.sub("", prompt)
 
 
+def network_tags(prompt: str) -> list[str]:
+    """The extra-network tags `strip_networks` removes, as written."""
+    return [m.group(0) for m in _NETWORK.finditer(prompt)]
+
+
 def part_weight_start(part: str) -> int | None:
-    """Where an AND part's trailing `:w` starts (with the whitespace before its colon), or None. A1111's
+    r"""Where an AND part's trailing `:w` starts (with the whitespace before its colon), or None. A1111's
     re_weight, `^((?:\s|.)*?)(?:\s*:\s*(number))?\s*$`, backtracks over the whole part from every position;
     the tail from the last colon must be the number, so anchoring there gives the same split in linear time."""
     colon = part.rfind(":")

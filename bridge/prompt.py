@@ -297,6 +297,19 @@ def _splitter(embeddings: frozenset[str]) -> re.Pattern:
     return re.compile(r"(?<!\\)(?:" + "|".join(parts) + ")")
 
 
+@lru_cache(maxsize=32)
+def _name_finder(embeddings: frozenset[str]) -> re.Pattern | None:
+    names = "|".join(re.escape(n) for n in sorted(embeddings, key=len, reverse=True))
+    return re.compile(rf"(?<![\w\-.:])(?i:{names})(?![\w\-])") if names else None
+
+
+def embedding_name_spans(text: str, embeddings: Iterable[str]) -> list[tuple[int, int]]:
+    """(start, end) of each known bare embedding name in plain (unescaped) text, as the parser finds them
+    (not one already written `embedding:name`)."""
+    finder = _name_finder(frozenset(embeddings))
+    return [m.span() for m in finder.finditer(text)] if finder else []
+
+
 # Brackets nest at most this deep; a deeper opening bracket is read as text (with a warning). The parser
 # and every walk over the tree recurse per level, and real prompts nest a handful deep: without a bound,
 # ~400 nested `[` or a long run of `(` raised RecursionError.
