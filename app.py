@@ -395,8 +395,8 @@ def build_app(cfg: ServeConfig | None = None):
     # The API endpoints: named parameters, as gradio_client shows them (`client.view_api()`).
     @_user_errors
     def translate(prompt: str, negative_prompt: str = "", adapter: str = models.default_adapter(),
-                  networks: str = "drop", embeddings: str = "drop", syntax: str = "a1111"):
-        policy = MigrationPolicy(networks=networks, embeddings=embeddings, syntax=syntax)
+                  networks: str = "drop", embeddings: str = "drop", syntax: str = "a1111", to_syntax: str = "a1111"):
+        policy = MigrationPolicy(networks=networks, embeddings=embeddings, syntax=syntax, to_syntax=to_syntax)
         return translate_fn(models, prompt, negative_prompt, adapter, policy)
 
     @_user_errors
@@ -429,7 +429,9 @@ def build_app(cfg: ServeConfig | None = None):
                                       elem_id="adapter")
                 networks = gr.Radio(["drop", "keep"], value="drop", label="LoRA / hypernet tags")
                 embeddings = gr.Radio(["drop", "keep"], value="drop", label="SD1 embeddings")
-                syntax = gr.Radio(["a1111", "novelai"], value="a1111", label="Written for (novelai: {x} weighs x1.05)")
+                syntax = gr.Radio(["a1111", "novelai", "comfyui"], value="a1111",
+                                  label="Written for (novelai: {x} weighs x1.05; comfyui: (x:w) sets the weight)")
+                to_syntax = gr.Radio(["a1111", "comfyui"], value="a1111", label="Write for")
             go = gr.Button("Translate", variant="primary", elem_id="translate-btn")
             out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated", buttons=["copy"])
             out_negative = gr.Textbox(label="Translated negative prompt", lines=2, elem_id="translated-negative",
@@ -446,7 +448,7 @@ def build_app(cfg: ServeConfig | None = None):
             negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
                             show_progress="hidden", api_name=False)
             png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
-            go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax],
+            go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax, to_syntax],
                      [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
                      concurrency_limit=max(cfg.concurrency, 4))
         with gr.Tab("Compare"):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
-from bridge import presets
+from bridge import comfyui, presets
 from bridge.a1111 import DEFAULT_STEPS, attention, read, schedule
-from bridge.policy import MigrationPolicy, apply_policy
-from bridge.prompt import (
-    AndWeight, Edit, Emphasis, Alternation, Variants, embeddings, networks, parse, weighted_spans,
-)
+from bridge.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
+from bridge.prompt import AndWeight, Edit, Emphasis, Alternation, Variants, embeddings, networks, weighted_spans
 from bridge.tokens import token_budget
 
 
@@ -40,28 +38,40 @@ def policy_of(cfg: MigrationPolicy) -> MigrationPolicy:
 
 def analyse(text: str, policy: MigrationPolicy, target: presets.PipelinePreset, negative: bool = False,
             steps: int = DEFAULT_STEPS) -> dict:
-    parsed = parse(text, policy.embedding_names(), negative=negative, syntax=policy.syntax)
-    counts, budget_warnings = token_budget(text, truncates=target.truncates, negative=negative, steps=steps)
+    parsed = read_prompt(text, policy, negative)  # a ComfyUI prompt is read as its A1111 equivalent
+    a1111_text = parsed.source
+    counts, budget_warnings = token_budget(a1111_text, truncates=target.truncates, negative=negative, steps=steps)
     migrated = apply_policy(parsed, policy)
+    written = write_prompt(migrated.prompt, policy, negative)
     return {
         "roundtrip": parsed.serialize(),
+        **({"as_a1111": a1111_text} if policy.syntax == "comfyui" else {}),
         "tree": format_tree(parsed.nodes),
-        # The weights SD1.5 was drawn with: A1111's own reading at the last step (malformed brackets included);
-        # a NovelAI-syntax prompt's intended weights come from the tree, which weighs its braces.
-        "weights": weighted_spans(parsed.nodes) if policy.syntax == "novelai" else a1111_weights(text, negative, steps),
-        "schedule": schedule(text, steps, negative),
+        "weights": intended_weights(text, policy, parsed, negative, steps),
+        "schedule": schedule(a1111_text, steps, negative),
         "networks": networks(parsed.nodes),
         "embeddings": embeddings(parsed.nodes),
         "chunks": counts,
-        "warnings": [w.to_dict() for w in migrated.warnings + budget_warnings],
-        "syntax": migrated.prompt,
+        "warnings": [w.to_dict() for w in migrated.warnings + budget_warnings + written.warnings],
+        "syntax": written.prompt,
     }
+
+
+def intended_weights(text: str, policy: MigrationPolicy, parsed, negative: bool, steps: int) -> list[dict]:
+    """The weights the prompt was drawn with, as its own dialect reads them: A1111's reading at the last step
+    (malformed brackets included), ComfyUI's, or for NovelAI the tree, which weighs its braces."""
+    if policy.syntax == "novelai":
+        return weighted_spans(parsed.nodes)
+    if policy.syntax == "comfyui":
+        return [{"text": t, "weight": round(w, 6)} for t, w in comfyui.attention(text) if t.strip() and w != 1.0]
+    return a1111_weights(text, negative, steps)
 
 
 def a1111_weights(text: str, negative: bool, steps: int) -> list[dict]:
     """`{text, weight}` of each non-blank run whose weight is not 1, as A1111 reads it at the last of `steps`."""
     return [{"text": t, "weight": round(w, 6)} for part in read(text, negative, steps)
-            for t, w in attention(part.schedule[-1][1]) if t.strip() and abs(w - 1.0) > 1e-9]
+            for t, w in attention(part.schedule[-1][1])
+            if t.strip() and abs(w - 1.0) > 1e-9 and (t, w) != ("BREAK", -1.0)]  # not the BREAK marker
 
 
 def format_tree(nodes, depth: int = 0, weight: float = 1.0) -> list[str]:
@@ -102,6 +112,8 @@ def run_inspect(cfg: InspectConfig, log=print) -> dict:
         return report
     for title, part in [("prompt", report)] + ([("negative prompt", report["negative"])] if "negative" in report else []):
         log(f"== {title}")
+        if "as_a1111" in part:
+            log(f"as A1111: {part['as_a1111']}")
         log("\n".join(part["tree"]) or "(empty)")
         if part["weights"]:
             log("weights: " + ", ".join(f"{w['text'].strip()!r} x{w['weight']:.4g}" for w in part["weights"]))

@@ -18,10 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bridge import comfyui
 from bridge.prompt import (
     DEFAULT_EMBEDDINGS, NETWORK_KINDS, Alternation, And, AndWeight, Break, Edit, Embedding, Emphasis, Network, Prompt, PromptWarning, Text,
     parse, serialize, walk,
 )
+
+
+SOURCE_SYNTAXES = ("a1111", "novelai", "comfyui")
+OUTPUT_SYNTAXES = ("a1111", "comfyui")
 
 
 @dataclass
@@ -37,17 +42,37 @@ class MigrationPolicy:
         default="drop", metadata={"help": "SD1 textual-inversion embeddings (from the known list): drop or keep"})
     known_embeddings: list[str] = field(
         default_factory=list, metadata={"help": "embedding names to recognise besides the built-in list"})
-    syntax: Literal["a1111", "novelai"] = field(
+    syntax: Literal["a1111", "novelai", "comfyui"] = field(
         default="a1111", metadata={"help": "the dialect the prompts were written in: a1111 (braces {x} are text, as "
-                                           "A1111 reads them) or novelai (braces weight x1.05 each; converted to "
-                                           "A1111's (x:1.05))"})
+                                           "A1111 reads them), novelai (braces weight x1.05 each; converted to "
+                                           "A1111's (x:1.05)) or comfyui ((x:w) sets the weight, [x] is text)"})
+    to_syntax: Literal["a1111", "comfyui"] | None = field(
+        default=None, metadata={"help": "the dialect to write translations in (default: comfyui for --syntax "
+                                        "comfyui, else a1111); weights are kept, and what the dialect cannot say "
+                                        "is warned about"})
     normalize: bool = field(default=True, metadata={"help": "collapse whitespace and empty comma items"})
 
     def __post_init__(self):
+        for name, allowed in (("syntax", SOURCE_SYNTAXES), ("to_syntax", (None,) + OUTPUT_SYNTAXES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
+                                 f"{', '.join(a for a in allowed if a)}")
         if self.network_map is not None:
             self.network_map = Path(self.network_map)
         if self.networks == "map" and self.network_map is None:
             raise ValueError("networks='map' needs network_map (a JSON file {sd1_name: sd2_name})")
+
+    @property
+    def output_syntax(self) -> str:
+        """The dialect translations are written in: `to_syntax`, else ComfyUI's for ComfyUI prompts."""
+        return self.to_syntax or ("comfyui" if self.syntax == "comfyui" else "a1111")
+
+    def write_a1111(self, command: str) -> None:
+        """For commands that render translations: the renderer reads A1111, so they are written in A1111."""
+        if self.to_syntax not in (None, "a1111"):
+            raise ValueError(f"`sd-bridge {command}` renders its translations, which it reads as A1111 prompts; "
+                             f"--to-syntax {self.to_syntax} is for translate, migrate and inspect")
+        self.to_syntax = "a1111"
 
     def embedding_names(self) -> frozenset[str]:
         return frozenset(DEFAULT_EMBEDDINGS) | frozenset(self.known_embeddings)
@@ -225,12 +250,38 @@ def _space_separators(nodes: list) -> list:
     return out
 
 
+def read_prompt(text: str, policy: MigrationPolicy, negative: bool = False) -> Prompt:
+    """`text`, written in the policy's source dialect, as an A1111 prompt tree: everything downstream (the
+    policy, the rewriter, token budgets, rendering) reads A1111. A ComfyUI prompt is converted first, keeping
+    every weight (`bridge.comfyui.to_a1111`); its conversion warnings come first."""
+    if policy.syntax != "comfyui":
+        return parse(text, policy.embedding_names(), negative=negative, syntax=policy.syntax)
+    converted = comfyui.to_a1111(text, negative)
+    parsed = parse(converted.prompt, policy.embedding_names(), negative=negative)
+    parsed.warnings = converted.warnings + parsed.warnings
+    return parsed
+
+
+_COMFY_EMBEDDING = re.compile(r"\bembedding:([\w.\-]+)")
+
+
+def write_prompt(text: str, policy: MigrationPolicy, negative: bool = False) -> SyntaxResult:
+    """An A1111 prompt (a translation) written in the policy's output dialect, with what that dialect cannot
+    say as warnings."""
+    if policy.output_syntax == "comfyui":
+        converted = comfyui.from_a1111(text, negative, embeddings=policy.embedding_names())
+        return SyntaxResult(converted.prompt, converted.warnings)
+    if policy.syntax == "comfyui":  # A1111 names an embedding by its bare name
+        text = _COMFY_EMBEDDING.sub(r"\1", text)
+    return SyntaxResult(text, [])
+
+
 def apply_policy(prompt: Prompt | str, policy: MigrationPolicy | None = None,
                  network_map: dict[str, str] | None = None) -> SyntaxResult:
     """The `syntax` strategy for one prompt: policy decisions + normalisation, with structured warnings."""
     policy = policy or MigrationPolicy()
     if isinstance(prompt, str):
-        prompt = parse(prompt, policy.embedding_names(), syntax=policy.syntax)
+        prompt = read_prompt(prompt, policy)
     mapping = network_map if network_map is not None else policy.load_network_map()
     migrator = _Migrator(policy, mapping)
     nodes = migrator.nodes(prompt.nodes)
@@ -271,4 +322,5 @@ def suggest_size(size: tuple[int, int], native: int) -> str:
     return f"{max(64, round(w * scale / 64) * 64)}x{max(64, round(h * scale / 64) * 64)}"
 
 
-__all__ = ["MigrationPolicy", "SyntaxResult", "apply_policy", "check_parameters", "size_fits", "suggest_size"]
+__all__ = ["MigrationPolicy", "SyntaxResult", "apply_policy", "check_parameters", "read_prompt", "size_fits", "suggest_size",
+           "write_prompt"]

@@ -6,7 +6,9 @@ result; leaves are deduplicated across the batch, sorted by length and generated
 prompt whose structure (weights, tags, BREAK/AND, editing, alternation) does not read back the same falls
 back to the syntax output, with a warning, and is counted. Negative prompts get the policy, and are
 rewritten too when the adapter was trained with --rewrite-negative (a failed negative rewrite falls back
-to the policy's negative on its own).
+to the policy's negative on its own). Prompts are read in the policy's source dialect and written in its
+output dialect (`--syntax`, `--to-syntax`: A1111, NovelAI or ComfyUI in, A1111 or ComfyUI out); in between,
+everything is A1111 (`bridge.policy.read_prompt`, `write_prompt`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bridge import presets
-from bridge.policy import MigrationPolicy, apply_policy
-from bridge.prompt import parse
+from bridge.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
 from bridge.tokens import token_budget
 
 log = logging.getLogger("sd_bridge")
@@ -134,9 +135,9 @@ class Translator:
             self._said_syntax = True
         # 2. The policy (the syntax strategy) on prompts and negatives.
         names = self.policy.embedding_names()
-        parsed = [parse(p, names, syntax=self.policy.syntax) for p in prompts]
+        parsed = [read_prompt(p, self.policy) for p in prompts]
         syn = [apply_policy(p, self.policy, self._network_map) for p in parsed]
-        syn_neg = [apply_policy(parse(n, names, negative=True, syntax=self.policy.syntax), self.policy, self._network_map)
+        syn_neg = [apply_policy(read_prompt(n, self.policy, negative=True), self.policy, self._network_map)
                    if n is not None else None for n in negatives]
         # 3. Learned rewriting of the text leaves, checked against the structure.
         candidates = [[s.prompt] for s in syn]
@@ -168,11 +169,19 @@ class Translator:
                 warnings.append({"code": "rewrite-fallback", "message": "the negative prompt's rewrite did not "
                                  "keep its structure or end; the syntax strategy's output is used", "span": None,
                                  "field": "negative_prompt"})
+            # 5. The output dialect (A1111 unless asked), with what it cannot say.
+            written = [write_prompt(c, self.policy) for c in candidates[k]]
+            warnings += [dict(w.to_dict(), field="prompt") for w in written[0].warnings]
+            negative_out = neg_out[k]
+            if negative_out is not None:
+                converted = write_prompt(negative_out, self.policy, negative=True)
+                negative_out = converted.prompt
+                warnings += [dict(w.to_dict(), field="negative_prompt") for w in converted.warnings]
             out.append(Translation(
-                prompt=prompt, negative_prompt=negatives[k], translated_prompt=candidates[k][0],
-                translated_negative_prompt=neg_out[k],
+                prompt=prompt, negative_prompt=negatives[k], translated_prompt=written[0].prompt,
+                translated_negative_prompt=negative_out,
                 strategy=self.strategy, warnings=warnings, tokens_before=before, tokens_after=after,
-                candidates=candidates[k] if num_candidates > 1 else [], fallback=fallbacks[k][0]))
+                candidates=[w.prompt for w in written] if num_candidates > 1 else [], fallback=fallbacks[k][0]))
         return out
 
     def _rewrite(self, texts: list[str], n: int, sample: bool, seed: int, names) -> tuple[list, list]:

@@ -48,6 +48,7 @@ class EvalConfig(MigrationPolicy):
 
     def __post_init__(self):
         super().__post_init__()
+        self.write_a1111("eval")
         if not self.prompts:
             raise ValueError("--prompts is required (a prompt file or a gathered dataset directory)")
         if self.out is None:

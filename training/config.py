@@ -83,6 +83,7 @@ class TrainConfig(MigrationPolicy):
 
     def __post_init__(self):
         super().__post_init__()
+        self.write_a1111("train")
         if self.data is None:
             raise ValueError("--data is required (a dataset written by `sd-bridge gather`)")
         if self.out is None and not self.dry_run:
