@@ -24,12 +24,22 @@ import time
 import types
 from pathlib import Path
 
+import ftfy
+
 from bridge.a1111 import attention, read
 from bridge.prompt import And, Break, parse, segments
 from bridge.tokens import _is_comma, build_clip_tokenizer, clip_tokenizer, pack_chunks, token_runs
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "prompts" / "a1111.jsonl"
 _EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")  # A1111 modules/extra_networks.py re_extra_net
+
+
+def _a1111_clean(text: str) -> str:
+    """What A1111's tokenizer does to text before BPE. A1111 pins transformers 4.30.2, whose slow CLIPTokenizer
+    `_tokenize` runs `whitespace_clean(ftfy.fix_text(text)).lower()` when ftfy is importable (it is: A1111
+    installs open-clip-torch, which requires it); the transformers installed here dropped that step, so
+    without this its tokenizer would split full-width punctuation that A1111 reads as ASCII."""
+    return re.sub(r"\s+", " ", ftfy.fix_text(text)).strip().lower()
 
 
 def load_webui(root: Path):
@@ -53,7 +63,8 @@ def load_webui(root: Path):
     vocab = tok.get_vocab()
     clip = types.SimpleNamespace(
         chunk_length=75, comma_token=vocab.get(",</w>"), id_start=tok.bos_token_id, id_end=tok.eos_token_id,
-        tokenize=lambda texts: tok(texts, truncation=False, add_special_tokens=False)["input_ids"],
+        tokenize=lambda texts: tok([_a1111_clean(t) for t in texts], truncation=False,
+                                   add_special_tokens=False)["input_ids"],
         hijack=types.SimpleNamespace(embedding_db=types.SimpleNamespace(find_embedding_at_position=lambda t, p: (None, None))))
     tokenize_line = namespace["tokenize_line"]
 
