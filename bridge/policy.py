@@ -322,5 +322,5 @@ def suggest_size(size: tuple[int, int], native: int) -> str:
     return f"{max(64, round(w * scale / 64) * 64)}x{max(64, round(h * scale / 64) * 64)}"
 
 
-__all__ = ["MigrationPolicy", "SyntaxResult", "apply_policy", "check_parameters", "read_prompt", "size_fits", "suggest_size",
-           "write_prompt"]
+__all__ = ["MigrationPolicy", "SyntaxResult", "apply_policy", "check_parameters", "read_prompt", "size_fits",
+           "suggest_size", "write_prompt"]
