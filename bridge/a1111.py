@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable
 
 DEFAULT_STEPS = 20  # A1111's default sampling steps: the schedule shown when no step count is given
 
@@ -146,7 +147,10 @@ class _Schedule:
         return out, i
 
 
-Run = tuple[str, float]  # (text, weight); ("BREAK", -1.0) marks a chunk break
+Run = tuple[str, float]  # (text, weight)
+# The marker `attention` reads BREAK as. Brackets multiply it, and A1111 then encodes the word "break" at that
+# weight (its bug, kept): only the marker at exactly -1 is a chunk break.
+BREAK: Run = ("BREAK", -1.0)
 
 
 @dataclass(frozen=True)
@@ -291,18 +295,23 @@ def attention(text: str) -> list[Run]:
         else:
             for k, piece in enumerate(_BREAK.split(token)):
                 if k:
-                    res.append(["BREAK", -1.0])
+                    res.append(list(BREAK))
                 res.append([piece, 1.0])
     for start in rounds:
         multiply(start, 1.1)
     for start in squares:
         multiply(start, 1 / 1.1)
+    return merge_runs(res or [("", 1.0)])
+
+
+def merge_runs(runs: Iterable[Run]) -> list[Run]:
+    """Equal-weight neighbours joined into one run (the last step of A1111's `parse_prompt_attention`)."""
     merged: list[list] = []
-    for run in res or [["", 1.0]]:
-        if merged and merged[-1][1] == run[1]:
-            merged[-1][0] += run[0]
+    for text, w in runs:
+        if merged and merged[-1][1] == w:
+            merged[-1][0] += text
         else:
-            merged.append(run)
+            merged.append([text, w])
     return [(t, w) for t, w in merged]
 
 

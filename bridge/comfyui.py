@@ -26,13 +26,10 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from bridge import a1111
+from bridge.a1111 import BREAK, Run, merge_runs
 from bridge.prompt import DEFAULT_EMBEDDINGS, PromptWarning, embedding_name_spans, escape
 
-Run = tuple[str, float]
 EMBEDDING = "embedding:"  # ComfyUI SDTokenizer.embedding_identifier
-# A1111's BREAK marker (bridge.a1111.attention). Inside brackets it is multiplied, and A1111 then encodes the
-# word "break" at that weight (its bug, kept): only the marker at exactly -1 is a chunk break.
-BREAK = ("BREAK", -1.0)
 # ComfyUI `escape_important`: `\)` then `\(` become two-character placeholders, so offsets do not move.
 _OPEN, _CLOSE = "\0\2", "\0\1"
 _COMFY_ESCAPE = re.compile(r"([()])")
@@ -78,7 +75,7 @@ def _comfy_float(text: str) -> float | None:
         return None
 
 
-def _weights(s: str, weight: float, out: list[list]) -> None:
+def _weights(s: str, weight: float, out: list[Run]) -> None:
     """ComfyUI `token_weights` on placeholder-escaped text."""
     for piece in _groups(s):
         if len(piece) >= 2 and piece[0] == "(" and piece[-1] == ")":
@@ -87,24 +84,15 @@ def _weights(s: str, weight: float, out: list[list]) -> None:
             if colon > 0 and (value := _comfy_float(inner[colon + 1:])) is not None:
                 inner, w = inner[:colon], value
             _weights(inner, w, out)
-        elif out and out[-1][1] == weight:
-            out[-1][0] += piece
         else:
-            out.append([piece, weight])
+            out.append((piece, weight))
 
 
 def attention(text: str) -> list[Run]:
     """(text, weight) runs as ComfyUI reads `text`, escapes resolved, equal-weight neighbours merged."""
-    out: list[list] = []
+    out: list[Run] = []
     _weights(text.replace("\\)", _CLOSE).replace("\\(", _OPEN), 1.0, out)
-    merged: list[list] = []
-    for piece, w in out:
-        piece = piece.replace(_CLOSE, ")").replace(_OPEN, "(")
-        if merged and merged[-1][1] == w:
-            merged[-1][0] += piece
-        else:
-            merged.append([piece, w])
-    return [(t, w) for t, w in merged] or [("", 1.0)]
+    return merge_runs((piece.replace(_CLOSE, ")").replace(_OPEN, "("), w) for piece, w in out) or [("", 1.0)]
 
 
 def char_weights(runs: Iterable[Run]) -> list[tuple[str, float]]:
@@ -183,16 +171,9 @@ def _flatten(text: str, negative: bool, steps: int, warnings: list[PromptWarning
         warnings.append(PromptWarning("comfyui-break", "BREAK: ComfyUI has no BREAK in the text (join chunks "
                                       "with a Conditioning (Concat) node); it is dropped"))
         runs = [(" ", 1.0) if run == BREAK else run for run in runs]
-    merged: list[list] = []
-    for t, w in runs:
-        # Spaces carry no tokens: no weight to keep. Weights are written to 6 digits, so runs whose weights
-        # differ by rounding (1.1 and 1.1 * 1.1 / 1.1) are one group, as ComfyUI will read them.
-        w = 1.0 if not t.strip() else float(_number(w))
-        if merged and merged[-1][1] == w:
-            merged[-1][0] += t
-        else:
-            merged.append([t, w])
-    return [(t, w) for t, w in merged]
+    # Spaces carry no tokens: no weight to keep. Weights are written to 6 digits, so runs whose weights
+    # differ by rounding (1.1 and 1.1 * 1.1 / 1.1) are one group, as ComfyUI will read them.
+    return merge_runs((t, float(_number(w)) if t.strip() else 1.0) for t, w in runs)
 
 
 def from_a1111(text: str, negative: bool = False, steps: int = a1111.DEFAULT_STEPS,

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from bridge import comfyui, presets
-from bridge.a1111 import DEFAULT_STEPS, attention, read, schedule
+from bridge.a1111 import BREAK, DEFAULT_STEPS, attention, read, schedule
 from bridge.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
 from bridge.prompt import AndWeight, Edit, Emphasis, Alternation, Variants, embeddings, networks, weighted_spans
 from bridge.tokens import token_budget
@@ -71,7 +71,7 @@ def a1111_weights(text: str, negative: bool, steps: int) -> list[dict]:
     """`{text, weight}` of each non-blank run whose weight is not 1, as A1111 reads it at the last of `steps`."""
     return [{"text": t, "weight": round(w, 6)} for part in read(text, negative, steps)
             for t, w in attention(part.schedule[-1][1])
-            if t.strip() and abs(w - 1.0) > 1e-9 and (t, w) != ("BREAK", -1.0)]  # not the BREAK marker
+            if t.strip() and abs(w - 1.0) > 1e-9 and (t, w) != BREAK]
 
 
 def format_tree(nodes, depth: int = 0, weight: float = 1.0) -> list[str]:

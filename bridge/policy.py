@@ -20,7 +20,7 @@ from typing import Literal
 
 from bridge import comfyui
 from bridge.prompt import (
-    DEFAULT_EMBEDDINGS, NETWORK_KINDS, Alternation, And, AndWeight, Break, Edit, Embedding, Emphasis, Network, Prompt, PromptWarning, Text,
+    COMFY_EMBEDDING, DEFAULT_EMBEDDINGS, NETWORK_KINDS, Alternation, And, AndWeight, Break, Edit, Embedding, Emphasis, Network, Prompt, PromptWarning, Text,
     parse, serialize, walk,
 )
 
@@ -262,9 +262,6 @@ def read_prompt(text: str, policy: MigrationPolicy, negative: bool = False) -> P
     return parsed
 
 
-_COMFY_EMBEDDING = re.compile(r"\bembedding:([\w.\-]+)")
-
-
 def write_prompt(text: str, policy: MigrationPolicy, negative: bool = False) -> SyntaxResult:
     """An A1111 prompt (a translation) written in the policy's output dialect, with what that dialect cannot
     say as warnings."""
@@ -272,7 +269,7 @@ def write_prompt(text: str, policy: MigrationPolicy, negative: bool = False) -> 
         converted = comfyui.from_a1111(text, negative, embeddings=policy.embedding_names())
         return SyntaxResult(converted.prompt, converted.warnings)
     if policy.syntax == "comfyui":  # A1111 names an embedding by its bare name
-        text = _COMFY_EMBEDDING.sub(r"\1", text)
+        text = COMFY_EMBEDDING.sub(r"\1", text)
     return SyntaxResult(text, [])
 
 

@@ -61,6 +61,7 @@ _AND_WEIGHT = re.compile(r"\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*$")
 _UNESCAPE = re.compile(r"\\([()\[\]\\]?)")
 
 _ESCAPE = re.compile(r"([()\[\]\\])")
+COMFY_EMBEDDING = re.compile(r"\bembedding:([\w.\-]+)")  # ComfyUI's spelling of an embedding; group 1: its name
 # Extra-network kinds that carry SD1 weights (A1111 lora/lyco/hypernet; older LyCORIS tags locon/loha).
 NETWORK_KINDS = ("lora", "lyco", "locon", "loha", "hypernet")
 
@@ -290,7 +291,7 @@ def escape(text: str) -> str:
 @lru_cache(maxsize=32)
 def _splitter(embeddings: frozenset[str]) -> re.Pattern:
     names = "|".join(re.escape(n) for n in sorted(embeddings, key=len, reverse=True))
-    parts = [r"\bBREAK\b", r"\bAND\b", r"__[\w\-./*]+__", r"\bembedding:[\w.\-]+"]
+    parts = [r"\bBREAK\b", r"\bAND\b", r"__[\w\-./*]+__", COMFY_EMBEDDING.pattern]
     if names:
         parts.append(rf"(?<![\w\-.])(?i:{names})(?![\w\-])")
     # Nothing right after a backslash is a token: the backslash escapes its first character.

@@ -25,7 +25,7 @@ from pathlib import Path
 import ftfy
 import regex
 
-from bridge.a1111 import DEFAULT_STEPS, calls_with_distinct_text, runs_at
+from bridge.a1111 import BREAK, DEFAULT_STEPS, calls_with_distinct_text, runs_at
 
 _WHITESPACE = regex.compile(r"\s+")
 
@@ -200,7 +200,7 @@ def token_runs(runs: list, tokenize) -> list:
     """The input of `pack_chunks` from `bridge.a1111` runs: each (text, weight) run as (tokenize(cleaned text),
     weight); None at a BREAK and between AND parts. A BREAK that brackets multiplied (`(b BREAK c)`, weight
     -1.1) is no break to A1111: it encodes the word "break", and so does this."""
-    return [None if run is None or run == ("BREAK", -1.0)
+    return [None if run is None or run == BREAK
             else (tokenize(clean(run[0])) if run[0].strip() else [], run[1]) for run in runs]
 
 
