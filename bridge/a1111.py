@@ -34,7 +34,7 @@ DEFAULT_STEPS = 20  # A1111's default sampling steps: the schedule shown when no
 
 _NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111 extra_networks re_extra_net
 _AND = re.compile(r"\bAND\b")
-_PART_WEIGHT = re.compile(r":\s*[-+]?(?:\d+\.?|\d*\.\d+)\s*")  # a part's trailing `:w`, from its colon
+_PART_WEIGHT = re.compile(r":\s*([-+]?(?:\d+\.?|\d*\.\d+))\s*")  # a part's trailing `:w`, from its colon
 _ATTENTION = re.compile(r"\\[()\[\]\\]?|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 
@@ -196,7 +196,9 @@ def and_parts(prompt: str) -> list[tuple[str, float]]:
         if start is None:
             out.append((part.rstrip(), 1.0))  # re_weight's lazy text leaves the trailing whitespace out
         else:
-            out.append((part[:start], float(part[start:].strip()[1:])))  # the tail is `:` and a number
+            # The number as re_weight's group takes it: the spaces around it are any Unicode whitespace
+            # (`\x1f` too), which float() would refuse.
+            out.append((part[:start], float(_PART_WEIGHT.fullmatch(part, part.rfind(":")).group(1))))
     return out
 
 

@@ -189,6 +189,8 @@ def test_malformed_input_as_a1111_reads_it():
 
     # An unclosed bracket: the raw text's trailing `:1.4` is the AND part's weight, read before the brackets.
     assert and_parts("1girl, (masterpiece:1.4") == [("1girl, (masterpiece", 1.4)]
+    # re_weight's \s is any Unicode whitespace around the number; hypothesis found `\x1f`, which float() refuses.
+    assert and_parts("Hypernet: \x1f0") == [("Hypernet", 0.0)]
     assert attention("1girl, (masterpiece") == [("1girl, ", 1.0), ("masterpiece", 1.1)]
     # Crossing brackets: round and square are separate stacks, so `)` closes `(` across the open `[`.
     assert attention("(a [b) c]") == [("a ", 1.1), ("b", 1.0), (" c", 1 / 1.1)]
