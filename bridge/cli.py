@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
                          "draw fresh toy-world prompts with their drifts and oracle translations (JSONL)"),
     "toyworld sheet": ("bridge.toy.sheet_cmd", "SheetConfig", "run_sheet",
                        "render a contact sheet: ground truth | toy-sd15 | toy-sd2 | toy-sd2 with the oracle"),
+    "sweep": ("bridge.sweep", "SweepConfig", "run_sweep",
+              "render a prompt over many seeds per model: a grid, breadth per row, nearest references"),
+    "index": ("bridge.reference", "IndexConfig", "run_index",
+              "embed a reference collection (image folder, gathered or HF dataset) into a search index"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }
@@ -189,7 +193,9 @@ RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
           "gather": "rerun the same command: finished shards are kept",
           "train": "rerun it with --resume latest: checkpoints are kept",
           "eval": "rerun the same command: cached renders are kept",
-          "demo": "rerun the same command: the gathered renders are kept"}
+          "demo": "rerun the same command: the gathered renders are kept",
+          "sweep": "rerun the same command: cached renders are kept",
+          "index": "rerun the same command: finished shards are kept"}
 
 
 def _known_errors() -> tuple[type[Exception], ...]:

@@ -169,6 +169,19 @@ class UnknownPresetError(ValueError):
     """A preset name that is neither in the tables nor a local model directory."""
 
 
+def resolve_auto(cfg) -> bool:
+    """Set `cfg.source`, `cfg.target` and `cfg.scorer` from "auto" to the real preset when its weights are
+    local, else to the toy world's. Returns True when any fell back (the caller says so before rendering)."""
+    fell_back = False
+    for attr, kind, real, toy in (("source", "pipeline", DEFAULT_SOURCE, TOY_SOURCE),
+                                  ("target", "pipeline", DEFAULT_TARGET, TOY_TARGET),
+                                  ("scorer", "scorer", DEFAULT_SCORER, TOY_SCORER)):
+        preset, toy_used = real_or_toy(kind, getattr(cfg, attr), real, toy)
+        setattr(cfg, attr, preset.name)
+        fell_back |= toy_used
+    return fell_back
+
+
 def _looks_like_path(name: str) -> bool:
     # Preset names never contain a path separator; hub ids are not accepted here (add a preset instead).
     return "/" in name or name.startswith((".", "~")) or Path(name).is_dir()
@@ -244,5 +257,5 @@ def describe(preset: Preset) -> dict:
 
 __all__ = [
     "PipelinePreset", "ScorerPreset", "RewriterPreset", "PIPELINES", "SCORERS", "REWRITERS", "TABLES",
-    "get_preset", "pipeline", "scorer", "rewriter", "describe", "UnknownPresetError", "real_or_toy",
+    "get_preset", "pipeline", "scorer", "rewriter", "describe", "UnknownPresetError", "real_or_toy", "resolve_auto",
 ]

@@ -1,0 +1,359 @@
+"""A reference collection embedded once with the scorer, and exact nearest-neighbour search in it (issue #14).
+
+"How close is a generated image to an image in the training set?" An index is a directory:
+
+    INDEX/index.json          scorer, source, dimension, rows, and one entry per shard
+    INDEX/shards/00000.parquet   columns path, caption, embedding (float32[dim]); SHARD_ROWS rows each
+    INDEX/config.json         the resolved `sd-bridge index` config
+
+1. The source is listed in a stable order: a folder of images (recursive, sorted), a dataset written by
+   `sd-bridge gather` (its embeddings are reused when its scorer is the index's), a dataset saved with
+   `datasets.save_to_disk`, or `hf:NAME[:SPLIT]` (datasets.load_dataset; needs the hub or its cache).
+2. Each shard of SHARD_ROWS items is embedded `batch` images at a time and written atomically, so memory is
+   one batch of images and one shard of embeddings however large the collection, and an interrupted build
+   resumes: a shard whose fingerprint (paths, sizes, mtimes; or the dataset's fingerprint) and scorer match
+   is kept, so a rebuild of an unchanged folder embeds nothing.
+3. Search is exact: cosine similarity by matrix product over chunks of CHUNK_ROWS references, keeping a
+   running top-k (torch.topk), so a query batch never holds an [queries, N] matrix. At 1M references of
+   dimension 1024 the float32 matrix is 4 GiB, which is where exact search stops being the right tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from bridge import presets
+from bridge.config import save_config
+from bridge.files import atomic_write
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+SHARD_ROWS = 4096
+CHUNK_ROWS = 65536
+EXACT_LIMIT = 1_000_000  # above this, exact search warns (no ANN backend yet; see README)
+META = "index.json"
+# A render whose nearest reference has at least this cosine similarity is counted as a duplicate. Calibrated
+# on the toy world with toy-clip (`python -m benchmarks.sweep_breadth`): the threshold that best separates
+# renders of scenes drawn in the reference set from renders of scenes that are not (Youden's J). Other
+# scorers have other similarity scales: calibrate with your own in/out examples and pass --duplicate-threshold.
+DUPLICATE_THRESHOLD = 0.86
+
+
+@dataclass
+class IndexConfig:
+    """Embed a reference collection once with the scorer into a cached, resumable parquet index."""
+
+    reference: str | None = field(default=None, metadata={
+        "help": "a folder of images, a dataset from `sd-bridge gather`, a saved HF dataset, or hf:NAME[:SPLIT]",
+        "positional": "?"})
+    out: Path | None = field(default=None, metadata={"help": "index directory (written or resumed)"})
+    scorer: str = field(default="auto", metadata={"help": "scorer preset (auto: vit-h-14 when local, else toy-clip)"})
+    image_column: str | None = field(default=None, metadata={"help": "image column of a dataset (default: the first "
+                                                                     "image-typed column)"})
+    caption_column: str | None = field(default=None, metadata={"help": "caption column of a dataset (default: prompt "
+                                                                       "or text when present)"})
+    batch: int = field(default=64, metadata={"help": "images embedded per scorer call"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+
+    def __post_init__(self):
+        if not self.reference:
+            raise ValueError("give the REFERENCE to index: a folder of images, a gathered dataset or hf:NAME")
+        if self.out is None:
+            raise ValueError("--out is required (the index directory)")
+        self.out = Path(self.out)
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if not self.reference.startswith("hf:") and not Path(self.reference).exists():
+            raise ValueError(f"reference {self.reference} does not exist")
+        if self.scorer != "auto":
+            presets.scorer(self.scorer)
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+@dataclass
+class Source:
+    """A listed reference collection: `items` in a stable order, and how to load one item's image."""
+
+    kind: str  # folder | gathered | dataset | hub
+    root: str
+    paths: list[str]  # file paths relative to root, or "#row" for dataset rows
+    captions: list[str]
+    dataset: object = None
+    image_column: str | None = None
+    embeddings: object = None  # a gathered dataset's own embeddings (reused when its scorer is ours)
+
+    def fingerprint(self, lo: int, hi: int) -> Iterator[str]:
+        """What must be unchanged for the embeddings of items lo..hi to be reused: each file's path, size and
+        mtime, or the dataset's own fingerprint. Computed per shard, so the listing holds only the paths."""
+        if self.dataset is not None:
+            base = getattr(self.dataset, "_fingerprint", self.root)
+            yield from (f"{base}\x1f{i}" for i in range(lo, hi))
+            return
+        for rel in self.paths[lo:hi]:
+            st = os.stat(os.path.join(self.root, rel))
+            yield f"{rel}\x1f{st.st_size}\x1f{st.st_mtime_ns}"
+
+    def images(self, idx: Sequence[int]) -> list:
+        from PIL import Image
+
+        if self.dataset is not None:
+            rows = self.dataset.select(list(idx))[self.image_column]
+            return [img.convert("RGB") for img in rows]
+        out = []
+        for i in idx:
+            with Image.open(Path(self.root) / self.paths[i]) as im:
+                out.append(im.convert("RGB"))
+        return out
+
+
+def list_source(reference: str, scorer: str, image_column: str | None = None,
+                caption_column: str | None = None) -> Source:
+    if reference.startswith("hf:"):
+        import datasets
+
+        name, _, split = reference[3:].partition(":")
+        return _dataset_source("hub", reference, datasets.load_dataset(name, split=split or "train"), image_column,
+                               caption_column)
+    root = Path(reference)
+    if root.is_dir() and ((root / "dataset_info.json").is_file() or (root / "state.json").is_file()):
+        import datasets
+
+        ds = datasets.load_from_disk(str(root))
+        gathered = {"embedding", "scorer", "image", "prompt"} <= set(ds.column_names)
+        src = _dataset_source("gathered" if gathered else "dataset", str(root), ds, image_column or (
+            "image" if gathered else None), caption_column or ("prompt" if gathered else None))
+        if gathered and set(ds["scorer"]) == {scorer}:
+            src.embeddings = ds["embedding"]
+        return src
+    if root.is_file():
+        raise ValueError(f"{reference} is a file; give a folder of images, a dataset directory or hf:NAME")
+    # Relative path strings only (a Path object per file would cost ~1 KB each on a million-image folder).
+    rel = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names
+                 if f.lower().endswith(IMAGE_SUFFIXES))
+    if not rel:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {reference}")
+    return Source("folder", str(root.resolve()), rel, [""] * len(rel))
+
+
+def _dataset_source(kind: str, root: str, ds, image_column: str | None, caption_column: str | None) -> Source:
+    import datasets
+
+    if image_column is None:
+        image_column = next((n for n, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+    if image_column is None or image_column not in ds.column_names:
+        raise ValueError(f"{root} has no image column{f' {image_column!r}' if image_column else ''}; columns: "
+                         f"{', '.join(ds.column_names)} (name one with --image-column)")
+    caption_column = caption_column or next((c for c in ("prompt", "text", "caption") if c in ds.column_names), None)
+    captions = [str(c) for c in ds[caption_column]] if caption_column else [""] * len(ds)
+    return Source(kind, root, [f"#{i}" for i in range(len(ds))], captions, dataset=ds, image_column=image_column)
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+def _shard_print(source: Source, lo: int, hi: int, scorer: str) -> str:
+    h = hashlib.sha256(scorer.encode())
+    for fp in source.fingerprint(lo, hi):
+        h.update(fp.encode("utf-8", "surrogatepass") + b"\n")
+    return h.hexdigest()
+
+
+def _write_shard(path: Path, paths: list[str], captions: list[str], emb, fingerprint: str) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    table = pa.table({"path": paths, "caption": captions, "embedding": column},
+                     metadata={"fingerprint": fingerprint})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def _shard_is_current(path: Path, fingerprint: str) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # a damaged shard is rebuilt
+        return False
+    return meta.get(b"fingerprint", b"").decode() == fingerprint
+
+
+def _embed(source: Source, lo: int, hi: int, scorer, batch: int):
+    """Embeddings of items lo..hi, `batch` images at a time, written into one array made at the first batch.
+    Keeping a list of small per-batch arrays instead pins the top of the heap under each batch's freed image
+    buffers, and glibc cannot give them back: the build's memory then grows with the shard (measured)."""
+    import numpy as np
+
+    out = None
+    for b in range(lo, hi, batch):
+        emb = scorer.embed_images(source.images(range(b, min(b + batch, hi)))).numpy()
+        if out is None:
+            out = np.empty((hi - lo, emb.shape[1]), dtype=np.float32)
+        out[b - lo : b - lo + len(emb)] = emb
+    return out
+
+
+def build_index(source: Source, out: Path, scorer, batch: int = 64, on_images=lambda n: None) -> dict:
+    """Embed `source` into `out` shard by shard (kept shards are not re-embedded); returns index.json's dict."""
+    import numpy as np
+
+    shards_dir = out / "shards"
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    n, shards, embedded, dim = len(source.paths), [], 0, None
+    for k, lo in enumerate(range(0, n, SHARD_ROWS)):
+        hi = min(lo + SHARD_ROWS, n)
+        path, fingerprint = shards_dir / f"{k:05d}.parquet", _shard_print(source, lo, hi, scorer.preset.name)
+        if not _shard_is_current(path, fingerprint):
+            if source.embeddings is not None:  # a gathered dataset carries its own scorer embeddings
+                emb = np.asarray(source.embeddings[lo:hi], dtype=np.float32)
+            else:
+                emb = _embed(source, lo, hi, scorer, batch)
+                embedded += hi - lo
+            _write_shard(path, source.paths[lo:hi], source.captions[lo:hi], emb, fingerprint)
+        on_images(hi - lo)
+        shards.append({"file": path.name, "rows": hi - lo, "fingerprint": fingerprint})
+    for stale in sorted(shards_dir.glob("*.parquet"))[len(shards):]:  # a collection that shrank
+        stale.unlink()
+    if shards:
+        import pyarrow.parquet as pq
+
+        dim = pq.read_schema(shards_dir / shards[0]["file"]).field("embedding").type.list_size
+    meta = {"format": 1, "source": {"kind": source.kind, "root": source.root, "image_column": source.image_column},
+            "scorer": presets.describe(scorer.preset), "rows": n, "dim": dim, "shards": shards,
+            "embedded_this_run": embedded}
+    atomic_write(out / META, json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def run_index(cfg: IndexConfig, log=print) -> dict:
+    from tqdm.auto import tqdm
+
+    from bridge.score import Scorer
+
+    preset, toy = presets.real_or_toy("scorer", cfg.scorer, presets.DEFAULT_SCORER, presets.TOY_SCORER)
+    if toy:
+        log(presets.TOY_NOTE)
+    cfg.scorer = preset.name
+    # 1. List the collection (nothing is read but names, sizes and dates).
+    source = list_source(cfg.reference, cfg.scorer, cfg.image_column, cfg.caption_column)
+    # 2. Embed shard by shard; 3. write index.json and the config beside it.
+    with tqdm(total=len(source.paths), unit="img", desc="index", dynamic_ncols=True) as bar:
+        meta = build_index(source, cfg.out, Scorer(preset, device=cfg.device, batch_size=cfg.batch), cfg.batch,
+                           bar.update)
+    save_config(cfg, cfg.out, scorer=meta["scorer"])
+    log(f"index: {meta['rows']} images from {cfg.reference} ({meta['embedded_this_run']} embedded this run, the rest "
+        f"kept), scorer {cfg.scorer}, dimension {meta['dim']} -> {cfg.out}")
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------- search
+
+@dataclass
+class Neighbour:
+    path: str
+    caption: str
+    similarity: float
+    row: int
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "caption": self.caption, "similarity": round(self.similarity, 6), "row": self.row}
+
+
+class ReferenceIndex:
+    """An index opened for search: its embeddings as one float32 matrix, its paths and captions."""
+
+    def __init__(self, root: Path, meta: dict, embeddings, paths: list[str], captions: list[str]):
+        self.root, self.meta, self.embeddings, self.paths, self.captions = root, meta, embeddings, paths, captions
+
+    @classmethod
+    def open(cls, root: Path | str) -> "ReferenceIndex":
+        import numpy as np
+        import pyarrow.parquet as pq
+        import torch
+
+        root = Path(root)
+        if not (root / META).is_file():
+            raise FileNotFoundError(f"{root} is not a reference index (no {META}); build one with `sd-bridge index`")
+        meta = json.loads((root / META).read_text(encoding="utf-8"))
+        blocks, paths, captions = [], [], []
+        for shard in meta["shards"]:
+            table = pq.read_table(root / "shards" / shard["file"])
+            paths += table.column("path").to_pylist()
+            captions += table.column("caption").to_pylist()
+            flat = table.column("embedding").combine_chunks().flatten().to_numpy()
+            blocks.append(flat.reshape(-1, meta["dim"]))
+        emb = torch.from_numpy(np.concatenate(blocks)) if blocks else torch.empty(0, meta.get("dim") or 0)
+        if len(emb) > EXACT_LIMIT:
+            import warnings
+
+            warnings.warn(f"{root}: exact search over {len(emb):,} references is slow and holds them all in memory; "
+                          "approximate search is not implemented yet", stacklevel=2)
+        return cls(root, meta, torch.nn.functional.normalize(emb.float(), dim=-1), paths, captions)
+
+    @property
+    def scorer(self) -> str:
+        return self.meta["scorer"]["name"]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def check_scorer(self, scorer_name: str) -> None:
+        if scorer_name != self.scorer:
+            raise ValueError(f"reference index {self.root} was embedded with scorer {self.scorer!r}, not "
+                             f"{scorer_name!r}; rebuild it with `sd-bridge index --scorer {scorer_name}`")
+
+    def search(self, queries, k: int = 5) -> tuple:
+        """(similarities [Q, k], rows [Q, k]) of the `k` most similar references to each query, best first."""
+        return search(queries, self.embeddings, k)
+
+    def neighbours(self, queries, k: int = 5) -> list[list[Neighbour]]:
+        sims, rows = self.search(queries, k)
+        return [[Neighbour(self.paths[r], self.captions[r], float(s), int(r)) for s, r in zip(srow, rrow)]
+                for srow, rrow in zip(sims.tolist(), rows.tolist())]
+
+    def image(self, row: int):
+        """The reference image of `row` (for grids that show a render beside its nearest reference)."""
+        src = self.meta["source"]
+        if src["kind"] == "folder":
+            from PIL import Image
+
+            with Image.open(Path(src["root"]) / self.paths[row]) as im:
+                return im.convert("RGB")
+        source = list_source(src["root"], self.scorer, src["image_column"])
+        return source.images([int(self.paths[row][1:])])[0]
+
+
+def search(queries, references, k: int = 5, chunk: int = CHUNK_ROWS) -> tuple:
+    """Exact top-k cosine search of unit-norm `queries` [Q, D] in unit-norm `references` [N, D], over chunks
+    of `chunk` references so memory is Q x (chunk + k), not Q x N."""
+    import torch
+
+    q = torch.nn.functional.normalize(torch.as_tensor(queries).float(), dim=-1)
+    if len(references) == 0:
+        raise ValueError("the reference index is empty")
+    k = min(k, len(references))
+    best_s = torch.full((len(q), 0), float("-inf"))
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
+    for lo in range(0, len(references), chunk):
+        sims = q @ references[lo : lo + chunk].T
+        s, i = torch.topk(sims, min(k, sims.shape[1]), dim=1)
+        best_s, order = torch.topk(torch.cat([best_s, s], dim=1), min(k, best_s.shape[1] + s.shape[1]), dim=1)
+        best_i = torch.gather(torch.cat([best_i, i + lo], dim=1), 1, order)
+    return best_s, best_i
+
+
+def duplicate_report(neighbours: list[list[Neighbour]], threshold: float) -> dict:
+    """The fraction of renders whose nearest reference is at least `threshold` similar."""
+    top = [n[0].similarity for n in neighbours if n]
+    flagged = sum(s >= threshold for s in top)
+    return {"renders": len(top), "duplicates": flagged, "duplicate_fraction": flagged / len(top) if top else None,
+            "threshold": threshold, "nearest_similarity_mean": sum(top) / len(top) if top else None}
