@@ -56,6 +56,8 @@ class ServeConfig:
     target: str = field(default="auto", metadata={"help": "target pipeline for Compare (auto: sd2-base or tiny-sd2)"})
     scorer: str = field(default="auto", metadata={"help": "scorer for Compare (auto: vit-h-14 or tiny-clip)"})
     max_seeds: int = field(default=16, metadata={"help": "most seeds a Compare request may ask for"})
+    reference: Path | None = field(default=None, metadata={
+        "help": "a reference index (`sd-bridge index`): Compare adds each row's nearest reference image"})
     concurrency: int = field(default=1, metadata={"help": "requests run at once per event (renders are heavy)"})
     max_file_size: str = field(default="10mb", metadata={"help": "upload size limit for Batch and PNG Info "
                                                                  "(a number and b, kb, mb or gb)"})
@@ -63,6 +65,8 @@ class ServeConfig:
 
     def __post_init__(self):
         self.upload_bytes()  # a bad size is a usage error now, not a traceback at launch
+        if self.reference is not None and not (Path(self.reference) / "index.json").is_file():
+            raise ValueError(f"{self.reference} is not a reference index; build one with `sd-bridge index`")
 
     def upload_bytes(self) -> int:
         match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)\s*", str(self.max_file_size).lower())
@@ -79,6 +83,7 @@ class Models:
         self._lock = threading.Lock()
         self._translators: dict = {}
         self._compare = None
+        self._reference = None
         # Adapters by the name the UI shows: only the directories the server was started with.
         self.adapters = {SYNTAX: None, **{Path(a).name: Path(a) for a in cfg.adapter}}
         self.batch_root = Path(tempfile.mkdtemp(prefix="sd-bridge-batch-"))
@@ -137,6 +142,19 @@ class Models:
                 self._compare = (Renderer(src, device=device), Renderer(tgt, device=device), Scorer(sc, device=device),
                                  note)
             return self._compare
+
+    def reference(self):
+        """The reference index given at server start (opened once, checked against the scorer), or None."""
+        from bridge.reference import ReferenceIndex
+
+        if self.cfg.reference is None:
+            return None
+        with self._lock:
+            if self._reference is None:
+                index = ReferenceIndex.open(self.cfg.reference)
+                index.check_scorer(self.compare_presets()[2].name)
+                self._reference = index
+            return self._reference
 
 
 DIFF_WORDS = 400  # the changed middle diffed word by word at most; beyond, it shows as one removed + one added span
@@ -249,6 +267,7 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
     right = _toy_oracle(prompt, negative) if src_r.preset.toy and tgt_r.preset.toy else None
     if right is not None:
         rows.append((tgt_r, "oracle", right.prompt, right.negative_prompt))
+    index = models.reference()
     with torch.inference_mode():
         images = [r([p] * n, seeds, [neg] * n) for r, _, p, neg in rows]
         embs = [scorer.embed_images(im) for im in images]
@@ -258,14 +277,46 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
         for k in range(n):
             score = "" if row == 0 else f" · agreement {agree[row][k]:.3f}"
             gallery.append((images[row][k], f"seed {seeds[k]} · {r.preset.name} · {kind}{score}"))
+        if index is not None:
+            gallery.append(_nearest_reference(index, embs[row]))
         if row:
             means[kind] = sum(agree[row]) / n
     summary = (f"mean agreement with the {src_r.preset.name} source over {n} seed(s), scorer {scorer.preset.name}: "
                + ", ".join(f"{tgt_r.preset.name} with the {kind} {m:.3f}" for kind, m in means.items()))
+    summary += "\n\n" + _breadth_line(rows, embs)
     if right is not None:
         neg = f" (negative: {right.negative_prompt!r})" if right.negative_prompt else ""
         summary += f"; the oracle translation is {right.prompt!r}{neg} (drifts: {', '.join(right.drifts) or 'none'})"
-    return gr.Gallery(value=gallery, columns=n), t.translated_prompt, summary, note
+    return gr.Gallery(value=gallery, columns=n + (index is not None)), t.translated_prompt, summary, note
+
+
+def _breadth_line(rows: list, embs: list) -> str:
+    """Each row's breadth across its seeds (bridge.breadth), and the target rows' ratio to the source's."""
+    from bridge import breadth
+
+    if len(embs[0]) < 2:
+        return "breadth (how much the pictures differ across seeds) needs at least 2 seeds"
+    found = [breadth.breadth(e.numpy()) for e in embs]
+    parts = []
+    for row, ((r, kind, _, _), b) in enumerate(zip(rows, found)):
+        ratio = breadth.ratio(b["mean_distance"], found[0]["mean_distance"]) if row else None
+        lo, hi = b["ci95"]
+        parts.append(f"{r.preset.name} with the {kind} {b['mean_distance']:.3f} [{lo:.3f}, {hi:.3f}], "
+                     f"{b['clusters']} cluster{'s' if b['clusters'] != 1 else ''}"
+                     + ("" if ratio is None else f", ratio {ratio:.2f}"))
+    return "breadth (mean pairwise scorer distance across seeds, 95% CI; ratio to the source): " + "; ".join(parts)
+
+
+def _nearest_reference(index, emb) -> tuple:
+    """The reference image closest to any of a row's renders, captioned with its similarity and how many of
+    the row's renders are duplicates (at the calibrated threshold)."""
+    from bridge.reference import DUPLICATE_THRESHOLD, duplicate_report
+
+    near = index.neighbours(emb, 1)
+    best = max((ns[0] for ns in near), key=lambda x: x.similarity)
+    dup = duplicate_report(near, DUPLICATE_THRESHOLD)
+    return (index.image(best.row), f"nearest reference · {best.path} · similarity {best.similarity:.3f} · "
+                                   f"duplicates {dup['duplicates']}/{dup['renders']}")
 
 
 def _toy_oracle(prompt: str, negative: str):
@@ -465,7 +516,8 @@ def build_app(cfg: ServeConfig | None = None):
                 c_seed = gr.Number(value=0, precision=0, label="Base seed")
             c_go = gr.Button("Render and compare", variant="primary", elem_id="compare-btn")
             c_gallery = gr.Gallery(label="rows: source model with the source prompt | target model with the source "
-                                         "prompt | target model with the translation (| the oracle); a column per seed",
+                                         "prompt | target model with the translation (| the oracle); a column per seed"
+                                         + (" and the nearest reference" if cfg.reference else ""),
                                    columns=4, height="auto", object_fit="contain", elem_id="c-gallery")
             c_translation = gr.Textbox(label="Translation used", buttons=["copy"])
             c_summary = gr.Markdown(elem_id="c-summary")

@@ -8,6 +8,7 @@ from pathlib import Path
 from bridge import presets
 from bridge.config import json_summary_field
 from bridge.policy import MigrationPolicy
+from bridge.reference import DUPLICATE_THRESHOLD
 
 
 @dataclass
@@ -39,6 +40,11 @@ class EvalConfig(MigrationPolicy):
     tie: float = field(default=0.005, metadata={"help": "|delta| at most this is a tie"})
     regression_threshold: float = field(default=0.02, metadata={"help": "a prompt worse than identity by more than "
                                                                          "this is listed as a regression"})
+    reference: Path | None = field(default=None, metadata={
+        "help": "a reference index from `sd-bridge index`: each render's nearest references, duplicates per strategy"})
+    top_k: int = field(default=3, metadata={"help": "nearest references kept per render (with --reference)"})
+    duplicate_threshold: float = field(default=DUPLICATE_THRESHOLD, metadata={
+        "help": "nearest-reference similarity at which a render counts as a duplicate (calibrated on the toy world)"})
     grid_prompts: int = field(default=8, metadata={"help": "prompts shown as image grids in the report"})
     render_batch: int = field(default=4, metadata={"help": "images per pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
@@ -57,6 +63,10 @@ class EvalConfig(MigrationPolicy):
         self.adapter = [Path(a) for a in self.adapter]
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
+        if self.top_k < 1:
+            raise ValueError(f"top-k must be >= 1, got {self.top_k}")
+        if self.reference is not None and not (Path(self.reference) / "index.json").is_file():
+            raise ValueError(f"{self.reference} is not a reference index; build one with `sd-bridge index`")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         for name, value in (("source", self.source), ("target", self.target)):
@@ -68,13 +78,7 @@ class EvalConfig(MigrationPolicy):
     def resolve_presets(self) -> bool:
         """Replace "auto" by the real preset when its weights are local, else by the toy one. Returns True
         when any fell back to the toy world (the caller says so before rendering)."""
-        fell_back = False
-        for attr, kind, real, toy in (("source", "pipeline", presets.DEFAULT_SOURCE, presets.TOY_SOURCE),
-                                      ("target", "pipeline", presets.DEFAULT_TARGET, presets.TOY_TARGET),
-                                      ("scorer", "scorer", presets.DEFAULT_SCORER, presets.TOY_SCORER)):
-            preset, toy_used = presets.real_or_toy(kind, getattr(self, attr), real, toy)
-            setattr(self, attr, preset.name)
-            fell_back |= toy_used
+        fell_back = presets.resolve_auto(self)
         if self.oracle and not (presets.pipeline(self.source).toy and presets.pipeline(self.target).toy):
             raise ValueError(f"--oracle knows the correct translation only in the toy world; source {self.source!r} "
                              f"and target {self.target!r} must be toy presets (toy-sd15, toy-sd2)")

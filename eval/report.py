@@ -66,9 +66,21 @@ def _table_rows(report: dict) -> list[list[str]]:
         rows.append([name, f"{a['agreement_mean']:.4f}", f"[{a['agreement_ci95'][0]:.4f}, {a['agreement_ci95'][1]:.4f}]",
                      f"{v['delta_mean']:+.4f}", f"{v['win']:.0%} / {v['tie']:.0%} / {v['loss']:.0%}",
                      f"{a['text_score_mean']:.4f}", f"{a['tokens_mean']:.1f}", f"{a['length_mean']:.0f}",
-                     str(len(a["regressions"])), str(a.get("fallbacks", 0))]
+                     str(len(a["regressions"])), str(a.get("fallbacks", 0)), _ratio(a)]
+                    + ([_dup(a["duplicates"])] if "duplicates" in a else [])
                     + ([_gap(a.get("gap_recovered"), a.get("gap_recovered_ci95"))] if _has_oracle(report) else []))
     return rows
+
+
+def _ratio(a: dict) -> str:
+    if a.get("breadth_ratio") is None:
+        return "n/a (1 seed)"
+    lo, hi = a["breadth_ratio_ci95"]
+    return f"{a['breadth_ratio']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _dup(d: dict) -> str:
+    return f"{d['duplicate_fraction']:.0%} ({d['duplicates']}/{d['renders']})" if d["renders"] else ""
 
 
 def _has_oracle(report: dict) -> bool:
@@ -93,19 +105,25 @@ def _drift_rows(report: dict) -> list[list[str]]:
 
 
 HEADER = ["strategy", "agreement", "95% CI", "Δ vs identity", "win / tie / loss", "text–image", "tokens", "chars",
-          "regressions", "fallbacks"]
+          "regressions", "fallbacks", "breadth ratio [95% CI]"]
 GAP = "oracle gap recovered [95% CI]"
 DRIFT_HEADER = ["drift", "strategy", "prompts", "agreement", "Δ vs identity", "95% CI", "win", GAP]
 
 
+DUP = "duplicates of the reference"
+
+
 def _header(report: dict) -> list[str]:
-    return HEADER + ([GAP] if _has_oracle(report) else [])
+    dup = any("duplicates" in a for a in report["strategies"].values())
+    return HEADER + ([DUP] if dup else []) + ([GAP] if _has_oracle(report) else [])
 
 
 def markdown(report: dict) -> str:
     lines = [f"# sd-bridge eval: {report['source']['name']} → {report['target']['name']}", "",
              f"{report['prompts']} prompts × {report['seeds']} seeds, scorer `{report['scorer']['name']}`. Agreement = "
-             "cosine of scorer image embeddings, target render vs source render at the same seed, mean over seeds.", "",
+             "cosine of scorer image embeddings, target render vs source render at the same seed, mean over seeds. "
+             "Breadth ratio = mean pairwise distance of a prompt's target renders across seeds ÷ the source's "
+             "(below 1: the target draws fewer looks than the source).", "",
              "| " + " | ".join(_header(report)) + " |", "|" + "---|" * len(_header(report))]
     lines += ["| " + " | ".join(r) + " |" for r in _table_rows(report)]
     drift_rows = _drift_rows(report)

@@ -175,9 +175,11 @@ def drifts_of(prompt: str, source: presets.PipelinePreset) -> list[str] | None:
 
 
 def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prompts=lambda n: None,
-                   chunk: int = 8) -> list[dict]:
+                   chunk: int = 8, index=None, top_k: int = 3) -> list[dict]:
     """Per prompt: the target's renders of the strategy's text against the source renders, `chunk` prompts
-    at a time so that `on_prompts` can move a progress bar."""
+    at a time so that `on_prompts` can move a progress bar. Breadth: the mean pairwise distance of the
+    prompt's renders across its seeds (bridge.breadth). With a reference `index`, each render's nearest
+    references."""
     from bridge.tokens import token_budget
 
     text_emb = scorer.embed_texts([it.prompt for it in items])
@@ -194,20 +196,32 @@ def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prom
             k += len(it.seeds)
             per_seed = torch.nn.functional.cosine_similarity(e, it.source_emb, dim=-1).tolist()
             counts, _ = token_budget(strat["prompts"][i], truncates=True)
-            rows.append({"text": strat["prompts"][i], "negative": strat["negatives"][i], "agreement": mean(per_seed),
-                         "per_seed": per_seed, "text_score": float((e @ text_emb[i]).mean()),
-                         "tokens": sum(counts), "length": len(strat["prompts"][i])})
+            row = {"text": strat["prompts"][i], "negative": strat["negatives"][i], "agreement": mean(per_seed),
+                   "per_seed": per_seed, "text_score": float((e @ text_emb[i]).mean()),
+                   "tokens": sum(counts), "length": len(strat["prompts"][i]),
+                   "breadth": _breadth(e)}
+            if index is not None:
+                row["nearest"] = [[n.as_dict() for n in ns] for ns in index.neighbours(e, top_k)]
+            rows.append(row)
         on_prompts(len(part))
     return rows
 
 
 def aggregate(names: list[str], rows: list[dict], cfg: EvalConfig) -> dict:
+    from bridge.breadth import ratio_ci
+    from bridge.reference import duplicate_report, Neighbour
+
     base = [r["strategies"]["identity"]["agreement"] for r in rows]
     prompts = [r["prompt"] for r in rows]
     out = {}
     for name in names:
         vals = [r["strategies"][name]["agreement"] for r in rows]
+        # Breadth ratio target / source: < 1 where the strategy makes the target draw fewer looks.
+        wide = ratio_ci([r["strategies"][name]["breadth"] for r in rows], [r["source_breadth"] for r in rows],
+                        seed=cfg.seed)
         out[name] = {
+            "breadth_mean": wide["target_mean"],
+            "breadth_ratio": wide["ratio"], "breadth_ratio_ci95": wide["ci95"],
             "agreement_mean": mean(vals), "agreement_ci95": list(bootstrap_ci(vals, seed=cfg.seed)),
             "text_score_mean": mean([r["strategies"][name]["text_score"] for r in rows]),
             "tokens_mean": mean([r["strategies"][name]["tokens"] for r in rows]),
@@ -216,6 +230,9 @@ def aggregate(names: list[str], rows: list[dict], cfg: EvalConfig) -> dict:
             "regressions": regressions(prompts, vals, base, cfg.regression_threshold),
             "by_drift": by_drift(rows, name, cfg),
         }
+        if cfg.reference is not None:
+            near = [[Neighbour(**n) for n in ns] for r in rows for ns in r["strategies"][name]["nearest"]]
+            out[name]["duplicates"] = duplicate_report(near, cfg.duplicate_threshold)
         if "oracle" in names:  # the share of the oracle's gain over identity (paired bootstrap interval)
             gap = gap_recovered(vals, base, [r["strategies"]["oracle"]["agreement"] for r in rows], seed=cfg.seed)
             out[name]["gap_recovered"], out[name]["gap_recovered_ci95"] = gap["fraction"], gap["ci95"]
@@ -284,10 +301,13 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     # 2. Every strategy's translations, 3. target renders and scores.
     target_cache = RenderCache(cache_root, Renderer(target, device=device), scorer, cfg.render_batch)
     strats = strategies(cfg, local, device) if local else {}
+    index = _reference(cfg)
     with _progress(cfg, state, len(local) * len(strats), f"eval ({len(strats)} strategies)") as bar:
-        per = {name: score_strategy(local, strat, target_cache, scorer, bar.update) for name, strat in strats.items()}
+        per = {name: score_strategy(local, strat, target_cache, scorer, bar.update, index=index, top_k=cfg.top_k)
+               for name, strat in strats.items()}
     rows = [{"index": i, "prompt": it.prompt, "negative_prompt": it.negative, "seeds": it.seeds,
-             "drifts": drifts_of(it.prompt, source), "strategies": {name: per[name][j] for name in per}}
+             "drifts": drifts_of(it.prompt, source), "source_breadth": _breadth(it.source_emb),
+             "strategies": {name: per[name][j] for name in per}}
             for j, (i, it) in enumerate(zip(mine, local))]
     fallbacks = {name: s["fallbacks"] for name, s in strats.items()}
     rows = sorted(gather_object(rows), key=lambda r: r["index"]) if state.num_processes > 1 else rows
@@ -313,14 +333,36 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
                                        "scorer": report["scorer"]})
     for name in names:
         a = agg[name]
+        wide = "" if a["breadth_ratio"] is None else (f", breadth ratio {a['breadth_ratio']:.2f} "
+                                                      f"[{a['breadth_ratio_ci95'][0]:.2f}, {a['breadth_ratio_ci95'][1]:.2f}]")
+        dup = f", duplicates {a['duplicates']['duplicate_fraction']:.0%}" if "duplicates" in a else ""
         log(f"{name:>24s}: agreement {a['agreement_mean']:.4f} [{a['agreement_ci95'][0]:.4f}, "
             f"{a['agreement_ci95'][1]:.4f}], vs identity {a['vs_identity']['delta_mean']:+.4f} "
-            f"(win {a['vs_identity']['win']:.0%} / tie {a['vs_identity']['tie']:.0%} / loss {a['vs_identity']['loss']:.0%})")
+            f"(win {a['vs_identity']['win']:.0%} / tie {a['vs_identity']['tie']:.0%} / loss {a['vs_identity']['loss']:.0%})"
+            f"{wide}{dup}")
     log(f"report: {paths['html']}")
     print_json_summary(cfg, {"report": paths, "prompts": report["prompts"], "seeds": cfg.seeds,
                              "strategies": {name: {k: v for k, v in agg[name].items() if k != "regressions"}
                                             | {"regressions": len(agg[name]["regressions"])} for name in names}})
     return report
+
+
+def _breadth(emb: torch.Tensor) -> float | None:
+    """Mean pairwise distance of one prompt's renders across its seeds; None with one seed."""
+    from bridge.breadth import distances, mean_distance
+
+    return mean_distance(distances(emb.numpy())) if len(emb) >= 2 else None
+
+
+def _reference(cfg: EvalConfig):
+    """The --reference index, opened once and checked against the scorer; None without one."""
+    if cfg.reference is None:
+        return None
+    from bridge.reference import ReferenceIndex
+
+    index = ReferenceIndex.open(cfg.reference)
+    index.check_scorer(cfg.scorer)
+    return index
 
 
 def learning_curves(cfg: EvalConfig) -> dict[str, str]:

@@ -122,6 +122,7 @@ def test_compare_tab_renders_a_grid_over_seeds(client):
         ["toy-sd15", "source prompt"], ["toy-sd2", "source prompt"], ["toy-sd2", "translation"], ["toy-sd2", "oracle"]]
     assert translation == "a crimson circle"
     assert "mean agreement" in summary and "toy-sd2 with the translation" in summary
+    assert "breadth (mean pairwise scorer distance across seeds, 95% CI; ratio to the source)" in summary
     assert "oracle translation is 'a red circle on a white background'" in summary
     assert "negative: 'a red outlined circle on a white background'" in summary
     assert "toy world" in note
