@@ -6,7 +6,8 @@ import os
 import tempfile
 
 from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, migrate_speed_memory,
-                        parse_linear, prompt_parse, toyworld_drift, toyworld_learning, train_step_split)
+                        parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift, toyworld_learning,
+                        train_step_split)
 
 if __name__ == "__main__":
     cli_start.main([])
@@ -17,6 +18,8 @@ if __name__ == "__main__":
     migrate_speed_memory.main([])
     train_step_split.main([])
     toyworld_drift.main([])
+    sweep_breadth.main([])
+    reference_index.main([])
     with tempfile.TemporaryDirectory() as tmp:
         toyworld_learning.main(["--out", tmp])
     demo_time.main()
