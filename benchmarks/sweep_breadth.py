@@ -141,8 +141,13 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
         prompts = [_caption(s) for s in group for _ in range(render_seeds)]
         return renderer(prompts, [k for _ in group for k in range(render_seeds)], batch_size=32)
 
+    def own_scene(emb, per: int) -> float:  # how often the top-1 reference is a drawing of the query's own scene
+        rows = index.search(emb, 1)[1][:, 0].tolist()
+        return sum(index.paths[r].startswith(f"scene{i // per:03d}-") for i, r in enumerate(rows)) / len(rows)
+
     imgs_in, imgs_out = renders(ref), renders(novel)
-    sim_in, sim_out = nearest(ref, scorer.embed_images(imgs_in)), nearest(novel, scorer.embed_images(imgs_out))
+    emb_in = scorer.embed_images(imgs_in)
+    sim_in, sim_out = nearest(ref, emb_in), nearest(novel, scorer.embed_images(imgs_out))
     # Pixels as the baseline embedding: the same exact search, on flattened 32x32 RGB centred per image.
     from PIL import Image
 
@@ -156,7 +161,8 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     px_out = [search(pixels(imgs_out), ref_px, 1)[0][:, 0].tolist()[i * render_seeds:(i + 1) * render_seeds]
               for i in range(len(novel))]
     # Upper bound: the true drawings at unseen seeds as queries (no renderer error, only the scorer's).
-    draw_in = index.search(scorer.embed_images([w.draw(s, 20_000) for s in ref]), 1)[0][:, 0].tolist()
+    drawn_in = scorer.embed_images([w.draw(s, 20_000) for s in ref])
+    draw_in = index.search(drawn_in, 1)[0][:, 0].tolist()
     draw_out = index.search(scorer.embed_images([w.draw(s, 20_000) for s in novel]), 1)[0][:, 0].tolist()
     half = n_scenes // 2
     flat = lambda groups: [x for g in groups for x in g]  # noqa: E731
@@ -171,6 +177,7 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     result["scorer"]["out_percentiles"] = np.percentile(flat(sim_out), [5, 50, 95]).round(3).tolist()
     tb = _youden(draw_in[:half], draw_out[:half])
     result["drawings_as_queries"] = _rates(draw_in[half:], draw_out[half:], tb)
+    result["own_scene_top1"] = {"renders": own_scene(emb_in, render_seeds), "drawings": own_scene(drawn_in, 1)}
     return result
 
 
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scenes", type=int, default=60, help="scenes in the reference set (and as many outside it)")
     ap.add_argument("--eval-prompts", type=int, default=60, help="held-out prompts for eval's breadth ratio")
     ap.add_argument("--out", type=Path, default=None, help="keep the sweeps, index and report here")
+    ap.add_argument("--parts", nargs="*", default=["breadth", "duplicates", "eval"], help="measure only these")
     args = ap.parse_args(argv)
     import torch
 
@@ -199,9 +207,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         t0 = time.perf_counter()
-        sep = breadth_separates(out / "breadth", args.prompts, args.seeds)
-        dup = duplicate_check(out / "duplicates", args.scenes)
-        ev = eval_breadth(out / "eval", args.eval_prompts, 4)
+        sep = breadth_separates(out / "breadth", args.prompts, args.seeds) if "breadth" in args.parts else {}
+        dup = duplicate_check(out / "duplicates", args.scenes) if "duplicates" in args.parts else {}
+        ev = eval_breadth(out / "eval", args.eval_prompts, 4) if "eval" in args.parts else {}
         result = {"breadth": sep, "duplicates": dup, "eval": ev, "seconds": time.perf_counter() - t0}
         (out / "sweep_breadth.json").write_text(json.dumps(result, indent=2))
     print(f"sweep_breadth (toy world, {args.prompts} pinned + {args.prompts} open prompts x {args.seeds} seeds per "
@@ -212,6 +220,22 @@ def main(argv: list[str] | None = None) -> dict:
               f"{'disjoint' if r['disjoint'] else 'OVERLAP'}; ratio open/pinned {r['ratio_open_to_pinned']:.2f}; "
               f"pairs with disjoint per-prompt intervals {r['pairs_disjoint']:.0%}; clusters {r['clusters_pinned']:.1f}"
               f" vs {r['clusters_open']:.1f}")
+    if dup:
+        _print_duplicates(dup)
+    if ev:
+        print("  eval breadth ratio (target / source): " + ", ".join(
+            f"{k} {v['breadth_ratio']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" for k, v in ev.items()))
+    lift = {n: dup[n]["calibrated"]["flagged_in"] / max(1e-9, dup[n]["calibrated"]["flagged_out"])
+            for n in ("scorer", "pixels")} if dup else {}
+    last = ["open / pinned breadth: " + ", ".join(f"{m} {r['ratio_open_to_pinned']:.2f}" for m, r in sep.items())
+            ] if sep else []
+    last += [f"duplicate flag rate in / out: scorer {lift['scorer']:.2f} vs pixel baseline {lift['pixels']:.2f}"
+             ] if lift else []
+    print("; ".join(last))
+    return result
+
+
+def _print_duplicates(dup: dict) -> None:
     for name in ("scorer", "pixels"):
         c = dup[name]["calibrated"]
         print(f"  duplicates by {name}: threshold {c['threshold']:.3f} (calibrated on half the scenes): flags "
@@ -222,13 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"target >= 95% / <= 5%: {'met' if d['flagged_in'] >= 0.95 and d['flagged_out'] <= 0.05 else 'NOT met'}")
     u = dup["drawings_as_queries"]
     print(f"  upper bound, true drawings as queries: in {u['flagged_in']:.1%}, out {u['flagged_out']:.1%}")
-    print("  eval breadth ratio (target / source): " + ", ".join(
-        f"{k} {v['breadth_ratio']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" for k, v in ev.items()))
-    lift = {n: dup[n]["calibrated"]["flagged_in"] / max(1e-9, dup[n]["calibrated"]["flagged_out"])
-            for n in ("scorer", "pixels")}
-    print("open / pinned breadth: " + ", ".join(f"{m} {r['ratio_open_to_pinned']:.2f}" for m, r in sep.items())
-          + f"; duplicate flag rate in / out: scorer {lift['scorer']:.2f} vs pixel baseline {lift['pixels']:.2f}")
-    return result
+    o = dup["own_scene_top1"]
+    print(f"  nearest reference is a drawing of the query's own scene: {o['renders']:.1%} of toy-sd15 renders, "
+          f"{o['drawings']:.1%} of true drawings")
 
 
 if __name__ == "__main__":
