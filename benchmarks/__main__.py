@@ -7,7 +7,7 @@ import tempfile
 
 from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, migrate_speed_memory,
                         parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift, toyworld_learning,
-                        train_step_split)
+                        train_step_split, translation_cache)
 
 if __name__ == "__main__":
     cli_start.main([])
@@ -16,6 +16,7 @@ if __name__ == "__main__":
     parse_linear.main()
     gather_overhead.main([])
     migrate_speed_memory.main([])
+    translation_cache.main([])
     train_step_split.main([])
     toyworld_drift.main([])
     sweep_breadth.main([])

@@ -53,6 +53,9 @@ class MigrateConfig(MigrationPolicy):
     adapter: Path | None = field(default=None, metadata={"help": "adapter directory (default: syntax strategy)"})
     target: str | None = field(default=None, metadata={"help": "target preset (default: the adapter's, else sd2-base)"})
     device: str = field(default="cpu", metadata={"help": "device for the rewriter"})
+    translation_cache: str = field(default="auto", metadata={
+        "help": "file of adapter rewrites kept across runs (auto: translations.sqlite in the sd-bridge cache "
+                "directory; off: none): a prompt translated before by the same adapter is not generated again"})
     chunk_rows: int = field(default=256, metadata={"help": "rows translated and committed together"})
     max_chars: int = field(default=20_000, metadata={"help": "a prompt or negative prompt longer than this is a "
                                                                    "row error"})
@@ -395,7 +398,8 @@ def migrate(cfg: MigrateConfig, log) -> int:
                   "row_errors": counts["error"]}
         log_plan(cfg, log, counts)
         return EXIT_OK
-    translator = Translator.from_pretrained(cfg.adapter, cfg.target, policy_of(cfg), device=cfg.device)
+    translator = Translator.from_pretrained(cfg.adapter, cfg.target, policy_of(cfg), device=cfg.device,
+                                            cache=cfg.translation_cache)
     with logging_redirect_tqdm():  # library warnings go through the bar instead of landing inside it
         if kind in ("png", "infotext"):
             return _migrate_files(cfg, kind, translator, log, started)
@@ -478,7 +482,7 @@ def _migrate_file(cfg: MigrateConfig, kind: str, translator, log, started: float
         sink.err_part.unlink(missing_ok=True)
         err_file.unlink(missing_ok=True)
     jpath.unlink(missing_ok=True)
-    return _summary(cfg, log, done, errors, warn_counts, translator.strategy, out, err_file, started)
+    return _summary(cfg, log, done, errors, warn_counts, translator, out, err_file, started)
 
 
 class _SinkText:
@@ -558,12 +562,14 @@ def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: floa
     if errors:
         err_file.write_text("".join(json.dumps({"row": r.index, "file": r.raw, "error": r.error}) + "\n"
                                     for r in errors), encoding="utf-8")
-    return _summary(cfg, log, done, len(errors), warn_counts, translator.strategy, out, err_file, started)
+    return _summary(cfg, log, done, len(errors), warn_counts, translator, out, err_file, started)
 
 
-def _summary(cfg, log, rows, errors, warn_counts, strategy, out, err_file, started) -> int:
-    seconds = time.perf_counter() - started
+def _summary(cfg, log, rows, errors, warn_counts, translator, out, err_file, started) -> int:
+    seconds, strategy, cache = time.perf_counter() - started, translator.strategy, translator.cache
     log(f"migrated {rows - errors}/{rows} rows with the {strategy} strategy into {out} in {seconds:.1f}s")
+    if cache is not None:
+        log(f"translation cache {cache.path}: {cache.hits} rewrite(s) read back, {cache.misses} generated")
     if warn_counts:
         log("warnings: " + ", ".join(f"{code} x{n}" for code, n in warn_counts.most_common()))
     if errors:
@@ -571,5 +577,7 @@ def _summary(cfg, log, rows, errors, warn_counts, strategy, out, err_file, start
     print_json_summary(cfg, {"input": str(cfg.input), "output": str(out), "rows": rows, "migrated": rows - errors,
                              "row_errors": errors, "errors_file": str(err_file) if errors else None,
                              "strategy": strategy, "warnings": dict(warn_counts.most_common()),
-                             "seconds": round(seconds, 2)})
+                             "seconds": round(seconds, 2),
+                             "translation_cache": None if cache is None else {
+                                 "path": str(cache.path), "hits": cache.hits, "generated": cache.misses}})
     return EXIT_ROW_ERRORS if errors else EXIT_OK

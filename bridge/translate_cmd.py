@@ -31,6 +31,9 @@ class TranslateConfig(MigrationPolicy):
     seed: int = field(default=0, metadata={"help": "seed for sampled candidates"})
     device: str = field(default="cpu", metadata={"help": "device for the rewriter"})
     batch_size: int = field(default=32, metadata={"help": "leaves per generation batch"})
+    translation_cache: str = field(default="auto", metadata={
+        "help": "file of adapter rewrites kept across runs (auto: translations.sqlite in the sd-bridge cache "
+                "directory; off: none)"})
     json: bool = field(default=False, metadata={"help": "one JSON object per prompt (JSON lines) instead of "
                                                                 "TSV"})
 
@@ -54,7 +57,7 @@ def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
         prompts = _read_lines(stream)
         negatives = [None] * len(prompts)
     translator = Translator.from_pretrained(cfg.adapter, cfg.target, policy_of(cfg), device=cfg.device,
-                                            batch_size=cfg.batch_size)
+                                            batch_size=cfg.batch_size, cache=cfg.translation_cache)
     results = translator.translate(prompts, negatives, num_candidates=cfg.candidates, sample=cfg.candidates > 1,
                                    seed=cfg.seed)
     for n, r in enumerate(results, 1):

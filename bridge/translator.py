@@ -68,12 +68,16 @@ class Translator:
     """Translate prompts from the source to the target model (see module docstring)."""
 
     def __init__(self, target: presets.PipelinePreset, policy: MigrationPolicy | None = None, model=None,
-                 tokenizer=None, meta=None, name: str = SYNTAX, batch_size: int = 32):
+                 tokenizer=None, meta=None, name: str = SYNTAX, batch_size: int = 32, cache=None,
+                 model_key: str | None = None):
         self.target = target
         self.policy = policy or MigrationPolicy()
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
         self.name = name
         self.batch_size = batch_size
+        # A TranslationCache and the key of this model in it (bridge.translation_cache): greedy rewrites made
+        # once, by this or an earlier run, are read back instead of generated.
+        self.cache, self.model_key = (cache, model_key) if model is not None else (None, None)
         self._network_map = self.policy.load_network_map()
         self._said_syntax = False
 
@@ -84,9 +88,10 @@ class Translator:
     @classmethod
     def from_pretrained(cls, adapter: str | Path | None = None, target: str | None = None,
                         policy: MigrationPolicy | None = None, device: str = "cpu", dtype: str = "auto",
-                        batch_size: int = 32) -> "Translator":
+                        batch_size: int = 32, cache: str | Path | None = None) -> "Translator":
         """A translator for `adapter` (a directory written by `sd-bridge train`), or the syntax strategy
-        when `adapter` is None. `target` defaults to the adapter's target (else the reference target)."""
+        when `adapter` is None. `target` defaults to the adapter's target (else the reference target).
+        `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None (no cache)."""
         if adapter is None:
             return cls(presets.pipeline(target or presets.DEFAULT_TARGET), policy, batch_size=batch_size)
         from peft import PeftModel
@@ -110,7 +115,14 @@ class Translator:
         except (RuntimeError, ValueError, KeyError) as err:
             raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
                              f"{str(err).splitlines()[0]}") from None
-        return cls(presets.pipeline(meta.target), policy, model.eval(), tokenizer, meta, adapter.name, batch_size)
+        from bridge import translation_cache
+
+        path = translation_cache.resolve(cache)
+        store = translation_cache.TranslationCache(path) if path is not None else None
+        dtype = next(model.parameters()).dtype
+        key = translation_cache.model_key(adapter, base, dtype) if store is not None else None
+        return cls(presets.pipeline(meta.target), policy, model.eval(), tokenizer, meta, adapter.name, batch_size,
+                   store, key)
 
     def check_inputs(self, prompts, negative_prompts, num_candidates: int) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
@@ -184,24 +196,40 @@ class Translator:
                 candidates=[w.prompt for w in written] if num_candidates > 1 else [], fallback=fallbacks[k][0]))
         return out
 
-    def _rewrite(self, texts: list[str], n: int, sample: bool, seed: int, names) -> tuple[list, list]:
-        from bridge.rewriter import rewrite_prompts
-
-        rewrites = rewrite_prompts(self.model, self.tokenizer, texts, names, prefix=self.meta.prefix, num_candidates=n,
-                                   sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
-                                   batch_size=self.batch_size, fmt=self.meta.format)
-        return ([[c.text for c in cands] for cands in rewrites], [[c.fallback for c in cands] for cands in rewrites],
-                [cands[0].unfinished for cands in rewrites])
+    def _rewrite(self, texts: list[str], n: int, sample: bool, seed: int, names) -> tuple[list, list, list]:
+        rewrites = self._generate(texts, self.meta.prefix, n, sample, seed, names)
+        return [r[0] for r in rewrites], [r[1] for r in rewrites], [r[2] for r in rewrites]
 
     def _rewrite_negatives(self, negatives: list[str | None], seed: int, names) -> tuple[list, list[bool]]:
         """The policy's negatives rewritten (greedy, one each); None and empty negatives stay as they are."""
+        todo = [i for i, n in enumerate(negatives) if n]
+        rewrites = self._generate([negatives[i] for i in todo], self.meta.negative_prefix, 1, False, seed, names)
+        out, failed = list(negatives), [False] * len(negatives)
+        for i, (texts, fallbacks, _) in zip(todo, rewrites):
+            out[i], failed[i] = texts[0], fallbacks[0]
+        return out, failed
+
+    def _generate(self, texts: list[str], prefix: str, n: int, sample: bool, seed: int,
+                  names) -> list[tuple[list[str], list[bool], bool]]:
+        """Per text: (candidate texts, their fallback flags, unfinished). Greedy single rewrites go through the
+        translation cache when there is one: only texts it has never seen are generated."""
         from bridge.rewriter import rewrite_prompts
 
-        todo = [i for i, n in enumerate(negatives) if n]
-        rewrites = rewrite_prompts(self.model, self.tokenizer, [negatives[i] for i in todo], names,
-                                   prefix=self.meta.negative_prefix, seed=seed, max_new_tokens=self.meta.max_new_tokens,
-                                   batch_size=self.batch_size, fmt=self.meta.format)
-        out, failed = list(negatives), [False] * len(negatives)
-        for i, [cand] in zip(todo, rewrites):
-            out[i], failed[i] = cand.text, cand.fallback
-        return out, failed
+        def run(batch: list[str]) -> list[tuple[list[str], list[bool], bool]]:
+            rewrites = rewrite_prompts(self.model, self.tokenizer, batch, names, prefix=prefix, num_candidates=n,
+                                       sample=sample, seed=seed, max_new_tokens=self.meta.max_new_tokens,
+                                       batch_size=self.batch_size, fmt=self.meta.format)
+            return [([c.text for c in cands], [c.fallback for c in cands], cands[0].unfinished) for cands in rewrites]
+
+        if self.cache is None or n > 1 or sample or not texts:
+            return run(texts)
+        settings = [prefix, self.meta.format, self.meta.max_new_tokens, sorted(names)]
+        keys = [self.cache.key(self.model_key, settings, t) for t in texts]
+        found = self.cache.get_many(keys)
+        todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
+        if todo:
+            fresh = {self.cache.key(self.model_key, settings, t): (r[0][0], r[1][0], r[2])
+                     for t, r in zip(todo, run(todo))}
+            self.cache.put_many(fresh)
+            found.update(fresh)
+        return [([found[k][0]], [bool(found[k][1])], bool(found[k][2])) for k in keys]

@@ -1,0 +1,91 @@
+"""The translation cache (issue #15): a prompt rewritten once by an adapter is read back, in this run or a later
+one, and never read back for another adapter, another setting or a sampled candidate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge import Translator, presets
+from bridge.rewriter import AdapterMeta
+
+PROMPTS = ["a crimson fox in the snow", "(masterpiece:1.2), a castle BREAK at dusk", "a crimson fox in the snow"]
+
+
+def _adapter(root, seed: int):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bridge.loading import load_rewriter
+
+    model, _ = load_rewriter(presets.rewriter("tiny-t5"))
+    torch.manual_seed(seed)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM",
+                                     init_lora_weights=False)).save_pretrained(root)
+    AdapterMeta("tiny-t5", "tiny-v1", "tiny-sd15", "tiny-sd2", max_new_tokens=12, rewrite_negative=True).save(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    return _adapter(tmp_path_factory.mktemp("a"), 0), _adapter(tmp_path_factory.mktemp("b"), 1)
+
+
+@pytest.fixture
+def generated(monkeypatch):
+    """Every text the rewriter is asked to generate, through the real generate."""
+    import bridge.rewriter as rw
+
+    asked, real = [], rw.generate
+
+    def counting(model, tokenizer, texts, **kw):
+        asked.extend(texts)
+        return real(model, tokenizer, texts, **kw)
+
+    monkeypatch.setattr(rw, "generate", counting)
+    return asked
+
+
+def test_a_second_translator_reads_every_rewrite_back(adapters, generated, tmp_path):
+    cache = tmp_path / "t.sqlite"
+    first = Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS, ["blurry", None, "blurry"])
+    assert len(generated) == 3  # two distinct prompts and one distinct negative, each generated once
+    again = Translator.from_pretrained(adapters[0], cache=cache)
+    second = again.translate(PROMPTS, ["blurry", None, "blurry"])
+    assert len(generated) == 3 and again.cache.hits == 3 and again.cache.misses == 0
+    assert [t.to_dict() for t in second] == [t.to_dict() for t in first]
+    # Without a cache, the same translator generates again (and agrees: greedy is a function of its input).
+    fresh = Translator.from_pretrained(adapters[0]).translate(PROMPTS, ["blurry", None, "blurry"])
+    assert len(generated) == 6 and [t.to_dict() for t in fresh] == [t.to_dict() for t in first]
+
+
+def test_the_cache_never_answers_for_another_adapter_or_sampled_candidates(adapters, generated, tmp_path):
+    cache = tmp_path / "t.sqlite"
+    Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS[:1])
+    other = Translator.from_pretrained(adapters[1], cache=cache)
+    other.translate(PROMPTS[:1])
+    assert len(generated) == 2 and other.cache.hits == 0  # other weights: another model key
+    sampled = Translator.from_pretrained(adapters[0], cache=cache)
+    sampled.translate(PROMPTS[:1], num_candidates=2, sample=True, seed=3)
+    assert len(generated) == 3 and sampled.cache.hits == 0  # candidates depend on their batch: never cached
+
+
+def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters, tmp_path, capsys):
+    from bridge.cli import main
+
+    lib = tmp_path / "lib.txt"
+    lib.write_text("\n".join(f"a crimson fox number {i}" for i in range(12)) + "\n")
+    cache = tmp_path / "t.sqlite"
+    args = ["migrate", str(lib), "--adapter", str(adapters[0]), "--translation-cache", str(cache), "--json",
+            "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "one.txt")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["translation_cache"]["generated"] == 12 and first["translation_cache"]["hits"] == 0
+    assert main(args + ["--out", str(tmp_path / "two.txt")]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["translation_cache"] == {"path": str(cache), "hits": 12, "generated": 0}
+    assert (tmp_path / "one.txt").read_text() == (tmp_path / "two.txt").read_text()
+    assert main(args[:-4] + ["--translation-cache", "off", "--json", "--no-progress", "--out",
+                             str(tmp_path / "three.txt")]) == 0
+    assert json.loads(capsys.readouterr().out)["translation_cache"] is None
