@@ -441,6 +441,7 @@ def build_app(cfg: ServeConfig | None = None):
 
     cfg = cfg or ServeConfig()
     models = Models(cfg)
+    models.reference()  # an index made with another scorer is refused at start, not at the first Compare
     examples = _examples()
 
     # The API endpoints: named parameters, as gradio_client shows them (`client.view_api()`).

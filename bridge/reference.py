@@ -86,7 +86,7 @@ class Source:
     captions: list[str]
     dataset: object = None
     image_column: str | None = None
-    embeddings: object = None  # a gathered dataset's own embeddings (reused when its scorer is ours)
+    reuse_embeddings: bool = False  # a gathered dataset made with our scorer: its own embeddings are used
 
     def fingerprint(self, lo: int, hi: int) -> Iterator[str]:
         """What must be unchanged for the embeddings of items lo..hi to be reused: each file's path, size and
@@ -118,8 +118,12 @@ def list_source(reference: str, scorer: str, image_column: str | None = None,
         import datasets
 
         name, _, split = reference[3:].partition(":")
-        return _dataset_source("hub", reference, datasets.load_dataset(name, split=split or "train"), image_column,
-                               caption_column)
+        try:
+            ds = datasets.load_dataset(name, split=split or "train")
+        except Exception as err:  # offline, unknown name, unknown split: the library's first line says which
+            why = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise ValueError(f"could not load dataset {name!r} (split {split or 'train'}): {why}") from None
+        return _dataset_source("hub", reference, ds, image_column, caption_column)
     root = Path(reference)
     if root.is_dir() and ((root / "dataset_info.json").is_file() or (root / "state.json").is_file()):
         import datasets
@@ -128,8 +132,7 @@ def list_source(reference: str, scorer: str, image_column: str | None = None,
         gathered = {"embedding", "scorer", "image", "prompt"} <= set(ds.column_names)
         src = _dataset_source("gathered" if gathered else "dataset", str(root), ds, image_column or (
             "image" if gathered else None), caption_column or ("prompt" if gathered else None))
-        if gathered and set(ds["scorer"]) == {scorer}:
-            src.embeddings = ds["embedding"]
+        src.reuse_embeddings = gathered and ds.unique("scorer") == [scorer]
         return src
     if root.is_file():
         raise ValueError(f"{reference} is a file; give a folder of images, a dataset directory or hf:NAME")
@@ -213,8 +216,8 @@ def build_index(source: Source, out: Path, scorer, batch: int = 64, on_images=la
         hi = min(lo + SHARD_ROWS, n)
         path, fingerprint = shards_dir / f"{k:05d}.parquet", _shard_print(source, lo, hi, scorer.preset.name)
         if not _shard_is_current(path, fingerprint):
-            if source.embeddings is not None:  # a gathered dataset carries its own scorer embeddings
-                emb = np.asarray(source.embeddings[lo:hi], dtype=np.float32)
+            if source.reuse_embeddings:  # a gathered dataset carries its own scorer embeddings
+                emb = np.asarray(source.dataset.select(range(lo, hi))["embedding"], dtype=np.float32)
             else:
                 emb = _embed(source, lo, hi, scorer, batch)
                 embedded += hi - lo
@@ -273,6 +276,7 @@ class ReferenceIndex:
 
     def __init__(self, root: Path, meta: dict, embeddings, paths: list[str], captions: list[str]):
         self.root, self.meta, self.embeddings, self.paths, self.captions = root, meta, embeddings, paths, captions
+        self._source = None  # the dataset behind a dataset index, opened on the first image asked for
 
     @classmethod
     def open(cls, root: Path | str) -> "ReferenceIndex":
@@ -328,8 +332,9 @@ class ReferenceIndex:
 
             with Image.open(Path(src["root"]) / self.paths[row]) as im:
                 return im.convert("RGB")
-        source = list_source(src["root"], self.scorer, src["image_column"])
-        return source.images([int(self.paths[row][1:])])[0]
+        if self._source is None:
+            self._source = list_source(src["root"], self.scorer, src["image_column"])
+        return self._source.images([int(self.paths[row][1:])])[0]
 
 
 def search(queries, references, k: int = 5, chunk: int = CHUNK_ROWS) -> tuple:

@@ -285,6 +285,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     if cfg.resolve_presets() and state.is_main_process:
         log(TOY_NOTE)
     check_adapters(cfg)
+    index = _reference(cfg)  # a wrong index is refused before any render
     device = str(state.device) if state.num_processes > 1 else resolve_device(cfg.device)
     cache_root = cfg.cache_dir or cfg.out / "render-cache"
     scorer = Scorer(presets.scorer(cfg.scorer), device=device)
@@ -301,7 +302,6 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     # 2. Every strategy's translations, 3. target renders and scores.
     target_cache = RenderCache(cache_root, Renderer(target, device=device), scorer, cfg.render_batch)
     strats = strategies(cfg, local, device) if local else {}
-    index = _reference(cfg)
     with _progress(cfg, state, len(local) * len(strats), f"eval ({len(strats)} strategies)") as bar:
         per = {name: score_strategy(local, strat, target_cache, scorer, bar.update, index=index, top_k=cfg.top_k)
                for name, strat in strats.items()}

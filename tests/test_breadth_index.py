@@ -139,3 +139,28 @@ def test_index_of_a_saved_dataset_and_bad_references(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # a usage error, before anything is loaded
         main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "idx3")])
     assert stop.value.code == 2 and "missing does not exist" in capsys.readouterr().err
+
+
+def test_a_gathered_dataset_is_indexed_with_its_own_embeddings_and_a_hub_name_offline_is_one_line(tmp_path, capsys):
+    import datasets
+    import numpy as np
+
+    from bridge.cli import main
+    from bridge.reference import ReferenceIndex
+    from bridge.toy import world as w
+    from data.gather import features
+
+    emb = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
+    rows = {"prompt": ["a", "b", "c"], "negative_prompt": [""] * 3, "seed": [1, 2, 3], "seed_index": [0] * 3,
+            "prompt_index": [0, 1, 2], "origin": [""] * 3, "image": [w.draw(w.Scene(), k) for k in range(3)],
+            "embedding": emb.tolist(), "preset": ["toy-sd15"] * 3, "revision": ["toy-v1"] * 3,
+            "scorer": ["toy-clip"] * 3, "settings": ["{}"] * 3}
+    datasets.Dataset.from_dict(rows, features=features()).save_to_disk(str(tmp_path / "gathered"))
+    assert main(["index", str(tmp_path / "gathered"), "--out", str(tmp_path / "idx"), "--scorer", "toy-clip"]) == 0
+    assert "0 embedded this run" in capsys.readouterr().out  # the gathered embeddings were reused
+    index = ReferenceIndex.open(tmp_path / "idx")
+    want = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    assert np.allclose(index.embeddings.numpy(), want, atol=1e-6) and index.captions == ["a", "b", "c"]
+    assert main(["index", "hf:no-such-owner/no-such-set", "--out", str(tmp_path / "hub")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not load dataset 'no-such-owner/no-such-set' (split train)" in err[0]

@@ -140,3 +140,10 @@ def test_compare_tab_shows_breadth_and_each_rows_nearest_reference(reference):
     assert all(c.startswith("nearest reference · scene") and "duplicates " in c for c in captions[3::4])
     assert "breadth (mean pairwise scorer distance across seeds" in summary
     assert "toy-sd15 with the source prompt" in summary.split("breadth")[1] and ", ratio " in summary
+
+
+def test_serve_refuses_an_index_of_another_scorer_at_start(reference):
+    from app import ServeConfig, build_app
+
+    with pytest.raises(ValueError, match="embedded with scorer 'toy-clip', not 'tiny-clip'"):
+        build_app(ServeConfig(reference=reference, scorer="tiny-clip"))
