@@ -64,9 +64,10 @@ class ServeConfig:
     device: str = field(default="auto", metadata={"help": "device for models"})
 
     def __post_init__(self):
+        from bridge.reference import check_index_dir
+
         self.upload_bytes()  # a bad size is a usage error now, not a traceback at launch
-        if self.reference is not None and not (Path(self.reference) / "index.json").is_file():
-            raise ValueError(f"{self.reference} is not a reference index; build one with `sd-bridge index`")
+        check_index_dir(self.reference)
 
     def upload_bytes(self) -> int:
         match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)\s*", str(self.max_file_size).lower())

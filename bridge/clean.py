@@ -81,3 +81,15 @@ def clean_records(records: Iterable[PromptRecord], min_tokens: int = 1, max_toke
 
 
 
+
+
+def read_prompt_file(spec: str, prompt_column: str = "prompt", negative_column: str | None = None,
+                     limit: int | None = None) -> list[PromptRecord]:
+    """The cleaned records of a prompt file (the first `limit`), as eval and sweep read held-out prompts; an
+    empty file is an error that names it."""
+    from bridge.sources import read_records
+
+    records, _ = clean_records(read_records(spec, prompt_column, negative_column))
+    if not records:
+        raise ValueError(f"no prompts in {spec}")
+    return records[:limit] if limit else records

@@ -6,6 +6,15 @@ import textwrap
 from typing import Sequence
 
 
+def fit_cell(img, cell: int):
+    """`img` as a `cell`-pixel square; small (tiny/toy-model) images upscale nearest-neighbour so their pixels
+    stay visible."""
+    from PIL import Image
+
+    resample = Image.NEAREST if img.width < cell else Image.BICUBIC
+    return img.convert("RGB").resize((cell, cell), resample)
+
+
 def captioned_grid(rows: Sequence[Sequence], captions: Sequence[str], headers: Sequence[str] | None = None,
                    cell: int = 128, caption_lines: int = 2):
     """A PNG-ready PIL image: one row of images per entry of `rows`, its caption underneath.
@@ -28,8 +37,7 @@ def captioned_grid(rows: Sequence[Sequence], captions: Sequence[str], headers: S
     for r, (images, caption) in enumerate(zip(rows, captions)):
         top = header_h + r * row_h
         for c, img in enumerate(images):
-            resample = Image.NEAREST if img.width < cell else Image.BICUBIC
-            sheet.paste(img.convert("RGB").resize((cell, cell), resample), (c * cell, top))
+            sheet.paste(fit_cell(img, cell), (c * cell, top))
         lines = textwrap.wrap(caption.replace("\n", " "), chars)[:caption_lines]
         for i, line in enumerate(lines):
             draw.text((4, top + cell + 3 + i * line_h), line, fill="black")

@@ -74,6 +74,12 @@ class IndexConfig:
             presets.scorer(self.scorer)
 
 
+def check_index_dir(path) -> None:
+    """A config's --reference must name an index directory (checked when flags are parsed, before any work)."""
+    if path is not None and not (Path(path) / META).is_file():
+        raise ValueError(f"{path} is not a reference index; build one with `sd-bridge index`")
+
+
 # ---------------------------------------------------------------------------------------------- sources
 
 @dataclass

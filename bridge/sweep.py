@@ -24,7 +24,7 @@ from bridge import presets
 from bridge.config import json_summary_field, print_json_summary, save_config, summary_log
 from bridge.files import atomic_write
 from bridge.policy import MigrationPolicy
-from bridge.reference import DUPLICATE_THRESHOLD
+from bridge.reference import DUPLICATE_THRESHOLD, check_index_dir
 
 ROWS = ("source", "identity", "translation", "oracle")
 
@@ -98,20 +98,16 @@ class SweepConfig(MigrationPolicy):
             raise ValueError(f"duplicate-threshold is a cosine similarity in [-1, 1], got {self.duplicate_threshold}")
         if not 0.0 <= self.cluster_threshold <= 2.0:
             raise ValueError(f"cluster-threshold is a distance in [0, 2], got {self.cluster_threshold}")
-        if self.reference is not None and not (Path(self.reference) / "index.json").is_file():
-            raise ValueError(f"{self.reference} is not a reference index; build one with `sd-bridge index`")
+        check_index_dir(self.reference)
 
 
 def load_prompts(cfg: SweepConfig) -> list[tuple[str, str | None]]:
     if cfg.prompt is not None:
         return [(cfg.prompt, cfg.negative)]
-    from bridge.clean import clean_records
-    from bridge.sources import read_records
+    from bridge.clean import read_prompt_file
 
-    records, _ = clean_records(read_records(cfg.prompts, cfg.prompt_column, cfg.negative_column))
-    if not records:
-        raise ValueError(f"no prompts in {cfg.prompts}")
-    return [(r.prompt, r.negative_prompt) for r in records[: cfg.limit]]
+    records = read_prompt_file(cfg.prompts, cfg.prompt_column, cfg.negative_column, cfg.limit)
+    return [(r.prompt, r.negative_prompt) for r in records]
 
 
 def row_texts(cfg: SweepConfig, prompts: list[tuple[str, str | None]], translator) -> list[list[dict]]:

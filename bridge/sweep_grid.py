@@ -11,6 +11,8 @@ import html
 import shutil
 from pathlib import Path
 
+from bridge.images import fit_cell
+
 LINE = 12
 
 
@@ -47,25 +49,18 @@ def grid_image(rows: list[dict], images: list[list], index=None, cell: int = 96)
             draw.text((4, top + 4 + i * LINE), _fit(line, label_w), fill="black")
         for c, img in enumerate(imgs):
             left = label_w + c * (pair + 4)
-            sheet.paste(_cell(img, cell), (left, top))
+            sheet.paste(fit_cell(img, cell), (left, top))
             caption = [_fit(row["text"], pair), f"seed {row['seeds'][c]}"]
             if with_ref:
                 near = row["nearest"][c][0]
                 if near["row"] not in refs:
                     refs[near["row"]] = index.image(near["row"])
-                sheet.paste(_cell(refs[near["row"]], cell), (left + cell, top))
+                sheet.paste(fit_cell(refs[near["row"]], cell), (left + cell, top))
                 dup = " DUPLICATE" if near["similarity"] >= row["duplicates"]["threshold"] else ""
                 caption.append(f"ref {near['similarity']:.3f}{dup}")
             for i, line in enumerate(caption):
                 draw.text((left + 2, top + cell + 2 + i * LINE), line, fill="red" if "DUPLICATE" in line else "black")
     return sheet
-
-
-def _cell(img, cell: int):
-    from PIL import Image
-
-    resample = Image.NEAREST if img.width < cell else Image.BICUBIC
-    return img.convert("RGB").resize((cell, cell), resample)
 
 
 def write_html(out: Path, report: dict, index=None) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 from bridge import presets
 from bridge.config import json_summary_field
 from bridge.policy import MigrationPolicy
-from bridge.reference import DUPLICATE_THRESHOLD
+from bridge.reference import DUPLICATE_THRESHOLD, check_index_dir
 
 
 @dataclass
@@ -65,8 +65,7 @@ class EvalConfig(MigrationPolicy):
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.top_k < 1:
             raise ValueError(f"top-k must be >= 1, got {self.top_k}")
-        if self.reference is not None and not (Path(self.reference) / "index.json").is_file():
-            raise ValueError(f"{self.reference} is not a reference index; build one with `sd-bridge index`")
+        check_index_dir(self.reference)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         for name, value in (("source", self.source), ("target", self.target)):

@@ -56,14 +56,10 @@ def _load_dataset(cfg: EvalConfig) -> list[Item]:
 
 
 def _load_file(cfg: EvalConfig, source_cache) -> list[Item]:
-    from bridge.clean import clean_records
+    from bridge.clean import read_prompt_file
     from bridge.render import derive_seed
-    from bridge.sources import read_records
 
-    records, _ = clean_records(read_records(cfg.prompts, cfg.prompt_column, cfg.negative_column))
-    if not records:
-        raise ValueError(f"no prompts in {cfg.prompts}")
-    records = records[: cfg.limit] if cfg.limit else records
+    records = read_prompt_file(cfg.prompts, cfg.prompt_column, cfg.negative_column, cfg.limit)
     items = []
     for r in records:
         seeds = [derive_seed(cfg.seed, r.prompt, k) for k in range(cfg.seeds)]
