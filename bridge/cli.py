@@ -39,6 +39,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
               "render a prompt over many seeds per model: a grid, breadth per row, nearest references"),
     "index": ("bridge.reference", "IndexConfig", "run_index",
               "embed a reference collection (image folder, gathered or HF dataset) into a search index"),
+    "export": ("bridge.export", "ExportConfig", "run_export",
+               "merge a trained adapter into its base and convert it for a fast inference engine (ctranslate2)"),
     "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }
@@ -195,7 +197,8 @@ RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
           "eval": "rerun the same command: cached renders are kept",
           "demo": "rerun the same command: the gathered renders are kept",
           "sweep": "rerun the same command: cached renders are kept",
-          "index": "rerun the same command: finished shards are kept"}
+          "index": "rerun the same command: finished shards are kept",
+          "export": "rerun the same command: an unfinished export is started over"}
 
 
 def _known_errors() -> tuple[type[Exception], ...]:

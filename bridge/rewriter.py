@@ -116,13 +116,41 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
     EOS when there is one (training scores exactly these; decoded text can re-encode to other ids).
     With `size_from_input` the limit of a batch grows with its longest input (`max_new_tokens` is then the
     floor); without it `max_new_tokens` is a hard cap.
+    `model` is a transformers seq2seq model (a peft one included) or an exported engine (`bridge.engine`), which
+    gets every batch at once with its limit and seed.
     """
-    import torch
-
     if not texts:
         return []
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        limit = max_new_tokens
+        # Room for the longest input of the batch rewritten at twice its length: a fixed cap cut 1.1% of
+        # real leaves short. `max_new_tokens` is the floor.
+        if size_from_input:
+            longest = max(len(tokenizer(texts[i], add_special_tokens=False).input_ids) for i in idx)
+            limit = max(max_new_tokens, 2 * longest + 8)
+        batches.append((idx, [prefix + texts[i] for i in idx], limit, seed + start))
+    if hasattr(model, "generate_batches"):  # an exported engine (bridge.engine): all batches at once, in parallel
+        rows = model.generate_batches(tokenizer, [b[1:] for b in batches], num_candidates, sample, temperature)
+    else:
+        rows = [_torch_generate(model, tokenizer, batch, limit, num_candidates, sample, batch_seed, temperature)
+                for _, batch, limit, batch_seed in batches]
     outputs: list[list] = [[] for _ in texts]
+    for (idx, *_), batch_rows in zip(batches, rows):
+        decoded = tokenizer.batch_decode(batch_rows, skip_special_tokens=True)
+        for j, i in enumerate(idx):
+            span = range(j * num_candidates, (j + 1) * num_candidates)
+            outputs[i] = [(decoded[k].strip(), batch_rows[k]) if return_ids else decoded[k].strip() for k in span]
+    return outputs
+
+
+def _torch_generate(model, tokenizer, batch: list[str], max_new_tokens: int, num_candidates: int, sample: bool,
+                    seed: int, temperature: float) -> list[list[int]]:
+    """`num_candidates` rows of generated ids per text (EOS kept, decoder start and padding dropped)."""
+    import torch
+
     device = next(model.parameters()).device
     kwargs: dict = {"max_new_tokens": max_new_tokens, "num_return_sequences": num_candidates}
     if sample:
@@ -131,24 +159,11 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
         kwargs.update(num_beams=num_candidates, do_sample=False)
     else:
         kwargs.update(do_sample=False, num_beams=1)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([prefix + texts[i] for i in idx], return_tensors="pt", padding=True, truncation=True,
-                        max_length=512).to(device)
-        # Room for the longest input of the batch rewritten at twice its length: a fixed cap cut 1.1% of
-        # real leaves short. `max_new_tokens` is the floor.
-        if size_from_input:
-            longest = max(len(tokenizer(texts[i], add_special_tokens=False).input_ids) for i in idx)
-            kwargs["max_new_tokens"] = max(max_new_tokens, 2 * longest + 8)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-            torch.manual_seed(seed + start)
-            out = model.generate(**enc, **kwargs)
-        decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
-        ids = [_generated_ids(row, tokenizer) for row in out.tolist()] if return_ids else None
-        for j, i in enumerate(idx):
-            span = range(j * num_candidates, (j + 1) * num_candidates)
-            outputs[i] = [(decoded[k].strip(), ids[k]) if return_ids else decoded[k].strip() for k in span]
-    return outputs
+    enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=512).to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
+        torch.manual_seed(seed)
+        out = model.generate(**enc, **kwargs)
+    return [_generated_ids(row, tokenizer) for row in out.tolist()]
 
 
 def _generated_ids(row: list[int], tokenizer) -> list[int]:

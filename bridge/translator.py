@@ -14,6 +14,7 @@ everything is A1111 (`bridge.policy.read_prompt`, `write_prompt`).
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -64,6 +65,30 @@ def check_base_model(adapter: Path, base: presets.RewriterPreset) -> None:
                      f"({base.hub_id or model_dir(base)}) that its sd_bridge_adapter.json names")
 
 
+def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
+    """(peft model in eval mode, tokenizer, adapter meta, translation-cache key) for a `sd-bridge train` output."""
+    from peft import PeftModel
+
+    from bridge.loading import load_rewriter
+    from bridge.rewriter import AdapterMeta
+    from bridge.translation_cache import model_key
+
+    meta = AdapterMeta.load(adapter)
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors (only safetensors adapters load)")
+    base = presets.rewriter(meta.rewriter)
+    model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
+    check_base_model(adapter, base)
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; nothing a user can do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
+                         f"{str(err).splitlines()[0]}") from None
+    return model.eval(), tokenizer, meta, model_key(adapter, base, next(model.parameters()).dtype)
+
+
 class Translator:
     """Translate prompts from the source to the target model (see module docstring)."""
 
@@ -89,40 +114,29 @@ class Translator:
     def from_pretrained(cls, adapter: str | Path | None = None, target: str | None = None,
                         policy: MigrationPolicy | None = None, device: str = "cpu", dtype: str = "auto",
                         batch_size: int = 32, cache: str | Path | None = None) -> "Translator":
-        """A translator for `adapter` (a directory written by `sd-bridge train`), or the syntax strategy
-        when `adapter` is None. `target` defaults to the adapter's target (else the reference target).
-        `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None (no cache)."""
+        """A translator for `adapter` (a directory written by `sd-bridge train`, or by `sd-bridge export`), or
+        the syntax strategy when `adapter` is None. `target` defaults to the adapter's target (else the
+        reference target). `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None.
+        `dtype` applies to peft adapters; an export runs in the precision it was exported in."""
         if adapter is None:
             return cls(presets.pipeline(target or presets.DEFAULT_TARGET), policy, batch_size=batch_size)
-        from peft import PeftModel
-
-        from bridge.loading import load_rewriter
+        from bridge import engine, translation_cache
         from bridge.rewriter import AdapterMeta
 
         adapter = Path(adapter)
         if not adapter.is_dir():
             raise FileNotFoundError(f"adapter directory not found: {adapter}")
-        meta = AdapterMeta.load(adapter)
-        if not (adapter / "adapter_model.safetensors").is_file():
-            raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors (only safetensors adapters load)")
+        meta = AdapterMeta.load(adapter)  # checked before any weights load
         if target is not None and presets.pipeline(target).name != meta.target:
             raise ValueError(f"adapter {adapter} was trained for target {meta.target!r}, not {target!r}")
-        base = presets.rewriter(meta.rewriter)
-        model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
-        check_base_model(adapter, base)
-        try:
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
-                             f"{str(err).splitlines()[0]}") from None
-        from bridge import translation_cache
-
+        if engine.is_export(adapter):
+            model, tokenizer, meta, key = engine.load(adapter, device)
+        else:
+            model, tokenizer, meta, key = load_adapter(adapter, device, dtype)
         path = translation_cache.resolve(cache)
         store = translation_cache.TranslationCache(path) if path is not None else None
-        dtype = next(model.parameters()).dtype
-        key = translation_cache.model_key(adapter, base, dtype) if store is not None else None
-        return cls(presets.pipeline(meta.target), policy, model.eval(), tokenizer, meta, adapter.name, batch_size,
-                   store, key)
+        return cls(presets.pipeline(meta.target), policy, model, tokenizer, meta, adapter.name, batch_size, store,
+                   key)
 
     def check_inputs(self, prompts, negative_prompts, num_candidates: int) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):

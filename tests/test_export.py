@@ -1,0 +1,126 @@
+"""`sd-bridge export` (#15): an adapter merged into its base and converted loads like an adapter and rewrites
+like it; the export records where it came from; bad exports are refused in one line, before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge import Translator, presets
+from bridge.cli import main
+from bridge.export import ExportConfig, run_export
+from bridge.rewriter import PREFIX, AdapterMeta, generate
+
+LEAVES = ["a red fox in the snow", "masterpiece", "a castle at dusk, dramatic light", "portrait of an old man",
+          "studio photo of a cat", "oil painting of a harbour", "a lighthouse in a storm", "neon city at night"]
+
+
+def _adapter(root, seed: int):
+    """A LoRA on tiny-t5 with random (not identity) weights: its rewrites differ from the base model's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bridge.loading import load_rewriter
+
+    model, _ = load_rewriter(presets.rewriter("tiny-t5"))
+    torch.manual_seed(seed)
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=["q", "v", "o", "wo"],
+                                     task_type="SEQ_2_SEQ_LM", init_lora_weights=False)).save_pretrained(root)
+    AdapterMeta("tiny-t5", "tiny-v1", "tiny-sd15", "tiny-sd2", max_new_tokens=12).save(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    return _adapter(tmp_path_factory.mktemp("adapter"), 0)
+
+
+@pytest.fixture(scope="module")
+def exported(adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    for backend, quantize in (("ctranslate2", "none"), ("ctranslate2", "int8"), ("torch", "int8")):
+        run_export(ExportConfig(adapter=adapter, out=out / f"{backend}-{quantize}", backend=backend,
+                                quantize=quantize), log=lambda *_: None)
+    return out
+
+
+def _rewrites(directory) -> list[list[int]]:
+    tr = Translator.from_pretrained(directory, cache=None)
+    return [o[0][1] for o in generate(tr.model, tr.tokenizer, LEAVES, PREFIX, max_new_tokens=12, return_ids=True)]
+
+
+def test_an_export_generates_what_its_adapter_generates(adapter, exported, tmp_path):
+    ours = _rewrites(adapter)
+    assert _rewrites(exported / "ctranslate2-none") == ours  # fp32: the same token ids, leaf for leaf
+    # The merge happened: the base model alone (the LoRA unloaded, not merged) generates something else, and so
+    # does the export of another adapter; int8 keeps most of the rewrites.
+    from bridge.translator import load_adapter
+
+    model, tok, _, _ = load_adapter(adapter)
+    base = [o[0][1] for o in generate(model.unload(), tok, LEAVES, PREFIX, max_new_tokens=12, return_ids=True)]
+    assert sum(a == b for a, b in zip(base, ours)) <= len(LEAVES) // 2
+    other = _adapter(tmp_path / "other", 1)
+    run_export(ExportConfig(adapter=other, out=tmp_path / "other-export", quantize="none"), log=lambda *_: None)
+    assert sum(a == b for a, b in zip(_rewrites(tmp_path / "other-export"), ours)) <= len(LEAVES) // 2
+    for name in ("ctranslate2-int8", "torch-int8"):
+        assert sum(a == b for a, b in zip(_rewrites(exported / name), ours)) >= len(LEAVES) // 2, name
+
+
+def test_an_export_records_its_source_and_loads_like_an_adapter(adapter, exported, tmp_path, capsys):
+    from bridge.translation_cache import model_key
+
+    export = exported / "ctranslate2-int8"
+    meta = json.loads((export / "export.json").read_text())
+    assert meta["source_adapter"] == str(adapter.resolve()) and meta["backend"] == "ctranslate2"
+    assert meta["adapter_sha256"] == model_key(adapter, presets.rewriter("tiny-t5"), "torch.float32")
+    assert meta["quantize"] == "int8" and "ctranslate2" in meta["versions"]
+    assert json.loads((export / "config.json").read_text())["config"]["quantize"] == "int8"
+    assert AdapterMeta.load(export) == AdapterMeta.load(adapter)
+    # --adapter EXPORT on the commands, the translation cache keyed apart from the adapter's.
+    cache = tmp_path / "cache.sqlite"
+    for directory in (adapter, export, export):
+        assert main(["translate", "--adapter", str(directory), "--json", "--translation-cache", str(cache),
+                     "a red fox"]) == 0
+        assert json.loads(capsys.readouterr().out)["strategy"] == f"adapter:{directory.name}"
+    from bridge.translation_cache import TranslationCache
+
+    assert len(TranslationCache(cache)) == 2  # one rewrite per model; the second export run read it back
+    library = tmp_path / "lib.jsonl"
+    library.write_text('{"prompt": "a red fox"}\n{"prompt": "(a castle:1.2), dusk"}\n', encoding="utf-8")
+    assert main(["migrate", str(library), "--out", str(tmp_path / "out.jsonl"), "--adapter", str(export),
+                 "--translation-cache", "off", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["strategy"] for r in rows] == ["adapter:ctranslate2-int8"] * 2
+
+
+def test_export_check_reports_agreement(adapter, tmp_path):
+    prompts = tmp_path / "held.txt"
+    prompts.write_text("\n".join(LEAVES) + "\n", encoding="utf-8")
+    run_export(ExportConfig(adapter=adapter, out=tmp_path / "e", quantize="none", check=str(prompts)),
+               log=lambda *_: None)
+    meta = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert meta["agreement"]["prompts"] == len(LEAVES) and meta["agreement"]["rate"] == 1.0
+    assert (tmp_path / "e" / "agreement.jsonl").read_text() == ""
+
+
+def test_bad_exports_are_refused_before_any_work(adapter, exported, tmp_path, capsys):
+    cases = [
+        (["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")], "not an sd-bridge adapter"),
+        (["export", str(exported / "torch-int8"), "--out", str(tmp_path / "x")], "already an export"),
+        (["export", str(adapter), "--out", str(exported)], "not empty; choose another --out or pass --overwrite"),
+        (["export", str(adapter), "--out", str(adapter)], "is the adapter directory"),
+        (["export", str(adapter), "--out", str(tmp_path / "x"), "--quantize", "int4"], "invalid choice"),
+        (["export", str(adapter)], "--out is required"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:  # usage errors, from the flags alone
+            main(argv)
+        assert stop.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "x").exists()
+    before = sorted(p.name for p in exported.iterdir())
+    assert main(["export", str(adapter), "--out", str(exported / "torch-int8"), "--backend", "torch",
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in exported.iterdir()) == before  # replaced in place, no .partial left
