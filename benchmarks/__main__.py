@@ -5,9 +5,9 @@ each runs when its checkout is given."""
 import os
 import tempfile
 
-from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, migrate_speed_memory,
-                        parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift, toyworld_learning,
-                        train_step_split, translation_cache)
+from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, inference_backends,
+                        migrate_speed_memory, parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift,
+                        toyworld_learning, train_step_split, translation_cache)
 
 if __name__ == "__main__":
     cli_start.main([])
@@ -17,6 +17,7 @@ if __name__ == "__main__":
     gather_overhead.main([])
     migrate_speed_memory.main([])
     translation_cache.main([])
+    inference_backends.main([])  # about 45 minutes on 2 CPU cores
     train_step_split.main([])
     toyworld_drift.main([])
     sweep_breadth.main([])

@@ -48,21 +48,37 @@ class Recipe:
     seed: int = 0
 
 
+def _quiet(*_) -> None:
+    """The stages' own logs; the benchmark prints the summary."""
+
+
 def run(out: Path, recipe: Recipe, reward_fn=None) -> dict:
     """Gather, train and eval with `recipe` in `out`; `reward_fn` replaces the CLIP reward (broken variants)."""
-    from data.gather import GatherConfig, run_gather
     from eval.config import EvalConfig
     from eval.run import run_eval
+
+    seconds = train_adapter(out, recipe, reward_fn)
+    t = time.perf_counter()
+    report = run_eval(EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
+                                 target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
+                                 no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
+                                 render_batch=16, device="cpu"), log=_quiet)
+    seconds["eval"] = time.perf_counter() - t
+    return summarize(report, recipe, seconds)
+
+
+def train_adapter(out: Path, recipe: Recipe, reward_fn=None) -> dict:
+    """Stages 1 and 2: gather and train; the adapter is `out/adapter`. Returns the seconds of each stage."""
+    from data.gather import GatherConfig, run_gather
     from training.config import TrainConfig
     from training.trainer import run_train
 
-    quiet = lambda *_: None  # noqa: E731 - the stages' own logs; this prints the summary
     out.mkdir(parents=True, exist_ok=True)
     seconds = {}
     t = time.perf_counter()
     run_gather(GatherConfig(prompts=str(PROMPTS / "train.jsonl"), out=out / "gather", preset="toy-sd15",
                             scorer="toy-clip", seeds=recipe.train_seeds, seed=recipe.seed, limit=recipe.train_prompts,
-                            batch_size=16, device="cpu", progress=False), log=quiet)
+                            batch_size=16, device="cpu", progress=False), log=_quiet)
     heldout = (PROMPTS / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
     if recipe.val_prompts + recipe.eval_prompts > len(heldout):
         raise ValueError(f"{recipe.val_prompts} validation + {recipe.eval_prompts} eval prompts exceed the "
@@ -70,7 +86,7 @@ def run(out: Path, recipe: Recipe, reward_fn=None) -> dict:
     val_file = out / "val.jsonl"
     val_file.write_text("\n".join(heldout[len(heldout) - recipe.val_prompts:]) + "\n", encoding="utf-8")
     run_gather(GatherConfig(prompts=str(val_file), out=out / "val", preset="toy-sd15", scorer="toy-clip", seeds=1,
-                            seed=recipe.seed, batch_size=16, device="cpu", progress=False), log=quiet)
+                            seed=recipe.seed, batch_size=16, device="cpu", progress=False), log=_quiet)
     seconds["gather"] = time.perf_counter() - t
     t = time.perf_counter()
     shutil.rmtree(out / "adapter", ignore_errors=True)  # this benchmark's own adapter, retrained on every run
@@ -79,15 +95,9 @@ def run(out: Path, recipe: Recipe, reward_fn=None) -> dict:
                           prompts_per_step=recipe.prompts_per_step, k=recipe.k, lr=recipe.lr,
                           warm_start_steps=recipe.warm_start_steps, reward_seeds=recipe.reward_seeds,
                           checkpoint_every=recipe.checkpoint_every, render_batch=16, device="cpu",
-                          seed=recipe.seed, progress=False), log=quiet, reward_fn=reward_fn)
+                          seed=recipe.seed, progress=False), log=_quiet, reward_fn=reward_fn)
     seconds["train"] = time.perf_counter() - t
-    t = time.perf_counter()
-    report = run_eval(EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
-                                 target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
-                                 no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
-                                 render_batch=16, device="cpu"), log=quiet)
-    seconds["eval"] = time.perf_counter() - t
-    return summarize(report, recipe, seconds)
+    return seconds
 
 
 def summarize(report: dict, recipe: Recipe, seconds: dict) -> dict:

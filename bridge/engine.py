@@ -42,7 +42,7 @@ def read_meta(path: Path | str) -> dict:
 
 
 def cpu_threads() -> int:
-    """The cores this process may run on (2 on the reference laptop), as torch's own default counts them."""
+    """The CPUs this process may run on (2 on the reference machine)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -112,7 +112,10 @@ def load(path: Path, device: str = "cpu", threads: int = 0):
         runs_as = f"ctranslate2/{model.device}/{model.compute_type}"
     else:
         model, runs_as = _load_torch(path / "engine", meta["quantize"], device, threads)
-    key = hashlib.sha256(((path / EXPORT_META).read_text(encoding="utf-8") + runs_as).encode()).hexdigest()
+    # What decides a rewrite: the adapter, how it was converted and how it runs here (not --check's results,
+    # which export.json gains later).
+    made = {k: meta.get(k) for k in ("adapter_sha256", "backend", "quantize", "versions")}
+    key = hashlib.sha256(json.dumps([made, runs_as], sort_keys=True).encode()).hexdigest()
     return model, tokenizer, AdapterMeta.load(path), key
 
 
@@ -133,6 +136,7 @@ def _load_torch(path: Path, quantize: str, device: str, threads: int):
             raise ValueError("a torch int8 export runs on the CPU only (dynamic quantization); use --device cpu")
         with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (for torchao); they still run
             warnings.filterwarnings("ignore", message=".*quantize_per_tensor", category=UserWarning)
-            warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated",
+                                    category=DeprecationWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model, f"torch/{device}/{quantize}"
