@@ -66,8 +66,14 @@ class Ct2Rewriter:
         # compute_type "default" keeps the type the model was exported in (int8, float16, float32) when the
         # device supports it, else the nearest one it does (ctranslate2 docs, "Quantization").
         parallel = (threads or cpu_threads()) if kind == "cpu" else 1
+        import torch
+
+        # Building the translator sets the process's OpenMP thread count to intra_threads (1): torch in the
+        # same process (the app's renders, eval's) would then run on one thread. Its own count is put back.
+        torch_threads = torch.get_num_threads()
         self.translator = ctranslate2.Translator(str(path), device=kind, device_index=int(index or 0),
                                                  compute_type="default", inter_threads=parallel, intra_threads=1)
+        torch.set_num_threads(torch_threads)
         self.compute_type = self.translator.compute_type
         self.device = kind
 

@@ -47,7 +47,7 @@ class ExportConfig:
     check: str | None = field(default=None, metadata={
         "help": "prompt file (txt/jsonl/csv): compare the export's greedy translations with the adapter's on it"})
     check_limit: int = field(default=1000, metadata={"help": "prompts of --check compared (its first N)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing export in --out"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier export in --out"})
 
     def __post_init__(self):
         if self.adapter is None:
@@ -61,8 +61,12 @@ class ExportConfig:
             raise ValueError(f"{self.adapter} is already an export; export the adapter it was made from")
         if self.out.resolve() == self.adapter.resolve():
             raise ValueError("--out is the adapter directory; choose a new directory for the export")
-        if self.out.exists() and any(self.out.iterdir()) and not self.overwrite:
-            raise ValueError(f"{self.out} exists and is not empty; choose another --out or pass --overwrite")
+        if self.out.exists() and any(self.out.iterdir()):
+            if not self.overwrite:
+                raise ValueError(f"{self.out} exists and is not empty; choose another --out or pass --overwrite")
+            if not engine.is_export(self.out):  # --overwrite deletes it: only ever an export
+                raise ValueError(f"{self.out} is not an export (no {engine.EXPORT_META}); --overwrite only "
+                                 "replaces an earlier export")
         if self.check is not None and not Path(self.check).is_file():
             raise ValueError(f"--check file {self.check} does not exist")
         if self.check_limit < 1:

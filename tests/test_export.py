@@ -94,6 +94,16 @@ def test_an_export_records_its_source_and_loads_like_an_adapter(adapter, exporte
     assert [r["strategy"] for r in rows] == ["adapter:ctranslate2-int8"] * 2
 
 
+def test_loading_an_export_leaves_torch_its_threads(exported):
+    """ctranslate2 sets the process's OpenMP threads to its intra_threads (1) when it loads a model; torch in
+    the same process (the app's renders) would then run on one core."""
+    import torch
+
+    torch.set_num_threads(2)
+    Translator.from_pretrained(exported / "ctranslate2-int8", cache=None)
+    assert torch.get_num_threads() == 2
+
+
 def test_export_check_reports_agreement(adapter, tmp_path):
     prompts = tmp_path / "held.txt"
     prompts.write_text("\n".join(LEAVES) + "\n", encoding="utf-8")
@@ -109,6 +119,7 @@ def test_bad_exports_are_refused_before_any_work(adapter, exported, tmp_path, ca
         (["export", str(tmp_path / "missing"), "--out", str(tmp_path / "x")], "not an sd-bridge adapter"),
         (["export", str(exported / "torch-int8"), "--out", str(tmp_path / "x")], "already an export"),
         (["export", str(adapter), "--out", str(exported)], "not empty; choose another --out or pass --overwrite"),
+        (["export", str(adapter), "--out", str(exported), "--overwrite"], "--overwrite only replaces an earlier export"),
         (["export", str(adapter), "--out", str(adapter)], "is the adapter directory"),
         (["export", str(adapter), "--out", str(tmp_path / "x"), "--quantize", "int4"], "invalid choice"),
         (["export", str(adapter)], "--out is required"),
