@@ -56,9 +56,9 @@ def real_prompts(n: int | None, seed: int = 0) -> list[str]:
     return prompts[:n] if n else prompts
 
 
-def shaped_adapter(root: Path, shape: str) -> Path:
-    """A random rewriter of `shape` with tiny-t5's tokenizer grown to the flan-t5 vocabulary, and an identity
-    LoRA on it saved the way training saves one."""
+def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, vocab: int | None = VOCAB) -> Path:
+    """A random rewriter of `shape` with tiny-t5's tokenizer (grown to `vocab` pieces when given, as flan-t5's
+    vocabulary), and an identity LoRA on it saved the way training saves one."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import T5Config, T5ForConditionalGeneration
@@ -68,11 +68,12 @@ def shaped_adapter(root: Path, shape: str) -> Path:
     from bridge.rewriter import AdapterMeta
 
     _, tok = load_rewriter(presets.rewriter("tiny-t5"))
-    tok.add_tokens([f"<v{i}>" for i in range(VOCAB - len(tok))])
+    if vocab is not None:
+        tok.add_tokens([f"<v{i}>" for i in range(vocab - len(tok))])
     d_model, d_ff, d_kv, layers, heads = SHAPES[shape]
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(T5Config(
-        vocab_size=VOCAB, d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers, num_decoder_layers=layers,
+        vocab_size=len(tok), d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers, num_decoder_layers=layers,
         num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
         pad_token_id=0, eos_token_id=1))
     base = root / f"{shape}-base"
@@ -81,7 +82,7 @@ def shaped_adapter(root: Path, shape: str) -> Path:
     adapter = root / f"{shape}-adapter"
     get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"],
                                      task_type="SEQ_2_SEQ_LM")).save_pretrained(adapter)
-    AdapterMeta(str(base), "local", "sd15", "sd2-base", max_new_tokens=NEW_TOKENS).save(adapter)
+    AdapterMeta(str(base), "local", "sd15", "sd2-base", max_new_tokens=max_new_tokens).save(adapter)
     return adapter
 
 
@@ -154,12 +155,11 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
 
 
 def agreement(root: Path) -> dict:
-    from benchmarks.toyworld_learning import PROMPTS, Recipe, train_adapter
+    from benchmarks.toyworld_learning import PROMPTS, REDUCED, train_adapter
     from bridge.export import agreement as compare
 
     started = time.perf_counter()
-    train_adapter(root / "toy", Recipe(train_prompts=120, train_seeds=1, val_prompts=16, eval_prompts=60,
-                                       eval_seeds=1, steps=40, checkpoint_every=20))
+    train_adapter(root / "toy", REDUCED)
     trained = time.perf_counter() - started
     adapter = root / "toy" / "adapter"
     prompts = [json.loads(line)["prompt"] for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")]

@@ -26,29 +26,10 @@ from bridge.tiny import default_prompts_dir
 
 
 def small_shaped_adapter(root: Path, max_new_tokens: int) -> Path:
-    """A flan-t5-small-shaped T5 (random) with the tiny-t5 tokenizer, and an identity-initialised LoRA on it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import T5Config, T5ForConditionalGeneration
+    """A flan-t5-small-shaped T5 (random) with the tiny-t5 tokenizer as it is, and an identity LoRA on it."""
+    from benchmarks.inference_backends import shaped_adapter
 
-    from bridge import presets
-    from bridge.loading import load_rewriter
-    from bridge.rewriter import AdapterMeta
-
-    _, tok = load_rewriter(presets.rewriter("tiny-t5"))
-    base = root / "t5-small-shape"
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(
-        vocab_size=len(tok), d_model=512, d_ff=1024, d_kv=64, num_layers=8, num_decoder_layers=8, num_heads=6,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
-    model.save_pretrained(base)
-    tok.save_pretrained(base)
-    adapter = root / "adapter"
-    get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"],
-                                     task_type="SEQ_2_SEQ_LM")).save_pretrained(adapter)
-    AdapterMeta(str(base), "local", "sd15", "sd2-base", max_new_tokens=max_new_tokens).save(adapter)
-    return adapter
+    return shaped_adapter(root, "flan-t5-small", max_new_tokens, vocab=None)
 
 
 def speed(n: int, max_new_tokens: int, batch_size: int) -> dict:

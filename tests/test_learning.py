@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.toyworld_learning import Recipe, run
-
-REDUCED = Recipe(train_prompts=120, train_seeds=1, val_prompts=16, eval_prompts=60, eval_seeds=1, steps=40,
-                 checkpoint_every=20)
+from benchmarks.toyworld_learning import REDUCED, run
 
 
 @pytest.mark.slow
