@@ -3,6 +3,8 @@ except toy-clip for the index)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,59 @@ def test_index_build_is_cached_resumable_and_finds_the_same_picture(tmp_path, ca
     assert found[0][0].similarity >= found[0][1].similarity
     with pytest.raises(ValueError, match="embedded with scorer 'toy-clip', not 'tiny-clip'"):
         index.check_scorer("tiny-clip")
+    # The same index with an approximate search index beside it finds the same pictures; --search exact drops it.
+    assert main(["index", str(tmp_path / "ref"), "--out", str(tmp_path / "idx"), "--scorer", "toy-clip",
+                 "--search", "approximate"]) == 0
+    assert "0 embedded this run" in capsys.readouterr().out and (tmp_path / "idx" / "approximate.faiss").is_file()
+    approx = ReferenceIndex.open(tmp_path / "idx")
+    assert approx.embeddings is None and approx.approximate is not None
+    assert [n[0].path for n in approx.neighbours(emb, 2)] == [n[0].path for n in found]
+    assert main(["index", str(tmp_path / "ref"), "--out", str(tmp_path / "idx"), "--scorer", "toy-clip",
+                 "--search", "exact"]) == 0
+    assert not (tmp_path / "idx" / "approximate.faiss").exists() and ReferenceIndex.open(tmp_path / "idx").approximate is None
+
+
+def _clustered(n: int, centres, seed: int):
+    """Unit vectors around random unit `centres`: embeddings with neighbourhoods, as a scorer's have."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n, centres.shape[1])).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_approximate_search_over_many_shards_agrees_with_exact_search_and_is_kept_while_the_shards_are(tmp_path):
+    from bridge import reference as r
+
+    # 3 shards of clustered vectors, the last one short: faiss numbers rows in the order the shards are added.
+    centres = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = _clustered(2 * r.SHARD_ROWS + 1000, centres, seed=1)
+    shards = []
+    (tmp_path / "shards").mkdir()
+    for k, lo in enumerate(range(0, len(x), r.SHARD_ROWS)):
+        rows = x[lo : lo + r.SHARD_ROWS]
+        r._write_shard(tmp_path / "shards" / f"{k:05d}.parquet", [f"{lo + i}" for i in range(len(rows))],
+                       [""] * len(rows), rows * 3.0, f"print{k}")  # stored unnormalised: the index normalises
+        shards.append({"file": f"{k:05d}.parquet", "rows": len(rows), "fingerprint": f"print{k}"})
+    meta = {"rows": len(x), "dim": 64, "shards": shards, "scorer": {"name": "toy-clip"},
+            "source": {"kind": "folder", "root": str(tmp_path), "image_column": None}}
+    meta["approximate"] = r.build_approximate(tmp_path, meta)
+    (tmp_path / r.META).write_text(json.dumps(meta))
+    index = r.ReferenceIndex.open(tmp_path)
+    queries = _clustered(200, centres, seed=2)  # fresh points around the same centres
+    sims, rows = index.search(queries, 10)
+    exact_sims, exact_rows = r.search(torch.from_numpy(queries), torch.from_numpy(x), 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), exact_rows.tolist())])
+    assert recall >= 0.9, recall
+    assert (rows[:, 0] == exact_rows[:, 0]).float().mean() >= 0.9
+    assert float((sims[:, 0] - exact_sims[:, 0]).abs().max()) < 0.02  # 8-bit codes: close similarities
+    assert [n.path for n in index.neighbours(queries[:1], 3)[0]] == [str(i) for i in rows[0, :3].tolist()]
+    # Unchanged shards: the same index is kept, not rebuilt; a changed shard rebuilds it.
+    stamp = (tmp_path / r.APPROXIMATE).stat().st_mtime_ns
+    assert r.build_approximate(tmp_path, meta) == meta["approximate"]
+    assert (tmp_path / r.APPROXIMATE).stat().st_mtime_ns == stamp
+    meta["shards"][1]["fingerprint"] = "changed"
+    assert r.build_approximate(tmp_path, meta)["stamp"] != meta["approximate"]["stamp"]
 
 
 def test_index_of_a_saved_dataset_and_bad_references(tmp_path, capsys):
