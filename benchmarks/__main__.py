@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, inference_backends,
-                        migrate_speed_memory, parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift,
+                        migrate_speed_memory, onnx_runtime, parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift,
                         toyworld_learning, train_step_split, translation_cache)
 
 if __name__ == "__main__":
@@ -18,6 +18,7 @@ if __name__ == "__main__":
     migrate_speed_memory.main([])
     translation_cache.main([])
     inference_backends.main([])  # about 45 minutes on 2 CPU cores
+    onnx_runtime.main([])  # builds a second environment from the package registry (optimum-onnx, transformers 4.x)
     train_step_split.main([])
     toyworld_drift.main([])
     sweep_breadth.main([])
