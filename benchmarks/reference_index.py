@@ -12,14 +12,15 @@
    ViT-H-14 scorer's), by bridge.reference.search (chunked matrix product + running top-k) and by the
    baseline: one full similarity matrix and a full sort per query (numpy argsort).
 3. Approximate (`--approx-refs`, default 1M, dimension `--dim`): an index of clustered synthetic embeddings
-   (unit vectors around refs/20 random centres, cosine ~0.55 to their centre; scorer embeddings have such
+   (unit vectors around refs/20 random centres, cosine ~0.64 to their centre; scorer embeddings have such
    neighbourhoods, Gaussian noise has none), written as shards. In fresh processes: the approximate index
    built from the shards (seconds, peak memory above start); each search opened (memory after opening), its
    queries/s, and the approximate search's recall@10, top-1 agreement and top-1 similarity error against exact
    search, the baseline, for fresh queries; and for near-duplicates of references, how often each search finds
    the reference first.
 4. Choose (`--parts choose`, 100k references): the candidates behind the choice of faiss IVF-SQ8, each built
-   and searched the same way, in one process (so build time, speed and recall; memory is part 3's, per process): faiss IVF-Flat, IVF-SQ8, IVF-fp16, and, when installed, hnswlib and usearch HNSW
+   and searched the same way in one process (build time, speed and recall; memory is measured per process in
+   part 3): faiss IVF-Flat, IVF-SQ8, IVF-fp16, and, when installed, hnswlib and usearch HNSW
    (`uv run --with hnswlib --with usearch python -m benchmarks.reference_index --parts choose`).
 """
 
