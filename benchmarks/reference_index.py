@@ -28,24 +28,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
 
-def rss(field):
-    for line in open('/proc/self/status'):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-    return 0
-
+from benchmarks.reference_index import _rss as rss
 import torch
 from bridge import presets
 from bridge.score import Scorer
@@ -175,11 +168,6 @@ def _rss(field: str) -> int:
     return 0
 
 
-def _spawned(fn, *args):
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
-
-
 def _build_approximate(root: str) -> dict:
     import faiss  # noqa: F401
     import pyarrow.parquet  # noqa: F401
@@ -220,6 +208,8 @@ def _open_and_search(root: str, queries, k: int = 10) -> dict:
 def approximate(tmp: Path, refs: int, dim: int, n_queries: int) -> dict:
     import numpy as np
 
+    from benchmarks.inference_backends import in_process
+
     from bridge import reference as r
 
     exact_dir, approx_dir = tmp / "exact-index", tmp / "approximate-index"
@@ -230,13 +220,13 @@ def approximate(tmp: Path, refs: int, dim: int, n_queries: int) -> dict:
     approx_dir.mkdir()
     (approx_dir / "shards").symlink_to(exact_dir / "shards")
     (approx_dir / r.META).write_text((exact_dir / r.META).read_text())
-    build = _spawned(_build_approximate, str(approx_dir))
+    build = in_process(_build_approximate, str(approx_dir))
     # Two kinds of query: fresh points (their nearest references are only loosely near: cosine ~0.4), and
     # near-duplicates planted from references (cosine ~0.96 to their original), what the duplicate check asks.
     planted, originals = near_duplicates(exact_dir, n_queries, dim)
     queries = np.concatenate([clustered(n_queries, dim, 0, refs), planted])
-    exact = _spawned(_open_and_search, str(exact_dir), queries)
-    approx = _spawned(_open_and_search, str(approx_dir), queries)
+    exact = in_process(_open_and_search, str(exact_dir), queries)
+    approx = in_process(_open_and_search, str(approx_dir), queries)
     fresh = slice(0, n_queries)
     recall = float(np.mean([len(set(a) & set(b)) / a.size
                             for a, b in zip(approx["rows"][fresh], exact["rows"][fresh])]))
