@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # The console script users run, beside this interpreter (uv's .venv/bin); `python -m bridge.cli` otherwise.

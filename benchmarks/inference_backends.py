@@ -6,7 +6,8 @@ speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weight
            ones; the vocabulary padded to flan-t5's 32,128) carry an identity LoRA, exported with
            `sd-bridge export` as ctranslate2 int8 and fp32 and as torch int8. Each backend generates for the same
            `--prompts` real prompts (../shared/prompts, a seeded sample, with the rewrite prefix), greedy, 48 new
-           tokens at batch 32, as the issue measured: random weights never emit EOS, so every prompt runs to the
+           tokens at batch 32 as the issue measured, each batch also capped at `bridge.rewriter.BATCH_TOKENS`
+           padded tokens as sd-bridge generates: random weights never emit EOS, so every prompt runs to the
            limit. Each backend runs in its own process: prompts/s, the ratio to fp32 transformers, peak RSS.
            With a GPU, fp16 numbers too.
 agreement  A toy-world adapter trained with the reduced learning recipe (benchmarks.toyworld_learning), exported
@@ -32,6 +33,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from bridge.rewriter import BATCH_TOKENS
 from bridge.tiny import default_prompts_dir
 
 SHAPES = {  # flan-t5's configs (d_model, d_ff, d_kv, layers, heads); vocab 32128, gated-gelu, untied head
@@ -145,7 +147,8 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
         rows = {name: in_process(_measure, str(d), prompts, device, dtype)
                 for name, (d, device, dtype) in runs.items()}
         base = rows["fp32 transformers"]["prompts_per_s"]
-        print(f"{shape} shape, {len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, batch {BATCH}:")
+        print(f"{shape} shape, {len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, batch {BATCH} "
+              f"(at most {BATCH_TOKENS} padded tokens):")
         for name, r in rows.items():
             r["ratio"] = r["prompts_per_s"] / base
             print(f"  {name:24s} {r['prompts_per_s']:7.2f} prompts/s  {r['ratio']:5.1f}x fp32  "

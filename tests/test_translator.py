@@ -145,7 +145,6 @@ def test_translate_cli(capsys, adapter_dir, monkeypatch):
 def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
     """A leaf whose generation hits the limit before EOS is not used (no silent truncation); the limit
     grows with the input, so a long leaf is not cut at a fixed cap."""
-    import torch
 
     from bridge.loading import load_rewriter
     from bridge.rewriter import ended, generate, rewrite_prompts
@@ -266,3 +265,53 @@ def test_split_edges_keeps_every_character(value):
 
     lead, core, trail = split_edges(value)
     assert lead + core + trail == value and core == value.strip(" \t\n,;")
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.integers(1, 60), min_size=1, max_size=40), batch=st.integers(1, 8),
+       budget=st.integers(1, 400))
+def test_token_groups_cover_every_input_once_within_the_budget(tiny_t5_tokenizer, words, batch, budget):
+    from bridge.rewriter import _token_groups
+
+    inputs = [" ".join(["fox"] * n) for n in words]
+    lengths = [len(ids) for ids in tiny_t5_tokenizer(inputs).input_ids]
+    groups = _token_groups(tiny_t5_tokenizer, inputs, batch, budget)
+    assert sorted(i for g in groups for i in g) == list(range(len(inputs)))
+    for g in groups:
+        assert 1 <= len(g) <= batch
+        assert len(g) == 1 or len(g) * max(lengths[i] for i in g) <= budget  # only a lone long input goes over
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_tokenizer():
+    from bridge.loading import load_rewriter
+
+    return load_rewriter(presets.rewriter("tiny-t5"))[1]
+
+
+def test_greedy_batches_split_by_tokens_give_the_same_rewrites(monkeypatch):
+    """The token budget only regroups greedy inputs: the rewrites are the ones batches of 32 give, long
+    inputs go in smaller batches, and sampled batches (whose seed decides their samples) are not regrouped."""
+    import bridge.rewriter as rw
+    from bridge.loading import load_rewriter
+
+    model, tok = load_rewriter(presets.rewriter("tiny-t5"))
+    texts = [f"a fox number {i} in snow" for i in range(12)] + ["a castle " * 60, "a storm over a lighthouse " * 20]
+    shapes, real = [], rw._torch_generate
+
+    def spy(model, tokenizer, batch, *args):
+        shapes.append(len(batch))
+        return real(model, tokenizer, batch, *args)
+
+    monkeypatch.setattr(rw, "_torch_generate", spy)
+    plain = rw.generate(model, tok, texts, max_new_tokens=6, size_from_input=False, batch_tokens=None)
+    assert shapes == [14]
+    shapes.clear()
+    # With the prefix the short inputs are 42-43 tokens, the long ones 154: 14 x 154 is over 600, 12 x 43 is not.
+    split = rw.generate(model, tok, texts, max_new_tokens=6, size_from_input=False, batch_tokens=600)
+    assert split == plain
+    assert shapes == [12, 2]  # the long inputs no longer pad the short ones to their length
+    shapes.clear()
+    sampled = [rw.generate(model, tok, texts, max_new_tokens=6, sample=True, seed=3, size_from_input=False,
+                           batch_tokens=b) for b in (None, 600)]
+    assert sampled[0] == sampled[1] and shapes == [14, 14]
