@@ -476,13 +476,12 @@ def search(queries, references, k: int = 5, chunk: int = CHUNK_ROWS) -> tuple:
 
 def search_approximate(queries, index, k: int = 5) -> tuple:
     """Top-k inner-product search of the unit-normed `queries` [Q, D] in a faiss index of unit vectors."""
-    import numpy as np
     import torch
 
     if index.ntotal == 0:
         raise ValueError("the reference index is empty")
-    q = torch.nn.functional.normalize(torch.as_tensor(queries).float(), dim=-1).numpy()
-    sims, rows = index.search(np.ascontiguousarray(q), min(k, index.ntotal))
+    q = _unit(torch.as_tensor(queries).detach().float().cpu().numpy())  # normed as the index's rows were
+    sims, rows = index.search(q, min(k, index.ntotal))
     return torch.from_numpy(sims), torch.from_numpy(rows)
 
 
