@@ -126,10 +126,11 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
     """
     if not texts:
         return []
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    groups = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     if batch_tokens and not sample:
         groups = _token_groups(tokenizer, [prefix + t for t in texts], batch_size, batch_tokens // num_candidates)
+    else:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        groups = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     batches, start = [], 0
     for idx in groups:
         limit = max_new_tokens
