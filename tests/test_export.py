@@ -104,6 +104,56 @@ def test_loading_an_export_leaves_torch_its_threads(exported):
     assert torch.get_num_threads() == 2
 
 
+def test_avx512_is_asked_for_only_when_the_cpu_has_it_and_the_user_chose_nothing():
+    from bridge.engine import ISA_VARIABLE, isa_to_force
+
+    full = {"avx2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512_vnni"}
+    assert isa_to_force(full, {}) == "AVX512"
+    assert isa_to_force(full - {"avx512bw"}, {}) is None  # ctranslate2 would refuse: it needs all five subsets
+    assert isa_to_force({"avx2", "avx512f"}, {}) is None
+    assert isa_to_force(set(), {}) is None  # no /proc/cpuinfo: nothing forced
+    assert isa_to_force(full, {ISA_VARIABLE: "AVX2"}) is None  # the user's choice stands
+
+
+_ISA_PROBE = """
+import logging, sys
+import ctranslate2
+from pathlib import Path
+from bridge import engine
+ctranslate2.set_log_level(logging.INFO)
+model, tok, meta, key = engine.load(Path(sys.argv[1]))
+print("KEY", model.isa, key)
+"""
+
+
+def test_an_export_runs_with_the_isa_it_reports_and_caches_apart_by_it(exported):
+    """In a fresh process (ctranslate2 fixes its kernels at its first translator): what ctranslate2 logs it
+    selected is what the engine reports and keys its cache on, and a user's CT2_FORCE_CPU_ISA stands."""
+    import os
+    import subprocess
+    import sys
+
+    from bridge.engine import ISA_VARIABLE, cpu_flags, isa_to_force
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if k != ISA_VARIABLE}
+        done = subprocess.run([sys.executable, "-c", _ISA_PROBE, str(exported / "ctranslate2-int8")],
+                              env=base | env, capture_output=True, text=True, check=True)
+        _, isa, key = next(line for line in done.stdout.splitlines() if line.startswith("KEY")).split()
+        return isa, key, done.stderr
+
+    chosen, key, log = run()
+    expected = isa_to_force(cpu_flags(), {}) or "default"
+    assert chosen == expected
+    if expected == "AVX512":
+        assert "Selected ISA: AVX512" in log
+    if "avx" not in cpu_flags():
+        return  # no x86 ISA to choose on this CPU
+    isa, user_key, log = run(**{ISA_VARIABLE: "AVX"})
+    assert isa == "AVX" and "Selected ISA: AVX\n" in log.replace("\r", "")
+    assert user_key != key  # rewrites made with other kernels are cached apart
+
+
 def test_export_check_reports_agreement(adapter, tmp_path):
     prompts = tmp_path / "held.txt"
     prompts.write_text("\n".join(LEAVES) + "\n", encoding="utf-8")
