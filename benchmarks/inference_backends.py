@@ -9,6 +9,8 @@ speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weight
            tokens at batch 32 as the issue measured, each batch also capped at `bridge.rewriter.BATCH_TOKENS`
            padded tokens as sd-bridge generates: random weights never emit EOS, so every prompt runs to the
            limit. Each backend runs in its own process: prompts/s, the ratio to fp32 transformers, peak RSS.
+           On a CPU with AVX-512, the int8 export runs again on ctranslate2's own choice of kernels (AVX2),
+           to show what `bridge.engine` asking for AVX-512 gains.
            With a GPU, fp16 numbers too.
 agreement  A toy-world adapter trained with the reduced learning recipe (benchmarks.toyworld_learning), exported
            int8 and fp32; greedy translations of the 500 held-out toy prompts by the adapter and by each export.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import random
 import statistics
 import tempfile
@@ -96,8 +99,9 @@ def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
     return out
 
 
-def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto") -> dict:
-    """In a fresh process: load, warm up, generate for every prompt; prompts/s and peak RSS."""
+def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None) -> dict:
+    """In a fresh process (with `env` set first): load, warm up, generate for every prompt; prompts/s, peak RSS."""
+    os.environ.update(env or {})
     from bridge.rewriter import PREFIX, generate
     from bridge.translator import Translator
 
@@ -132,7 +136,11 @@ def in_process(fn, *args):
 def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
     import torch
 
+    from bridge.engine import ISA_VARIABLE, cpu_flags, isa_to_force
+
     gpu = torch.cuda.is_available()
+    avx512 = isa_to_force(cpu_flags(), os.environ) == "AVX512"
+    isa = "AVX512" if avx512 else os.environ.get(ISA_VARIABLE, "default")
     out = {}
     for shape in shapes:
         adapter = shaped_adapter(root, shape)
@@ -140,15 +148,17 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
                 "torch int8 (merged)": (export(adapter, root / f"{shape}-torch", "torch", "int8"), "cpu", "auto"),
                 "ctranslate2 fp32": (export(adapter, root / f"{shape}-ct2-fp32", "ctranslate2", "none"), "cpu", "auto"),
                 "ctranslate2 int8": (export(adapter, root / f"{shape}-ct2", "ctranslate2", "int8"), "cpu", "auto")}
+        if avx512:  # the same export on ctranslate2's own kernel choice: what asking for AVX-512 gained
+            runs["ctranslate2 int8 (AVX2)"] = runs["ctranslate2 int8"] + ({ISA_VARIABLE: "AVX2"},)
         if gpu:
             runs["fp16 transformers (GPU)"] = (adapter, "cuda", "float16")
             runs["ctranslate2 fp16 (GPU)"] = (export(adapter, root / f"{shape}-ct2-fp16", "ctranslate2", "fp16"),
                                               "cuda", "auto")
-        rows = {name: in_process(_measure, str(d), prompts, device, dtype)
-                for name, (d, device, dtype) in runs.items()}
+        rows = {name: in_process(_measure, str(d), prompts, device, dtype, *env)
+                for name, (d, device, dtype, *env) in runs.items()}
         base = rows["fp32 transformers"]["prompts_per_s"]
         print(f"{shape} shape, {len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, batch {BATCH} "
-              f"(at most {BATCH_TOKENS} padded tokens):")
+              f"(at most {BATCH_TOKENS} padded tokens), ctranslate2 CPU kernels {isa}:")
         for name, r in rows.items():
             r["ratio"] = r["prompts_per_s"] / base
             print(f"  {name:24s} {r['prompts_per_s']:7.2f} prompts/s  {r['ratio']:5.1f}x fp32  "
@@ -159,6 +169,7 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
 
 def agreement(root: Path) -> dict:
     from benchmarks.toyworld_learning import PROMPTS, REDUCED, train_adapter
+    from bridge.engine import start_isa
     from bridge.export import agreement as compare
 
     started = time.perf_counter()
@@ -168,7 +179,7 @@ def agreement(root: Path) -> dict:
     prompts = [json.loads(line)["prompt"] for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")]
     out = {}
     print(f"greedy agreement, toy-world adapter (reduced recipe, trained in {trained:.0f} s), "
-          f"{len(prompts)} held-out prompts:")
+          f"{len(prompts)} held-out prompts, ctranslate2 CPU kernels {start_isa()}:")
     for quantize in ("int8", "none"):
         result = compare(adapter, export(adapter, root / f"toy-{quantize}", "ctranslate2", quantize), prompts)
         out[quantize] = {k: result[k] for k in ("prompts", "same", "rate")} | {"differing": result["differing"]}
