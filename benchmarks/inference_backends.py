@@ -136,11 +136,11 @@ def in_process(fn, *args):
 def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
     import torch
 
-    from bridge.engine import ISA_VARIABLE, cpu_flags, isa_to_force
+    from bridge.engine import ISA_VARIABLE, planned_isa
 
     gpu = torch.cuda.is_available()
-    avx512 = isa_to_force(cpu_flags(), os.environ) == "AVX512"
-    isa = "AVX512" if avx512 else os.environ.get(ISA_VARIABLE, "default")
+    isa = planned_isa()  # (agreement, run first, may have set the variable in this process already: the same)
+    avx512 = isa == "AVX512"
     out = {}
     for shape in shapes:
         adapter = shaped_adapter(root, shape)

@@ -60,17 +60,17 @@ def doctor_report() -> dict:
 
     import torch
 
-    from bridge import loading, presets
+    from bridge import engine, loading, presets
 
     versions = {}
     for dist in ["sd-bridge", "torch", "torchvision", "diffusers", "transformers", "peft", "open_clip_torch",
-                 "datasets", "accelerate", "gradio", "safetensors"]:
+                 "datasets", "accelerate", "gradio", "safetensors", "ctranslate2"]:
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             versions[dist] = None
     device = {"cuda": torch.cuda.is_available(), "auto": loading.resolve_device("auto"),
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "ctranslate2_cpu_isa": engine.planned_isa()}
     if torch.cuda.is_available():
         device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     avail = {}
@@ -101,7 +101,8 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
     for dist, ver in report["versions"].items():
         log(f"  {dist:16s} {ver or 'not installed'}")
     d = report["device"]
-    log(f"device: auto -> {d['auto']} (cuda available: {d['cuda']}, cpu threads: {d['threads']})")
+    log(f"device: auto -> {d['auto']} (cuda available: {d['cuda']}, cpu threads: {d['threads']}; exports on "
+        f"ctranslate2 run its {d['ctranslate2_cpu_isa']} cpu kernels)")
     for key, value in report["caches"].items():
         log(f"cache {key}: {value}")
     log("presets (local = loadable without network):")

@@ -71,15 +71,20 @@ def isa_to_force(flags: set[str], environ) -> str | None:
     return "AVX512"
 
 
+def planned_isa(environ=os.environ) -> str:
+    """The CPU kernels a new process's ctranslate2 will run with: the ISA sd-bridge asks for, else the user's
+    CT2_FORCE_CPU_ISA, else "default" (ctranslate2's own choice, AVX2 at most)."""
+    return isa_to_force(cpu_flags(), environ) or environ.get(ISA_VARIABLE, "default")
+
+
 def start_isa() -> str:
-    """Set the ISA before this process's first ctranslate2 translator and return what it runs with (the
-    variable's value, or "default"); later calls return the same, since ctranslate2 reads it only once."""
+    """Set the ISA before this process's first ctranslate2 translator and return what it runs with; later
+    calls return the same, since ctranslate2 reads the variable only once."""
     global _process_isa
     if _process_isa is None:
-        isa = isa_to_force(cpu_flags(), os.environ)
-        if isa:
-            os.environ[ISA_VARIABLE] = isa
-        _process_isa = os.environ.get(ISA_VARIABLE, "default")
+        _process_isa = planned_isa()
+        if _process_isa != "default":
+            os.environ[ISA_VARIABLE] = _process_isa
     return _process_isa
 
 

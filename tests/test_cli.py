@@ -79,8 +79,11 @@ def test_doctor_json(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["presets"]["tiny-sd2"]["local"] is True
     assert report["presets"]["sd15"]["local"] is False  # offline, nothing cached
-    assert report["versions"]["torch"]
+    assert report["versions"]["torch"] and report["versions"]["ctranslate2"]
     assert report["caches"]["sd_bridge"] == os.environ["SD_BRIDGE_CACHE"]
+    from bridge.engine import planned_isa
+
+    assert report["device"]["ctranslate2_cpu_isa"] == planned_isa()  # what an export will run with (test_export)
 
 
 @pytest.mark.slow
