@@ -1,6 +1,6 @@
 """Inference backends for trained adapters (#15): fp32 transformers, merged torch int8, and the exported engine.
 
-    uv run python -m benchmarks.inference_backends [--prompts 1000] [--parts speed agreement migrate]
+    uv run python -m benchmarks.inference_backends [--prompts 1000] [--parts speed agreement migrate isa]
 
 speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weights: the same compute as trained
            ones; the vocabulary padded to flan-t5's 32,128) carry an identity LoRA, exported with
@@ -19,6 +19,8 @@ migrate    A 10,000-row library built from ../shared/prompts migrated with the b
            load and the per-row cost of a syntax-only migrate of the same library) against the time it took;
            then the same library again, from the translation cache. Rewrites stop at 48 new tokens here too
            (`_cap_rewrites`: random weights never end a rewrite themselves).
+isa        (not by default, 13 min) The base-shaped int8 export on the AVX-512 kernels `bridge.engine` asks
+           ctranslate2 for, against its own AVX2 choice, in alternating processes (`--repeats` pairs).
 
 The last line reads `speedup vs fp32: X.X (flan-t5-base shape, N prompts)`.
 """
@@ -290,11 +292,38 @@ def migrate(root: Path, prompts: list[str], rows: int, shape: str) -> dict:
             "second_s": second, "cache_ratio": first / second, "identical": same}
 
 
+def isa(root: Path, prompts: list[str], shape: str, repeats: int) -> dict:
+    """The int8 export on the AVX-512 kernels sd-bridge asks for against ctranslate2's own AVX2 choice, in
+    alternating fresh processes, `repeats` pairs: whole runs of this benchmark on the 2-core machine differ by
+    about 10%, more than the two kernels do, so one pair proves little."""
+    from bridge.engine import ISA_VARIABLE, cpu_flags, isa_to_force
+
+    if isa_to_force(cpu_flags(), {}) != "AVX512":
+        print("isa: this CPU lacks AVX-512; nothing to compare")
+        return {}
+    engine_dir = root / f"{shape}-ct2"
+    if not engine_dir.is_dir():
+        engine_dir = export(shaped_adapter(root, shape), engine_dir, "ctranslate2", "int8")
+    runs: dict[str, list[float]] = {"AVX512": [], "AVX2": []}
+    for _ in range(repeats):
+        for name, rates in runs.items():
+            rates.append(in_process(_measure, str(engine_dir), prompts, "cpu", "auto",
+                                    {ISA_VARIABLE: name})["prompts_per_s"])
+    ratios = [a / b for a, b in zip(runs["AVX512"], runs["AVX2"])]
+    print(f"ctranslate2 int8, {shape} shape, {len(prompts)} prompts, {repeats} alternating pairs of processes:")
+    for name, rates in runs.items():
+        print(f"  {name:6s} " + " ".join(f"{r:6.2f}" for r in rates) + f"  prompts/s (mean {statistics.mean(rates):.2f})")
+    print("  AVX512 / AVX2 per pair: " + " ".join(f"{r:.3f}" for r in ratios)
+          + f" (mean {statistics.mean(ratios):.3f})")
+    return {"prompts_per_s": runs, "ratios": ratios}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=1000)
-    ap.add_argument("--parts", nargs="+", choices=["speed", "agreement", "migrate"],
+    ap.add_argument("--parts", nargs="+", choices=["speed", "agreement", "migrate", "isa"],
                     default=["speed", "agreement", "migrate"])
+    ap.add_argument("--repeats", type=int, default=3, help="alternating pairs of processes the isa part runs")
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="shapes speed measures")
     ap.add_argument("--migrate-shape", choices=list(SHAPES), default="flan-t5-base", help="the rewriter migrate uses")
     ap.add_argument("--library-rows", type=int, default=10_000, help="rows of the library migrate runs on")
@@ -309,6 +338,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["speed"] = speed(root, prompts, args.shapes)
         if "migrate" in args.parts:
             result["migrate"] = migrate(root, prompts, args.library_rows, args.migrate_shape)
+        if "isa" in args.parts:
+            result["isa"] = isa(root, prompts, args.migrate_shape, args.repeats)
     if "speed" in result and "flan-t5-base" in result["speed"]:
         ratio = result["speed"]["flan-t5-base"]["ctranslate2 int8"]["ratio"]
         print(f"speedup vs fp32: {ratio:.1f} (flan-t5-base shape, {len(prompts)} prompts)")
