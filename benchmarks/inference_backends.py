@@ -19,7 +19,7 @@ migrate    A 10,000-row library built from ../shared/prompts migrated with the b
            load and the per-row cost of a syntax-only migrate of the same library) against the time it took;
            then the same library again, from the translation cache. Rewrites stop at 48 new tokens here too
            (`_cap_rewrites`: random weights never end a rewrite themselves).
-isa        (not by default, 13 min) The base-shaped int8 export on the AVX-512 kernels `bridge.engine` asks
+isa        (not by default, 14 min) The base-shaped int8 export on the AVX-512 kernels `bridge.engine` asks
            ctranslate2 for, against its own AVX2 choice, in alternating processes (`--repeats` pairs).
 
 The last line reads `speedup vs fp32: X.X (flan-t5-base shape, N prompts)`.

@@ -44,8 +44,9 @@ def read_meta(path: Path | str) -> dict:
 # ctranslate2 picks its own CPU kernels (softmax, norms, activation quantization; oneDNN's GEMMs dispatch
 # themselves) once per process, at its first translator. It selects AVX2 at most by itself and AVX-512 only when
 # this variable asks ("Note that AVX512 can only be enabled with the environment variable at this time", its
-# src/cpu/cpu_isa.cc, which gives no reason). Measured on the 2-core AMD EPYC machine (ctranslate2 alone, a
-# flan-t5-base-shaped int8 export, the inference benchmark's 1,000 prompts): 11.2 prompts/s with it against 9.9.
+# src/cpu/cpu_isa.cc, which gives no reason). A small gain on the 2-core AMD EPYC machine: a flan-t5-base-shaped
+# int8 export, the inference benchmark's 1,000 prompts, three alternating pairs of processes (`--parts isa`),
+# 10.88 prompts/s with it against 10.52 (1.000 to 1.063 per pair); 6% on the flan-t5-small shape.
 # So sd-bridge asks for it when the CPU has every AVX-512 subset ctranslate2's path needs and the user set
 # nothing; CT2_FORCE_CPU_ISA=AVX2 keeps ctranslate2's own choice (measure on CPUs that clock down under AVX-512).
 ISA_VARIABLE = "CT2_FORCE_CPU_ISA"
