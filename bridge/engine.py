@@ -42,7 +42,7 @@ def read_meta(path: Path | str) -> dict:
 
 
 # ctranslate2 picks its own CPU kernels (softmax, norms, activation quantization; oneDNN's GEMMs dispatch
-# themselves) once per process, at its first translator. It selects AVX2 at most by itself and AVX-512 only when
+# themselves) once per process, when it first needs them. It selects AVX2 at most by itself and AVX-512 only when
 # this variable asks ("Note that AVX512 can only be enabled with the environment variable at this time", its
 # src/cpu/cpu_isa.cc, which gives no reason). A small gain on the 2-core AMD EPYC machine: a flan-t5-base-shaped
 # int8 export, the inference benchmark's 1,000 prompts, three alternating pairs of processes (`--parts isa`),
@@ -51,6 +51,7 @@ def read_meta(path: Path | str) -> dict:
 # nothing; CT2_FORCE_CPU_ISA=AVX2 keeps ctranslate2's own choice (measure on CPUs that clock down under AVX-512).
 ISA_VARIABLE = "CT2_FORCE_CPU_ISA"
 _AVX512_FLAGS = {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}  # ctranslate2's cpu_supports_avx512
+_ISA_NEEDS = {"AVX512": _AVX512_FLAGS, "AVX2": {"avx2"}, "AVX": {"avx"}, "NEON": set(), "GENERIC": set()}
 _process_isa: str | None = None  # what this process's ctranslate2 was started with, once it was
 
 
@@ -67,7 +68,7 @@ def cpu_flags() -> set[str]:
 def isa_to_force(flags: set[str], environ) -> str | None:
     """The ISA to ask ctranslate2 for: none when the user chose one (their choice stands) or the CPU lacks any
     of the AVX-512 subsets ctranslate2 requires (forcing it then fails in ctranslate2)."""
-    if ISA_VARIABLE in environ or not _AVX512_FLAGS <= flags:
+    if environ.get(ISA_VARIABLE) or not _AVX512_FLAGS <= flags:  # (empty is unset, to ctranslate2 too)
         return None
     return "AVX512"
 
@@ -75,14 +76,26 @@ def isa_to_force(flags: set[str], environ) -> str | None:
 def planned_isa(environ=os.environ) -> str:
     """The CPU kernels a new process's ctranslate2 will run with: the ISA sd-bridge asks for, else the user's
     CT2_FORCE_CPU_ISA, else "default" (ctranslate2's own choice, AVX2 at most)."""
-    return isa_to_force(cpu_flags(), environ) or environ.get(ISA_VARIABLE, "default")
+    return isa_to_force(cpu_flags(), environ) or environ.get(ISA_VARIABLE) or "default"
+
+
+def check_isa(value: str, flags: set[str]) -> None:
+    """Refuse a CT2_FORCE_CPU_ISA that ctranslate2 would refuse only at its first translation, hours into a run."""
+    if value not in _ISA_NEEDS:
+        raise ValueError(f"{ISA_VARIABLE}={value!r} is not a CPU ISA ctranslate2 knows ({', '.join(_ISA_NEEDS)}); "
+                         "unset it to let sd-bridge choose")
+    missing = _ISA_NEEDS[value] - flags
+    if flags and missing:
+        raise ValueError(f"{ISA_VARIABLE}={value!r}: this CPU lacks {', '.join(sorted(missing))}")
 
 
 def start_isa() -> str:
-    """Set the ISA before this process's first ctranslate2 translator and return what it runs with; later
-    calls return the same, since ctranslate2 reads the variable only once."""
+    """Set the ISA before this process's first ctranslate2 translation (when ctranslate2 reads the variable, once)
+    and return what it runs with; later calls return the same."""
     global _process_isa
     if _process_isa is None:
+        if os.environ.get(ISA_VARIABLE):
+            check_isa(os.environ[ISA_VARIABLE], cpu_flags())
         _process_isa = planned_isa()
         if _process_isa != "default":
             os.environ[ISA_VARIABLE] = _process_isa
@@ -98,7 +111,7 @@ class Ct2Rewriter:
     """A CTranslate2 seq2seq translator that `bridge.rewriter.generate` drives like a transformers model."""
 
     def __init__(self, path: Path, device: str = "cpu", threads: int = 0):
-        self.isa = start_isa()  # before ctranslate2 builds its first translator, which fixes its kernels
+        self.isa = start_isa()  # before ctranslate2's first translation, which fixes its kernels
         import ctranslate2
 
         if device == "auto":
@@ -165,7 +178,8 @@ def load(path: Path, device: str = "cpu", threads: int = 0):
     if meta["backend"] == "ctranslate2":
         model = Ct2Rewriter(path / "engine", device, threads)
         # The CPU kernels round differently, so an AVX-512 rewrite is cached apart from a default one.
-        runs_as = f"ctranslate2/{model.device}/{model.compute_type}" + (f"/{model.isa}" if model.device == "cpu" else "")
+        runs_as = f"ctranslate2/{model.device}/{model.compute_type}"
+        runs_as += f"/{model.isa}" if model.device == "cpu" else ""
     else:
         model, runs_as = _load_torch(path / "engine", meta["quantize"], device, threads)
     # What decides a rewrite: the adapter, how it was converted and how it runs here (not --check's results,

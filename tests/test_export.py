@@ -105,7 +105,7 @@ def test_loading_an_export_leaves_torch_its_threads(exported):
 
 
 def test_avx512_is_asked_for_only_when_the_cpu_has_it_and_the_user_chose_nothing():
-    from bridge.engine import ISA_VARIABLE, isa_to_force
+    from bridge.engine import ISA_VARIABLE, check_isa, isa_to_force
 
     full = {"avx2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512_vnni"}
     assert isa_to_force(full, {}) == "AVX512"
@@ -113,6 +113,12 @@ def test_avx512_is_asked_for_only_when_the_cpu_has_it_and_the_user_chose_nothing
     assert isa_to_force({"avx2", "avx512f"}, {}) is None
     assert isa_to_force(set(), {}) is None  # no /proc/cpuinfo: nothing forced
     assert isa_to_force(full, {ISA_VARIABLE: "AVX2"}) is None  # the user's choice stands
+    assert isa_to_force(full, {ISA_VARIABLE: ""}) == "AVX512"  # empty is unset, to ctranslate2 too
+    check_isa("AVX2", full)
+    with pytest.raises(ValueError, match="CT2_FORCE_CPU_ISA='AVX512': this CPU lacks avx512bw, avx512vl"):
+        check_isa("AVX512", {"avx2", "avx512f", "avx512cd", "avx512dq"})
+    with pytest.raises(ValueError, match="'avx512' is not a CPU ISA ctranslate2 knows"):
+        check_isa("avx512", full)  # ctranslate2 compares names exactly
 
 
 _ISA_PROBE = """
@@ -127,7 +133,7 @@ print("KEY", model.isa, key)
 
 
 def test_an_export_runs_with_the_isa_it_reports_and_caches_apart_by_it(exported):
-    """In a fresh process (ctranslate2 fixes its kernels at its first translator): what ctranslate2 logs it
+    """In a fresh process (ctranslate2 fixes its kernels once per process): what ctranslate2 logs it
     selected is what the engine reports and keys its cache on, and a user's CT2_FORCE_CPU_ISA stands."""
     import os
     import subprocess
@@ -152,6 +158,11 @@ def test_an_export_runs_with_the_isa_it_reports_and_caches_apart_by_it(exported)
     isa, user_key, log = run(**{ISA_VARIABLE: "AVX"})
     assert isa == "AVX" and "Selected ISA: AVX\n" in log.replace("\r", "")
     assert user_key != key  # rewrites made with other kernels are cached apart
+    bad = subprocess.run([sys.executable, "-m", "bridge.cli", "translate", "--adapter",
+                          str(exported / "ctranslate2-int8"), "a cat"], env=os.environ | {ISA_VARIABLE: "AVX3"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "CT2_FORCE_CPU_ISA='AVX3' is not a CPU ISA ctranslate2 knows" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_export_check_reports_agreement(adapter, tmp_path):
