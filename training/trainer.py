@@ -409,33 +409,47 @@ def check_resume(cfg: TrainConfig, ckpt: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ the run
+@dataclass
+class _Run:
+    """What every step of a run needs: its settings, models, data, reward, and where its records go."""
+    cfg: TrainConfig
+    accelerator: object
+    model: object
+    opt: object
+    tokenizer: object
+    groups: list
+    inputs: list[str]
+    negatives: list[str | None]
+    names: object  # the policy's embedding names: the rewriter must keep them as they are
+    max_new: int
+    cache: object
+    reward_fn: object
+    validator: object
+    main: bool
+    reference: dict | None = None  # GRPO's KL anchor, taken when optimisation starts (reference_weights)
+
+    @property
+    def out(self) -> Path:
+        return self.cfg.out
+
+
 def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
-    from bridge.rewriter import save_train_prompts
     from training.data import load_groups
-    from training.curves import plot_curves
     from training.validate import Validator
 
     log = summary_log(cfg, log)
-    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu)
+    accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     main = accelerator.is_main_process
     # 1. Data: prompt groups and the policy's inputs.
     groups, data_info = load_groups(cfg.data, cfg.scorer, cfg.reward_seeds)
     inputs, negatives = policy_inputs(cfg, groups)
-    names = policy_of(cfg).embedding_names()
-    rewriter = presets.rewriter(cfg.rewriter)
-    max_new = cfg.max_new_tokens or rewriter.max_new_tokens
-    total = cfg.warm_start_steps + cfg.steps
-    seeds_per_prompt = max(len(g.seeds) for g in groups)
-    plan = {"prompts": len(groups), "warm_start_steps": cfg.warm_start_steps, "steps": cfg.steps,
-            "generations": cfg.steps * min(cfg.prompts_per_step, len(groups)) * cfg.k,
-            "renders_at_most": cfg.steps * min(cfg.prompts_per_step, len(groups)) * cfg.k * seeds_per_prompt}
+    max_new = cfg.max_new_tokens or presets.rewriter(cfg.rewriter).max_new_tokens
     # 2. Models.
     model, tokenizer = build_model(cfg, str(accelerator.device))
     if cfg.dry_run:
+        plan = _plan(cfg, groups)
         plan.update(_estimate(cfg, model, tokenizer, inputs, plan))
         if main:
             log_plan(cfg, log, plan)
@@ -444,108 +458,153 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     model, opt = accelerator.prepare(model, opt)
     cache = _render_cache(cfg, str(accelerator.device)) if reward_fn is None or cfg.val_data else None
-    if reward_fn is None:
-        reward_fn = _clip_reward(cfg, cache)
     # Held-out agreement at checkpoints (main process; the others wait at the checkpoint barrier).
     validator = Validator(cfg, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
-    out = cfg.out
-    start = 0
-    if ckpt is not None:
-        check_resume(cfg, ckpt)
-        start = load_checkpoint(ckpt, model, opt, accelerator)
-        if main:
-            log(f"resumed from {ckpt} at step {start}")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out, presets={"target": presets.describe(presets.pipeline(cfg.target)),
-                                       "rewriter": presets.describe(rewriter),
-                                       "scorer": presets.describe(presets.scorer(cfg.scorer))}, data=data_info)
-        _truncate_log(out / LOG, start)
-    writer = _tensorboard(cfg, out) if main else None
-    pairs = warm_pairs(cfg, inputs, negatives, names) if cfg.warm_start_steps else []
-    bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not (cfg.progress and main))
-    history = []
-    reference = None
-    for step in range(start, total):
-        t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout stream of this step
-        model.train()
-        record = {"step": step + 1}
-        if step == cfg.warm_start_steps and validator is not None and not _validated(out, step):
-            # The curve's first point: the model optimisation starts from (warm-started, or the base).
-            _validate(validator, accelerator.unwrap_model(model), tokenizer, cfg, max_new, step, out)
-        if step < cfg.warm_start_steps:
-            # 3. Warm start: SFT towards identity (+ user pairs).
-            rng = random.Random(f"{cfg.seed}/warm/{step}")
-            batch = rng.sample(pairs, min(cfg.warm_start_batch, len(pairs)))[accelerator.process_index::
-                                                                           accelerator.num_processes]
-            loss = sft_update(model, opt, accelerator, tokenizer, batch, "", cfg.micro_batch) if batch else (
-                idle_update(model, opt, accelerator) or 0.0)
-            record.update(phase="warm_start", loss=loss, time_update=time.perf_counter() - t0)
-        else:
-            # 4. Optimise: rollout -> reward -> update.
-            rl_step = step - cfg.warm_start_steps
-            if reference is None and cfg.algo == "grpo":
-                reference = reference_weights(cfg, accelerator.unwrap_model(model), out, main,
-                                              resumed=start > cfg.warm_start_steps)
-            idx = step_prompts(cfg, rl_step, len(groups))[accelerator.process_index::accelerator.num_processes]
-            model.eval()
-            cands = rollout(cfg, accelerator.unwrap_model(model), tokenizer, [inputs[i] for i in idx],
-                            [negatives[i] for i in idx], names, max_new, seed=cfg.seed * 7919 + rl_step)
-            t1 = time.perf_counter()
-            flat = [c for group in cands for c in group]
-            owner = [i for i, group in zip(idx, cands) for _ in group]
-            before = cache.snapshot() if cache else {}
-            rewards = reward_fn(sources=[inputs[i] for i in owner], candidates=[c.text for c in flat],
-                                seeds=[groups[i].seeds for i in owner], negatives=[c.negative for c in flat],
-                                source_embeddings=[groups[i].embeddings for i in owner]) if flat else []
-            t2 = time.perf_counter()
-            model.train()
-            r = torch.tensor(rewards, dtype=torch.float32)
-            stats = update_policy(cfg, model, opt, accelerator, tokenizer, flat, r, reference)
-            t3 = time.perf_counter()
-            record.update(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
-                          reward_std=float(r.std(unbiased=False)) if len(r) else None,
-                          reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
-                          unfinished=sum(c.unfinished for c in flat),
-                          candidates=len(flat), time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
-                          **stats)
-            if cache is not None:
-                record.update(cache.step_stats(before))
-        record["time_step"] = time.perf_counter() - t0
-        history.append(record)
-        if main:
-            _log(out, writer, record)
-        bar.update(1)
-        if record.get("reward_mean") is not None:
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
-            if validator is not None and step >= cfg.warm_start_steps:
-                _validate(validator, accelerator.unwrap_model(model), tokenizer, cfg, max_new, step + 1, out)
-            accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(out / "checkpoints" / f"step-{step + 1:06d}", model, opt, step + 1, accelerator,
-                                _same_run(cfg))
-    bar.close()
+    run = _Run(cfg, accelerator, model, opt, tokenizer, groups, inputs, negatives, policy_of(cfg).embedding_names(),
+               max_new, cache, reward_fn if reward_fn is not None else _clip_reward(cfg, cache), validator, main)
+    start = _start(run, ckpt, data_info, log)
+    # 3.-4. Warm start, then optimise, step by step.
+    history = _steps(run, start)
     accelerator.wait_for_everyone()
     if not main:
         return {"history": history}
     # 5. Output: the adapter directory.
-    peft_model = accelerator.unwrap_model(model)
-    peft_model.save_pretrained(out, safe_serialization=True)
-    adapter_meta(cfg, max_new, data_info["source"][0] if data_info["source"] else "").save(out)
-    save_train_prompts(out, [g.prompt for g in groups])  # eval refuses to score an adapter on these
+    summary = _write_adapter(run, data_info)
+    log(f"adapter written to {run.out} ({summary.get('rl_steps', 0)} optimisation steps; reward first "
+        f"{_fmt(summary.get('reward_first'))} -> last {_fmt(summary.get('reward_last'))})")
+    print_json_summary(cfg, {"adapter": str(run.out), **summary})
+    return {"history": history, "summary": summary, "out": str(run.out)}
+
+
+def _plan(cfg: TrainConfig, groups: list) -> dict:
+    """What a run of `cfg` on `groups` will do (--dry-run prints it, with time estimates)."""
+    rollouts = cfg.steps * min(cfg.prompts_per_step, len(groups)) * cfg.k
+    return {"prompts": len(groups), "warm_start_steps": cfg.warm_start_steps, "steps": cfg.steps,
+            "generations": rollouts, "renders_at_most": rollouts * max(len(g.seeds) for g in groups)}
+
+
+def _start(run: _Run, ckpt: Path | None, data_info: dict, log) -> int:
+    """The step to start at: a checkpoint's, loaded, or 0. The main process writes the resolved config and
+    keeps the log's rows up to that step."""
+    cfg, start = run.cfg, 0
+    if ckpt is not None:
+        check_resume(cfg, ckpt)
+        start = load_checkpoint(ckpt, run.model, run.opt, run.accelerator)
+        if run.main:
+            log(f"resumed from {ckpt} at step {start}")
+    if run.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.out, presets={"target": presets.describe(presets.pipeline(cfg.target)),
+                                           "rewriter": presets.describe(presets.rewriter(cfg.rewriter)),
+                                           "scorer": presets.describe(presets.scorer(cfg.scorer))}, data=data_info)
+        _truncate_log(run.out / LOG, start)
+    return start
+
+
+def _steps(run: _Run, start: int) -> list[dict]:
+    """Steps `start`.. of the run, each logged, checkpointed and validated on schedule; their records."""
+    from tqdm.auto import tqdm
+
+    cfg, total = run.cfg, run.cfg.warm_start_steps + run.cfg.steps
+    writer = _tensorboard(cfg, run.out) if run.main else None
+    pairs = warm_pairs(cfg, run.inputs, run.negatives, run.names) if cfg.warm_start_steps else []
+    bar = tqdm(total=total, initial=start, unit="step", desc="train", disable=not (cfg.progress and run.main))
+    history = []
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout stream of this step
+        run.model.train()
+        if step == cfg.warm_start_steps and run.validator is not None and not _validated(run.out, step):
+            # The curve's first point: the model optimisation starts from (warm-started, or the base).
+            _validate(run.validator, run.accelerator.unwrap_model(run.model), run.tokenizer, cfg, run.max_new, step,
+                      run.out)
+        if step < cfg.warm_start_steps:
+            record = {"step": step + 1, **_warm_start_step(run, pairs, step, t0)}
+        else:
+            record = {"step": step + 1, **_optimise_step(run, step, t0, resumed=start > cfg.warm_start_steps)}
+        record["time_step"] = time.perf_counter() - t0
+        history.append(record)
+        if run.main:
+            _log(run.out, writer, record)
+        bar.update(1)
+        if record.get("reward_mean") is not None:
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
+            _checkpoint(run, step + 1)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return history
+
+
+def _warm_start_step(run: _Run, pairs: list, step: int, t0: float) -> dict:
+    """3. Warm start: SFT towards identity (+ user pairs) on this process's share of a seeded batch."""
+    cfg, acc = run.cfg, run.accelerator
+    rng = random.Random(f"{cfg.seed}/warm/{step}")
+    batch = rng.sample(pairs, min(cfg.warm_start_batch, len(pairs)))[acc.process_index::acc.num_processes]
+    loss = sft_update(run.model, run.opt, acc, run.tokenizer, batch, "", cfg.micro_batch) if batch else (
+        idle_update(run.model, run.opt, acc) or 0.0)
+    return {"phase": "warm_start", "loss": loss, "time_update": time.perf_counter() - t0}
+
+
+def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
+    """4. Optimise: rollout -> reward -> update, on this process's share of the step's prompts."""
+    cfg, acc, groups, inputs = run.cfg, run.accelerator, run.groups, run.inputs
+    rl_step = step - cfg.warm_start_steps
+    if run.reference is None and cfg.algo == "grpo":
+        run.reference = reference_weights(cfg, acc.unwrap_model(run.model), run.out, run.main, resumed=resumed)
+    idx = step_prompts(cfg, rl_step, len(groups))[acc.process_index::acc.num_processes]
+    run.model.eval()
+    cands = rollout(cfg, acc.unwrap_model(run.model), run.tokenizer, [inputs[i] for i in idx],
+                    [run.negatives[i] for i in idx], run.names, run.max_new, seed=cfg.seed * 7919 + rl_step)
+    t1 = time.perf_counter()
+    flat = [c for group in cands for c in group]
+    owner = [i for i, group in zip(idx, cands) for _ in group]
+    before = run.cache.snapshot() if run.cache else {}
+    rewards = run.reward_fn(sources=[inputs[i] for i in owner], candidates=[c.text for c in flat],
+                            seeds=[groups[i].seeds for i in owner], negatives=[c.negative for c in flat],
+                            source_embeddings=[groups[i].embeddings for i in owner]) if flat else []
+    t2 = time.perf_counter()
+    run.model.train()
+    r = torch.tensor(rewards, dtype=torch.float32)
+    stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference)
+    t3 = time.perf_counter()
+    record = dict(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
+                  reward_std=float(r.std(unbiased=False)) if len(r) else None,
+                  reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
+                  unfinished=sum(c.unfinished for c in flat), candidates=len(flat), time_generate=t1 - t0,
+                  time_reward=t2 - t1, time_update=t3 - t2, **stats)
+    if run.cache is not None:
+        record.update(run.cache.step_stats(before))
+    return record
+
+
+def _checkpoint(run: _Run, done: int) -> None:
+    """After `done` steps: a held-out point (once optimising), then a checkpoint that resumes exactly."""
+    if run.validator is not None and done > run.cfg.warm_start_steps:
+        _validate(run.validator, run.accelerator.unwrap_model(run.model), run.tokenizer, run.cfg, run.max_new, done,
+                  run.out)
+    run.accelerator.wait_for_everyone()
+    if run.main:
+        save_checkpoint(run.out / "checkpoints" / f"step-{done:06d}", run.model, run.opt, done, run.accelerator,
+                        _same_run(run.cfg))
+
+
+def _write_adapter(run: _Run, data_info: dict) -> dict:
+    """5. The adapter directory: LoRA weights, serving metadata, training-prompt hashes, curves, model card."""
+    from bridge.rewriter import save_train_prompts
+    from training.curves import plot_curves
+
+    cfg, out = run.cfg, run.out
+    run.accelerator.unwrap_model(run.model).save_pretrained(out, safe_serialization=True)
+    adapter_meta(cfg, run.max_new, data_info["source"][0] if data_info["source"] else "").save(out)
+    save_train_prompts(out, [g.prompt for g in run.groups])  # eval refuses to score an adapter on these
     summary = _summary(out / LOG)
     summary["curves"] = plot_curves(out / LOG, out) is not None
     (out / "README.md").write_text(model_card(cfg, data_info, summary), encoding="utf-8")
-    if writer is not None:
-        writer.close()
     if cfg.push_to_hub:
         _push(cfg.push_to_hub, out)
-    log(f"adapter written to {out} ({summary.get('rl_steps', 0)} optimisation steps; reward first "
-        f"{_fmt(summary.get('reward_first'))} -> last {_fmt(summary.get('reward_last'))})")
-    print_json_summary(cfg, {"adapter": str(out), **summary})
-    return {"history": history, "summary": summary, "out": str(out)}
+    return summary
 
 
 # ------------------------------------------------------------------------------ helpers
