@@ -101,6 +101,12 @@ def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
     return out
 
 
+def int8_export(root: Path, shape: str) -> Path:
+    """The shape's ctranslate2 int8 export: the one `speed` wrote in this run, else a new one."""
+    engine_dir = root / f"{shape}-ct2"
+    return engine_dir if engine_dir.is_dir() else export(shaped_adapter(root, shape), engine_dir, "ctranslate2", "int8")
+
+
 def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None) -> dict:
     """In a fresh process (with `env` set first): load, warm up, generate for every prompt; prompts/s, peak RSS."""
     os.environ.update(env or {})
@@ -271,9 +277,7 @@ def _migrate(library_path: str, out: str, adapter: str | None, cache: str) -> fl
 
 
 def migrate(root: Path, prompts: list[str], rows: int, shape: str) -> dict:
-    engine_dir = root / f"{shape}-ct2"
-    if not engine_dir.is_dir():
-        engine_dir = export(shaped_adapter(root, shape), engine_dir, "ctranslate2", "int8")
+    engine_dir = int8_export(root, shape)
     path = root / "library.jsonl"
     distinct = library(path, rows)
     rate = in_process(_translate_rate, str(engine_dir), prompts)
@@ -301,9 +305,7 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int) -> dict:
     if isa_to_force(cpu_flags(), {}) != "AVX512":
         print("isa: this CPU lacks AVX-512; nothing to compare")
         return {}
-    engine_dir = root / f"{shape}-ct2"
-    if not engine_dir.is_dir():
-        engine_dir = export(shaped_adapter(root, shape), engine_dir, "ctranslate2", "int8")
+    engine_dir = int8_export(root, shape)
     runs: dict[str, list[float]] = {"AVX512": [], "AVX2": []}
     for _ in range(repeats):
         for name, rates in runs.items():
