@@ -5,7 +5,7 @@ controls, PNG Info), Compare (a grid: a row per model and prompt, a column per s
 CLIP agreement with the source image of its seed), Batch (upload a library: a preview, the migrated file and
 the error report).
 
-It calls the same code as the CLI (bridge.Translator, bridge.render, bridge.score, bridge.migrate). Safety:
+It calls the same code as the CLI (bridge.Translator, bridge.models.render, bridge.models.score, bridge.io.migrate). Safety:
 models load on first use, not at import; binds 127.0.0.1 unless --host; never shares; uploads are size
 limited; no `allowed_paths`, and it reads no path a user types (only files Gradio itself received).
 """
@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge import presets
-from bridge.policy import MigrationPolicy
+from bridge.models import presets
+from bridge.syntax.policy import MigrationPolicy
 
 TOY_NOTE = ("Rendering with the **toy world** (no GPU or no local weights for SD1.5/SD2): toy-sd15 → toy-sd2, "
             "scored by toy-clip. These small trained models read toy-world prompts only, such as the examples "
@@ -64,7 +64,7 @@ class ServeConfig:
     device: str = field(default="auto", metadata={"help": "device for models"})
 
     def __post_init__(self):
-        from bridge.reference import check_index_dir
+        from bridge.sweep.reference import check_index_dir
 
         self.upload_bytes()  # a bad size is a usage error now, not a traceback at launch
         check_index_dir(self.reference)
@@ -117,7 +117,7 @@ class Models:
     def compare_presets(self) -> tuple:
         """(source, target, scorer, note) for Compare, resolved without loading anything: the real presets
         when their weights are local and a GPU is present, else the toy world, and a note that says which."""
-        from bridge.loading import is_available_locally, resolve_device
+        from bridge.models.loading import is_available_locally, resolve_device
 
         device = resolve_device(self.cfg.device)
         real = device.startswith("cuda") and all(is_available_locally(p) for p in (
@@ -132,9 +132,9 @@ class Models:
         return src, tgt, sc, note
 
     def compare_models(self):
-        from bridge.loading import resolve_device
-        from bridge.render import Renderer
-        from bridge.score import Scorer
+        from bridge.models.loading import resolve_device
+        from bridge.models.render import Renderer
+        from bridge.models.score import Scorer
 
         with self._lock:
             if self._compare is None:
@@ -146,7 +146,7 @@ class Models:
 
     def reference(self):
         """The reference index given at server start (opened once, checked against the scorer), or None."""
-        from bridge.reference import ReferenceIndex
+        from bridge.sweep.reference import ReferenceIndex
 
         if self.cfg.reference is None:
             return None
@@ -208,7 +208,7 @@ def _check_prompt(prompt: str | None, negative: str | None) -> None:
 
 def live_tokens(prompt: str, negative: bool = False) -> str:
     """CLIP tokens per 75-token chunk while typing (A1111's counter), from the pure-Python tokenizer."""
-    from bridge.tokens import CHUNK_TOKENS, token_budget
+    from bridge.syntax.tokens import CHUNK_TOKENS, token_budget
 
     if not prompt or not prompt.strip():
         return f"tokens per chunk: 0 / {CHUNK_TOKENS}"
@@ -232,7 +232,7 @@ def translate_fn(models: Models, prompt: str, negative: str, adapter: str | None
 def parse_seeds(text: str, count: int, base_seed: int, prompt: str, most: int) -> list[int]:
     """Explicit seeds ("1234, 5678"), so a user can enter the seed of their own image; else `count` seeds
     derived from the base seed and the prompt (the seeds `sd-bridge gather` uses)."""
-    from bridge.render import derive_seed
+    from bridge.models.render import derive_seed
 
     if text and text.strip():
         try:
@@ -256,7 +256,7 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
     import gradio as gr
     import torch
 
-    from bridge.score import cosine
+    from bridge.models.score import cosine
 
     _check_prompt(prompt, negative)
     seeds = parse_seeds(seeds_text, int(count or 1), int(base_seed or 0), prompt, models.cfg.max_seeds)
@@ -292,8 +292,8 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
 
 
 def _breadth_line(rows: list, embs: list) -> str:
-    """Each row's breadth across its seeds (bridge.breadth), and the target rows' ratio to the source's."""
-    from bridge import breadth
+    """Each row's breadth across its seeds (bridge.sweep.breadth), and the target rows' ratio to the source's."""
+    from bridge.sweep import breadth
 
     if len(embs[0]) < 2:
         return "breadth (how much the pictures differ across seeds) needs at least 2 seeds"
@@ -311,7 +311,7 @@ def _breadth_line(rows: list, embs: list) -> str:
 def _nearest_reference(index, emb) -> tuple:
     """The reference image closest to any of a row's renders, captioned with its similarity and how many of
     the row's renders are duplicates (at the calibrated threshold)."""
-    from bridge.reference import DUPLICATE_THRESHOLD, duplicate_report
+    from bridge.sweep.reference import DUPLICATE_THRESHOLD, duplicate_report
 
     near = index.neighbours(emb, 1)
     best = max((ns[0] for ns in near), key=lambda x: x.similarity)
@@ -322,7 +322,7 @@ def _nearest_reference(index, emb) -> tuple:
 
 def _toy_oracle(prompt: str, negative: str):
     """The toy world's correct translation, or None for a prompt outside its grammar."""
-    from bridge.toy.world import NotAToyPrompt, oracle
+    from bridge.models.toy.world import NotAToyPrompt, oracle
 
     try:
         return oracle(prompt, negative or "")
@@ -333,7 +333,7 @@ def _toy_oracle(prompt: str, negative: str):
 def batch_fn(models: Models, upload, prompt_column: str, negative_column: str):
     """Migrate an uploaded library with the server's default adapter: the file, the error report, a preview of
     the first rows and a summary. Errors name the problem, with the file's own name, never a server path."""
-    from bridge.migrate import MigrateConfig, UsageError, migrate
+    from bridge.io.migrate import MigrateConfig, UsageError, migrate
 
     if upload is None:
         raise ValueError("upload a library file (.txt, .csv, .tsv or .jsonl)")
@@ -381,7 +381,7 @@ def png_info_fn(image) -> tuple[str, str, str]:
     """A1111's PNG Info: the "parameters" text of a dropped PNG, split into prompt, negative and settings."""
     from PIL import Image, UnidentifiedImageError
 
-    from bridge.infotext import parse_infotext
+    from bridge.syntax.infotext import parse_infotext
 
     if image is None:
         return "", "", ""
@@ -400,7 +400,7 @@ def png_info_fn(image) -> tuple[str, str, str]:
 
 
 def _examples() -> list[list[str]]:
-    from bridge.tiny import default_prompts_dir
+    from bridge.models.tiny import default_prompts_dir
 
     rows: list[list[str]] = []
     try:

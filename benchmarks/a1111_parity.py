@@ -1,4 +1,4 @@
-"""Differential measure against AUTOMATIC1111's own code: how often `bridge.a1111` reads a prompt as A1111 does.
+"""Differential measure against AUTOMATIC1111's own code: how often `bridge.syntax.a1111` reads a prompt as A1111 does.
 
     uv run python -m benchmarks.a1111_parity --webui PATH/TO/stable-diffusion-webui [--steps 20]
 
@@ -8,7 +8,7 @@ For every prompt and negative in ../shared/prompts/a1111.jsonl it runs A1111's p
   extra-network tags removed (prompt only) -> `get_multicond_prompt_list` (AND parts and weights) ->
   `get_learned_conditioning_prompt_schedules` -> `parse_prompt_attention` -> `tokenize_line` (chunks),
 and compares, per AND part and per schedule step, the part weight, the (text, weight) runs and the chunk
-sizes with ours. Baseline in the same run: the tree reading (`bridge.prompt.segments`) that the encoder used
+sizes with ours. Baseline in the same run: the tree reading (`bridge.syntax.prompt.segments`) that the encoder used
 before, compared at the last step. Last line: `chunk boundaries equal: X% (baseline tree reading Y%)`.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import ftfy
 
-from bridge.a1111 import attention, read
-from bridge.prompt import And, Break, parse, segments
-from bridge.tokens import _is_comma, build_clip_tokenizer, clip_tokenizer, pack_chunks, token_runs
+from bridge.syntax.a1111 import attention, read
+from bridge.syntax.prompt import And, Break, parse, segments
+from bridge.syntax.tokens import _is_comma, build_clip_tokenizer, clip_tokenizer, pack_chunks, token_runs
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "prompts" / "a1111.jsonl"
 _EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")  # A1111 modules/extra_networks.py re_extra_net

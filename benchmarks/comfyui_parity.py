@@ -1,4 +1,4 @@
-"""Differential measure against ComfyUI's own code: `bridge.comfyui` reads prompts as ComfyUI does, and an
+"""Differential measure against ComfyUI's own code: `bridge.syntax.comfyui` reads prompts as ComfyUI does, and an
 A1111 prompt converted with `from_a1111` carries A1111's weights into ComfyUI.
 
     uv run python -m benchmarks.comfyui_parity --comfyui PATH/TO/ComfyUI [--webui PATH/TO/stable-diffusion-webui]
@@ -6,7 +6,7 @@ A1111 prompt converted with `from_a1111` carries A1111's weights into ComfyUI.
 ComfyUI is not a package, so the measure needs a checkout: it takes `escape_important`, `unescape_important`,
 `parse_parentheses` and `token_weights` out of its `comfy/sd1_clip.py` (pure functions; the module's imports
 need torch and a running ComfyUI) and runs them as CLIPTextEncode does. With `--webui`, A1111's side is
-A1111's own `prompt_parser` too (see benchmarks/a1111_parity.py); without it, `bridge.a1111`.
+A1111's own `prompt_parser` too (see benchmarks/a1111_parity.py); without it, `bridge.syntax.a1111`.
 
 1. Reading: on every prompt and negative in ../shared/prompts and on random bracket soup, our (text, weight)
    runs against ComfyUI's. Baseline: reading the same text with A1111's rules, what a tool that knows one
@@ -26,7 +26,7 @@ import random
 import time
 from pathlib import Path
 
-from bridge import a1111, comfyui
+from bridge.syntax import a1111, comfyui
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "prompts"
 FUNCTIONS = ("escape_important", "unescape_important", "parse_parentheses", "token_weights")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             misses.append(text)
     for text in misses[:5]:
         print(f"  differs: {text[:120]!r}")
-    side = f"A1111 at {args.webui}" if args.webui else "bridge.a1111"
+    side = f"A1111 at {args.webui}" if args.webui else "bridge.syntax.a1111"
     print(f"({time.perf_counter() - t0:.1f} s; A1111 side: {side})")
     print(f"A1111 -> ComfyUI weights equal: {100 * converted / kept:.2f}% of {kept} prompts "
           f"(unconverted {100 * pasted / kept:.2f}%)")

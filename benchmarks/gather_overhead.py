@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from bridge import presets
-from bridge.loading import load_pipeline
-from bridge.render import Renderer, RenderSettings
-from bridge.score import Scorer
-from bridge.tiny import default_prompts_dir
+from bridge.models import presets
+from bridge.models.loading import load_pipeline
+from bridge.models.render import Renderer, RenderSettings
+from bridge.models.score import Scorer
+from bridge.models.tiny import default_prompts_dir
 
 
 def main(argv=None) -> dict:
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
         import accelerate  # noqa: F401 - imports are one-off costs, paid before the clock as for the bare loop
         import datasets  # noqa: F401
 
-        from bridge.tokens import clip_tokenizer
+        from bridge.syntax.tokens import clip_tokenizer
 
         clip_tokenizer()
         cfg = GatherConfig(prompts=str(src), out=Path(tmp) / "ds", preset=args.preset, scorer=args.scorer,

@@ -6,11 +6,11 @@ speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weight
            ones; the vocabulary padded to flan-t5's 32,128) carry an identity LoRA, exported with
            `sd-bridge export` as ctranslate2 int8 and fp32 and as torch int8. Each backend generates for the same
            `--prompts` real prompts (../shared/prompts, a seeded sample, with the rewrite prefix), greedy, 48 new
-           tokens at batch 32 as the issue measured, each batch also capped at `bridge.rewriter.BATCH_TOKENS`
+           tokens at batch 32 as the issue measured, each batch also capped at `bridge.models.rewriter.BATCH_TOKENS`
            padded tokens as sd-bridge generates: random weights never emit EOS, so every prompt runs to the
            limit. Each backend runs in its own process: prompts/s, the ratio to fp32 transformers, peak RSS.
            On a CPU with AVX-512, the int8 export runs again on ctranslate2's own choice of kernels (AVX2),
-           to show what `bridge.engine` asking for AVX-512 gains.
+           to show what `bridge.models.engine` asking for AVX-512 gains.
            With a GPU, fp16 numbers too.
 agreement  A toy-world adapter trained with the reduced learning recipe (benchmarks.toyworld_learning), exported
            int8 and fp32; greedy translations of the 500 held-out toy prompts by the adapter and by each export.
@@ -19,7 +19,7 @@ migrate    A 10,000-row library built from ../shared/prompts migrated with the b
            load and the per-row cost of a syntax-only migrate of the same library) against the time it took;
            then the same library again, from the translation cache. Rewrites stop at 48 new tokens here too
            (`_cap_rewrites`: random weights never end a rewrite themselves).
-isa        (not by default, 14 min) The base-shaped int8 export on the AVX-512 kernels `bridge.engine` asks
+isa        (not by default, 14 min) The base-shaped int8 export on the AVX-512 kernels `bridge.models.engine` asks
            ctranslate2 for, against its own AVX2 choice, in alternating processes (`--repeats` pairs).
 
 The last line reads `speedup vs fp32: X.X (flan-t5-base shape, N prompts)`.
@@ -38,8 +38,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bridge.rewriter import BATCH_TOKENS
-from bridge.tiny import default_prompts_dir
+from bridge.models.rewriter import BATCH_TOKENS
+from bridge.models.tiny import default_prompts_dir
 
 SHAPES = {  # flan-t5's configs (d_model, d_ff, d_kv, layers, heads); vocab 32128, gated-gelu, untied head
     "flan-t5-base": (768, 2048, 64, 12, 12),
@@ -70,9 +70,9 @@ def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, voc
     from peft import LoraConfig, get_peft_model
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from bridge import presets
-    from bridge.loading import load_rewriter
-    from bridge.rewriter import AdapterMeta
+    from bridge.models import presets
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import AdapterMeta
 
     _, tok = load_rewriter(presets.rewriter("tiny-t5"))
     if vocab is not None:
@@ -94,7 +94,7 @@ def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, voc
 
 
 def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
-    from bridge.export import ExportConfig, run_export
+    from bridge.models.export import ExportConfig, run_export
 
     run_export(ExportConfig(adapter=adapter, out=out, backend=backend, quantize=quantize, overwrite=True),
                log=lambda *_: None)
@@ -110,7 +110,7 @@ def int8_export(root: Path, shape: str) -> Path:
 def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None) -> dict:
     """In a fresh process (with `env` set first): load, warm up, generate for every prompt; prompts/s, peak RSS."""
     os.environ.update(env or {})
-    from bridge.rewriter import PREFIX, generate
+    from bridge.models.rewriter import PREFIX, generate
     from bridge.translator import Translator
 
     started = time.perf_counter()
@@ -144,7 +144,7 @@ def in_process(fn, *args):
 def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
     import torch
 
-    from bridge.engine import ISA_VARIABLE, planned_isa
+    from bridge.models.engine import ISA_VARIABLE, planned_isa
 
     gpu = torch.cuda.is_available()
     isa = planned_isa()  # (agreement, run first, may have set the variable in this process already: the same)
@@ -177,8 +177,8 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
 
 def agreement(root: Path) -> dict:
     from benchmarks.toyworld_learning import PROMPTS, REDUCED, train_adapter
-    from bridge.engine import start_isa
-    from bridge.export import agreement as compare
+    from bridge.models.engine import start_isa
+    from bridge.models.export import agreement as compare
 
     started = time.perf_counter()
     train_adapter(root / "toy", REDUCED)
@@ -209,7 +209,7 @@ def closest_calls(adapter: Path, prompts: list[str]) -> dict[str, float]:
     the model input is the prefix and the prompt, as the translator sends it.)"""
     import torch
 
-    from bridge.rewriter import PREFIX
+    from bridge.models.rewriter import PREFIX
     from bridge.translator import load_adapter
 
     model, tok, meta, _ = load_adapter(adapter, dtype="float32")
@@ -241,7 +241,7 @@ def _cap_rewrites() -> None:
     steps for all 32 rows, and the cost of a library follows its longest prompts, not its size."""
     import functools
 
-    import bridge.rewriter as rw
+    import bridge.models.rewriter as rw
 
     if not getattr(rw.rewrite_prompts, "capped", False):
         capped = functools.partial(rw.rewrite_prompts, max_new_tokens=NEW_TOKENS, size_from_input=False)
@@ -252,7 +252,7 @@ def _cap_rewrites() -> None:
 def _translate_rate(directory: str, prompts: list[str]) -> dict:
     """In a fresh process: `Translator.translate` over `prompts` as migrate calls it (chunks of its chunk_rows,
     each deduplicated, length-sorted and batched), no cache."""
-    from bridge.migrate import MigrateConfig
+    from bridge.io.migrate import MigrateConfig
     from bridge.translator import Translator
 
     _cap_rewrites()
@@ -267,7 +267,7 @@ def _translate_rate(directory: str, prompts: list[str]) -> dict:
 
 
 def _migrate(library_path: str, out: str, adapter: str | None, cache: str) -> float:
-    from bridge.migrate import MigrateConfig, run_migrate
+    from bridge.io.migrate import MigrateConfig, run_migrate
 
     _cap_rewrites()
     started = time.perf_counter()
@@ -300,7 +300,7 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int) -> dict:
     """The int8 export on the AVX-512 kernels sd-bridge asks for against ctranslate2's own AVX2 choice, in
     alternating fresh processes, `repeats` pairs: whole runs of this benchmark on the 2-core machine differ by
     about 10%, more than the two kernels do, so one pair proves little."""
-    from bridge.engine import ISA_VARIABLE, cpu_flags, isa_to_force
+    from bridge.models.engine import ISA_VARIABLE, cpu_flags, isa_to_force
 
     if isa_to_force(cpu_flags(), {}) != "AVX512":
         print("isa: this CPU lacks AVX-512; nothing to compare")

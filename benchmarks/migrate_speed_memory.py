@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridge.tiny import default_prompts_dir
+from bridge.models.tiny import default_prompts_dir
 
 
 def small_shaped_adapter(root: Path, max_new_tokens: int) -> Path:
@@ -35,7 +35,7 @@ def small_shaped_adapter(root: Path, max_new_tokens: int) -> Path:
 def speed(n: int, max_new_tokens: int, batch_size: int) -> dict:
     import torch
 
-    from bridge.rewriter import PREFIX
+    from bridge.models.rewriter import PREFIX
     from bridge.translator import Translator
 
     with (default_prompts_dir() / "plain.jsonl").open(encoding="utf-8") as fh:

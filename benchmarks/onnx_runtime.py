@@ -15,7 +15,7 @@ measurement runs in a second, throwaway environment that uv builds from the regi
    - ONNX Runtime fp32: optimum's export (encoder, decoder with past) and ORTModelForSeq2SeqLM.generate;
    - ONNX Runtime int8: the same, dynamically quantized by optimum's ORTQuantizer (AVX-512 VNNI config,
      per-channel weights), as optimum documents for CPUs;
-   - ctranslate2 int8, driven as bridge.engine drives it (one batch per core).
+   - ctranslate2 int8, driven as bridge.models.engine drives it (one batch per core).
 
 The last line reads `onnxruntime int8 vs fp32: X.Xx; ctranslate2 int8 vs fp32: Y.Yx (...)`.
 """
@@ -37,7 +37,7 @@ OTHER_ENV = ["--with", "optimum-onnx[onnxruntime]", "--with", "transformers==4.5
 def prepare(root: Path, n: int, shape: str) -> Path:
     """The rewriter's directory (model and tokenizer) and batches.json beside it."""
     from benchmarks.inference_backends import real_prompts, shaped_adapter
-    from bridge.rewriter import PREFIX
+    from bridge.models.rewriter import PREFIX
 
     shaped_adapter(root, shape)
     base = root / f"{shape}-base"
@@ -48,7 +48,7 @@ def prepare(root: Path, n: int, shape: str) -> Path:
     if isinstance(config.get("extra_special_tokens"), list):
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
     config_path.write_text(json.dumps(config), encoding="utf-8")
-    texts = sorted((PREFIX + p for p in real_prompts(n)), key=len)  # length-sorted as bridge.rewriter.generate does
+    texts = sorted((PREFIX + p for p in real_prompts(n)), key=len)  # length-sorted as bridge.models.rewriter.generate does
     batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
     (root / "batches.json").write_text(json.dumps(batches), encoding="utf-8")
     return base
@@ -112,7 +112,7 @@ def measure(base: Path, work: Path) -> dict:
 
     ct2_all([batches[0][:4]])  # warm-up
     started = time.perf_counter()
-    ct2_all(batches)  # all batches at once, one per core, as bridge.engine submits them
+    ct2_all(batches)  # all batches at once, one per core, as bridge.models.engine submits them
     out["ctranslate2 int8"] = time.perf_counter() - started
     return {name: {"seconds": s, "prompts_per_s": n / s} for name, s in out.items()} | {"prompts": n}
 

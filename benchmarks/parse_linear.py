@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from bridge.infotext import parse_infotext
-from bridge.prompt import parse
-from bridge.tokens import count_tokens
+from bridge.syntax.infotext import parse_infotext
+from bridge.syntax.prompt import parse
+from bridge.syntax.tokens import count_tokens
 
 # name -> (parser, a unit repeated to size)
 HOSTILE = {

@@ -9,7 +9,7 @@
    Memory is flat when the streaming build's peak does not grow with the collection; the default sizes are
    one full shard (4,096 rows) and four.
 2. Search: queries/s for exact top-10 search at 10k and 100k references of dimension `--dim` (1024 is the
-   ViT-H-14 scorer's), by bridge.reference.search (chunked matrix product + running top-k) and by the
+   ViT-H-14 scorer's), by bridge.sweep.reference.search (chunked matrix product + running top-k) and by the
    baseline: one full similarity matrix and a full sort per query (numpy argsort).
 3. Approximate (`--approx-refs`, default 1M, dimension `--dim`): an index of clustered synthetic embeddings
    (unit vectors around refs/20 random centres, cosine ~0.64 to their centre; scorer embeddings have such
@@ -40,8 +40,8 @@ from pathlib import Path
 
 from benchmarks.reference_index import _rss as rss
 import torch
-from bridge import presets
-from bridge.score import Scorer
+from bridge.models import presets
+from bridge.models.score import Scorer
 mode, folder, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 scorer = Scorer(presets.scorer('toy-clip'), device='cpu', batch_size=64)
 scorer._load()
@@ -50,7 +50,7 @@ Image.open(next(folder.glob('*.png'))).convert('RGB')  # warm the decoders
 before = rss('VmRSS:')
 t = time.perf_counter()
 if mode == 'stream':
-    from bridge.reference import build_index, list_source
+    from bridge.sweep.reference import build_index, list_source
     meta = build_index(list_source(str(folder), 'toy-clip'), out, scorer, 64)
     n = meta['rows']
 else:
@@ -68,7 +68,7 @@ print(json.dumps({'images': n, 'seconds': seconds, 'peak_above_start': rss('VmHW
 def make_images(folder: Path, n: int, side: int = 128) -> None:
     import random
 
-    from bridge.toy import world as w
+    from bridge.models.toy import world as w
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -91,7 +91,7 @@ def search_speed(n_refs: int, n_queries: int, dim: int, k: int = 10) -> dict:
     import numpy as np
     import torch
 
-    from bridge.reference import search
+    from bridge.sweep.reference import search
 
     g = torch.Generator().manual_seed(n_refs)
     refs = torch.nn.functional.normalize(torch.randn(n_refs, dim, generator=g), dim=-1)
@@ -125,7 +125,7 @@ def clustered(n: int, dim: int, seed: int, refs: int, noise: float = 1.2):
 
 def write_synthetic_index(root: Path, refs: int, dim: int) -> dict:
     """An index directory of `refs` synthetic embeddings in shards, as `sd-bridge index` writes them."""
-    from bridge import reference as r
+    from bridge.sweep import reference as r
 
     (root / "shards").mkdir(parents=True)
     shards = []
@@ -144,7 +144,7 @@ def near_duplicates(root: Path, n: int, dim: int, noise: float = 0.3):
     """`n` references of an index, each moved a little (cosine ~0.96 to itself), and their rows."""
     import numpy as np
 
-    from bridge import reference as r
+    from bridge.sweep import reference as r
 
     meta = json.loads((root / r.META).read_text())
     rng = np.random.default_rng(7)
@@ -172,7 +172,7 @@ def _build_approximate(root: str) -> dict:
     import faiss  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from bridge import reference as r
+    from bridge.sweep import reference as r
 
     meta = json.loads((Path(root) / r.META).read_text())
     before, t = _rss("VmRSS:"), time.perf_counter()
@@ -188,7 +188,7 @@ def _open_and_search(root: str, queries, k: int = 10) -> dict:
     import pyarrow.parquet  # noqa: F401
     import torch  # noqa: F401
 
-    from bridge.reference import ReferenceIndex
+    from bridge.sweep.reference import ReferenceIndex
 
     before = _rss("VmRSS:")
     index = ReferenceIndex.open(root)
@@ -210,7 +210,7 @@ def approximate(tmp: Path, refs: int, dim: int, n_queries: int) -> dict:
 
     from benchmarks.inference_backends import in_process
 
-    from bridge import reference as r
+    from bridge.sweep import reference as r
 
     exact_dir, approx_dir = tmp / "exact-index", tmp / "approximate-index"
     t = time.perf_counter()
@@ -251,7 +251,7 @@ def choose(refs: int, dim: int, n_queries: int) -> list[dict]:
     import numpy as np
     import torch
 
-    from bridge.reference import search
+    from bridge.sweep.reference import search
 
     x, q = clustered(refs, dim, 1, refs), clustered(n_queries, dim, 0, refs)
     t = time.perf_counter()

@@ -25,13 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-HELDOUT = Path(__file__).resolve().parent.parent / "bridge" / "toy" / "prompts" / "heldout.jsonl"
+from bridge.models.toy import world
+
+HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
 
 
 def toy_prompts(dialect, n: int, seed: int) -> tuple[list[str], list[str]]:
     """(pinned, open) prompts in `dialect`: pinned say all six attributes (no default is left to the model);
     open ones say at most one of size, position, background, fill, and never shape or colour."""
-    from bridge.toy import world as w
+    from bridge.models.toy import world as w
 
     rng = random.Random(f"sweep-breadth-{dialect.name}-{seed}")
     pinned: list[str] = []
@@ -49,8 +51,8 @@ def toy_prompts(dialect, n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def breadth_separates(out: Path, n: int, seeds: int) -> dict:
-    from bridge.sweep import SweepConfig, run_sweep
-    from bridge.toy import world as w
+    from bridge.sweep.run import SweepConfig, run_sweep
+    from bridge.models.toy import world as w
     from eval.metrics import bootstrap_ci, mean
 
     result = {}
@@ -81,7 +83,7 @@ def breadth_separates(out: Path, n: int, seeds: int) -> dict:
 
 
 def _scenes(n: int, seed: int) -> list:
-    from bridge.toy import world as w
+    from bridge.models.toy import world as w
 
     rng, out = random.Random(f"duplicates-{seed}"), []
     while len(out) < n:
@@ -92,7 +94,7 @@ def _scenes(n: int, seed: int) -> list:
 
 
 def _caption(scene) -> str:
-    from bridge.toy import world as w
+    from bridge.models.toy import world as w
 
     return w.write(w.Spec(**{a: getattr(scene, a) for a in w.ATTRIBUTES}), w.SOURCE)
 
@@ -113,11 +115,11 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     import numpy as np
     import torch
 
-    from bridge import presets
-    from bridge.reference import DUPLICATE_THRESHOLD, IndexConfig, ReferenceIndex, run_index, search
-    from bridge.render import Renderer
-    from bridge.score import Scorer
-    from bridge.toy import world as w
+    from bridge.models import presets
+    from bridge.sweep.reference import DUPLICATE_THRESHOLD, IndexConfig, ReferenceIndex, run_index, search
+    from bridge.models.render import Renderer
+    from bridge.models.score import Scorer
+    from bridge.models.toy import world as w
 
     scenes = _scenes(2 * n_scenes, 1)
     ref, novel = scenes[:n_scenes], scenes[n_scenes:]

@@ -6,7 +6,7 @@
    minus identity agreement (paired, 95% bootstrap interval), the oracle's win rate on drifted prompts,
    and the delta on prompts without drift (the same text, so it must tie).
 2. The scorer sees meaning: agreement of the same prompt at another seed vs another prompt at the same seed.
-3. The pictures are right: the colour and background read back from the pixels (bridge.toy.world.read_image)
+3. The pictures are right: the colour and background read back from the pixels (bridge.models.toy.world.read_image)
    of toy-sd15 renders of source-dialect prompts and toy-sd2 renders of their target-dialect (oracle)
    translations, against what the prompt asks for.
 Everything is rendered through the same Renderer/RenderCache as gather and eval.
@@ -21,7 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HELDOUT = Path(__file__).resolve().parent.parent / "bridge" / "toy" / "prompts" / "heldout.jsonl"
+from bridge.models.toy import world
+
+HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
 
 
 def drift_is_real(out: Path, n: int, seeds: int) -> dict:
@@ -51,10 +53,10 @@ def drift_is_real(out: Path, n: int, seeds: int) -> dict:
 
 
 def scorer_sees_meaning(prompts: list[str], seeds: list[int], cache_dir: Path) -> dict:
-    from bridge import presets
-    from bridge.render import Renderer
-    from bridge.render_cache import RenderCache
-    from bridge.score import Scorer, cosine
+    from bridge.models import presets
+    from bridge.models.render import Renderer
+    from bridge.models.render_cache import RenderCache
+    from bridge.models.score import Scorer, cosine
 
     cache = RenderCache(cache_dir, Renderer(presets.pipeline("toy-sd15")), Scorer(presets.scorer("toy-clip")), 16)
     a = cache.embeddings(prompts, [seeds[0]] * len(prompts))
@@ -66,10 +68,10 @@ def scorer_sees_meaning(prompts: list[str], seeds: list[int], cache_dir: Path) -
 
 
 def pictures_are_right(report: dict, cache_dir: Path) -> dict:
-    from bridge import presets
-    from bridge.render import Renderer
-    from bridge.render_cache import RenderCache
-    from bridge.toy.world import SOURCE, TARGET, read, read_image, realize
+    from bridge.models import presets
+    from bridge.models.render import Renderer
+    from bridge.models.render_cache import RenderCache
+    from bridge.models.toy.world import SOURCE, TARGET, read, read_image, realize
 
     out = {}
     for name, preset, dialect, text_of in (

@@ -25,7 +25,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PROMPTS = Path(__file__).resolve().parent.parent / "bridge" / "toy" / "prompts"
+from bridge.models.toy import world
+
+PROMPTS = world.PROMPTS_DIR
 
 
 @dataclass

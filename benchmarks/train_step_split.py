@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bridge.tiny import default_prompts_dir
+from bridge.models.tiny import default_prompts_dir
 
 
 def main(argv=None) -> dict:

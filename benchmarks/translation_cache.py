@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.migrate_speed_memory import small_shaped_adapter
-from bridge.tiny import default_prompts_dir
+from bridge.models.tiny import default_prompts_dir
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=1000)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args(argv)
-    from bridge.migrate import MigrateConfig, run_migrate
+    from bridge.io.migrate import MigrateConfig, run_migrate
 
     seen: dict[str, None] = {}
     with (default_prompts_dir() / "plain.jsonl").open(encoding="utf-8") as fh:

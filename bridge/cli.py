@@ -10,107 +10,39 @@ import errno
 import importlib
 import sys
 from pathlib import Path
-from dataclasses import dataclass, field
 
 from bridge.config import ConfigError, did_you_mean, parse_config
 
 # name -> (module, config class, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "demo": ("bridge.demo", "DemoConfig", "run_demo", "run the bridge end to end on the toy world, offline"),
-    "doctor": ("bridge.cli", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
+    "demo": ("bridge.commands.demo", "DemoConfig", "run_demo", "run the bridge end to end on the toy world, offline"),
+    "doctor": ("bridge.commands.doctor", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
     "gather": ("data.gather", "GatherConfig", "run_gather",
                "render prompts with the source model into a resumable image+embedding dataset"),
-    "translate": ("bridge.translate_cmd", "TranslateConfig", "run_translate",
+    "translate": ("bridge.commands.translate", "TranslateConfig", "run_translate",
                   "translate prompts for the target model (argument or stdin)"),
-    "migrate": ("bridge.migrate", "MigrateConfig", "run_migrate",
+    "migrate": ("bridge.io.migrate", "MigrateConfig", "run_migrate",
                 "translate a prompt library (txt/csv/tsv/jsonl/infotext/PNG folder), resumable"),
     "serve": ("app", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
     "train": ("training.trainer", "TrainConfig", "run_train",
               "train a LoRA rewriter so target renders agree with the gathered source images"),
     "eval": ("eval.run", "EvalConfig", "run_eval",
              "compare identity, syntax and adapters on held-out prompts; writes a report"),
-    "toyworld build": ("bridge.toy.build", "BuildConfig", "run_build",
+    "toyworld build": ("bridge.models.toy.build", "BuildConfig", "run_build",
                        "train the toy world's models (toy-sd15, toy-sd2, toy-clip, toy-t5) from its grammar"),
-    "toyworld prompts": ("bridge.toy.prompts_cmd", "PromptsConfig", "run_prompts",
+    "toyworld prompts": ("bridge.commands.toyworld_prompts", "PromptsConfig", "run_prompts",
                          "draw fresh toy-world prompts with their drifts and oracle translations (JSONL)"),
-    "toyworld sheet": ("bridge.toy.sheet_cmd", "SheetConfig", "run_sheet",
+    "toyworld sheet": ("bridge.commands.toyworld_sheet", "SheetConfig", "run_sheet",
                        "render a contact sheet: ground truth | toy-sd15 | toy-sd2 | toy-sd2 with the oracle"),
-    "sweep": ("bridge.sweep", "SweepConfig", "run_sweep",
+    "sweep": ("bridge.sweep.run", "SweepConfig", "run_sweep",
               "render a prompt over many seeds per model: a grid, breadth per row, nearest references"),
-    "index": ("bridge.reference", "IndexConfig", "run_index",
+    "index": ("bridge.sweep.reference", "IndexConfig", "run_index",
               "embed a reference collection (image folder, gathered or HF dataset) into a search index"),
-    "export": ("bridge.export", "ExportConfig", "run_export",
+    "export": ("bridge.models.export", "ExportConfig", "run_export",
                "merge a trained adapter into its base and convert it for a fast inference engine (ctranslate2)"),
-    "inspect": ("bridge.inspect_cmd", "InspectConfig", "run_inspect",
+    "inspect": ("bridge.commands.inspect", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),
 }
-
-
-@dataclass
-class DoctorConfig:
-    """Print versions, device, cache locations and which presets are available locally."""
-
-    json: bool = field(default=False, metadata={"help": "print one JSON object instead of text"})
-
-
-def doctor_report() -> dict:
-    import importlib.metadata as md
-    import os
-    import platform
-
-    import torch
-
-    from bridge import engine, loading, presets
-
-    versions = {}
-    for dist in ["sd-bridge", "torch", "torchvision", "diffusers", "transformers", "peft", "open_clip_torch",
-                 "datasets", "accelerate", "gradio", "safetensors", "ctranslate2"]:
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = None
-    device = {"cuda": torch.cuda.is_available(), "auto": loading.resolve_device("auto"),
-              "threads": torch.get_num_threads(), "ctranslate2_cpu_isa": engine.planned_isa()}
-    if torch.cuda.is_available():
-        device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    avail = {}
-    for kind, table in presets.TABLES.items():
-        for name, preset in table.items():
-            avail[name] = {"kind": kind, "hub_id": preset.hub_id, "revision": preset.revision,
-                           "family": "toy" if preset.toy else "tiny" if preset.tiny else "hub",
-                           "local": loading.is_available_locally(preset)}
-    return {
-        "python": platform.python_version(),
-        "versions": versions,
-        "device": device,
-        "caches": {"sd_bridge": str(loading.cache_dir()),
-                   "hf_home": os.environ.get("HF_HOME", str(os.path.expanduser("~/.cache/huggingface"))),
-                   "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE", "0")},
-        "presets": avail,
-    }
-
-
-def run_doctor(cfg: DoctorConfig, log=print) -> dict:
-    import json
-
-    report = doctor_report()
-    if cfg.json:
-        log(json.dumps(report, indent=2))
-        return report
-    log(f"python {report['python']}")
-    for dist, ver in report["versions"].items():
-        log(f"  {dist:16s} {ver or 'not installed'}")
-    d = report["device"]
-    log(f"device: auto -> {d['auto']} (cuda available: {d['cuda']}, cpu threads: {d['threads']}; exports on "
-        f"ctranslate2 run its {d['ctranslate2_cpu_isa']} cpu kernels)")
-    for key, value in report["caches"].items():
-        log(f"cache {key}: {value}")
-    log("presets (local = loadable without network):")
-    for name, info in report["presets"].items():
-        where = info["hub_id"] or {"toy": "toy world, shipped in bridge/toy/weights",
-                                   "tiny": "built offline by bridge.tiny"}[info["family"]]
-        log(f"  {info['kind']:8s} {name:14s} {'local  ' if info['local'] else 'missing'} {where}@{info['revision']}")
-    return report
 
 
 def _usage() -> str:
@@ -203,7 +135,7 @@ RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
-    from bridge.loading import ModelNotAvailableError
+    from bridge.models.loading import ModelNotAvailableError
 
     return (ModelNotAvailableError,)
 

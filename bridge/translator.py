@@ -8,7 +8,7 @@ back to the syntax output, with a warning, and is counted. Negative prompts get 
 rewritten too when the adapter was trained with --rewrite-negative (a failed negative rewrite falls back
 to the policy's negative on its own). Prompts are read in the policy's source dialect and written in its
 output dialect (`--syntax`, `--to-syntax`: A1111, NovelAI or ComfyUI in, A1111 or ComfyUI out); in between,
-everything is A1111 (`bridge.policy.read_prompt`, `write_prompt`).
+everything is A1111 (`bridge.syntax.policy.read_prompt`, `write_prompt`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bridge import presets
-from bridge.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
-from bridge.tokens import token_budget
+from bridge.models import presets
+from bridge.syntax.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
+from bridge.syntax.tokens import token_budget
 
 log = logging.getLogger("sd_bridge")
 SYNTAX = "syntax"
@@ -51,7 +51,7 @@ def check_base_model(adapter: Path, base: presets.RewriterPreset) -> None:
     or a local directory (toy and tiny presets), compared by its name since clones live elsewhere."""
     import json
 
-    from bridge.loading import model_dir
+    from bridge.models.loading import model_dir
 
     config = adapter / "adapter_config.json"
     recorded = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
@@ -69,9 +69,9 @@ def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
     """(peft model in eval mode, tokenizer, adapter meta, translation-cache key) for a `sd-bridge train` output."""
     from peft import PeftModel
 
-    from bridge.loading import load_rewriter
-    from bridge.rewriter import AdapterMeta
-    from bridge.translation_cache import model_key
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import AdapterMeta
+    from bridge.models.translation_cache import model_key
 
     meta = AdapterMeta.load(adapter)
     if not (adapter / "adapter_model.safetensors").is_file():
@@ -100,7 +100,7 @@ class Translator:
         self.model, self.tokenizer, self.meta = model, tokenizer, meta
         self.name = name
         self.batch_size = batch_size
-        # A TranslationCache and the key of this model in it (bridge.translation_cache): greedy rewrites made
+        # A TranslationCache and the key of this model in it (bridge.models.translation_cache): greedy rewrites made
         # once, by this or an earlier run, are read back instead of generated.
         self.cache, self.model_key = (cache, model_key) if model is not None else (None, None)
         self._network_map = self.policy.load_network_map()
@@ -120,8 +120,8 @@ class Translator:
         `dtype` applies to peft adapters; an export runs in the precision it was exported in."""
         if adapter is None:
             return cls(presets.pipeline(target or presets.DEFAULT_TARGET), policy, batch_size=batch_size)
-        from bridge import engine, translation_cache
-        from bridge.rewriter import AdapterMeta
+        from bridge.models import engine, translation_cache
+        from bridge.models.rewriter import AdapterMeta
 
         adapter = Path(adapter)
         if not adapter.is_dir():
@@ -227,7 +227,7 @@ class Translator:
                   names) -> list[tuple[list[str], list[bool], bool]]:
         """Per text: (candidate texts, their fallback flags, unfinished). Greedy single rewrites go through the
         translation cache when there is one: only texts it has never seen are generated."""
-        from bridge.rewriter import rewrite_prompts
+        from bridge.models.rewriter import rewrite_prompts
 
         def run(batch: list[str]) -> list[tuple[list[str], list[bool], bool]]:
             rewrites = rewrite_prompts(self.model, self.tokenizer, batch, names, prefix=prefix, num_candidates=n,

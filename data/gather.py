@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bridge import presets
+from bridge.models import presets
 from bridge.config import first_difference, json_summary_field, log_plan, print_json_summary, save_config, summary_log
-from bridge.files import atomic_write
+from bridge.io.files import atomic_write
 
 PLAN = "plan.json"
 WORK = ".gather"
@@ -108,8 +108,8 @@ def features():
 
 def load_prompts(cfg: GatherConfig):
     """Read and clean the prompts (every process does this; it is deterministic)."""
-    from bridge.clean import clean_records, load_deny_list
-    from bridge.sources import read_records
+    from bridge.io.clean import clean_records, load_deny_list
+    from bridge.io.sources import read_records
 
     deny = load_deny_list(cfg.deny_list) if cfg.deny_list else None
     records = read_records(cfg.prompts, cfg.prompt_column, cfg.negative_column, cfg.format, cfg.split)
@@ -162,7 +162,7 @@ def render_shard(records, first_index: int, cfg: GatherConfig, renderer, scorer,
     """Render one shard; return it as Parquet bytes (rows ordered by prompt, then seed)."""
     import datasets
 
-    from bridge.render import derive_seed
+    from bridge.models.render import derive_seed
 
     jobs = [(i, rec, k, derive_seed(cfg.seed, rec.prompt, k))
             for i, rec in enumerate(records, first_index) for k in range(cfg.seeds)]
@@ -217,9 +217,9 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
     theirs); they must match cfg.preset/cfg.scorer."""
     from accelerate import PartialState
 
-    from bridge.loading import resolve_device, resolve_dtype
-    from bridge.render import Renderer, RenderSettings
-    from bridge.score import Scorer
+    from bridge.models.loading import resolve_device, resolve_dtype
+    from bridge.models.render import Renderer, RenderSettings
+    from bridge.models.score import Scorer
 
     import torch
 
@@ -306,7 +306,7 @@ def _progress(cfg: GatherConfig, state, total: int):
 def contact_sheet(out: Path, n_prompts: int, seeds: int) -> Path:
     import datasets
 
-    from bridge.images import captioned_grid
+    from bridge.io.images import captioned_grid
 
     ds = datasets.load_from_disk(str(out))
     first = ds.select(range(min(len(ds), n_prompts * seeds)))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from bridge import presets
+from bridge.models import presets
+from bridge.syntax.policy import MigrationPolicy
 from bridge.config import print_json_summary, save_config, summary_log
-from bridge.inspect_cmd import policy_of
 from eval.config import EvalConfig
 from eval.metrics import bootstrap_ci, gap_recovered, mean, paired, regressions
 
@@ -56,8 +56,8 @@ def _load_dataset(cfg: EvalConfig) -> list[Item]:
 
 
 def _load_file(cfg: EvalConfig, source_cache) -> list[Item]:
-    from bridge.clean import read_prompt_file
-    from bridge.render import derive_seed
+    from bridge.io.clean import read_prompt_file
+    from bridge.models.render import derive_seed
 
     records = read_prompt_file(cfg.prompts, cfg.prompt_column, cfg.negative_column, cfg.limit)
     items = []
@@ -75,7 +75,7 @@ def _load_file(cfg: EvalConfig, source_cache) -> list[Item]:
 
 
 def _translations_file(cfg: EvalConfig, items: list[Item]) -> list[str]:
-    from bridge.sources import read_records
+    from bridge.io.sources import read_records
 
     table = {r.prompt: r.negative_prompt for r in read_records(str(cfg.translations), "prompt",
                                                                 cfg.translations_column)}
@@ -89,7 +89,7 @@ def _translations_file(cfg: EvalConfig, items: list[Item]) -> list[str]:
 def train_overlap(cfg: EvalConfig, items: list[Item], log=print) -> dict[str, int]:
     """Per adapter, how many eval prompts it was trained on. Seeds derive from the prompt, so an overlap
     would even reuse cached renders: refused unless --allow-train-overlap, then counted in the report."""
-    from bridge.rewriter import prompt_hash, train_prompt_hashes
+    from bridge.models.rewriter import prompt_hash, train_prompt_hashes
 
     out = {}
     for path in cfg.adapter:
@@ -110,7 +110,7 @@ def train_overlap(cfg: EvalConfig, items: list[Item], log=print) -> dict[str, in
 def check_adapters(cfg: EvalConfig) -> None:
     """Each --adapter is an adapter for this target: checked before any render, so a typo costs no render time
     and leaves no report directory behind."""
-    from bridge.rewriter import AdapterMeta
+    from bridge.models.rewriter import AdapterMeta
 
     for path in cfg.adapter:
         meta = AdapterMeta.load(path)
@@ -126,9 +126,9 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
     out = {"identity": {"prompts": prompts, "negatives": negatives, "fallbacks": 0}}
     translators = []
     if not cfg.no_syntax:
-        translators.append(("syntax", Translator.from_pretrained(None, cfg.target, policy_of(cfg))))
+        translators.append(("syntax", Translator.from_pretrained(None, cfg.target, MigrationPolicy.of(cfg))))
     for path in cfg.adapter:
-        translators.append((f"adapter:{Path(path).name}", Translator.from_pretrained(path, cfg.target, policy_of(cfg),
+        translators.append((f"adapter:{Path(path).name}", Translator.from_pretrained(path, cfg.target, MigrationPolicy.of(cfg),
                                                                                         device=device)))
     for name, tr in translators:
         res = tr.translate(prompts, negatives)
@@ -145,7 +145,7 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
 
 def _oracle(items: list[Item]) -> dict:
     """The toy world's correct translations (written from its drift table, never learned)."""
-    from bridge.toy.world import NotAToyPrompt, oracle
+    from bridge.models.toy.world import NotAToyPrompt, oracle
 
     prompts, negatives = [], []
     for it in items:
@@ -162,7 +162,7 @@ def drifts_of(prompt: str, source: presets.PipelinePreset) -> list[str] | None:
     """The toy-world drifts a prompt carries, for a toy source; None where that does not apply."""
     if not source.toy:
         return None
-    from bridge.toy.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read
+    from bridge.models.toy.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read
 
     try:
         return toy_drifts(read(prompt, SOURCE))
@@ -174,9 +174,9 @@ def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prom
                    chunk: int = 8, index=None, top_k: int = 3) -> list[dict]:
     """Per prompt: the target's renders of the strategy's text against the source renders, `chunk` prompts
     at a time so that `on_prompts` can move a progress bar. Breadth: the mean pairwise distance of the
-    prompt's renders across its seeds (bridge.breadth). With a reference `index`, each render's nearest
+    prompt's renders across its seeds (bridge.sweep.breadth). With a reference `index`, each render's nearest
     references."""
-    from bridge.tokens import token_budget
+    from bridge.syntax.tokens import token_budget
 
     text_emb = scorer.embed_texts([it.prompt for it in items])
     rows = []
@@ -204,8 +204,8 @@ def score_strategy(items: list[Item], strat: dict, target_cache, scorer, on_prom
 
 
 def aggregate(names: list[str], rows: list[dict], cfg: EvalConfig) -> dict:
-    from bridge.breadth import ratio_ci
-    from bridge.reference import duplicate_report, Neighbour
+    from bridge.sweep.breadth import ratio_ci
+    from bridge.sweep.reference import duplicate_report, Neighbour
 
     base = [r["strategies"]["identity"]["agreement"] for r in rows]
     prompts = [r["prompt"] for r in rows]
@@ -268,13 +268,13 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    from bridge.loading import resolve_device
-    from bridge.render import Renderer
-    from bridge.render_cache import RenderCache
-    from bridge.score import Scorer
+    from bridge.models.loading import resolve_device
+    from bridge.models.render import Renderer
+    from bridge.models.render_cache import RenderCache
+    from bridge.models.score import Scorer
     from eval.report import write_report
 
-    from bridge.presets import TOY_NOTE
+    from bridge.models.presets import TOY_NOTE
 
     log = summary_log(cfg, log)
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
@@ -345,7 +345,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
 def _breadth(emb: torch.Tensor) -> float | None:
     """Mean pairwise distance of one prompt's renders across its seeds; None with one seed."""
-    from bridge.breadth import distances, mean_distance
+    from bridge.sweep.breadth import distances, mean_distance
 
     return mean_distance(distances(emb.numpy())) if len(emb) >= 2 else None
 
@@ -354,7 +354,7 @@ def _reference(cfg: EvalConfig):
     """The --reference index, opened once and checked against the scorer; None without one."""
     if cfg.reference is None:
         return None
-    from bridge.reference import ReferenceIndex
+    from bridge.sweep.reference import ReferenceIndex
 
     index = ReferenceIndex.open(cfg.reference)
     index.check_scorer(cfg.scorer)
@@ -365,7 +365,7 @@ def learning_curves(cfg: EvalConfig) -> dict[str, str]:
     """Each adapter's learning curves (written by training beside it), copied into the report directory."""
     import shutil
 
-    from bridge.rewriter import CURVES
+    from bridge.models.rewriter import CURVES
 
     out = {}
     for path in cfg.adapter:

@@ -1,4 +1,4 @@
-"""The reference for `bridge.a1111.prompt_schedule`: A1111's schedule grammar (modules/prompt_parser.py,
+"""The reference for `bridge.syntax.a1111.prompt_schedule`: A1111's schedule grammar (modules/prompt_parser.py,
 `schedule_parser`) run by lark's Earley parser, as A1111 runs it, and A1111 1.6's step rule. Test and
 benchmark only: Earley takes about 0.36 s per bracketed corpus prompt, too slow to serve."""
 import lark

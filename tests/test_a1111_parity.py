@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import Translator
-from bridge.a1111 import attention, calls_with_distinct_text
-from bridge.encode import weighted_chunks
-from bridge.prompt import parse, replace_leaves, segments
-from bridge.tokens import COMMA_BACKTRACK, a1111_chunks, build_clip_tokenizer, pack_chunks, token_budget
+from bridge.syntax.a1111 import attention, calls_with_distinct_text
+from bridge.models.encode import weighted_chunks
+from bridge.syntax.prompt import parse, replace_leaves, segments
+from bridge.syntax.tokens import COMMA_BACKTRACK, a1111_chunks, build_clip_tokenizer, pack_chunks, token_budget
 
 ANY = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), max_size=60)
 SOUP = st.lists(st.sampled_from(list("\\()[]{}<>:|,/ ab1.") + ["\\\\", "<lora:x:1>", "AND", "BREAK"]),
@@ -120,7 +120,7 @@ DOCTESTS = {  # A1111's own doctests for get_learned_conditioning_prompt_schedul
 
 
 def test_schedule_follows_a1111():
-    from bridge.a1111 import prompt_schedule
+    from bridge.syntax.a1111 import prompt_schedule
 
     for text, expected in DOCTESTS.items():
         assert prompt_schedule(text, 10) == expected, text
@@ -134,7 +134,7 @@ def test_schedule_follows_a1111():
 def test_schedule_equals_a1111s_grammar_run_by_lark(prompts_dir):
     """Our recursive descent against the grammar itself on the doctests and the 40 shortest bracketed prompts
     of the corpus (the benchmark `benchmarks.a1111_parity` runs all of them)."""
-    from bridge.a1111 import prompt_schedule
+    from bridge.syntax.a1111 import prompt_schedule
     from lark_schedule import ref_schedule
 
     rows = [json.loads(x) for x in (prompts_dir / "a1111.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -146,8 +146,8 @@ def test_schedule_equals_a1111s_grammar_run_by_lark(prompts_dir):
 def test_segments_and_the_encoder_agree_at_every_step(prompts_dir):
     """`segments(step=k)` (the tree) and `runs_at(call)` (A1111's passes) read the same (text, weight) on every
     well-formed corpus prompt at every step where the text changes: call c reads step max(c, 1)."""
-    from bridge.a1111 import calls_with_distinct_text, runs_at
-    from bridge.prompt import And, Break
+    from bridge.syntax.a1111 import calls_with_distinct_text, runs_at
+    from bridge.syntax.prompt import And, Break
 
     def merged(runs):
         out = []
@@ -174,7 +174,7 @@ def test_segments_and_the_encoder_agree_at_every_step(prompts_dir):
 
 
 def test_per_step_reading_of_editing_and_alternation():
-    from bridge.a1111 import read
+    from bridge.syntax.a1111 import read
 
     [part] = read("a [snowy:misty:0.4] forest", steps=10)
     assert [part.text_at(c) for c in range(10)] == ["a snowy forest"] * 5 + ["a misty forest"] * 5
@@ -185,7 +185,7 @@ def test_per_step_reading_of_editing_and_alternation():
 
 # ------------------------------------------------------------------ item 7: malformed input, as A1111 reads it
 def test_malformed_input_as_a1111_reads_it():
-    from bridge.a1111 import and_parts, attention, read
+    from bridge.syntax.a1111 import and_parts, attention, read
 
     # An unclosed bracket: the raw text's trailing `:1.4` is the AND part's weight, read before the brackets.
     assert and_parts("1girl, (masterpiece:1.4") == [("1girl, (masterpiece", 1.4)]
@@ -223,7 +223,7 @@ def test_inspect_shows_the_schedule(capsys):
 
 
 def test_schedule_api():
-    from bridge.a1111 import schedule
+    from bridge.syntax.a1111 import schedule
 
     assert schedule("a [b:c:0.5] AND d:0.7", steps=4) == [
         {"weight": 1.0, "steps": [{"until_step": 2, "text": "a b"}, {"until_step": 4, "text": "a c"}]},

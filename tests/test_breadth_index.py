@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from bridge import breadth as B
-from bridge.reference import duplicate_report, Neighbour, search
+from bridge.sweep import breadth as B
+from bridge.sweep.reference import duplicate_report, Neighbour, search
 
 
 def _points(groups: int, per: int, spread: float, seed: int = 0) -> np.ndarray:
@@ -81,7 +81,7 @@ def test_duplicate_report_counts_renders_at_or_above_the_threshold():
 
 
 def _drawings(folder, scenes, seeds=(0, 1)):
-    from bridge.toy import world as w
+    from bridge.models.toy import world as w
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(scenes):
@@ -91,8 +91,8 @@ def _drawings(folder, scenes, seeds=(0, 1)):
 
 def test_index_build_is_cached_resumable_and_finds_the_same_picture(tmp_path, capsys):
     from bridge.cli import main
-    from bridge.reference import ReferenceIndex
-    from bridge.toy import world as w
+    from bridge.sweep.reference import ReferenceIndex
+    from bridge.models.toy import world as w
 
     scenes = [w.Scene(shape=s, colour=c, background=b) for s, c, b in
               (("circle", "red", "white"), ("square", "blue", "black"), ("triangle", "yellow", "beige"))]
@@ -108,8 +108,8 @@ def test_index_build_is_cached_resumable_and_finds_the_same_picture(tmp_path, ca
     assert main(["index", str(tmp_path / "ref"), "--out", str(tmp_path / "idx"), "--scorer", "toy-clip"]) == 0
     assert "6 embedded this run" in capsys.readouterr().out  # one shard holds all six
     # A drawing at an unseen seed finds a drawing of its own scene first.
-    from bridge import presets
-    from bridge.score import Scorer
+    from bridge.models import presets
+    from bridge.models.score import Scorer
 
     emb = Scorer(presets.scorer("toy-clip")).embed_images([w.draw(s, 5000) for s in scenes])
     found = index.neighbours(emb, 2)
@@ -138,7 +138,7 @@ def _clustered(n: int, centres, seed: int):
 
 
 def test_approximate_search_over_many_shards_agrees_with_exact_search_and_is_kept_while_the_shards_are(tmp_path):
-    from bridge import reference as r
+    from bridge.sweep import reference as r
 
     # 3 shards of clustered vectors, the last one short: faiss numbers rows in the order the shards are added.
     centres = np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32)
@@ -176,8 +176,8 @@ def test_index_of_a_saved_dataset_and_bad_references(tmp_path, capsys):
     import datasets
 
     from bridge.cli import main
-    from bridge.reference import ReferenceIndex
-    from bridge.toy import world as w
+    from bridge.sweep.reference import ReferenceIndex
+    from bridge.models.toy import world as w
 
     images = [w.draw(w.Scene(colour=c), 1) for c in ("red", "green")]
     ds = datasets.Dataset.from_dict({"picture": images, "text": ["a red one", "a green one"]},
@@ -201,8 +201,8 @@ def test_a_gathered_dataset_is_indexed_with_its_own_embeddings_and_a_hub_name_of
     import numpy as np
 
     from bridge.cli import main
-    from bridge.reference import ReferenceIndex
-    from bridge.toy import world as w
+    from bridge.sweep.reference import ReferenceIndex
+    from bridge.models.toy import world as w
     from data.gather import features
 
     emb = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bridge.cli import main
-from bridge.tokens import count_tokens, token_budget
+from bridge.syntax.tokens import count_tokens, token_budget
 
 
 def test_chunks_are_counted_separately_and_networks_cost_nothing():

@@ -45,6 +45,42 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "doctor" in proc.stdout
 
 
+
+def test_no_stage_imports_a_command_module():
+    """The library and the stages (gather, train, eval, migrate, sweep, export, toy build) are called by other code;
+    `bridge.commands` and `bridge.cli` only parse and print. An import the other way would pull a command's
+    flags and printing into every caller."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(p for d in ("bridge", "data", "training", "eval") for p in (root / d).rglob("*.py")):
+        if "commands" in path.parts or path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(root)}: {n}" for n in names
+                      if n == "bridge.cli" or n.startswith("bridge.commands")]
+    assert not found, found
+
+
+def test_the_library_imports_no_stage_at_module_level():
+    """`import bridge.<anything>` stays cheap and acyclic: bridge/ reaches data/, training/ and eval/ only inside
+    the functions that run them."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted((root / "bridge").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] in ("data", "training", "eval")]
+    assert not found, found
+
 HEAVY = ("torch", "diffusers", "transformers", "peft", "datasets", "open_clip", "gradio")
 # Each syntax-only command runs in a fresh interpreter, which then lists the heavy libraries it imported.
 _PROBE = """
@@ -81,7 +117,7 @@ def test_doctor_json(capsys):
     assert report["presets"]["sd15"]["local"] is False  # offline, nothing cached
     assert report["versions"]["torch"] and report["versions"]["ctranslate2"]
     assert report["caches"]["sd_bridge"] == os.environ["SD_BRIDGE_CACHE"]
-    from bridge.engine import planned_isa
+    from bridge.models.engine import planned_isa
 
     assert report["device"]["ctranslate2_cpu_isa"] == planned_isa()  # what an export will run with (test_export)
 
@@ -124,7 +160,7 @@ def test_disk_full_or_read_only_is_one_line_that_says_how_to_resume(monkeypatch,
     def full(cfg, log=print):
         raise OSError(code, os.strerror(code), str(tmp_path / "o.jsonl.partial"))
 
-    monkeypatch.setattr("bridge.migrate.run_migrate", full)
+    monkeypatch.setattr("bridge.io.migrate.run_migrate", full)
     src = tmp_path / "lib.txt"
     src.write_text("a cat\n", encoding="utf-8")
     assert main(["migrate", str(src), "--out", str(tmp_path / "o.jsonl")]) == 1

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import Translator, a1111, comfyui
+from bridge import Translator
+from bridge.syntax import a1111, comfyui
 from bridge.cli import main
-from bridge.policy import MigrationPolicy
+from bridge.syntax.policy import MigrationPolicy
 
 SOUP = st.lists(st.sampled_from(list("\\()[]{}<>:|,/ ab1.\n") + ["\\\\", "<lora:x:1>", "AND", "BREAK", ":1.2)",
                                                                   "EasyNegative", "embedding:y", "(x:1.3)"]),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridge import presets
-from bridge.encode import encode_prompts, weighted_chunks
-from bridge.render import Renderer
+from bridge.models import presets
+from bridge.models.encode import encode_prompts, weighted_chunks
+from bridge.models.render import Renderer
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def _render_by_hand(r: Renderer, texts_per_call: list[str], seed: int):
 def test_prompt_editing_switches_the_conditioning_at_a1111s_steps(prompt, per_call):
     import numpy as np
 
-    from bridge.render import RenderSettings
+    from bridge.models.render import RenderSettings
 
     preset = presets.pipeline("tiny-sd15")
     r = Renderer(preset, RenderSettings.for_preset(preset, steps=6))

@@ -142,7 +142,7 @@ def test_html_report_opens_in_chromium_with_every_image(report_dir, tmp_path):
 
 
 def test_bad_inputs(planted, tmp_path):
-    from bridge.rewriter import AdapterMeta
+    from bridge.models.rewriter import AdapterMeta
 
     broken = tmp_path / "broken"
     datasets.Dataset.from_dict({"prompt": ["a"], "seed": [1]}).save_to_disk(str(broken))

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from bridge import Translator, presets
+from bridge import Translator
+from bridge.models import presets
 from bridge.cli import main
-from bridge.export import ExportConfig, run_export
-from bridge.rewriter import PREFIX, AdapterMeta, generate
+from bridge.models.export import ExportConfig, run_export
+from bridge.models.rewriter import PREFIX, AdapterMeta, generate
 
 LEAVES = ["a red fox in the snow", "masterpiece", "a castle at dusk, dramatic light", "portrait of an old man",
           "studio photo of a cat", "oil painting of a harbour", "a lighthouse in a storm", "neon city at night"]
@@ -21,7 +22,7 @@ def _adapter(root, seed: int):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from bridge.loading import load_rewriter
+    from bridge.models.loading import load_rewriter
 
     model, _ = load_rewriter(presets.rewriter("tiny-t5"))
     torch.manual_seed(seed)
@@ -68,7 +69,7 @@ def test_an_export_generates_what_its_adapter_generates(adapter, exported, tmp_p
 
 
 def test_an_export_records_its_source_and_loads_like_an_adapter(adapter, exported, tmp_path, capsys):
-    from bridge.translation_cache import model_key
+    from bridge.models.translation_cache import model_key
 
     export = exported / "ctranslate2-int8"
     meta = json.loads((export / "export.json").read_text())
@@ -83,7 +84,7 @@ def test_an_export_records_its_source_and_loads_like_an_adapter(adapter, exporte
         assert main(["translate", "--adapter", str(directory), "--json", "--translation-cache", str(cache),
                      "a red fox"]) == 0
         assert json.loads(capsys.readouterr().out)["strategy"] == f"adapter:{directory.name}"
-    from bridge.translation_cache import TranslationCache
+    from bridge.models.translation_cache import TranslationCache
 
     assert len(TranslationCache(cache)) == 2  # one rewrite per model; the second export run read it back
     library = tmp_path / "lib.jsonl"
@@ -105,7 +106,7 @@ def test_loading_an_export_leaves_torch_its_threads(exported):
 
 
 def test_avx512_is_asked_for_only_when_the_cpu_has_it_and_the_user_chose_nothing():
-    from bridge.engine import ISA_VARIABLE, check_isa, isa_to_force
+    from bridge.models.engine import ISA_VARIABLE, check_isa, isa_to_force
 
     full = {"avx2", "avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512_vnni"}
     assert isa_to_force(full, {}) == "AVX512"
@@ -125,7 +126,7 @@ _ISA_PROBE = """
 import logging, sys
 import ctranslate2
 from pathlib import Path
-from bridge import engine
+from bridge.models import engine
 ctranslate2.set_log_level(logging.INFO)
 model, tok, meta, key = engine.load(Path(sys.argv[1]))
 print("KEY", model.isa, key)
@@ -139,7 +140,7 @@ def test_an_export_runs_with_the_isa_it_reports_and_caches_apart_by_it(exported)
     import subprocess
     import sys
 
-    from bridge.engine import ISA_VARIABLE, cpu_flags, planned_isa
+    from bridge.models.engine import ISA_VARIABLE, cpu_flags, planned_isa
 
     def run(**env):
         base = {k: v for k, v in os.environ.items() if k != ISA_VARIABLE}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.infotext import InfoText, format_infotext, parse_infotext
+from bridge.syntax.infotext import InfoText, format_infotext, parse_infotext
 from conftest import read_jsonl
 
 SAMPLE = """masterpiece, best quality, (1girl:1.2),
@@ -74,7 +74,7 @@ def test_read_as_a1111_reads_it():
     info = parse_infotext("x\nSteps: 20, Sampler: , CFG scale: 7, Seed: 1, Hypernet: h")
     assert info.prompt == "x<hypernet:h:1.0>" and "Sampler" not in info.params
     # The tag is then an extra network like any other: the policy drops SD1 hypernets for SD2 with a warning.
-    from bridge.policy import apply_policy
+    from bridge.syntax.policy import apply_policy
     result = apply_policy(info.prompt)
     assert result.prompt == "x" and any("hypernet" in w.message for w in result.warnings)
     # And the file written back reads the same.

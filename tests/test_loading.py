@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from bridge import loading, presets
+from bridge.models import loading, presets
 
 
 @pytest.mark.parametrize("kind, name", [("pipeline", "sd15"), ("scorer", "vit-h-14"), ("rewriter", "flan-t5-base")])
@@ -59,7 +59,7 @@ def test_device_and_dtype_are_the_callers_choice():
 
 
 def test_importing_bridge_loads_no_models_and_picks_no_device():
-    code = ("import sys, bridge.cli, bridge.presets, bridge.loading, bridge.render, bridge.score;"
+    code = ("import sys, bridge.cli, bridge.models.presets, bridge.models.loading, bridge.models.render, bridge.models.score;"
             "print('diffusers' in sys.modules, 'open_clip' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]

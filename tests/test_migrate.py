@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from bridge.cli import main
-from bridge.migrate import ADDED
+from bridge.io.migrate import ADDED
 
 
 def migrate(*args: str) -> int:
@@ -48,7 +48,7 @@ def test_csv_round_trip_with_quotes_newlines_and_extra_columns(tmp_path):
     assert back[0]["translated_negative_prompt"] == "ugly"
     assert [w["code"] for w in json.loads(back[0]["warnings"])] == ["network-dropped", "embedding-dropped"]
     assert back[2]["translated_prompt"] == "[cat:dog:0.5] BREAK __season__"
-    from bridge.tokens import count_tokens
+    from bridge.syntax.tokens import count_tokens
 
     assert json.loads(back[2]["tokens_before"]) == [count_tokens("dog"), count_tokens("__season__")]
     assert not (tmp_path / "out.csv.errors.jsonl").exists() and not (tmp_path / "out.csv.journal").exists()

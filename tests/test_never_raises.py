@@ -8,12 +8,12 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import presets
-from bridge.infotext import format_infotext, parse_infotext
-from bridge.policy import MigrationPolicy, apply_policy, check_parameters
-from bridge.prompt import (chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves, segments,
+from bridge.models import presets
+from bridge.syntax.infotext import format_infotext, parse_infotext
+from bridge.syntax.policy import MigrationPolicy, apply_policy, check_parameters
+from bridge.syntax.prompt import (chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves, segments,
                            walk, weighted_spans)
-from bridge.tokens import count_tokens, token_budget
+from bridge.syntax.tokens import count_tokens, token_budget
 
 SYNTAX = list("()[]{}<>:|\\,.-_ \n\r\t0123456789") + [
     "<lora:", "<hypernet:", "<lyco:", "AND", "BREAK", "EasyNegative", "embedding:", "__", ":1.2", ":0.5]", "::",

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import presets
-from bridge.policy import MigrationPolicy, apply_policy, check_parameters, size_fits, suggest_size
-from bridge.prompt import parse
+from bridge.models import presets
+from bridge.syntax.policy import MigrationPolicy, apply_policy, check_parameters, size_fits, suggest_size
+from bridge.syntax.prompt import parse
 from conftest import read_jsonl
 
 
@@ -105,5 +105,5 @@ def test_syntax_output_reparses_with_the_same_weights():
     src = "((masterpiece)), [blurry], (cat:1.3), <lora:x:1>, {soft}"
     out = apply_policy(src, MigrationPolicy(syntax="novelai")).prompt  # NovelAI in, A1111 out
     weights = {w["text"]: round(w["weight"], 4) for w in
-               __import__("bridge.prompt", fromlist=["weighted_spans"]).weighted_spans(parse(out).nodes)}
+               __import__("bridge.syntax.prompt", fromlist=["weighted_spans"]).weighted_spans(parse(out).nodes)}
     assert weights == {"masterpiece": 1.21, "blurry": 0.9091, "cat": 1.3, "soft": 1.05}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.prompt import (
+from bridge.syntax.prompt import (
     Alternation, And, AndWeight, Break, Edit, Embedding, Emphasis, Network, Stray, Text, Variants, Wildcard,
     chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves, walk, weighted_spans,
 )

@@ -58,11 +58,11 @@ def test_every_command_parses_as_written(command):
 
 @pytest.mark.slow
 def test_tiny_and_toy_commands_run_as_written(tmp_path):
-    """In README order, in a fresh directory laid out like a checkout (`../shared/prompts`, `bridge/toy`). The
+    """In README order, in a fresh directory laid out like a checkout (`../shared/prompts`, `bridge/models/toy`). The
     ones that need real weights, a GPU or `make demo`'s output are only parsed (above)."""
     work = tmp_path / "repo"
-    (work / "bridge").mkdir(parents=True)
-    (work / "bridge" / "toy").symlink_to(ROOT / "bridge" / "toy")
+    (work / "bridge" / "models").mkdir(parents=True)
+    (work / "bridge" / "models" / "toy").symlink_to(ROOT / "bridge" / "models" / "toy")
     (tmp_path / "shared").symlink_to(ROOT.parent / "shared")
     runnable = [c for c in commands() if not REAL.search(c) and "DIR" not in c and "demo-out" not in c
                 and "my_library" not in c]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bridge.clean import clean_records, load_deny_list
-from bridge.sources import PromptRecord, SourceError, read_records
+from bridge.io.clean import clean_records, load_deny_list
+from bridge.io.sources import PromptRecord, SourceError, read_records
 
 
 def prompts_of(spec, **kw):

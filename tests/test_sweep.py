@@ -16,8 +16,8 @@ OPEN = "a shape"  # shape, colour, size, position, fill and background left to t
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An index of ground-truth drawings of three scenes (two seeds each), embedded with toy-clip."""
-    from bridge.reference import IndexConfig, run_index
-    from bridge.toy import world as w
+    from bridge.sweep.reference import IndexConfig, run_index
+    from bridge.models.toy import world as w
 
     root = tmp_path_factory.mktemp("reference")
     (root / "images").mkdir()
@@ -98,7 +98,7 @@ def test_sweep_over_a_prompt_file_and_bad_input(tmp_path, reference, capsys):
 def test_breadth_tells_a_pinned_prompt_from_an_open_one(tmp_path):
     """Issue #14's acceptance on the toy world, one pair: non-overlapping intervals over 16 seeds. It fails on a
     broken breadth (checked: distances of the first seed's embedding repeated, or a constant distance)."""
-    from bridge.sweep import SweepConfig, run_sweep
+    from bridge.sweep.run import SweepConfig, run_sweep
 
     (tmp_path / "p.txt").write_text(f"{PINNED}\n{OPEN}\n")
     report = run_sweep(SweepConfig(prompts=str(tmp_path / "p.txt"), rows=["source"], seeds=16, out=tmp_path / "s",

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from bridge import loading, presets
-from bridge.render import Renderer, derive_seed
-from bridge.score import Scorer, cosine
+from bridge.models import loading, presets
+from bridge.models.render import Renderer, derive_seed
+from bridge.models.score import Scorer, cosine
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_tiny_sd2_differs_from_tiny_sd15_where_sd2_does(renderers):
 def test_pipeline_tokenizers_are_the_real_clip_vocabulary(renderers):
     import open_clip
 
-    from bridge.tokens import clean
+    from bridge.syntax.tokens import clean
 
     tok = renderers["tiny-sd2"].pipe.tokenizer
     text = "a majestic lion, trending on artstation, by greg rutkowski"

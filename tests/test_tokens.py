@@ -8,7 +8,7 @@ import open_clip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.tokens import CHUNK_TOKENS, build_clip_tokenizer, clean, clip_tokenizer, count_tokens
+from bridge.syntax.tokens import CHUNK_TOKENS, build_clip_tokenizer, clean, clip_tokenizer, count_tokens
 from conftest import read_jsonl
 
 

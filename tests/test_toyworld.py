@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.cli import main
-from bridge.toy import world
-from bridge.toy.world import SOURCE, TARGET, NotAToyPrompt, Spec, oracle, read, write
+from bridge.models.toy import world
+from bridge.models.toy.world import SOURCE, TARGET, NotAToyPrompt, Spec, oracle, read, write
 
-PROMPTS = Path(world.__file__).resolve().parent / "prompts"
+PROMPTS = world.PROMPTS_DIR
 
 
 def specs(dialect: world.Dialect):
@@ -141,8 +141,8 @@ def test_doctor_lists_the_toy_presets(capsys):
 
 
 def test_toy_pipelines_are_real_diffusers_pipelines_of_the_documented_kind():
-    from bridge import presets
-    from bridge.loading import load_pipeline
+    from bridge.models import presets
+    from bridge.models.loading import load_pipeline
 
     sd15 = load_pipeline(presets.pipeline("toy-sd15"))
     sd2 = load_pipeline(presets.pipeline("toy-sd2"))
@@ -155,8 +155,8 @@ def test_toy_pipelines_are_real_diffusers_pipelines_of_the_documented_kind():
 
 
 def _render(preset: str, prompts: list[str], seeds: list[int], negatives=None):
-    from bridge import presets
-    from bridge.render import Renderer
+    from bridge.models import presets
+    from bridge.models.render import Renderer
 
     return Renderer(presets.pipeline(preset))(prompts, seeds, negatives, batch_size=16)
 
@@ -232,8 +232,8 @@ def test_eval_falls_back_to_the_toy_world_and_says_so_first(tmp_path):
 
 
 def test_scorer_sees_meaning_more_than_seeds():
-    from bridge import presets
-    from bridge.score import Scorer, cosine
+    from bridge.models import presets
+    from bridge.models.score import Scorer, cosine
 
     prompts = [r["prompt"] for r in _load(PROMPTS / "heldout.jsonl")[:12]]
     scorer = Scorer(presets.scorer("toy-clip"))
@@ -245,9 +245,9 @@ def test_scorer_sees_meaning_more_than_seeds():
 
 
 def test_toy_t5_paraphrases_world_prompts():
-    from bridge import presets
-    from bridge.loading import load_rewriter
-    from bridge.rewriter import generate
+    from bridge.models import presets
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import generate
 
     model, tok = load_rewriter(presets.rewriter("toy-t5"))
     outs = generate(model, tok, ["a crimson circle on the left"], num_candidates=8, sample=True, seed=0,
@@ -268,10 +268,10 @@ def test_toy_t5_paraphrases_world_prompts():
 
 @pytest.mark.slow
 def test_build_at_reduced_size_writes_loadable_models(tmp_path):
-    from bridge.loading import load_pipeline, load_rewriter, load_scorer_model
-    from bridge.presets import get_preset
-    from bridge.render import Renderer
-    from bridge.toy.build import BUILD_RECORD, BuildConfig, run_build
+    from bridge.models.loading import load_pipeline, load_rewriter, load_scorer_model
+    from bridge.models.presets import get_preset
+    from bridge.models.render import Renderer
+    from bridge.models.toy.build import BUILD_RECORD, BuildConfig, run_build
 
     out = tmp_path / "weights"
     cfg = BuildConfig(out=out, pool=48, vae_steps=2, unet_steps=2, clip_steps=2, t5_steps=2, device="cpu")
@@ -290,7 +290,7 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
 
 
 def test_build_config_refuses_bad_values():
-    from bridge.toy.build import BuildConfig
+    from bridge.models.toy.build import BuildConfig
 
     with pytest.raises(ValueError, match="unet_steps must be >= 1"):
         BuildConfig(unet_steps=0)

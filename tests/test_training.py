@@ -10,10 +10,11 @@ import datasets
 import pytest
 import torch
 
-from bridge import Translator, presets
-from bridge.render import Renderer
-from bridge.render_cache import RenderCache
-from bridge.score import Scorer
+from bridge import Translator
+from bridge.models import presets
+from bridge.models.render import Renderer
+from bridge.models.render_cache import RenderCache
+from bridge.models.score import Scorer
 from conftest import PROMPTS, accelerate_launch, read_jsonl
 from training.config import TrainConfig
 from training.reward import word_presence_reward
@@ -76,7 +77,7 @@ def held_out(tmp_path_factory, prompts_dir):
 def test_end_to_end_on_tiny_presets(gathered, held_out, tmp_path):
     from peft import PeftModel
 
-    from bridge.loading import load_rewriter
+    from bridge.models.loading import load_rewriter
 
     out = tmp_path / "adapter"
     cfg = TrainConfig(data=gathered, out=out, steps=3, warm_start_steps=2, prompts_per_step=3, k=2, lr=1e-2,
@@ -117,7 +118,7 @@ def test_end_to_end_on_tiny_presets(gathered, held_out, tmp_path):
     assert result["summary"]["rl_steps"] == 3
     # Eval refuses to score the adapter on its own training prompts (seeds derive from the prompt, so it
     # would even reuse cached renders), unless asked; then the overlap is counted.
-    from bridge.rewriter import prompt_hash
+    from bridge.models.rewriter import prompt_hash
     from eval.config import EvalConfig
     from eval.run import run_eval
 
@@ -346,8 +347,8 @@ def test_logprobs_are_the_samplers_at_its_temperature():
     them (trl divides logits by T too); re-encoding the decoded text is not the same sequence."""
     import torch
 
-    from bridge.loading import load_rewriter
-    from bridge.rewriter import PREFIX, _generated_ids
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import PREFIX, _generated_ids
     from training.losses import token_logprobs
 
     model, tok = load_rewriter(presets.rewriter("tiny-t5"), dtype="float32")
@@ -435,7 +436,7 @@ def test_kl_is_zero_at_the_warm_start_point(synthetic_data, tmp_path, monkeypatc
 
 
 def test_warm_start_pairs_are_in_the_models_format(tmp_path):
-    from bridge.rewriter import NEGATIVE_PREFIX, PREFIX
+    from bridge.models.rewriter import NEGATIVE_PREFIX, PREFIX
     from training.trainer import warm_pairs
 
     cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", **TINY)

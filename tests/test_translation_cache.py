@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from bridge import Translator, presets
-from bridge.rewriter import AdapterMeta
+from bridge import Translator
+from bridge.models import presets
+from bridge.models.rewriter import AdapterMeta
 
 PROMPTS = ["a crimson fox in the snow", "(masterpiece:1.2), a castle BREAK at dusk", "a crimson fox in the snow"]
 
@@ -17,7 +18,7 @@ def _adapter(root, seed: int):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from bridge.loading import load_rewriter
+    from bridge.models.loading import load_rewriter
 
     model, _ = load_rewriter(presets.rewriter("tiny-t5"))
     torch.manual_seed(seed)
@@ -35,7 +36,7 @@ def adapters(tmp_path_factory):
 @pytest.fixture
 def generated(monkeypatch):
     """Every text the rewriter is asked to generate, through the real generate."""
-    import bridge.rewriter as rw
+    import bridge.models.rewriter as rw
 
     asked, real = [], rw.generate
 

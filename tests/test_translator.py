@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from bridge import Translator, presets
+from bridge import Translator
+from bridge.models import presets
 from bridge.cli import main
-from bridge.prompt import parse
-from bridge.rewriter import AdapterMeta, repair_leaf
-from bridge.rewriter import skeleton
+from bridge.syntax.prompt import parse
+from bridge.models.rewriter import AdapterMeta, repair_leaf
+from bridge.models.rewriter import skeleton
 from conftest import read_jsonl
 
 
@@ -22,7 +23,7 @@ def adapter_dir(tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from bridge.loading import load_rewriter
+    from bridge.models.loading import load_rewriter
 
     out = tmp_path_factory.mktemp("adapter")
     model, _ = load_rewriter(presets.rewriter("tiny-t5"))
@@ -67,7 +68,7 @@ def test_adapter_keeps_structure_or_falls_back(adapter_dir, prompts_dir):
     rows = read_jsonl(prompts_dir / "a1111.jsonl")[:40]
     out = tr.translate([r["prompt"] for r in rows], [r["negative_prompt"] for r in rows])
     names = tr.policy.embedding_names()
-    from bridge.policy import apply_policy
+    from bridge.syntax.policy import apply_policy
 
     for row, t in zip(rows, out):
         syntax = apply_policy(row["prompt"]).prompt
@@ -136,7 +137,7 @@ def test_translate_cli(capsys, adapter_dir, monkeypatch):
     assert [json.loads(x)["translated_prompt"] for x in captured.out.splitlines()] == ["a cat", "\ufffd dog"]
     assert "line 2: bytes that are not UTF-8 are shown as U+FFFD" in captured.err
     # A line break inside a translation would split the one-line-per-prompt output: a space, and a warning.
-    monkeypatch.setattr("bridge.translate_cmd._read_lines", lambda stream: ["a\ncat\tdog"])
+    monkeypatch.setattr("bridge.commands.translate._read_lines", lambda stream: ["a\ncat\tdog"])
     assert main(["translate", "--no-normalize"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "a cat dog\n" and "line 1: a tab or line break" in captured.err
@@ -146,8 +147,8 @@ def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
     """A leaf whose generation hits the limit before EOS is not used (no silent truncation); the limit
     grows with the input, so a long leaf is not cut at a fixed cap."""
 
-    from bridge.loading import load_rewriter
-    from bridge.rewriter import ended, generate, rewrite_prompts
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import ended, generate, rewrite_prompts
 
     model, tok = load_rewriter(presets.rewriter("tiny-t5"))
     def never_eos(module, args, logits):  # token 5 always wins: every generation runs to the limit
@@ -171,7 +172,7 @@ def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bridge.rewriter import mark, rewrite_prompts, unmark  # noqa: E402
+from bridge.models.rewriter import mark, rewrite_prompts, unmark  # noqa: E402
 
 _leaf = st.text(st.sampled_from("abc xyz,.:!"), min_size=1, max_size=12).map(str.strip).filter(bool)
 
@@ -190,7 +191,7 @@ def test_unmark_refuses_answers_whose_markers_do_not_read_back():
 
 
 class _Scripted:
-    """Stands in for `bridge.rewriter.generate`: answers from a table, records what the model was asked."""
+    """Stands in for `bridge.models.rewriter.generate`: answers from a table, records what the model was asked."""
 
     EOS = 1
 
@@ -210,7 +211,7 @@ def test_the_model_sees_the_whole_prompt_and_answers_per_leaf(monkeypatch):
     prompt = "(masterpiece:1.2), a crimson fox <lora:x:1> BREAK snow"
     script = _Scripted({"[1] masterpiece [2] a crimson fox [3] snow":
                         "[1] best quality [2] a red fox, highly detailed [3] deep snow"})
-    monkeypatch.setattr("bridge.rewriter.generate", script)
+    monkeypatch.setattr("bridge.models.rewriter.generate", script)
     [[cand]] = rewrite_prompts(None, _Tok(), [prompt], frozenset())
     assert script.asked == ["Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
                             "[1] masterpiece [2] a crimson fox [3] snow"]
@@ -218,20 +219,20 @@ def test_the_model_sees_the_whole_prompt_and_answers_per_leaf(monkeypatch):
     assert cand.text == "(best quality:1.2), a red fox, highly detailed <lora:x:1> BREAK deep snow"
     assert not cand.fallback and cand.inputs == ["[1] masterpiece [2] a crimson fox [3] snow"]
     # Markers out of order: a structure failure, so the input comes back.
-    monkeypatch.setattr("bridge.rewriter.generate", _Scripted({"[1] masterpiece [2] a crimson fox [3] snow":
+    monkeypatch.setattr("bridge.models.rewriter.generate", _Scripted({"[1] masterpiece [2] a crimson fox [3] snow":
                                                                "[1] best quality [3] snow [2] a fox"}))
     [[bad]] = rewrite_prompts(None, _Tok(), [prompt], frozenset())
     assert bad.fallback and bad.text == prompt
     # Older adapters rewrite each leaf alone.
     script = _Scripted({"a crimson fox": "a red fox"})
-    monkeypatch.setattr("bridge.rewriter.generate", script)
+    monkeypatch.setattr("bridge.models.rewriter.generate", script)
     [[leafwise]] = rewrite_prompts(None, _Tok(), [prompt], frozenset(), fmt="leaf")
     assert leafwise.text == "(masterpiece:1.2), a red fox <lora:x:1> BREAK snow" and len(script.asked) == 3
 
 
 def test_negative_prompts_are_rewritten_only_when_the_adapter_learned_to(monkeypatch):
     script = _Scripted({"blurry": "blurry, low quality", "a crimson fox": "a red fox"})
-    monkeypatch.setattr("bridge.rewriter.generate", script)
+    monkeypatch.setattr("bridge.models.rewriter.generate", script)
     tiny2 = presets.pipeline("tiny-sd2")
     plain = Translator(tiny2, model=object(), tokenizer=_Tok(), meta=AdapterMeta("tiny-t5", "x", "a", "b"))
     [t] = plain.translate(["a crimson fox"], ["blurry"])
@@ -261,7 +262,7 @@ def test_adapters_from_before_the_marked_format_load_as_leaf(tmp_path):
 @settings(max_examples=200, deadline=None)
 @given(st.text(st.sampled_from("ab ,;\n.:")))
 def test_split_edges_keeps_every_character(value):
-    from bridge.rewriter import split_edges
+    from bridge.models.rewriter import split_edges
 
     lead, core, trail = split_edges(value)
     assert lead + core + trail == value and core == value.strip(" \t\n,;")
@@ -271,7 +272,7 @@ def test_split_edges_keeps_every_character(value):
 @given(words=st.lists(st.integers(1, 60), min_size=1, max_size=40), batch=st.integers(1, 8),
        budget=st.integers(1, 400))
 def test_token_groups_cover_every_input_once_within_the_budget(tiny_t5_tokenizer, words, batch, budget):
-    from bridge.rewriter import _token_groups
+    from bridge.models.rewriter import _token_groups
 
     inputs = [" ".join(["fox"] * n) for n in words]
     lengths = [len(ids) for ids in tiny_t5_tokenizer(inputs).input_ids]
@@ -284,7 +285,7 @@ def test_token_groups_cover_every_input_once_within_the_budget(tiny_t5_tokenizer
 
 @pytest.fixture(scope="module")
 def tiny_t5_tokenizer():
-    from bridge.loading import load_rewriter
+    from bridge.models.loading import load_rewriter
 
     return load_rewriter(presets.rewriter("tiny-t5"))[1]
 
@@ -292,8 +293,8 @@ def tiny_t5_tokenizer():
 def test_greedy_batches_split_by_tokens_give_the_same_rewrites(monkeypatch):
     """The token budget only regroups greedy inputs: the rewrites are the ones batches of 32 give, long
     inputs go in smaller batches, and sampled batches (whose seed decides their samples) are not regrouped."""
-    import bridge.rewriter as rw
-    from bridge.loading import load_rewriter
+    import bridge.models.rewriter as rw
+    from bridge.models.loading import load_rewriter
 
     model, tok = load_rewriter(presets.rewriter("tiny-t5"))
     texts = [f"a fox number {i} in snow" for i in range(12)] + ["a castle " * 60, "a storm over a lighthouse " * 20]

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bridge import presets
+from bridge.models import presets
 from bridge.config import json_summary_field
-from bridge.policy import MigrationPolicy
+from bridge.syntax.policy import MigrationPolicy
 
 
 @dataclass

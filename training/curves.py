@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bridge.rewriter import CURVES
+from bridge.models.rewriter import CURVES
 
 
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:

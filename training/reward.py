@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from bridge.tokens import CHUNK_TOKENS
+from bridge.syntax.tokens import CHUNK_TOKENS
 
 Reward = Callable[..., list[float]]
 
@@ -28,7 +28,7 @@ class ClipAgreementReward:
 
     def __call__(self, sources: Sequence[str], candidates: Sequence[str], *, seeds: Sequence[list[int]],
                  source_embeddings: Sequence[torch.Tensor], negatives: Sequence[str | None], **_) -> list[float]:
-        from bridge.tokens import tokens_between_breaks
+        from bridge.syntax.tokens import tokens_between_breaks
 
         flat_p, flat_s, flat_n, owner = [], [], [], []
         for i, (cand, ss, neg) in enumerate(zip(candidates, seeds, negatives)):

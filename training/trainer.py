@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from bridge import presets
+from bridge.models import presets
+from bridge.syntax.policy import MigrationPolicy
 from bridge.config import config_to_dict, first_difference, log_plan, print_json_summary, save_config, summary_log
-from bridge.inspect_cmd import policy_of
 from training.config import TrainConfig
 
 LOG = "train_log.jsonl"
@@ -44,9 +44,9 @@ def policy_inputs(cfg: TrainConfig, groups) -> tuple[list[str], list[str | None]
     """Prompts and negative prompts after the syntax strategy, exactly as the Translator (eval, serving)
     processes them: the policy's rewriting of the prompt is what the rewriter sees, and candidates are
     rendered with the processed negative, as they will be once served."""
-    from bridge.policy import apply_policy
+    from bridge.syntax.policy import apply_policy
 
-    policy = policy_of(cfg)
+    policy = MigrationPolicy.of(cfg)
     network_map = policy.load_network_map()
     prompts = [apply_policy(g.prompt, policy, network_map).prompt for g in groups]
     negatives = [apply_policy(g.negative_prompt, policy, network_map).prompt if g.negative_prompt is not None
@@ -57,7 +57,7 @@ def policy_inputs(cfg: TrainConfig, groups) -> tuple[list[str], list[str | None]
 def build_model(cfg: TrainConfig, device: str):
     from peft import LoraConfig, get_peft_model
 
-    from bridge.loading import load_rewriter
+    from bridge.models.loading import load_rewriter
 
     base, tokenizer = load_rewriter(presets.rewriter(cfg.rewriter), device=device, dtype="float32")
     torch.manual_seed(cfg.seed)  # LoRA init
@@ -74,8 +74,8 @@ def step_prompts(cfg: TrainConfig, step: int, n: int) -> list[int]:
 
 def _pair(source: str, target: str, names, fmt: str) -> list[tuple[str, str]]:
     """(model input, model output) SFT pairs that rewrite prompt `source` into `target` (same leaf count)."""
-    from bridge.prompt import parse
-    from bridge.rewriter import mark, model_leaves, sequences, split_edges
+    from bridge.syntax.prompt import parse
+    from bridge.models.rewriter import mark, model_leaves, sequences, split_edges
 
     src, tgt = ([split_edges(leaf.value)[1] for leaf in model_leaves(parse(t, names).nodes)] for t in (source, target))
     if len(src) != len(tgt):
@@ -86,7 +86,7 @@ def _pair(source: str, target: str, names, fmt: str) -> list[tuple[str, str]]:
 def warm_pairs(cfg: TrainConfig, inputs: list[str], negatives: list[str | None], names) -> list[tuple[str, str]]:
     """Identity pairs of every training prompt (and negative prompt, with --rewrite-negative) in the model's
     format, plus the user's pairs; each input carries its task prefix."""
-    from bridge.rewriter import NEGATIVE_PREFIX, PREFIX
+    from bridge.models.rewriter import NEGATIVE_PREFIX, PREFIX
 
     pairs = {(PREFIX + a, b) for t in inputs for a, b in _pair(t, t, names, cfg.format)}
     if cfg.rewrite_negative:
@@ -123,7 +123,7 @@ class Rollout:
 def rollout(cfg: TrainConfig, model, tokenizer, prompts: list[str], negatives: list[str | None], names,
             max_new: int, seed: int) -> list[list[Rollout]]:
     """K sampled candidates per prompt; with --rewrite-negative each pairs with a sample of its negative prompt."""
-    from bridge.rewriter import NEGATIVE_PREFIX, PREFIX, rewrite_prompts
+    from bridge.models.rewriter import NEGATIVE_PREFIX, PREFIX, rewrite_prompts
 
     kw = dict(num_candidates=cfg.k, sample=True, max_new_tokens=max_new, temperature=cfg.temperature,
               fallback_unfinished=False,  # scored as generated; counted in the log
@@ -460,7 +460,7 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     cache = _render_cache(cfg, str(accelerator.device)) if reward_fn is None or cfg.val_data else None
     # Held-out agreement at checkpoints (main process; the others wait at the checkpoint barrier).
     validator = Validator(cfg, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
-    run = _Run(cfg, accelerator, model, opt, tokenizer, groups, inputs, negatives, policy_of(cfg).embedding_names(),
+    run = _Run(cfg, accelerator, model, opt, tokenizer, groups, inputs, negatives, MigrationPolicy.of(cfg).embedding_names(),
                max_new, cache, reward_fn if reward_fn is not None else _clip_reward(cfg, cache), validator, main)
     start = _start(run, ckpt, data_info, log)
     # 3.-4. Warm start, then optimise, step by step.
@@ -592,7 +592,7 @@ def _checkpoint(run: _Run, done: int) -> None:
 
 def _write_adapter(run: _Run, data_info: dict) -> dict:
     """5. The adapter directory: LoRA weights, serving metadata, training-prompt hashes, curves, model card."""
-    from bridge.rewriter import save_train_prompts
+    from bridge.models.rewriter import save_train_prompts
     from training.curves import plot_curves
 
     cfg, out = run.cfg, run.out
@@ -610,9 +610,9 @@ def _write_adapter(run: _Run, data_info: dict) -> dict:
 # ------------------------------------------------------------------------------ helpers
 def _render_cache(cfg: TrainConfig, device: str):
     """Target renders and their scorer embeddings, cached on disk (the reward and validation share it)."""
-    from bridge.render import Renderer
-    from bridge.render_cache import RenderCache
-    from bridge.score import Scorer
+    from bridge.models.render import Renderer
+    from bridge.models.render_cache import RenderCache
+    from bridge.models.score import Scorer
 
     return RenderCache(cfg.cache_dir or cfg.out / "render-cache", Renderer(presets.pipeline(cfg.target), device=device),
                        Scorer(presets.scorer(cfg.scorer), device=device), batch_size=cfg.render_batch)
@@ -645,7 +645,7 @@ def _validated(out: Path, step: int) -> bool:
 
 def adapter_meta(cfg: TrainConfig, max_new: int, source: str = ""):
     """What serving needs to know about the adapter this run trains (sd_bridge_adapter.json)."""
-    from bridge.rewriter import AdapterMeta
+    from bridge.models.rewriter import AdapterMeta
 
     rewriter = presets.rewriter(cfg.rewriter)
     return AdapterMeta(cfg.rewriter, rewriter.revision, source, cfg.target, max_new_tokens=max_new, format=cfg.format,
@@ -663,8 +663,8 @@ def _validate(validator, peft_model, tokenizer, cfg: TrainConfig, max_new: int, 
 
 def _estimate(cfg: TrainConfig, model, tokenizer, inputs, plan) -> dict:
     """Seconds for one generation and one target render on this device, and the run extrapolated."""
-    from bridge.render import Renderer
-    from bridge.rewriter import generate
+    from bridge.models.render import Renderer
+    from bridge.models.rewriter import generate
 
     t = time.perf_counter()
     generate(model, tokenizer, inputs[:1], num_candidates=cfg.k, sample=True, max_new_tokens=cfg.max_new_tokens
@@ -727,7 +727,7 @@ def _val_rows(cfg: TrainConfig, summary: dict) -> str:
 
 
 def model_card(cfg: TrainConfig, data_info: dict, summary: dict) -> str:
-    from bridge.rewriter import CURVES
+    from bridge.models.rewriter import CURVES
 
     return f"""---
 library_name: peft

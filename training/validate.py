@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from bridge.inspect_cmd import policy_of
+from bridge.syntax.policy import MigrationPolicy
 from training.config import TrainConfig
 
 
 class Validator:
     def __init__(self, cfg: TrainConfig, cache, train_prompts: list[str]):
-        from bridge.rewriter import prompt_hash
+        from bridge.models.rewriter import prompt_hash
         from training.data import load_groups
         from training.trainer import policy_inputs
 
@@ -41,12 +41,12 @@ class Validator:
 
     def __call__(self, model, tokenizer, meta) -> dict:
         """Translate the validation prompts through the serving path (`Translator`) with the model as it is."""
-        from bridge import presets
+        from bridge.models import presets
         from bridge.translator import Translator
 
         was_training = model.training
         model.eval()
-        tr = Translator(presets.pipeline(self.cfg.target), policy_of(self.cfg), model, tokenizer, meta)
+        tr = Translator(presets.pipeline(self.cfg.target), MigrationPolicy.of(self.cfg), model, tokenizer, meta)
         res = tr.translate([g.prompt for g in self.groups], [g.negative_prompt for g in self.groups])
         model.train(was_training)
         texts = [r.translated_prompt for r in res]

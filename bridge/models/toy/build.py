@@ -1,0 +1,456 @@
+"""`sd-bridge toyworld build`: train the toy world's four models from its grammar, deterministically.
+
+Read top to bottom, the build is:
+  1. draw a pool of (caption, image) pairs per pipeline, each in its own dialect with its own defaults
+     (bridge.models.toy.world.training_caption): toy-sd15 learns the source dialect, toy-sd2 the target one;
+  2. a VAE (AutoencoderKL, 32 px -> 4x16x16 latents) on all pool images; its scaling factor is measured
+     as SD's was (1 / std of the latents);
+  3. per pipeline, a text encoder (CLIPTextModel on the real CLIP tokenizer) and a UNet trained together
+     with the SD objective: epsilon for toy-sd15, v-prediction for toy-sd2 (SD 2.x-v), 10% empty captions
+     for classifier-free guidance; saved as a diffusers StableDiffusionPipeline;
+  4. toy-clip: an open_clip CLIP trained contrastively on pool images (and their VAE reconstructions,
+     which look like renders) with dialect-neutral captions of the full scene;
+  5. toy-t5: a T5 paraphraser of the world's language (synonym swaps both ways, added, dropped and
+     reordered attributes), so sampled rewrites are plausible but dialect-blind.
+Each model is written atomically and skipped when present (rerun to finish an interrupted build;
+`--force` rebuilds). Shapes follow the calibration in ../shared/DESIGN.md §6: DownBlock2D first and
+cross-attention only at 8x8 trains at ~0.13 s/step on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.models.tiny import TINY_CLIP_CONFIG
+from bridge.models.toy import world
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+PIPELINE_DIMS = {"toy-sd15": 64, "toy-sd2": 96}  # text width = cross-attention width; SD2's is wider
+
+
+@dataclass
+class BuildConfig:
+    """Build the toy world's models (toy-sd15, toy-sd2, toy-clip, toy-t5) from its grammar."""
+
+    out: Path = field(default=WEIGHTS_DIR, metadata={"help": "where the four model directories are written"})
+    pool: int = field(default=10000, metadata={"help": "(caption, image) pairs drawn per pipeline"})
+    vae_steps: int = field(default=2500, metadata={"help": "VAE training steps"})
+    vae_lr: float = field(default=2e-3, metadata={"help": "VAE peak learning rate (cosine decay to 10%)"})
+    unet_steps: int = field(default=3000, metadata={"help": "UNet + text encoder steps per pipeline"})
+    clip_steps: int = field(default=1500, metadata={"help": "toy-clip contrastive steps"})
+    t5_steps: int = field(default=1500, metadata={"help": "toy-t5 paraphraser steps"})
+    batch: int = field(default=32, metadata={"help": "UNet batch size"})
+    lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate of the other models (cosine decay to 10%)"})
+    seed: int = field(default=0, metadata={"help": "seed of every random stream"})
+    only: list[str] = field(default_factory=list, metadata={"help": "build only these (vae, toy-sd15, toy-sd2, "
+                                                                       "toy-clip, toy-t5)"})
+    force: bool = field(default=False, metadata={"help": "rebuild models that already exist"})
+    device: str = field(default="auto", metadata={"help": "auto (a GPU when present), cpu, cuda"})
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        for name in ("pool", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("vae_steps", "unet_steps", "clip_steps", "t5_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        unknown = set(self.only) - {"vae", *PIPELINE_DIMS, "toy-clip", "toy-t5"}
+        if unknown:
+            raise ValueError(f"--only names unknown part(s) {sorted(unknown)}")
+
+
+def _schedule(opt, steps: int, warmup: int = 50):
+    import torch
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _optimise(loss, opt, sched, clip_params=None) -> None:
+    """One optimiser step (with the gradient norm clipped to 1 when `clip_params` are given)."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    opt.step()
+    sched.step()
+
+
+def _report(log, name: str, step: int, steps: int, loss, extra: str = "") -> None:
+    """Log about ten times per run, and the last step."""
+    if step % max(1, steps // 10) == 0 or step == steps - 1:
+        log(f"  {name} step {step + 1}/{steps}: loss {loss.item():.4f}{extra}")
+
+
+# ------------------------------------------------------------------------------------------- 1. pools
+
+def draw_pool(dialect: world.Dialect, n: int, seed: int):
+    """n (caption, scene, image tensor in [-1, 1]) of one dialect, drawn at per-item seeds."""
+    import numpy as np
+    import torch
+
+    rng = random.Random(f"pool-{dialect.name}-{seed}")
+    captions, scenes, pixels = [], [], np.empty((n, 3, world.IMAGE_SIZE, world.IMAGE_SIZE), np.float32)
+    for i in range(n):
+        caption, scene = world.training_caption(dialect, rng)
+        image = np.asarray(world.draw(scene, rng.getrandbits(32)), np.float32)
+        pixels[i] = image.transpose(2, 0, 1) / 127.5 - 1
+        captions.append(caption)
+        scenes.append(scene)
+    return captions, scenes, torch.from_numpy(pixels)
+
+
+# ------------------------------------------------------------------------------------------- 2. VAE
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    # Flat colours need little capacity; without the mid-block attention a step costs 0.12 s on 2 cores
+    # (0.40 s with (32, 64) channels and attention).
+    return AutoencoderKL(
+        block_out_channels=[16, 32], in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=8, sample_size=world.IMAGE_SIZE, mid_block_add_attention=False,
+    )
+
+
+def train_vae(pixels, cfg: BuildConfig, device, log):
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    vae = make_vae().to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    sched = _schedule(opt, cfg.vae_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for step in range(cfg.vae_steps):
+        x = pixels[torch.randint(len(pixels), (32,), generator=gen)].to(device)
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        # L1 keeps flat colours and thin lines sharp; a small KL keeps the latent smooth (as SD's VAE does).
+        loss = (recon - x).abs().mean() + 1e-6 * post.kl().mean()
+        _optimise(loss, opt, sched)
+        _report(log, "vae", step, cfg.vae_steps, loss)
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(pixels[i : i + 256].to(device)).latent_dist.mean.cpu()
+                             for i in range(0, min(len(pixels), 2048), 256)])
+    # SD measured its VAE's latent std and scales latents to unit variance (scaling_factor 0.18215).
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    return vae
+
+
+# ------------------------------------------------------------------------------------------- 3. pipelines
+
+def make_text_encoder(tokenizer, dim: int, sd2: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        hidden_size=dim, intermediate_size=dim * 2, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu" if sd2 else "quick_gelu", projection_dim=dim,
+    ))
+
+
+def make_unet(dim: int, sd2: bool):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=dim, norm_num_groups=8,
+        attention_head_dim=(2, 4) if sd2 else 8, use_linear_projection=sd2,
+    )
+
+
+def token_ids(tokenizer, texts: list[str]):
+    """[N, 77] ids laid out exactly as bridge.models.encode feeds the encoder: BOS, tokens, EOS, padding."""
+    import torch
+
+    from bridge.models.encode import weighted_chunks
+    from bridge.syntax.tokens import CHUNK_TOKENS
+
+    rows = []
+    for text in texts:
+        ids = weighted_chunks(text, tokenizer)[0][0][:CHUNK_TOKENS]
+        rows.append([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
+                    + [tokenizer.pad_token_id] * (CHUNK_TOKENS - len(ids)))
+    return torch.tensor(rows)
+
+
+def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig, device, log):
+    import torch
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+
+    from bridge.syntax.tokens import EOS, build_clip_tokenizer
+
+    sd2 = name == "toy-sd2"
+    prediction = "v_prediction" if sd2 else "epsilon"
+    tokenizer = build_clip_tokenizer(pad_token="!" if sd2 else EOS)
+    ids = token_ids(tokenizer, captions)
+    empty = token_ids(tokenizer, [""])[0]
+    with torch.no_grad():  # the VAE is frozen: encode the pool once, sample its posterior per step
+        dists = [vae.encode(pixels[i : i + 256].to(device)).latent_dist for i in range(0, len(pixels), 256)]
+        mean = torch.cat([d.mean for d in dists]).cpu()
+        std = torch.cat([d.std for d in dists]).cpu()
+    scale = vae.config.scaling_factor
+    torch.manual_seed(cfg.seed)
+    text_encoder = make_text_encoder(tokenizer, PIPELINE_DIMS[name], sd2).to(device).train()
+    torch.manual_seed(cfg.seed)
+    unet = make_unet(PIPELINE_DIMS[name], sd2).to(device).train()
+    # SD's training noise schedule (scaled-linear betas, 1000 steps); the same config ships with the pipeline.
+    sched_cfg = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                     prediction_type=prediction)
+    noise_sched = DDPMScheduler(**sched_cfg)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr_sched = _schedule(opt, cfg.unet_steps, warmup=100)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    started = time.perf_counter()
+    for step in range(cfg.unet_steps):
+        idx = torch.randint(len(captions), (cfg.batch,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
+        batch_ids = ids[idx].clone()
+        batch_ids[torch.rand(cfg.batch, generator=gen) < 0.1] = empty  # CFG: learn the unconditional too
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
+        x0, noise, t, batch_ids = x0.to(device), noise.to(device), t.to(device), batch_ids.to(device)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        target = noise_sched.get_velocity(x0, noise, t) if sd2 else noise
+        pred = unet(noisy, t, encoder_hidden_states=text_encoder(batch_ids)[0]).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        _optimise(loss, opt, lr_sched, clip_params=params)
+        _report(log, name, step, cfg.unet_steps, loss, f" ({(time.perf_counter() - started) / (step + 1):.2f} s/step)")
+    scheduler = DDIMScheduler(**{k: v for k, v in sched_cfg.items() if k != "num_train_timesteps"},
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------- 4. toy-clip
+
+TOY_CLIP_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": world.IMAGE_SIZE, "layers": 3, "width": 64, "head_width": 32,
+                       "patch_size": 4},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    },
+    "preprocess_cfg": TINY_CLIP_CONFIG["preprocess_cfg"],  # OpenAI CLIP's normalisation, as tiny-clip
+}
+
+
+def train_clip(pixels, scenes: list, cfg: BuildConfig, device, log):
+    import open_clip
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = open_clip.CLIP(**TOY_CLIP_CONFIG["model_cfg"]).to(device).train()
+    tokenizer = open_clip.SimpleTokenizer(context_length=TOY_CLIP_CONFIG["model_cfg"]["text_cfg"]["context_length"])
+    pre = TOY_CLIP_CONFIG["preprocess_cfg"]
+    mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
+    lr_sched = _schedule(opt, cfg.clip_steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    for step in range(cfg.clip_steps):
+        idx = torch.randint(len(scenes), (128,), generator=gen)
+        images = ((pixels[idx] + 1) / 2 - mean) / std
+        texts = tokenizer([world.neutral_caption(scenes[i], rng) for i in idx.tolist()])
+        img_f, txt_f, logit_scale = model(images.to(device), texts.to(device))
+        logits = logit_scale * img_f @ txt_f.T
+        # Captions repeat inside a batch: every pair of identical scenes is a positive (soft targets).
+        keys = [scenes[i] for i in idx.tolist()]
+        same = torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.float32, device=device)
+        target = same / same.sum(1, keepdim=True)
+        loss = (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                + torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
+        _optimise(loss, opt, lr_sched)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature (Radford et al. 2021)
+        _report(log, "toy-clip", step, cfg.clip_steps, loss)
+    return model.eval()
+
+
+def save_clip(model, out: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in model.state_dict().items()},
+              str(out / "open_clip_model.safetensors"))
+    (out / "open_clip_config.json").write_text(json.dumps(TOY_CLIP_CONFIG, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- 5. toy-t5
+
+def paraphrase_pair(rng: random.Random) -> tuple[str, str]:
+    """(a prompt of the world, a plausible rewrite of it): synonyms swapped in either direction, attributes
+    added or dropped, clauses reordered, or the prompt kept. Nothing says which dialect is wanted."""
+    from dataclasses import replace
+
+    src_dialect, out_dialect = rng.choice([world.SOURCE, world.TARGET]), rng.choice([world.SOURCE, world.TARGET])
+    spec = world.random_spec(rng)
+    if src_dialect is world.TARGET:
+        spec = replace(spec, artist=False, fill=None if spec.fill == "solid" else spec.fill)
+    text = world.write(spec, src_dialect, rng)
+    if rng.random() < 0.3:
+        return text, text
+    new = spec
+    if rng.random() < 0.3:  # drop an attribute
+        attr = rng.choice(["size", "position", "background", "fill"])
+        new = replace(new, **{attr: None}, artist=new.artist and attr != "fill")
+    if rng.random() < 0.3:  # add one
+        attr, value = rng.choice([("background", rng.choice(list(world.BACKGROUNDS))),
+                                  ("size", rng.choice(["small", "large"])),
+                                  ("position", rng.choice(world.POSITIONS[1:])),
+                                  ("fill", rng.choice(["striped", "dotted", "outlined"]))])
+        new = replace(new, **{attr: value}, artist=new.artist and attr != "fill")
+    if new.fill is not None and new.fill not in out_dialect.fills and not (new.artist and new.fill in out_dialect.artists):
+        new = replace(new, fill=None, artist=False)
+    if new.artist and new.fill not in out_dialect.artists:
+        new = replace(new, artist=False)
+    elif not new.artist and new.fill in out_dialect.artists and rng.random() < 0.3:
+        new = replace(new, artist=True)
+    return text, world.write(new, out_dialect, rng)
+
+
+def train_t5(cfg: BuildConfig, device, log):
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    from bridge.models.rewriter import PREFIX
+    from bridge.models.tiny import _t5_training_text, default_prompts_dir, train_t5_vocab
+
+    rng = random.Random(f"t5-{cfg.seed}")
+    # The world's words, plus the real prompt corpus when present, so users' prompts still tokenize.
+    corpus = [PREFIX] + [t for _ in range(4000) for t in paraphrase_pair(rng)]
+    try:
+        corpus += _t5_training_text(default_prompts_dir())
+    except FileNotFoundError:
+        pass
+    vocab = train_t5_vocab(corpus, vocab_size=1000)
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    torch.manual_seed(cfg.seed)
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=len(vocab), d_model=64, d_ff=128, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1,
+    )).to(device).train()
+    model.generation_config.decoder_start_token_id = 0
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    lr_sched = _schedule(opt, cfg.t5_steps)
+    for step in range(cfg.t5_steps):
+        pairs = [paraphrase_pair(rng) for _ in range(64)]
+        enc = tokenizer([PREFIX + a for a, _ in pairs], return_tensors="pt", padding=True).to(device)
+        labels = tokenizer([b for _, b in pairs], return_tensors="pt", padding=True).input_ids.to(device)
+        labels[labels == tokenizer.pad_token_id] = -100
+        loss = model(**enc, labels=labels).loss
+        _optimise(loss, opt, lr_sched)
+        _report(log, "toy-t5", step, cfg.t5_steps, loss)
+    return model.eval(), tokenizer
+
+
+# ------------------------------------------------------------------------------------------- the build
+
+BUILD_RECORD = "toyworld_build.json"
+
+
+def _atomic_dir(out: Path, write, cfg: BuildConfig, started: float) -> None:
+    """Write a model directory in a temp dir, record how it was built inside it (command, config, threads,
+    seconds from the command's start), then rename it into place."""
+    from bridge.config import save_config
+
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    save_config(cfg, tmp, filename=BUILD_RECORD, command=_command(), seconds=round(time.perf_counter() - started, 1),
+                torch_threads=_threads())
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _command() -> str:
+    argv = sys.argv[1:]
+    return "sd-bridge " + " ".join(argv) if argv[:1] == ["toyworld"] else "python " + " ".join(sys.argv)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def run_build(cfg: BuildConfig, log=print) -> dict:
+    import torch
+
+    from bridge.models.loading import resolve_device
+
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    wanted = lambda part: (not cfg.only or part in cfg.only) and (cfg.force or not (cfg.out / part).is_dir())  # noqa: E731
+    parts = [p for p in ("vae", *PIPELINE_DIMS, "toy-clip", "toy-t5") if wanted(p)]
+    log(f"toyworld build on {device}: {', '.join(parts) or 'nothing to do'} -> {cfg.out}")
+    # 1. Pools of (caption, image) pairs in each pipeline's dialect.
+    pools = {}
+    if any(p != "toy-t5" for p in parts):
+        for name, dialect in (("toy-sd15", world.SOURCE), ("toy-sd2", world.TARGET)):
+            pools[name] = draw_pool(dialect, cfg.pool, cfg.seed)
+        log(f"  drew {2 * cfg.pool} training images ({time.perf_counter() - started:.0f}s)")
+        all_pixels = torch.cat([pools[n][2] for n in pools])
+    # 2. The VAE both pipelines share (SD 1.5 and 2.x share their VAE family too).
+    from diffusers import AutoencoderKL
+
+    if "vae" in parts:
+        vae = train_vae(all_pixels, cfg, device, log)
+        _atomic_dir(cfg.out / "vae", lambda d: vae.to(torch.float32).save_pretrained(d, safe_serialization=True),
+                    cfg, started)
+    if pools:
+        vae = AutoencoderKL.from_pretrained(cfg.out / "vae").to(device).eval()
+        vae.requires_grad_(False)
+    # 3. The two pipelines.
+    for name in PIPELINE_DIMS:
+        if name in parts:
+            pipe = train_pipeline(name, pools[name][0], pools[name][2], vae, cfg, device, log)
+            _atomic_dir(cfg.out / name, lambda d: pipe.to(dtype=torch.float16).save_pretrained(
+                d, safe_serialization=True), cfg, started)
+            vae = vae.to(torch.float32)
+    # 4. The scorer, on drawn images and on their VAE reconstructions (what renders look like).
+    if "toy-clip" in parts:
+        with torch.no_grad():
+            recon = torch.cat([vae.decode(vae.encode(all_pixels[i : i + 256].to(device)).latent_dist.mean).sample
+                               .clamp(-1, 1).cpu() for i in range(0, len(all_pixels), 256)])
+        scenes = pools["toy-sd15"][1] + pools["toy-sd2"][1]
+        model = train_clip(torch.cat([all_pixels, recon]), scenes + scenes, cfg, device, log)
+        _atomic_dir(cfg.out / "toy-clip", lambda d: save_clip(model, d), cfg, started)
+    # 5. The paraphraser.
+    if "toy-t5" in parts:
+        model, tokenizer = train_t5(cfg, device, log)
+
+        def save_t5(d):
+            model.to(torch.float16).save_pretrained(d, safe_serialization=True)
+            tokenizer.save_pretrained(d)
+
+        _atomic_dir(cfg.out / "toy-t5", save_t5, cfg, started)
+    seconds = time.perf_counter() - started
+    log(f"toyworld build finished in {seconds:.0f}s")
+    return {"out": str(cfg.out), "parts": parts, "seconds": seconds}

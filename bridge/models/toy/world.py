@@ -1,0 +1,425 @@
+"""The toy world: a scene grammar whose correct translation is known.
+
+A scene is one shape on a background: shape, colour, size, position, fill style and background colour.
+`draw` paints the ground truth of any scene (PIL, 32 px) with seed-dependent jitter, so seeds matter as
+they do in Stable Diffusion. Two *dialects* caption scenes the way the two toy models were trained:
+
+- the source dialect (toy-sd15's captions) and the target dialect (toy-sd2's) name some values with
+  different words, and each model draws its own *default* for an attribute a caption leaves out.
+
+The differences are the documented drifts, modelled on what changed from SD1.5 to SD2 (DESIGN §1):
+
+| drift | source prompt | what toy-sd2 draws for it | correct rewrite |
+|---|---|---|---|
+| vocabulary | "crimson", "azure", "big" | never saw these words | "red", "blue", "large" |
+| artist | "by bridget riley" / "by yayoi kusama" = striped / dotted fill | never saw names | "striped" / "dotted" |
+| default | no background named: source draws white | black | add "on a white background" |
+| negative | solid fill (said, or left out) | half its shapes hollow: it has no word for solid | the hollow version of the prompt as negative prompt |
+
+A prompt with none of these is drawn alike by both models: its identity translation is already right.
+The oracle (`oracle`) is written from this table, never learned. Prompts are split into train and
+held-out by a hash of what they mean, so a held-out prompt never appears in training, in any word order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+           "purple": (150, 60, 190), "orange": (245, 140, 30), "grey": (128, 128, 128)}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (15, 15, 15), "beige": (225, 205, 170)}
+SIZES = {"small": 5.0, "medium": 8.0, "large": 11.0}  # radius in pixels at 32 px
+POSITIONS = ("center", "left", "right", "top", "bottom")
+FILLS = ("solid", "striped", "dotted", "outlined")
+ATTRIBUTES = ("shape", "colour", "size", "position", "fill", "background")
+DRIFTS = ("vocabulary", "artist", "default", "negative")
+IMAGE_SIZE = 32
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"  # the committed train and held-out splits
+NAMED_COLOURS = tuple(c for c in COLOURS if c != "grey")  # what a prompt names; grey is the unnamed default
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A fully specified scene: what one image shows (before per-seed jitter)."""
+
+    shape: str = "circle"
+    colour: str = "grey"
+    size: str = "medium"
+    position: str = "center"
+    fill: str = "solid"
+    background: str = "white"
+
+    def __post_init__(self):
+        for name, allowed in (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES), ("position", POSITIONS),
+                              ("fill", FILLS), ("background", BACKGROUNDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a caption says: each attribute a value, or None when the caption leaves it out. `artist` marks
+    a fill said as an artist's name (source dialect only)."""
+
+    shape: str | None = None
+    colour: str | None = None
+    size: str | None = None
+    position: str | None = None
+    fill: str | None = None
+    background: str | None = None
+    artist: bool = False
+
+    def key(self) -> str:
+        """What the spec means, independent of word order: the split and dedup key."""
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one model's captions name values, and what that model draws for attributes left out."""
+
+    name: str
+    colours: dict[str, str]  # value -> word
+    sizes: dict[str, str]
+    fills: dict[str, str]
+    artists: dict[str, str] = field(default_factory=dict)  # fill value -> "by NAME"
+    # attribute -> {value: probability} drawn when a caption leaves the attribute out
+    defaults: dict[str, dict[str, float]] = field(default_factory=dict)
+    say_center: bool = False  # the neutral dialect says "in the center"; the model dialects leave it out
+
+    def default(self, attribute: str, rng: random.Random) -> str:
+        table = self.defaults[attribute]
+        return rng.choices(list(table), weights=list(table.values()))[0]
+
+
+_COMMON_DEFAULTS = {"shape": {s: 1.0 for s in SHAPES}, "colour": {"grey": 1.0}, "size": {"medium": 1.0},
+                    "position": {"center": 1.0}}
+SOURCE = Dialect(
+    name="source",
+    colours={"red": "crimson", "green": "green", "blue": "azure", "yellow": "yellow", "purple": "purple",
+             "orange": "orange"},
+    sizes={"small": "small", "large": "big"},
+    fills={"solid": "solid", "striped": "striped", "dotted": "dotted", "outlined": "outlined"},
+    artists={"striped": "by bridget riley", "dotted": "by yayoi kusama"},
+    defaults={**_COMMON_DEFAULTS, "fill": {"solid": 1.0}, "background": {"white": 1.0}},
+)
+TARGET = Dialect(
+    name="target",
+    colours={"red": "red", "green": "green", "blue": "blue", "yellow": "yellow", "purple": "purple",
+             "orange": "orange"},
+    sizes={"small": "small", "large": "large"},
+    # No word for "solid": toy-sd2 only gets a solid shape by steering away from "outlined" (negative prompt).
+    fills={"striped": "striped", "dotted": "dotted", "outlined": "outlined"},
+    defaults={**_COMMON_DEFAULTS, "fill": {"solid": 0.5, "outlined": 0.5}, "background": {"black": 1.0}},
+)
+# Dialect-neutral captions of fully specified scenes: what the scorer toy-clip is trained on.
+NEUTRAL = Dialect(
+    name="neutral", colours={c: c for c in COLOURS}, sizes={s: s for s in SIZES}, fills={f: f for f in FILLS},
+    defaults={}, say_center=True,
+)
+DIALECTS = {d.name: d for d in (SOURCE, TARGET, NEUTRAL)}
+_POSITION_WORDS = {"center": "in the center", "left": "on the left", "right": "on the right", "top": "at the top",
+                   "bottom": "at the bottom"}
+
+
+# ---------------------------------------------------------------------------------------------- captions
+
+def write(spec: Spec, dialect: Dialect, rng: random.Random | None = None) -> str:
+    """The caption of `spec` in `dialect`. With `rng`, the trailing clauses come in a random order."""
+    words = []
+    if spec.size is not None and spec.size in dialect.sizes:
+        words.append(dialect.sizes[spec.size])
+    if spec.colour is not None:
+        words.append(dialect.colours[spec.colour])
+    artist = spec.artist and spec.fill in dialect.artists
+    if spec.fill is not None and not artist:
+        if spec.fill not in dialect.fills:
+            raise ValueError(f"the {dialect.name} dialect has no word for fill {spec.fill!r}")
+        words.append(dialect.fills[spec.fill])
+    words.append(spec.shape or "shape")
+    head = ("an " if words[0][0] in "aeiou" else "a ") + " ".join(words)
+    clauses = []
+    if spec.position is not None and (spec.position != "center" or dialect.say_center):
+        clauses.append(_POSITION_WORDS[spec.position])
+    if spec.background is not None:
+        clauses.append(f"on a {spec.background} background")
+    if artist:
+        clauses.append(dialect.artists[spec.fill])
+    if rng is not None:
+        rng.shuffle(clauses)
+    return " ".join([head] + clauses)
+
+
+class NotAToyPrompt(ValueError):
+    """A prompt that the toy world's grammar cannot read."""
+
+
+def read(prompt: str, dialect: Dialect) -> Spec:
+    """Parse a caption written in `dialect` back into the spec it says (the inverse of `write`)."""
+    text = " " + re.sub(r"[\s,]+", " ", prompt.lower()).strip() + " "
+    values: dict = {}
+
+    def take(pattern: str) -> list[str]:
+        nonlocal text
+        found = re.findall(pattern, text)
+        text = re.sub(pattern, " ", text)
+        return found
+
+    for value, phrase in dialect.artists.items():
+        if take(f" {re.escape(phrase)} "):
+            values.update(fill=value, artist=True)
+    for value, phrase in _POSITION_WORDS.items():
+        if take(f" {re.escape(phrase)} "):
+            values["position"] = value
+    for bg in take(r" on an? (\w+) background "):
+        if bg not in BACKGROUNDS:
+            raise NotAToyPrompt(f"unknown background {bg!r} in {prompt!r}")
+        values["background"] = bg
+    lookup = {}
+    for attr, table in (("size", dialect.sizes), ("colour", dialect.colours), ("fill", dialect.fills)):
+        lookup.update({word: (attr, value) for value, word in table.items()})
+    lookup.update({s: ("shape", s) for s in SHAPES})
+    for word in text.split():
+        if word in ("a", "an", "shape"):
+            continue
+        if word not in lookup:
+            raise NotAToyPrompt(f"{word!r} is not a word of the toy world's {dialect.name} dialect "
+                                f"(in {prompt!r})")
+        attr, value = lookup[word]
+        if attr in values:
+            raise NotAToyPrompt(f"{attr} is said twice in {prompt!r}")
+        values[attr] = value
+    return Spec(**values)
+
+
+def realize(spec: Spec, dialect: Dialect, rng: random.Random) -> Scene:
+    """The scene a model of `dialect` draws for `spec`: said values, its own defaults for the rest."""
+    return Scene(**{a: getattr(spec, a) if getattr(spec, a) is not None else dialect.default(a, rng)
+                    for a in ATTRIBUTES})
+
+
+# ---------------------------------------------------------------------------------------------- the oracle
+
+@dataclass(frozen=True)
+class Oracle:
+    prompt: str
+    negative_prompt: str
+    drifts: list[str]
+
+
+def drifts_of(spec: Spec) -> list[str]:
+    """Which documented drifts a source-dialect spec carries (empty: identity is already right)."""
+    out = []
+    if SOURCE.colours.get(spec.colour) != TARGET.colours.get(spec.colour) or \
+            SOURCE.sizes.get(spec.size) != TARGET.sizes.get(spec.size):
+        out.append("vocabulary")
+    if spec.artist:
+        out.append("artist")
+    if spec.background is None:
+        out.append("default")
+    if spec.fill in (None, "solid"):
+        out.append("negative")
+    return out
+
+
+def translate_spec(spec: Spec) -> tuple[Spec, Spec | None]:
+    """What the target must be told to draw what the source draws for `spec`: (target spec, the spec of
+    its negative prompt, or None)."""
+    fill = spec.fill if spec.fill is not None else SOURCE.default("fill", random.Random(0))
+    background = spec.background
+    if background is None:  # the source's default, said out loud, where the target's default differs
+        source_bg = SOURCE.default("background", random.Random(0))
+        background = source_bg if TARGET.defaults["background"] != {source_bg: 1.0} else None
+    told = replace(spec, fill=fill if fill in TARGET.fills else None, background=background, artist=False)
+    if fill in TARGET.fills:
+        return told, None
+    # Solid: the target has no word for it and draws half its shapes hollow. The negative prompt names the
+    # same scene hollow, so classifier-free guidance pushes along the fill only (a bare "outlined" negative
+    # also pushes away from everything else an outlined shape has: colour, size, the shape itself).
+    return told, replace(told, fill="outlined")
+
+
+def oracle(prompt: str, negative_prompt: str = "") -> Oracle:
+    """The correct translation of a source-dialect toy prompt, written from the drift table."""
+    spec = read(prompt, SOURCE)
+    target_spec, negative_spec = translate_spec(spec)
+    negative = _write_like(prompt, negative_spec) if negative_spec is not None else ""
+    if negative_prompt.strip():
+        negative = ", ".join(x for x in (negative_prompt.strip(), negative) if x)
+    return Oracle(_write_like(prompt, target_spec), negative, drifts_of(spec))
+
+
+def _write_like(prompt: str, spec: Spec) -> str:
+    """Write `spec` in the target dialect, keeping the clause order of `prompt` where it can."""
+    text = write(spec, TARGET)
+    head, *clauses = re.split(r" (?=on the |at the |in the |on an? \w+ background|by )", text)
+    low = prompt.lower()
+    clauses.sort(key=lambda c: low.find(c) if low.find(c) >= 0 else len(low) + 1)
+    return " ".join([head] + clauses)
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+def split_of(spec: Spec) -> str:
+    """train or heldout, by a hash of what the prompt means (a quarter is held out)."""
+    digest = hashlib.sha256(spec.key().encode()).digest()
+    return "heldout" if digest[0] % 4 == 0 else "train"
+
+
+def random_spec(rng: random.Random) -> Spec:
+    """A source-dialect prompt's spec: shape and colour always said, the rest said or left out."""
+    fill = rng.choice([None, "solid", "striped", "dotted", "outlined", "artist-striped", "artist-dotted"])
+    artist = fill is not None and fill.startswith("artist-")
+    return Spec(shape=rng.choice(SHAPES), colour=rng.choice(NAMED_COLOURS),
+                size=rng.choice([None, "small", "large"]), position=rng.choice(POSITIONS[1:] + (None,)),
+                fill=fill.split("-")[1] if artist else fill, background=rng.choice([None, *BACKGROUNDS]),
+                artist=artist)
+
+
+def generate_prompts(n: int, seed: int, split: str, drift: str | None = None) -> list[dict]:
+    """`n` distinct source-dialect prompts of one split. `drift`: a name from DRIFTS (prompts carrying it),
+    "none" (prompts with no drift), or None (a mix: about a quarter without drift)."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be train or heldout, got {split!r}")
+    if drift not in (None, "none", *DRIFTS):
+        raise ValueError(f"unknown drift {drift!r}; choose one of {', '.join(DRIFTS)} or none")
+    rng = random.Random(f"toyworld-prompts-{seed}-{split}-{drift}")
+    out, seen = [], set()
+    for _ in range(n):
+        # Decide what this prompt must carry first, then draw until one fits (about 1 in 7 random
+        # specs has no drift, so drawing freely would give far fewer than a quarter).
+        want = drift if drift is not None else ("none" if rng.random() < 0.25 else "any")
+        for _ in range(20000):
+            spec = random_spec(rng)
+            drifts = drifts_of(spec)
+            ok = {"none": not drifts, "any": bool(drifts)}.get(want, want in drifts)
+            if ok and split_of(spec) == split and spec.key() not in seen:
+                break
+        else:
+            break
+        seen.add(spec.key())
+        prompt = write(spec, SOURCE, rng)
+        o = oracle(prompt)
+        out.append({"prompt": prompt, "negative_prompt": "", "drifts": o.drifts, "oracle": o.prompt,
+                    "oracle_negative_prompt": o.negative_prompt})
+    if len(out) < n:
+        raise ValueError(f"the {split} split has only {len(out)} distinct prompts with drift={drift}; ask for fewer")
+    return out
+
+
+def training_caption(dialect: Dialect, rng: random.Random, keep: float = 0.7) -> tuple[str, Scene]:
+    """A (caption, scene) pair a model of `dialect` learns from: a random spec with attributes left out at
+    random (so the model learns its defaults), realised with that dialect's defaults."""
+    spec_values: dict = {}
+    for attr, choices in (("shape", SHAPES), ("colour", NAMED_COLOURS), ("size", ("small", "large")),
+                          ("position", POSITIONS[1:]), ("background", tuple(BACKGROUNDS))):
+        if rng.random() < keep:
+            spec_values[attr] = rng.choice(choices)
+    if rng.random() < keep:
+        spec_values["fill"] = rng.choice(sorted(set(dialect.fills) | set(dialect.artists)))
+        if spec_values["fill"] in dialect.artists and rng.random() < 0.5:
+            spec_values["artist"] = True
+    spec = Spec(**spec_values)
+    return write(spec, dialect, rng), realize(spec, dialect, rng)
+
+
+def neutral_caption(scene: Scene, rng: random.Random | None = None) -> str:
+    return write(Spec(**{a: getattr(scene, a) for a in ATTRIBUTES}), NEUTRAL, rng)
+
+
+def random_scene(rng: random.Random) -> Scene:
+    return Scene(shape=rng.choice(SHAPES), colour=rng.choice(tuple(COLOURS)), size=rng.choice(tuple(SIZES)),
+                 position=rng.choice(POSITIONS), fill=rng.choice(FILLS), background=rng.choice(tuple(BACKGROUNDS)))
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+def draw(scene: Scene, seed: int, size: int = IMAGE_SIZE):
+    """The ground-truth image of `scene` at `seed`: position, size, rotation, colours and the fill's phase
+    jitter with the seed. Painted at 4x and downsampled, so edges are antialiased like a render."""
+    import numpy as np
+    from PIL import Image
+
+    rs = np.random.default_rng(seed)
+    ss = 4
+    n = size * ss
+    scale = size / IMAGE_SIZE
+    r = SIZES[scene.size] * rs.uniform(0.9, 1.1) * scale * ss
+    margin = r + 1.5 * scale * ss
+    cx, cy = n / 2, n / 2
+    offset = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1), "center": (0, 0)}[scene.position]
+    cx += offset[0] * (n / 2 - margin)
+    cy += offset[1] * (n / 2 - margin)
+    cx += rs.uniform(-1.5, 1.5) * scale * ss
+    cy += rs.uniform(-1.5, 1.5) * scale * ss
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) + 0.5
+    angle = rs.uniform(-0.2, 0.2)
+    u = (xx - cx) * math.cos(angle) + (yy - cy) * math.sin(angle)
+    v = -(xx - cx) * math.sin(angle) + (yy - cy) * math.cos(angle)
+
+    def inside(radius: float):
+        if scene.shape == "circle":
+            return u * u + v * v <= radius * radius
+        if scene.shape == "square":
+            half = radius * 0.86
+            return (np.abs(u) <= half) & (np.abs(v) <= half)
+        # equilateral triangle, apex up, inscribed in a circle of 1.15 * radius
+        R = radius * 1.15
+        return (v <= R / 2) & (np.sqrt(3) * np.abs(u) - v <= R)
+
+    mask = inside(r)
+    line = 2.5 * scale * ss
+    # Patterns repeat every 6 px: coarse enough for 16x16 latents (a 4 px period did not survive the VAE).
+    period = 6 * scale * ss
+    pattern = rs.uniform(0, period)
+    if scene.fill == "outlined":
+        paint = mask & ~inside(r - line)
+    elif scene.fill == "striped":
+        theta = rs.choice([0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4])
+        paint = mask & (((xx * math.cos(theta) + yy * math.sin(theta) + pattern) % period) < period / 2)
+    elif scene.fill == "dotted":
+        px, py = (xx + pattern) % period - period / 2, (yy + pattern) % period - period / 2
+        paint = mask & (px * px + py * py <= (1.8 * scale * ss) ** 2)
+    else:
+        paint = mask
+    bg = np.clip(np.array(BACKGROUNDS[scene.background], np.float32) + rs.normal(0, 4, 3), 0, 255)
+    fg = np.clip(np.array(COLOURS[scene.colour], np.float32) + rs.normal(0, 10, 3), 0, 255)
+    img = np.where(paint[..., None], fg, bg)
+    img = img.reshape(size, ss, size, ss, 3).mean(axis=(1, 3))
+    return Image.fromarray(np.round(img).astype(np.uint8), "RGB")
+
+
+def read_image(image) -> dict:
+    """What an image shows, read back from its pixels: the background (median of the border) and the shape's
+    colour (median of the pixels far from the background), each the nearest palette entry; None where
+    nothing stands out. The check behind "the pictures are right"."""
+    import numpy as np
+
+    a = np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=np.float32)
+    border = np.concatenate([a[:2].reshape(-1, 3), a[-2:].reshape(-1, 3), a[:, :2].reshape(-1, 3),
+                             a[:, -2:].reshape(-1, 3)])
+    bg_rgb = np.median(border, axis=0)
+    background = _nearest(bg_rgb, BACKGROUNDS)
+    dist = np.linalg.norm(a - bg_rgb, axis=-1)
+    far = dist > 60
+    # Thin fills (outlines, dots) are mostly edge pixels blended with the background: read the colour from
+    # the third of the shape's pixels that stand out most.
+    core = dist >= np.quantile(dist[far], 2 / 3) if far.sum() >= 4 else far
+    colour = _nearest(np.median(a[core], axis=0), COLOURS) if far.sum() >= 4 else None
+    return {"background": background, "colour": colour, "shape_pixels": int(far.sum())}
+
+
+def _nearest(rgb, palette: dict) -> str:
+    return min(palette, key=lambda k: sum((float(x) - y) ** 2 for x, y in zip(rgb, palette[k])))
+
+
+def describe(image) -> str:
+    """A few words for what an image shows (the demo prints them)."""
+    seen = read_image(image)
+    return f"a {seen['colour'] or 'no visible'} shape on {seen['background']}"
