@@ -438,6 +438,7 @@ def _user_errors(fn):
 
 
 def build_app(cfg: ServeConfig | None = None):
+    """The three tabs over one set of loaded models; each button is also a named API endpoint."""
     import gradio as gr
 
     cfg = cfg or ServeConfig()
@@ -460,89 +461,99 @@ def build_app(cfg: ServeConfig | None = None):
     def batch(library, prompt_column: str = "prompt", negative_column: str = ""):
         return batch_fn(models, library, prompt_column, negative_column)
 
-    png_info = _user_errors(png_info_fn)
-
     with gr.Blocks(title="sd-bridge: SD1.5 -> SD2 prompt translation", delete_cache=(600, 3600)) as demo:
         gr.Markdown("# sd-bridge\nRewrite prompts written for **Stable Diffusion 1.5** so that **SD 2.x** draws "
                     "what SD1.5 drew. Weights, BREAK/AND, prompt editing and wildcards are kept; SD1-only LoRAs "
                     "and embeddings are handled by the migration policy.")
-        with gr.Tab("Translate"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="prompt")
-                    counter = gr.Markdown(live_tokens(""), elem_id="token-count")
-                    negative = gr.Textbox("", label="Negative prompt", lines=2, elem_id="negative")
-                    neg_counter = gr.Markdown(live_tokens(""), elem_id="negative-token-count")
-                with gr.Column(scale=1):
-                    png = gr.File(label="PNG Info: drop an A1111 PNG to fill the prompts", file_types=[".png"],
-                                  type="filepath", elem_id="png-info")
-                    settings = gr.Textbox(label="Its generation settings", lines=3, elem_id="png-settings")
-            with gr.Row():
-                adapter = gr.Dropdown(list(models.adapters), value=models.default_adapter(), label="Adapter",
-                                      elem_id="adapter")
-                networks = gr.Radio(["drop", "keep"], value="drop", label="LoRA / hypernet tags")
-                embeddings = gr.Radio(["drop", "keep"], value="drop", label="SD1 embeddings")
-                syntax = gr.Radio(["a1111", "novelai", "comfyui"], value="a1111",
-                                  label="Written for (novelai: {x} weighs x1.05; comfyui: (x:w) sets the weight)")
-                to_syntax = gr.Radio(["a1111", "comfyui"], value="a1111", label="Write for")
-            go = gr.Button("Translate", variant="primary", elem_id="translate-btn")
-            out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated", buttons=["copy"])
-            out_negative = gr.Textbox(label="Translated negative prompt", lines=2, elem_id="translated-negative",
-                                      buttons=["copy"])
-            diff = gr.HighlightedText(label="Changes to the prompt", combine_adjacent=True,
-                                      color_map={"removed": "red", "added": "green"})
-            neg_diff = gr.HighlightedText(label="Changes to the negative prompt", combine_adjacent=True,
-                                          color_map={"removed": "red", "added": "green"})
-            warnings = gr.Textbox(label="Warnings", lines=3)
-            tokens = gr.Markdown()
-            gr.Examples(examples, [prompt, negative])
-            # Live, while typing, with no queue; a negative is read as A1111 reads negatives (parse(negative=True)).
-            prompt.change(live_tokens, prompt, counter, queue=False, show_progress="hidden", api_name=False)
-            negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
-                            show_progress="hidden", api_name=False)
-            png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
-            go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax, to_syntax],
-                     [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
-                     concurrency_limit=max(cfg.concurrency, 4))
-        with gr.Tab("Compare"):
-            *_, compare_note = models.compare_presets()
-            note = gr.Markdown(compare_note, elem_id="compare-note")  # which models render, before any render
-            gr.Markdown(RNG_NOTE)
-            c_prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="c-prompt")
-            c_negative = gr.Textbox("", label="Negative prompt", lines=2)
-            with gr.Row():
-                c_seeds = gr.Textbox("", label="Seeds (e.g. 1234, 5678; empty: derived from the base seed)",
-                                     elem_id="c-seeds")
-                c_count = gr.Slider(1, cfg.max_seeds, value=min(4, cfg.max_seeds), step=1, label="Derived seeds",
-                                    elem_id="c-count")
-                c_seed = gr.Number(value=0, precision=0, label="Base seed")
-            c_go = gr.Button("Render and compare", variant="primary", elem_id="compare-btn")
-            c_gallery = gr.Gallery(label="rows: source model with the source prompt | target model with the source "
-                                         "prompt | target model with the translation (| the oracle); a column per seed"
-                                         + (" and the nearest reference" if cfg.reference else ""),
-                                   columns=4, height="auto", object_fit="contain", elem_id="c-gallery")
-            c_translation = gr.Textbox(label="Translation used", buttons=["copy"])
-            c_summary = gr.Markdown(elem_id="c-summary")
-            gr.Examples(TOY_EXAMPLES + examples if compare_note == TOY_NOTE else examples, [c_prompt, c_negative])
-            c_go.click(compare, [c_prompt, c_negative, c_seeds, c_count, c_seed],
-                       [c_gallery, c_translation, c_summary, note], api_name="compare",
-                       concurrency_limit=cfg.concurrency)
-        with gr.Tab("Batch"):
-            upload = gr.File(label="Prompt library (.txt, .csv, .tsv, .jsonl)",
-                             file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="b-upload")
-            with gr.Row():
-                b_prompt_col = gr.Textbox(value="prompt", label="Prompt column/key", elem_id="b-prompt-col")
-                b_neg_col = gr.Textbox(value="", label="Negative prompt column/key (optional)")
-            b_go = gr.Button("Migrate", variant="primary", elem_id="batch-btn")
-            b_preview = gr.Dataframe(headers=["prompt", "translated prompt"], label="First rows", elem_id="b-preview")
-            with gr.Row():
-                b_out = gr.File(label="Migrated library")
-                b_errors = gr.File(label="Error report (rows that failed)")
-            b_log = gr.Textbox(label="Summary", lines=3, elem_id="b-summary")
-            b_go.click(batch, [upload, b_prompt_col, b_neg_col], [b_out, b_errors, b_preview, b_log],
-                       api_name="batch", concurrency_limit=cfg.concurrency)
+        _translate_tab(gr, cfg, models, examples, translate, _user_errors(png_info_fn))
+        _compare_tab(gr, cfg, models, examples, compare)
+        _batch_tab(gr, cfg, batch)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=64)
     return demo
+
+
+def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, translate, png_info) -> None:
+    with gr.Tab("Translate"):
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="prompt")
+                counter = gr.Markdown(live_tokens(""), elem_id="token-count")
+                negative = gr.Textbox("", label="Negative prompt", lines=2, elem_id="negative")
+                neg_counter = gr.Markdown(live_tokens(""), elem_id="negative-token-count")
+            with gr.Column(scale=1):
+                png = gr.File(label="PNG Info: drop an A1111 PNG to fill the prompts", file_types=[".png"],
+                              type="filepath", elem_id="png-info")
+                settings = gr.Textbox(label="Its generation settings", lines=3, elem_id="png-settings")
+        with gr.Row():
+            adapter = gr.Dropdown(list(models.adapters), value=models.default_adapter(), label="Adapter",
+                                  elem_id="adapter")
+            networks = gr.Radio(["drop", "keep"], value="drop", label="LoRA / hypernet tags")
+            embeddings = gr.Radio(["drop", "keep"], value="drop", label="SD1 embeddings")
+            syntax = gr.Radio(["a1111", "novelai", "comfyui"], value="a1111",
+                              label="Written for (novelai: {x} weighs x1.05; comfyui: (x:w) sets the weight)")
+            to_syntax = gr.Radio(["a1111", "comfyui"], value="a1111", label="Write for")
+        go = gr.Button("Translate", variant="primary", elem_id="translate-btn")
+        out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated", buttons=["copy"])
+        out_negative = gr.Textbox(label="Translated negative prompt", lines=2, elem_id="translated-negative",
+                                  buttons=["copy"])
+        diff = gr.HighlightedText(label="Changes to the prompt", combine_adjacent=True,
+                                  color_map={"removed": "red", "added": "green"})
+        neg_diff = gr.HighlightedText(label="Changes to the negative prompt", combine_adjacent=True,
+                                      color_map={"removed": "red", "added": "green"})
+        warnings = gr.Textbox(label="Warnings", lines=3)
+        tokens = gr.Markdown()
+        gr.Examples(examples, [prompt, negative])
+        # Live, while typing, with no queue; a negative is read as A1111 reads negatives (parse(negative=True)).
+        prompt.change(live_tokens, prompt, counter, queue=False, show_progress="hidden", api_name=False)
+        negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
+                        show_progress="hidden", api_name=False)
+        png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
+        go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax, to_syntax],
+                 [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
+                 concurrency_limit=max(cfg.concurrency, 4))
+
+
+def _compare_tab(gr, cfg: ServeConfig, models: Models, examples: list, compare) -> None:
+    with gr.Tab("Compare"):
+        *_, compare_note = models.compare_presets()
+        note = gr.Markdown(compare_note, elem_id="compare-note")  # which models render, before any render
+        gr.Markdown(RNG_NOTE)
+        c_prompt = gr.Textbox(label="Prompt (SD1.5)", lines=3, elem_id="c-prompt")
+        c_negative = gr.Textbox("", label="Negative prompt", lines=2)
+        with gr.Row():
+            c_seeds = gr.Textbox("", label="Seeds (e.g. 1234, 5678; empty: derived from the base seed)",
+                                 elem_id="c-seeds")
+            c_count = gr.Slider(1, cfg.max_seeds, value=min(4, cfg.max_seeds), step=1, label="Derived seeds",
+                                elem_id="c-count")
+            c_seed = gr.Number(value=0, precision=0, label="Base seed")
+        c_go = gr.Button("Render and compare", variant="primary", elem_id="compare-btn")
+        c_gallery = gr.Gallery(label="rows: source model with the source prompt | target model with the source "
+                                     "prompt | target model with the translation (| the oracle); a column per seed"
+                                     + (" and the nearest reference" if cfg.reference else ""),
+                               columns=4, height="auto", object_fit="contain", elem_id="c-gallery")
+        c_translation = gr.Textbox(label="Translation used", buttons=["copy"])
+        c_summary = gr.Markdown(elem_id="c-summary")
+        gr.Examples(TOY_EXAMPLES + examples if compare_note == TOY_NOTE else examples, [c_prompt, c_negative])
+        c_go.click(compare, [c_prompt, c_negative, c_seeds, c_count, c_seed],
+                   [c_gallery, c_translation, c_summary, note], api_name="compare",
+                   concurrency_limit=cfg.concurrency)
+
+
+def _batch_tab(gr, cfg: ServeConfig, batch) -> None:
+    with gr.Tab("Batch"):
+        upload = gr.File(label="Prompt library (.txt, .csv, .tsv, .jsonl)",
+                         file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="b-upload")
+        with gr.Row():
+            b_prompt_col = gr.Textbox(value="prompt", label="Prompt column/key", elem_id="b-prompt-col")
+            b_neg_col = gr.Textbox(value="", label="Negative prompt column/key (optional)")
+        b_go = gr.Button("Migrate", variant="primary", elem_id="batch-btn")
+        b_preview = gr.Dataframe(headers=["prompt", "translated prompt"], label="First rows", elem_id="b-preview")
+        with gr.Row():
+            b_out = gr.File(label="Migrated library")
+            b_errors = gr.File(label="Error report (rows that failed)")
+        b_log = gr.Textbox(label="Summary", lines=3, elem_id="b-summary")
+        b_go.click(batch, [upload, b_prompt_col, b_neg_col], [b_out, b_errors, b_preview, b_log],
+                   api_name="batch", concurrency_limit=cfg.concurrency)
 
 
 def run_serve(cfg: ServeConfig, log=print, block: bool = True):
