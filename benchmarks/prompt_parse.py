@@ -13,8 +13,8 @@ import json
 import re
 import time
 
-from bridge.syntax.prompt import parse
 from bridge.models.tiny import default_prompts_dir
+from bridge.syntax.prompt import parse
 
 TARGET = 10_000
 # modules/prompt_parser.py in AUTOMATIC1111/stable-diffusion-webui.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.models import presets
 from bridge.config import json_summary_field
-from bridge.syntax.policy import MigrationPolicy
+from bridge.models import presets
 from bridge.sweep.reference import DUPLICATE_THRESHOLD, check_index_dir
+from bridge.syntax.policy import MigrationPolicy
 
 
 @dataclass

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import Translator
-from bridge.syntax import a1111, comfyui
 from bridge.cli import main
+from bridge.syntax import a1111, comfyui
 from bridge.syntax.policy import MigrationPolicy
 
 SOUP = st.lists(st.sampled_from(list("\\()[]{}<>:|,/ ab1.\n") + ["\\\\", "<lora:x:1>", "AND", "BREAK", ":1.2)",

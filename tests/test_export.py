@@ -8,8 +8,8 @@ import json
 import pytest
 
 from bridge import Translator
-from bridge.models import presets
 from bridge.cli import main
+from bridge.models import presets
 from bridge.models.export import ExportConfig, run_export
 from bridge.models.rewriter import PREFIX, AdapterMeta, generate
 

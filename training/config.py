@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bridge.models import presets
 from bridge.config import json_summary_field
+from bridge.models import presets
 from bridge.syntax.policy import MigrationPolicy
 
 

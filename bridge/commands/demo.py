@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.config import save_config
 from bridge.models import presets
 from bridge.models.toy import world
-from bridge.config import save_config
 
 TOY_PROMPTS = world.PROMPTS_DIR
 EXAMPLE = "a crimson circle"

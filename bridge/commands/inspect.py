@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from bridge.syntax import comfyui
 from bridge.models import presets
+from bridge.syntax import comfyui
 from bridge.syntax.a1111 import BREAK, DEFAULT_STEPS, attention, read, schedule
 from bridge.syntax.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
-from bridge.syntax.prompt import AndWeight, Edit, Emphasis, Alternation, Variants, embeddings, networks, weighted_spans
+from bridge.syntax.prompt import Alternation, AndWeight, Edit, Emphasis, Variants, embeddings, networks, weighted_spans
 from bridge.syntax.tokens import token_budget
 
 

@@ -12,6 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from bridge.syntax.policy import MigrationPolicy
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bridge.models import engine
 from bridge.config import save_config
 from bridge.io.files import atomic_write
+from bridge.models import engine
 from bridge.models.rewriter import ADAPTER_META, TRAIN_PROMPTS
 
 AGREEMENT = "agreement.jsonl"

@@ -142,8 +142,8 @@ class Renderer:
     def _plan(self, prompt: str, negative: str) -> "_Plan":
         """The (prompt, negative) `weighted_chunks` from each model call at which either one's text changes
         (prompt editing, alternation: `bridge.syntax.a1111`), and the chunk count every step is padded to."""
-        from bridge.syntax.a1111 import calls_with_distinct_text
         from bridge.models.encode import weighted_chunks
+        from bridge.syntax.a1111 import calls_with_distinct_text
 
         tok, steps = self.pipe.tokenizer, self.settings.steps
         calls = sorted(set(calls_with_distinct_text(prompt, False, steps))

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
-from bridge.models import presets
 from bridge.config import save_config
 from bridge.io.files import atomic_write
+from bridge.models import presets
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 SHARD_ROWS = 4096
