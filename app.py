@@ -5,9 +5,10 @@ controls, PNG Info), Compare (a grid: a row per model and prompt, a column per s
 CLIP agreement with the source image of its seed), Batch (upload a library: a preview, the migrated file and
 the error report).
 
-It calls the same code as the CLI (bridge.Translator, bridge.models.render, bridge.models.score, bridge.io.migrate). Safety:
-models load on first use, not at import; binds 127.0.0.1 unless --host; never shares; uploads are size
-limited; no `allowed_paths`, and it reads no path a user types (only files Gradio itself received).
+It calls the same code as the CLI (bridge.Translator, bridge.models.render, bridge.models.score,
+bridge.io.migrate). Safety: models load on first use, not at import; binds 127.0.0.1 unless --host; never
+shares; uploads are size limited; no `allowed_paths`, and it reads no path a user types (only files Gradio
+itself received).
 """
 
 from __future__ import annotations

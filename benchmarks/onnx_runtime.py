@@ -48,7 +48,8 @@ def prepare(root: Path, n: int, shape: str) -> Path:
     if isinstance(config.get("extra_special_tokens"), list):
         config["additional_special_tokens"] = config.pop("extra_special_tokens")
     config_path.write_text(json.dumps(config), encoding="utf-8")
-    texts = sorted((PREFIX + p for p in real_prompts(n)), key=len)  # length-sorted as bridge.models.rewriter.generate does
+    # length-sorted as bridge.models.rewriter.generate does
+    texts = sorted((PREFIX + p for p in real_prompts(n)), key=len)
     batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
     (root / "batches.json").write_text(json.dumps(batches), encoding="utf-8")
     return base

@@ -16,7 +16,8 @@ from bridge.config import ConfigError, did_you_mean, parse_config
 # name -> (module, config class, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("bridge.commands.demo", "DemoConfig", "run_demo", "run the bridge end to end on the toy world, offline"),
-    "doctor": ("bridge.commands.doctor", "DoctorConfig", "run_doctor", "print versions, device, caches and local presets"),
+    "doctor": ("bridge.commands.doctor", "DoctorConfig", "run_doctor",
+               "print versions, device, caches and local presets"),
     "gather": ("data.gather", "GatherConfig", "run_gather",
                "render prompts with the source model into a resumable image+embedding dataset"),
     "translate": ("bridge.commands.translate", "TranslateConfig", "run_translate",

@@ -128,8 +128,8 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
     if not cfg.no_syntax:
         translators.append(("syntax", Translator.from_pretrained(None, cfg.target, MigrationPolicy.of(cfg))))
     for path in cfg.adapter:
-        translators.append((f"adapter:{Path(path).name}", Translator.from_pretrained(path, cfg.target, MigrationPolicy.of(cfg),
-                                                                                        device=device)))
+        translator = Translator.from_pretrained(path, cfg.target, MigrationPolicy.of(cfg), device=device)
+        translators.append((f"adapter:{Path(path).name}", translator))
     for name, tr in translators:
         res = tr.translate(prompts, negatives)
         out[name] = {"prompts": [r.translated_prompt for r in res],

@@ -78,7 +78,8 @@ def test_the_library_imports_no_stage_at_module_level():
         for node in ast.parse(path.read_text()).body:
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] in ("data", "training", "eval")]
+            found += [f"{path.relative_to(root)}: {n}" for n in names
+                      if n.split(".")[0] in ("data", "training", "eval")]
     assert not found, found
 
 HEAVY = ("torch", "diffusers", "transformers", "peft", "datasets", "open_clip", "gradio")

@@ -59,8 +59,8 @@ def test_device_and_dtype_are_the_callers_choice():
 
 
 def test_importing_bridge_loads_no_models_and_picks_no_device():
-    code = ("import sys, bridge.cli, bridge.models.presets, bridge.models.loading, bridge.models.render, bridge.models.score;"
-            "print('diffusers' in sys.modules, 'open_clip' in sys.modules)")
+    code = ("import sys, bridge.cli, bridge.models.presets, bridge.models.loading, bridge.models.render, "
+            "bridge.models.score; print('diffusers' in sys.modules, 'open_clip' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from bridge.models import presets
 from bridge.syntax.infotext import format_infotext, parse_infotext
 from bridge.syntax.policy import MigrationPolicy, apply_policy, check_parameters
-from bridge.syntax.prompt import (chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves, segments,
-                           walk, weighted_spans)
+from bridge.syntax.prompt import (chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves,
+                                  segments, walk, weighted_spans)
 from bridge.syntax.tokens import count_tokens, token_budget
 
 SYNTAX = list("()[]{}<>:|\\,.-_ \n\r\t0123456789") + [

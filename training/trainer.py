@@ -460,8 +460,9 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     cache = _render_cache(cfg, str(accelerator.device)) if reward_fn is None or cfg.val_data else None
     # Held-out agreement at checkpoints (main process; the others wait at the checkpoint barrier).
     validator = Validator(cfg, cache, [g.prompt for g in groups]) if cfg.val_data and main else None
-    run = _Run(cfg, accelerator, model, opt, tokenizer, groups, inputs, negatives, MigrationPolicy.of(cfg).embedding_names(),
-               max_new, cache, reward_fn if reward_fn is not None else _clip_reward(cfg, cache), validator, main)
+    reward = reward_fn if reward_fn is not None else _clip_reward(cfg, cache)
+    run = _Run(cfg, accelerator, model, opt, tokenizer, groups, inputs, negatives,
+               MigrationPolicy.of(cfg).embedding_names(), max_new, cache, reward, validator, main)
     start = _start(run, ckpt, data_info, log)
     # 3.-4. Warm start, then optimise, step by step.
     history = _steps(run, start)

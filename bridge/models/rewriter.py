@@ -141,7 +141,8 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
             limit = max(max_new_tokens, 2 * longest + 8)
         batches.append((idx, [prefix + texts[i] for i in idx], limit, seed + start))
         start += len(idx)
-    if hasattr(model, "generate_batches"):  # an exported engine (bridge.models.engine): all batches at once, in parallel
+    # An exported engine (bridge.models.engine) takes all batches at once and runs them in parallel.
+    if hasattr(model, "generate_batches"):
         rows = model.generate_batches(tokenizer, [b[1:] for b in batches], num_candidates, sample, temperature)
     else:
         rows = [_torch_generate(model, tokenizer, batch, limit, num_candidates, sample, batch_seed, temperature)
