@@ -11,6 +11,7 @@
    ("out"), from captions that say every attribute. The threshold is calibrated on half the scenes (Youden's
    J) and tested on the other half. Baseline in the same run: the same search on raw pixels instead of
    scorer embeddings. Upper bound: ground-truth drawings at unseen seeds as the queries (the scorer alone).
+   Diagnosis: for renders whose nearest reference is another scene, how often each attribute differs.
 3. eval's breadth ratio: `sd-bridge eval --oracle` on held-out prompts: target / source breadth for identity
    and for the oracle's correct translation.
 """
@@ -147,6 +148,19 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
         rows = index.search(emb, 1)[1][:, 0].tolist()
         return sum(index.paths[r].startswith(f"scene{i // per:03d}-") for i, r in enumerate(rows)) / len(rows)
 
+    def wrong_attributes(emb, per: int) -> dict:
+        """Where a render's nearest reference is another scene: how often each attribute of that scene differs
+        from the render's own, against chance (two random scenes). An attribute the renderer gets wrong differs
+        more often than chance; one it gets right, less."""
+        rows = index.search(emb, 1)[1][:, 0].tolist()
+        near = [(ref[i // per], ref[int(index.paths[r][5:8])]) for i, r in enumerate(rows)
+                if not index.paths[r].startswith(f"scene{i // per:03d}-")]
+        values = {"colour": w.NAMED_COLOURS, "shape": w.SHAPES, "size": w.SIZES, "position": w.POSITIONS,
+                  "fill": w.FILLS, "background": w.BACKGROUNDS}
+        return {"renders": len(near), "of": len(rows), **{
+            a: {"differs": sum(getattr(x, a) != getattr(y, a) for x, y in near) / max(1, len(near)),
+                "chance": 1 - 1 / len(values[a])} for a in w.ATTRIBUTES}}
+
     imgs_in, imgs_out = renders(ref), renders(novel)
     emb_in = scorer.embed_images(imgs_in)
     sim_in, sim_out = nearest(ref, emb_in), nearest(novel, scorer.embed_images(imgs_out))
@@ -180,6 +194,7 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     tb = _youden(draw_in[:half], draw_out[:half])
     result["drawings_as_queries"] = _rates(draw_in[half:], draw_out[half:], tb)
     result["own_scene_top1"] = {"renders": own_scene(emb_in, render_seeds), "drawings": own_scene(drawn_in, 1)}
+    result["wrong_attributes"] = wrong_attributes(emb_in, render_seeds)
     return result
 
 
@@ -251,6 +266,10 @@ def _print_duplicates(dup: dict) -> None:
     o = dup["own_scene_top1"]
     print(f"  nearest reference is a drawing of the query's own scene: {o['renders']:.1%} of toy-sd15 renders, "
           f"{o['drawings']:.1%} of true drawings")
+    wa = dup["wrong_attributes"]
+    print(f"  the {wa['renders']} of {wa['of']} renders nearest to another scene: how often that scene differs, per "
+          "attribute (chance): " + ", ".join(f"{a} {wa[a]['differs']:.0%} ({wa[a]['chance']:.0%})"
+                                              for a in ("position", "shape", "fill", "size", "colour", "background")))
 
 
 if __name__ == "__main__":
