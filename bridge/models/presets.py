@@ -90,7 +90,7 @@ class RewriterPreset:
 
 Preset = PipelinePreset | ScorerPreset | RewriterPreset
 
-# The toy world (bridge/toy): small *trained* models whose disagreement is documented, shipped as weights.
+# The toy world (bridge/models/toy): small *trained* models whose disagreement is documented, shipped as weights.
 TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"
 TOY_REVISION = "toy-v1"
 
