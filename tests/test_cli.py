@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,23 +47,27 @@ def test_console_script_is_installed():
 
 
 
+def _imports(path, nodes) -> list[str]:
+    """'path: module' for each module that the Import/ImportFrom statements among `nodes` name."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    return [f"{path.relative_to(root)}: {name}" for node in nodes
+            for name in ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                         [a.name for a in node.names] if isinstance(node, ast.Import) else [])]
+
+
 def test_no_stage_imports_a_command_module():
     """The library and the stages (gather, train, eval, migrate, sweep, export, toy build) are called by other code;
     `bridge.commands` and `bridge.cli` only parse and print. An import the other way would pull a command's
     flags and printing into every caller."""
     import ast
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    found = []
-    for path in sorted(p for d in ("bridge", "data", "training", "eval") for p in (root / d).rglob("*.py")):
-        if "commands" in path.parts or path.name == "cli.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            found += [f"{path.relative_to(root)}: {n}" for n in names
-                      if n == "bridge.cli" or n.startswith("bridge.commands")]
+    found = [imp for d in ("bridge", "data", "training", "eval") for path in sorted((root / d).rglob("*.py"))
+             if "commands" not in path.parts and path.name != "cli.py"
+             for imp in _imports(path, ast.walk(ast.parse(path.read_text())))
+             if imp.endswith(": bridge.cli") or ": bridge.commands" in imp]
     assert not found, found
 
 
@@ -70,17 +75,13 @@ def test_the_library_imports_no_stage_at_module_level():
     """`import bridge.<anything>` stays cheap and acyclic: bridge/ reaches data/, training/ and eval/ only inside
     the functions that run them."""
     import ast
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    found = []
-    for path in sorted((root / "bridge").rglob("*.py")):
-        for node in ast.parse(path.read_text()).body:
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            found += [f"{path.relative_to(root)}: {n}" for n in names
-                      if n.split(".")[0] in ("data", "training", "eval")]
+    found = [imp for path in sorted((root / "bridge").rglob("*.py"))
+             for imp in _imports(path, ast.parse(path.read_text()).body)
+             if imp.split(": ")[1].split(".")[0] in ("data", "training", "eval")]
     assert not found, found
+
 
 HEAVY = ("torch", "diffusers", "transformers", "peft", "datasets", "open_clip", "gradio")
 # Each syntax-only command runs in a fresh interpreter, which then lists the heavy libraries it imported.
