@@ -144,20 +144,20 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
         prompts = [_caption(s) for s in group for _ in range(render_seeds)]
         return renderer(prompts, [k for _ in group for k in range(render_seeds)], batch_size=32)
 
-    def own_scene(emb, per: int) -> float:  # how often the top-1 reference is a drawing of the query's own scene
-        rows = index.search(emb, 1)[1][:, 0].tolist()
-        return sum(index.paths[r].startswith(f"scene{i // per:03d}-") for i, r in enumerate(rows)) / len(rows)
+    def top_scenes(emb) -> list[int]:  # the scene of each query's nearest reference (files are sceneNNN-K.png)
+        return [int(index.paths[r][5:8]) for r in index.search(emb, 1)[1][:, 0].tolist()]
 
-    def wrong_attributes(emb, per: int) -> dict:
+    def own_scene(tops: list[int], per: int) -> float:  # how often the top-1 reference is of the query's own scene
+        return sum(t == i // per for i, t in enumerate(tops)) / len(tops)
+
+    def wrong_attributes(tops: list[int], per: int) -> dict:
         """Where a render's nearest reference is another scene: how often each attribute of that scene differs
         from the render's own, against chance (two random scenes). An attribute the renderer gets wrong differs
         more often than chance; one it gets right, less."""
-        rows = index.search(emb, 1)[1][:, 0].tolist()
-        near = [(ref[i // per], ref[int(index.paths[r][5:8])]) for i, r in enumerate(rows)
-                if not index.paths[r].startswith(f"scene{i // per:03d}-")]
+        near = [(ref[i // per], ref[t]) for i, t in enumerate(tops) if t != i // per]
         values = {"colour": w.NAMED_COLOURS, "shape": w.SHAPES, "size": w.SIZES, "position": w.POSITIONS,
                   "fill": w.FILLS, "background": w.BACKGROUNDS}
-        return {"renders": len(near), "of": len(rows), **{
+        return {"renders": len(near), "of": len(tops), **{
             a: {"differs": sum(getattr(x, a) != getattr(y, a) for x, y in near) / max(1, len(near)),
                 "chance": 1 - 1 / len(values[a])} for a in w.ATTRIBUTES}}
 
@@ -193,8 +193,10 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     result["scorer"]["out_percentiles"] = np.percentile(flat(sim_out), [5, 50, 95]).round(3).tolist()
     tb = _youden(draw_in[:half], draw_out[:half])
     result["drawings_as_queries"] = _rates(draw_in[half:], draw_out[half:], tb)
-    result["own_scene_top1"] = {"renders": own_scene(emb_in, render_seeds), "drawings": own_scene(drawn_in, 1)}
-    result["wrong_attributes"] = wrong_attributes(emb_in, render_seeds)
+    tops_in = top_scenes(emb_in)
+    result["own_scene_top1"] = {"renders": own_scene(tops_in, render_seeds),
+                                "drawings": own_scene(top_scenes(drawn_in), 1)}
+    result["wrong_attributes"] = wrong_attributes(tops_in, render_seeds)
     return result
 
 
