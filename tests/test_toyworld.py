@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -96,6 +96,13 @@ def test_drawings_depend_on_the_seed_and_read_back():
     seen = [world.read_image(world.draw(s, i)) for i, s in enumerate(scenes)]
     ok = sum(r["colour"] == s.colour and r["background"] == s.background for r, s in zip(seen, scenes))
     assert ok >= 0.95 * len(scenes)
+    placed = sum(r["position"] == s.position for r, s in zip(seen, scenes))
+    assert placed >= 0.93 * len(scenes)  # a large shape is drawn only 3.5 px off the middle; jitter is 1.5 px
+    # Moving the shape moves the reading: a small shape (drawn far off the middle) reads back where it was put,
+    # but for a few dotted ones whose dots' phase pulls the centroid.
+    moved = [(p, world.read_image(world.draw(replace(s, position=p, size="small"), i))["position"])
+             for i, s in enumerate(scenes[:60]) for p in world.POSITIONS]
+    assert sum(p == r for p, r in moved) >= 0.97 * len(moved)
 
 
 def _load(path: Path) -> list[dict]:

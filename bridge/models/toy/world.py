@@ -396,9 +396,9 @@ def draw(scene: Scene, seed: int, size: int = IMAGE_SIZE):
 
 
 def read_image(image) -> dict:
-    """What an image shows, read back from its pixels: the background (median of the border) and the shape's
-    colour (median of the pixels far from the background), each the nearest palette entry; None where
-    nothing stands out. The check behind "the pictures are right"."""
+    """What an image shows, read back from its pixels: the background (median of the border), the shape's
+    colour (median of the pixels far from the background), each the nearest palette entry, and its position
+    (where those pixels lie); None where nothing stands out. The check behind "the pictures are right"."""
     import numpy as np
 
     a = np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=np.float32)
@@ -412,7 +412,23 @@ def read_image(image) -> dict:
     # the third of the shape's pixels that stand out most.
     core = dist >= np.quantile(dist[far], 2 / 3) if far.sum() >= 4 else far
     colour = _nearest(np.median(a[core], axis=0), COLOURS) if far.sum() >= 4 else None
-    return {"background": background, "colour": colour, "shape_pixels": int(far.sum())}
+    return {"background": background, "colour": colour, "position": _position(far) if far.sum() >= 4 else None,
+            "shape_pixels": int(far.sum())}
+
+
+def _position(mask) -> str:
+    """Where a shape's pixels lie: "center" when their centroid is within 1.9 px of the middle on both axes,
+    else the side of the larger offset. A large shape is drawn only 3.5 px off the middle (draw keeps it inside
+    the frame) and every shape jitters by up to 1.5 px per axis, so 1.9 px splits the two."""
+    import numpy as np
+
+    yy, xx = np.nonzero(mask)
+    dx, dy = xx.mean() + 0.5 - IMAGE_SIZE / 2, yy.mean() + 0.5 - IMAGE_SIZE / 2
+    if max(abs(dx), abs(dy)) < 1.9:
+        return "center"
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "bottom" if dy > 0 else "top"
 
 
 def _nearest(rgb, palette: dict) -> str:
