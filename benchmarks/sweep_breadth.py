@@ -11,7 +11,8 @@
    ("out"), from captions that say every attribute. The threshold is calibrated on half the scenes (Youden's
    J) and tested on the other half. Baseline in the same run: the same search on raw pixels instead of
    scorer embeddings. Upper bound: ground-truth drawings at unseen seeds as the queries (the scorer alone).
-   Diagnosis: for renders whose nearest reference is another scene, how often each attribute differs.
+   Diagnosis: for renders whose nearest reference is another scene, how often each attribute differs; and
+   how often the position read back from a render's pixels is the one its caption asked for.
 3. eval's breadth ratio: `sd-bridge eval --oracle` on held-out prompts: target / source breadth for identity
    and for the oracle's correct translation.
 """
@@ -177,7 +178,8 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     px_out = [search(pixels(imgs_out), ref_px, 1)[0][:, 0].tolist()[i * render_seeds:(i + 1) * render_seeds]
               for i in range(len(novel))]
     # Upper bound: the true drawings at unseen seeds as queries (no renderer error, only the scorer's).
-    drawn_in = scorer.embed_images([w.draw(s, 20_000) for s in ref])
+    drawings_in = [w.draw(s, 20_000) for s in ref]
+    drawn_in = scorer.embed_images(drawings_in)
     draw_in = index.search(drawn_in, 1)[0][:, 0].tolist()
     draw_out = index.search(scorer.embed_images([w.draw(s, 20_000) for s in novel]), 1)[0][:, 0].tolist()
     half = n_scenes // 2
@@ -197,6 +199,11 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     result["own_scene_top1"] = {"renders": own_scene(tops_in, render_seeds),
                                 "drawings": own_scene(top_scenes(drawn_in), 1)}
     result["wrong_attributes"] = wrong_attributes(tops_in, render_seeds)
+    # Where the shape is, read back from the pixels (world.read_image): the renderer against the drawings.
+    placed = lambda images, per: sum(w.read_image(im)["position"] == ref[i // per].position  # noqa: E731
+                                     for i, im in enumerate(images)) / len(images)
+    result["position_read_back"] = {"renders": placed(imgs_in, render_seeds), "drawings": placed(drawings_in, 1),
+                                    "chance": 1 / len(w.POSITIONS)}
     return result
 
 
@@ -268,6 +275,9 @@ def _print_duplicates(dup: dict) -> None:
     o = dup["own_scene_top1"]
     print(f"  nearest reference is a drawing of the query's own scene: {o['renders']:.1%} of toy-sd15 renders, "
           f"{o['drawings']:.1%} of true drawings")
+    pr = dup["position_read_back"]
+    print(f"  position read back from the pixels is the one asked for on {pr['renders']:.1%} of toy-sd15 renders, "
+          f"{pr['drawings']:.1%} of true drawings (chance {pr['chance']:.0%})")
     wa = dup["wrong_attributes"]
     print(f"  the {wa['renders']} of {wa['of']} renders nearest to another scene: how often that scene differs, per "
           "attribute (chance): " + ", ".join(f"{a} {wa[a]['differs']:.0%} ({wa[a]['chance']:.0%})"

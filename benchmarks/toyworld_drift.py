@@ -8,13 +8,17 @@
 2. The scorer sees meaning: agreement of the same prompt at another seed vs another prompt at the same seed.
 3. The pictures are right: the colour and background read back from the pixels (bridge.models.toy.world.read_image)
    of toy-sd15 renders of source-dialect prompts and toy-sd2 renders of their target-dialect (oracle)
-   translations, against what the prompt asks for.
+   translations, against what the prompt asks for; and the position, against the same read back from the
+   world's own drawings of those scenes (the toy renderers place shapes no better than chance: see README).
+4. What the renderers read from a caption: per attribute, the UNet's denoising loss on the world's drawings
+   with that attribute's words swapped, over the loss with the right words (1.0: the words are ignored).
 Everything is rendered through the same Renderer/RenderCache as gather and eval.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import tempfile
@@ -71,7 +75,7 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
     from bridge.models import presets
     from bridge.models.render import Renderer
     from bridge.models.render_cache import RenderCache
-    from bridge.models.toy.world import SOURCE, TARGET, read, read_image, realize
+    from bridge.models.toy.world import POSITIONS, SOURCE, TARGET, draw, read, read_image, realize
 
     out = {}
     for name, preset, dialect, text_of in (
@@ -82,14 +86,65 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
         flat = [(r, s) for r in report["rows"] for s in r["seeds"]]
         texts = [text_of(r) for r, _ in flat]
         images = cache.images([t for t, _ in texts], [s for _, s in flat], [n for _, n in texts])
-        colour_ok = bg_ok = 0
-        for (text, _), image in zip(texts, images):
+        colour_ok = bg_ok = placed = drawn_placed = 0
+        for (_, seed), (text, _), image in zip(flat, texts, images):
             # What the prompt asks for, with the model's own default where it says nothing (white for toy-sd15).
             want = realize(read(text, dialect), dialect, random.Random(0))
             seen = read_image(image)
             colour_ok += seen["colour"] == want.colour
             bg_ok += seen["background"] == want.background
-        out[name] = {"images": len(images), "colour": colour_ok / len(images), "background": bg_ok / len(images)}
+            placed += seen["position"] == want.position
+            drawn_placed += read_image(draw(want, seed))["position"] == want.position
+        out[name] = {"images": len(images), "colour": colour_ok / len(images), "background": bg_ok / len(images),
+                     "position": placed / len(images), "position_of_drawings": drawn_placed / len(images),
+                     "position_chance": 1 / len(POSITIONS)}
+    return out
+
+
+def renderers_listen(n: int = 96, timesteps: tuple[int, ...] = (300, 500, 700, 900)) -> dict:
+    """What each toy UNet reads from its caption: the denoising loss on the world's drawings with one attribute's
+    words swapped for another value, over the loss with the right words, averaged over `timesteps` (where the
+    layout is decided). 1.0 means the model ignores that attribute's words; the same noise is used for both."""
+    import numpy as np
+    import torch
+
+    from bridge.models import presets
+    from bridge.models.loading import load_pipeline
+    from bridge.models.toy.build import token_ids
+
+    out = {}
+    for preset, dialect in (("toy-sd15", world.SOURCE), ("toy-sd2", world.TARGET)):
+        pipe = load_pipeline(presets.pipeline(preset), device="cpu", dtype="float32")
+        said = {"shape": world.SHAPES, "colour": world.NAMED_COLOURS, "size": ("small", "large"),
+                "position": world.POSITIONS[1:], "fill": tuple(sorted(dialect.fills)),
+                "background": tuple(world.BACKGROUNDS)}  # values the dialect writes out (no defaults)
+        rng = random.Random(f"listen-{preset}")
+        specs = [world.Spec(**{a: rng.choice(v) for a, v in said.items()}) for _ in range(n)]
+        pixels = np.stack([np.asarray(world.draw(world.realize(sp, dialect, rng), i), np.float32)
+                           for i, sp in enumerate(specs)]).transpose(0, 3, 1, 2) / 127.5 - 1
+        sched = pipe.scheduler
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            x0 = pipe.vae.encode(torch.from_numpy(pixels)).latent_dist.mean * pipe.vae.config.scaling_factor
+            noise = [torch.randn(x0.shape, generator=gen) for _ in timesteps]
+
+            def loss(captions: list[str]) -> float:
+                h = pipe.text_encoder(token_ids(pipe.tokenizer, captions))[0]
+                total = 0.0
+                for t, eps in zip(timesteps, noise):
+                    tt = torch.full((n,), t)
+                    target = sched.get_velocity(x0, eps, tt) if sched.config.prediction_type == "v_prediction" else eps
+                    total += torch.nn.functional.mse_loss(pipe.unet(sched.add_noise(x0, eps, tt), tt, h).sample,
+                                                          target).item()
+                return total
+
+            right = loss([world.write(sp, dialect) for sp in specs])
+            out[preset] = {}
+            for attr, values in said.items():  # every caption's value moved to the next one the dialect writes
+                wrong = [world.write(dataclasses.replace(sp, **{attr: values[(values.index(getattr(sp, attr)) + 1)
+                                                                                % len(values)]}), dialect)
+                         for sp in specs]
+                out[preset][attr] = loss(wrong) / right
     return out
 
 
@@ -107,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [r["prompt"] for r in report["rows"]][:100]
     meaning = scorer_sees_meaning(prompts, [11, 22], out / "report" / "render-cache")
     pictures = pictures_are_right(report, out / "report" / "render-cache")
+    listen = renderers_listen()
     lo, hi = drift["delta_ci95"]
     print(f"toy world on {drift['prompts']} held-out prompts x {drift['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip):")
     print(f"  drift is real: oracle - identity = {drift['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}] "
@@ -121,10 +177,14 @@ def main(argv: list[str] | None = None) -> dict:
           f"{(1 - meaning['other_prompt_same_seed']) / max(1e-9, 1 - meaning['same_prompt_other_seed']):.1f}x)")
     for name, p in pictures.items():
         print(f"  pictures are right, {name}: colour {p['colour']:.1%}, background {p['background']:.1%} "
-              f"of {p['images']} images (target >= 90%)")
+              f"of {p['images']} images (target >= 90%); position {p['position']:.1%} (the world's own drawings "
+              f"{p['position_of_drawings']:.1%}, chance {p['position_chance']:.0%})")
+    for name, ratios in listen.items():
+        print(f"  what {name} reads from its caption (denoising loss with the attribute's words swapped / with the "
+              "right words; 1.00 = ignored): " + ", ".join(f"{a} {r:.2f}" for a, r in ratios.items()))
     seconds = time.perf_counter() - started
     print(f"  took {seconds:.0f}s on this machine")
-    result = {"drift": drift, "meaning": meaning, "pictures": pictures, "seconds": seconds}
+    result = {"drift": drift, "meaning": meaning, "pictures": pictures, "listen": listen, "seconds": seconds}
     if args.out:
         (out / "toyworld_drift.json").write_text(json.dumps(result, indent=2) + "\n")
     if tmp:
