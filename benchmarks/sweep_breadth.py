@@ -162,6 +162,9 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
             a: {"differs": sum(getattr(x, a) != getattr(y, a) for x, y in near) / max(1, len(near)),
                 "chance": 1 - 1 / len(values[a])} for a in w.ATTRIBUTES}}
 
+    def placed(images, per: int) -> float:  # how often the position read back (world.read_image) is the one asked
+        return sum(w.read_image(im)["position"] == ref[i // per].position for i, im in enumerate(images)) / len(images)
+
     imgs_in, imgs_out = renders(ref), renders(novel)
     emb_in = scorer.embed_images(imgs_in)
     sim_in, sim_out = nearest(ref, emb_in), nearest(novel, scorer.embed_images(imgs_out))
@@ -199,9 +202,7 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     result["own_scene_top1"] = {"renders": own_scene(tops_in, render_seeds),
                                 "drawings": own_scene(top_scenes(drawn_in), 1)}
     result["wrong_attributes"] = wrong_attributes(tops_in, render_seeds)
-    # Where the shape is, read back from the pixels (world.read_image): the renderer against the drawings.
-    placed = lambda images, per: sum(w.read_image(im)["position"] == ref[i // per].position  # noqa: E731
-                                     for i, im in enumerate(images)) / len(images)
+
     result["position_read_back"] = {"renders": placed(imgs_in, render_seeds), "drawings": placed(drawings_in, 1),
                                     "chance": 1 / len(w.POSITIONS)}
     return result

@@ -408,12 +408,13 @@ def read_image(image) -> dict:
     background = _nearest(bg_rgb, BACKGROUNDS)
     dist = np.linalg.norm(a - bg_rgb, axis=-1)
     far = dist > 60
+    if far.sum() < 4:  # nothing stands out
+        return {"background": background, "colour": None, "position": None, "shape_pixels": int(far.sum())}
     # Thin fills (outlines, dots) are mostly edge pixels blended with the background: read the colour from
     # the third of the shape's pixels that stand out most.
-    core = dist >= np.quantile(dist[far], 2 / 3) if far.sum() >= 4 else far
-    colour = _nearest(np.median(a[core], axis=0), COLOURS) if far.sum() >= 4 else None
-    return {"background": background, "colour": colour, "position": _position(far) if far.sum() >= 4 else None,
-            "shape_pixels": int(far.sum())}
+    core = dist >= np.quantile(dist[far], 2 / 3)
+    return {"background": background, "colour": _nearest(np.median(a[core], axis=0), COLOURS),
+            "position": _position(far), "shape_pixels": int(far.sum())}
 
 
 def _position(mask) -> str:
