@@ -26,6 +26,15 @@ def test_help_lists_commands(capsys):
     assert "did you mean translate?" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("name", sorted(__import__("bridge.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_prints_its_help(name, capsys):
+    """argparse formats help strings with %: a bare "10%" in a field's help crashed `toyworld build --help`."""
+    with pytest.raises(SystemExit) as stop:
+        main([*name.split(), "--help"])
+    assert stop.value.code == 0
+    assert f"usage: sd-bridge {name}" in capsys.readouterr().out
+
+
 def test_version_is_the_installed_one(capsys):
     import importlib.metadata
 
