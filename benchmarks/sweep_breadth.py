@@ -202,7 +202,6 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     result["own_scene_top1"] = {"renders": own_scene(tops_in, render_seeds),
                                 "drawings": own_scene(top_scenes(drawn_in), 1)}
     result["wrong_attributes"] = wrong_attributes(tops_in, render_seeds)
-
     result["position_read_back"] = {"renders": placed(imgs_in, render_seeds), "drawings": placed(drawings_in, 1),
                                     "chance": 1 / len(w.POSITIONS)}
     return result

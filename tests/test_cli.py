@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
+from bridge.cli import COMMANDS, main
 
 
 def test_help_lists_commands(capsys):
@@ -26,7 +26,7 @@ def test_help_lists_commands(capsys):
     assert "did you mean translate?" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", sorted(__import__("bridge.cli", fromlist=["COMMANDS"]).COMMANDS))
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_prints_its_help(name, capsys):
     """argparse formats help strings with %: a bare "10%" in a field's help crashed `toyworld build --help`."""
     with pytest.raises(SystemExit) as stop:

@@ -38,12 +38,17 @@ def assert_same_rows(a: list[dict], b: list[dict], pixel_atol: int = 0, emb_atol
         np.testing.assert_allclose(x["embedding"], y["embedding"], atol=emb_atol)
 
 
+def _a1111_lines(prompts_dir: Path, n: int) -> list[str]:
+    """The first n real A1111 prompts with their negatives, as prompt-file lines."""
+    src = [json.loads(line) for line in (prompts_dir / "a1111.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    return [json.dumps({"prompt": r["prompt"], "negative_prompt": r["negative_prompt"]}) for r in src]
+
+
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory, prompts_dir) -> Path:
     """Six real A1111 prompts with negatives, one duplicate and one empty line (cleaning has work to do)."""
-    src = [json.loads(line) for line in (prompts_dir / "a1111.jsonl").read_text(encoding="utf-8").splitlines()[:6]]
     path = tmp_path_factory.mktemp("prompts") / "p.jsonl"
-    lines = [json.dumps({"prompt": r["prompt"], "negative_prompt": r["negative_prompt"]}) for r in src]
+    lines = _a1111_lines(prompts_dir, 6)
     lines += [lines[0], json.dumps({"prompt": "  ", "negative_prompt": None})]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -126,10 +131,8 @@ def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(prompts_d
     import random
 
     # 16 prompts, one shard each: with six, a loaded machine sometimes finished the run before the third kill.
-    src = [json.loads(line) for line in (prompts_dir / "a1111.jsonl").read_text(encoding="utf-8").splitlines()[:16]]
     prompt_file = tmp_path / "p.jsonl"
-    prompt_file.write_text("".join(json.dumps({"prompt": r["prompt"], "negative_prompt": r["negative_prompt"]}) + "\n"
-                                   for r in src), encoding="utf-8")
+    prompt_file.write_text("\n".join(_a1111_lines(prompts_dir, 16)) + "\n", encoding="utf-8")
     rng = random.Random(16)
     out, reference = tmp_path / "killed", tmp_path / "uninterrupted"
     flags = [*TINY, "--prompts", str(prompt_file), "--seeds", "2", "--shard-prompts", "1", "--batch-size", "2"]

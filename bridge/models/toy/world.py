@@ -408,13 +408,14 @@ def read_image(image) -> dict:
     background = _nearest(bg_rgb, BACKGROUNDS)
     dist = np.linalg.norm(a - bg_rgb, axis=-1)
     far = dist > 60
-    if far.sum() < 4:  # nothing stands out
-        return {"background": background, "colour": None, "position": None, "shape_pixels": int(far.sum())}
+    shape_pixels = int(far.sum())
+    if shape_pixels < 4:  # nothing stands out
+        return {"background": background, "colour": None, "position": None, "shape_pixels": shape_pixels}
     # Thin fills (outlines, dots) are mostly edge pixels blended with the background: read the colour from
     # the third of the shape's pixels that stand out most.
     core = dist >= np.quantile(dist[far], 2 / 3)
     return {"background": background, "colour": _nearest(np.median(a[core], axis=0), COLOURS),
-            "position": _position(far), "shape_pixels": int(far.sum())}
+            "position": _position(far), "shape_pixels": shape_pixels}
 
 
 def _position(mask) -> str:
