@@ -320,4 +320,6 @@ def test_build_config_refuses_bad_values():
         BuildConfig(unet_steps=0)
     with pytest.raises(ValueError, match="unknown part"):
         BuildConfig(only=["toy-sd3"])
+    with pytest.raises(ValueError, match=r"text_lr_scale must be in \[0, 1\], got 2"):
+        BuildConfig(text_lr_scale=2)
     assert {f.name for f in fields(BuildConfig)} >= {"out", "pool", "seed", "device"}
