@@ -154,7 +154,7 @@ def test_toy_pipelines_are_real_diffusers_pipelines_of_the_documented_kind():
     sd15 = load_pipeline(presets.pipeline("toy-sd15"))
     sd2 = load_pipeline(presets.pipeline("toy-sd2"))
     assert type(sd15).__name__ == "StableDiffusionPipeline"
-    # Both v-prediction, with a first convolution as wide as the latents and a frozen text encoder: the recipe
+    # Both v-prediction, with a first convolution as wide as the latents and a slow text encoder: the recipe
     # under which they learned where to draw (bridge/models/toy/build.py).
     for pipe in (sd15, sd2):
         assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.unet.config.conv_in_kernel == 31
@@ -320,6 +320,8 @@ def test_build_config_refuses_bad_values():
         BuildConfig(unet_steps=0)
     with pytest.raises(ValueError, match="unknown part"):
         BuildConfig(only=["toy-sd3"])
-    with pytest.raises(ValueError, match=r"text_lr_scale must be in \[0, 1\], got 2"):
-        BuildConfig(text_lr_scale=2)
+    with pytest.raises(ValueError, match=r"sd2_text_lr_scale must be in \[0, 1\], got -0.1"):
+        BuildConfig(sd2_text_lr_scale=-0.1)
+    with pytest.raises(ValueError, match=r"sd15_text_lr_scale must be in \[0, 1\], got 2"):
+        BuildConfig(sd15_text_lr_scale=2)
     assert {f.name for f in fields(BuildConfig)} >= {"out", "pool", "seed", "device"}

@@ -116,8 +116,9 @@ PIPELINES: dict[str, PipelinePreset] = {
                        local_path=_toy("toy-sd15"), toy=True),
         # Guidance from a one-off sweep on this 2-core machine (the first 40 held-out prompts x 2 seeds, each
         # model in its own dialect, read back with bridge.models.toy.world.read_image; 80 renders each):
-        # colour + background right, toy-sd15: 74% at 1, 84% at 1.5, 90% at 2, 88% at 3, 84% at 5;
-        # toy-sd2: 79%, 98%, 99%, 94%, 89%. Position, where the prompt names one: 94% / 100% at 2.
+        # colour + background right, toy-sd15: 91% at 1, 100% at 1.5, 100% at 2, 96% at 3, 85% at 5;
+        # toy-sd2: 91%, 99%, 100%, 99%, 93%. Position, where the prompt names one: 61/62 on both at 2.
+        # (experiments/guidance.py bridge/models/toy/weights 1,1.5,2,3,5)
         PipelinePreset("toy-sd2", None, TOY_REVISION, "sd2", 32, "v_prediction", 96, steps=15, guidance=2.0,
                        local_path=_toy("toy-sd2"), toy=True),
     ]
