@@ -115,5 +115,4 @@ with torch.no_grad():
         ys, xs = torch.meshgrid(torch.arange(32.), torch.arange(32.), indexing="ij")
         m = ink.mean(0)
         print(f"x0@999 {p:7s} centroid x {(m * xs).sum() / m.sum():.1f} y {(m * ys).sum() / m.sum():.1f}", flush=True)
-import sys
 if a.save: pipe.save_pretrained(a.save)
