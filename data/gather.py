@@ -27,7 +27,7 @@ from typing import Literal
 
 from bridge.models import presets
 from bridge.config import first_difference, json_summary_field, log_plan, print_json_summary, save_config, summary_log
-from bridge.io.files import atomic_write
+from bridge.io.files import atomic_write, remove_stale_temps
 
 PLAN = "plan.json"
 WORK = ".gather"
@@ -255,6 +255,7 @@ def run_gather(cfg: GatherConfig, log=print, renderer=None, scorer=None) -> dict
         plan_file = work / PLAN
         if plan_file.exists():
             check_plan(cfg, json.loads(plan_file.read_text()), records, settings.as_dict(), fingerprint)
+            remove_stale_temps(work)  # a shard half-written when a run was killed
         atomic_write(plan_file, json.dumps({"shards": n_shards, "fingerprint": fingerprint}))
     state.wait_for_everyone()
     # 4. Render this process's shards.

@@ -87,6 +87,22 @@ def test_rerun_is_a_no_op_and_other_batching_gives_the_same_images(reference, pr
     assert_same_rows(before, rows(other), pixel_atol=1, emb_atol=1e-3)
 
 
+
+def test_rerun_removes_a_killed_runs_half_written_shard_and_keeps_a_live_ones(reference, prompt_file, tmp_path):
+    """A SIGKILL during atomic_write leaves `.shard-K.parquet.PID.tmp` (seen in CI); the next run removes it.
+    A temp file of a live process is another run's write in progress: kept."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    dead = out / ".gather" / ".shard-00000.parquet.4194305.tmp"  # above Linux's largest pid: never alive
+    live = out / ".gather" / f".shard-00001.parquet.{os.getpid()}.tmp"
+    for f in (dead, live):
+        f.write_bytes(b"half a shard")
+    assert gather(out, prompt_file, "--seeds", "2", "--shard-prompts", "2", "--batch-size", "2") == 0
+    assert not dead.exists() and live.exists()
+    assert_same_rows(rows(reference), rows(out))
+
 def test_changed_settings_in_the_same_directory_are_refused(reference, prompt_file, capsys):
     assert gather(reference, prompt_file, "--seeds", "3", "--shard-prompts", "2") == 2
     assert "holds a gather with other prompts or settings (seeds: 2 there, 3 now)" in capsys.readouterr().err

@@ -76,3 +76,26 @@ def atomic_write(path: Path | str, data: bytes | str, encoding: str = "utf-8") -
     tmp.write_bytes(data.encode(encoding) if isinstance(data, str) else data)
     os.replace(tmp, path)
     return path
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files `atomic_write` left in `folder` when its process was killed mid-write (named
+    `.NAME.PID.tmp`; a file whose process is still alive is another run's write in progress and is kept).
+    Returns what was removed."""
+    removed = []
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
