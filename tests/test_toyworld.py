@@ -203,7 +203,6 @@ def test_each_model_draws_the_shape_where_its_caption_says():
         assert sum(a == s for a, s in zip(asked, seen)) >= 0.8 * len(asked), (model, list(zip(asked, seen)))
 
 
-
 def test_a_translation_that_moves_the_shape_scores_below_the_oracle():
     """What the toy world measures now includes position: toy-sd2 on the oracle translation with the position
     moved to the opposite side agrees with toy-sd15's picture less than the oracle itself, on nearly every

@@ -53,8 +53,8 @@ META = "index.json"
 # A render whose nearest reference has at least this cosine similarity is counted as a duplicate. Calibrated
 # on the toy world with toy-clip (`python -m benchmarks.sweep_breadth`): the threshold that best separates
 # renders of scenes drawn in the reference set from renders of scenes that are not (Youden's J is best at
-# 0.919, rounded down). Other
-# scorers have other similarity scales: calibrate with your own in/out examples and pass --duplicate-threshold.
+# 0.919, rounded down). Other scorers have other similarity scales: calibrate with your own in/out examples
+# and pass --duplicate-threshold.
 DUPLICATE_THRESHOLD = 0.91
 
 
