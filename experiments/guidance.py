@@ -1,6 +1,7 @@
 """Scratch: guidance calibration of the toy pipelines in DIR (as the preset comment describes): 40 held-out prompts
 x 2 seeds, each model in its own dialect (toy-sd15 the prompt, toy-sd2 the oracle), colour + background read back,
-and position where the prompt names one. python guidance.py DIR"""
+and position and shape where the prompt names one (the shape against the reader on solid fills only: it misses
+some striped and dotted drawings). python guidance.py DIR G1,G2,..."""
 import dataclasses, json, sys
 from pathlib import Path
 from bridge.models import presets
@@ -18,5 +19,7 @@ for name, key, dialect in (("toy-sd15", "prompt", world.SOURCE), ("toy-sd2", "or
         seen = [world.read_image(im) for im in ims]
         cb = sum(s["colour"] == sc.colour and s["background"] == sc.background for s, sc in zip(seen, scenes)) / len(seen)
         pos = [(s["position"] == (sp.position or "center")) for s, sp in zip(seen, specs) if sp.position]
+        shp = [s["shape"] == sp.shape for s, sp, sc in zip(seen, specs, scenes) if sp.shape and sc.fill == "solid"]
         c = sum(s["colour"] == sc.colour for s, sc in zip(seen, scenes)) / len(seen); b = sum(s["background"] == sc.background for s, sc in zip(seen, scenes)) / len(seen)
-        print(f"{name} guidance {g}: colour+background {cb:.1%} (colour {c:.1%}, background {b:.1%}), position {sum(pos)}/{len(pos)}", flush=True)
+        print(f"{name} guidance {g}: colour+background {cb:.1%} (colour {c:.1%}, background {b:.1%}), position {sum(pos)}/{len(pos)}, "
+              f"shape (solid) {sum(shp)}/{len(shp)}", flush=True)

@@ -323,11 +323,12 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
     from bridge.models.toy.build import BUILD_RECORD, BuildConfig, run_build
 
     out = tmp_path / "weights"
-    cfg = BuildConfig(out=out, pool=48, vae_steps=2, unet_steps=2, clip_steps=2, t5_steps=2, device="cpu")
+    cfg = BuildConfig(out=out, pool=48, vae_steps=2, sd15_unet_steps=2, sd2_unet_steps=2, clip_steps=2, t5_steps=2,
+                      device="cpu")
     run_build(cfg, log=lambda *_: None)
     for name in ("vae", "toy-sd15", "toy-sd2", "toy-clip", "toy-t5"):
         record = json.loads((out / name / BUILD_RECORD).read_text())
-        assert record["config"]["unet_steps"] == 2 and "command" in record
+        assert record["config"]["sd15_unet_steps"] == 2 and "command" in record
     src = get_preset("pipeline", str(out / "toy-sd15"))
     assert src.size == 32 and load_pipeline(src).scheduler.config.prediction_type == "v_prediction"
     image = Renderer(get_preset("pipeline", str(out / "toy-sd2")))(["a red circle"], [0])[0]
@@ -341,8 +342,8 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
 def test_build_config_refuses_bad_values():
     from bridge.models.toy.build import BuildConfig
 
-    with pytest.raises(ValueError, match="unet_steps must be >= 1"):
-        BuildConfig(unet_steps=0)
+    with pytest.raises(ValueError, match="sd2_unet_steps must be >= 1, got 0"):
+        BuildConfig(sd2_unet_steps=0)
     with pytest.raises(ValueError, match="unknown part"):
         BuildConfig(only=["toy-sd3"])
     with pytest.raises(ValueError, match=r"sd2_text_lr_scale must be in \[0, 1\], got -0.1"):

@@ -92,7 +92,9 @@ Preset = PipelinePreset | ScorerPreset | RewriterPreset
 
 # The toy world (bridge/models/toy): small *trained* models whose disagreement is documented, shipped as weights.
 TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"
-TOY_REVISION = "toy-v2"  # v2: renderers that draw where the caption says (bridge/models/toy/build.py)
+# v2: renderers that draw where the caption says; v3: toy-sd15 trained 4x longer draws the shape asked for
+# (bridge/models/toy/build.py). The revision is in every render-cache key: renders of an older revision are not reused.
+TOY_REVISION = "toy-v3"
 
 
 def _toy(name: str) -> str:
