@@ -99,8 +99,9 @@ def test_breadth_tells_a_pinned_prompt_from_an_open_one(tmp_path):
     """Issue #14's acceptance on the toy world, one pair: non-overlapping intervals over 16 seeds. It fails on a
     broken breadth (checked: distances of the first seed's embedding repeated, or a constant distance).
     On toy-sd2 (the identity row): where a caption leaves everything open, toy-sd2 draws any shape, solid or
-    hollow. toy-sd15 draws one grey blend of the three shapes at every seed (README, "Sweep, breadth and
-    reference index"), so its breadth is rightly low for both prompts."""
+    hollow. toy-sd15 separates the two kinds over 8 pairs x 24 seeds (benchmarks/sweep_breadth.py), but for
+    "a shape" it leaves only the shape open, so this one pair at 16 seeds overlaps there (README, "Sweep,
+    breadth and reference index")."""
     from bridge.sweep.run import SweepConfig, run_sweep
 
     (tmp_path / "p.txt").write_text(f"{PINNED}\n{OPEN}\n")
