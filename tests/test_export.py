@@ -55,7 +55,10 @@ def test_an_export_generates_what_its_adapter_generates(adapter, exported, tmp_p
     ours = _rewrites(adapter)
     assert _rewrites(exported / "ctranslate2-none") == ours  # fp32: the same token ids, leaf for leaf
     # The merge happened: the base model alone (the LoRA unloaded, not merged) generates something else, and so
-    # does the export of another adapter; int8 keeps most of the rewrites.
+    # does the export of another adapter. int8 stays nearer its adapter than that other export: tiny-t5 is random,
+    # its greedy choices near-ties, so how many whole rewrites int8 keeps depends on the CPU's int8 kernels
+    # (ctranslate2 with AVX-512: most of the 8; on a 2-core AMD EPYC with AVX2 alone: 2, first tokens 3, against
+    # 0 for the other export). On a trained adapter int8 agrees on >= 90% (tests/test_learning.py).
     from bridge.translator import load_adapter
 
     model, tok, _, _ = load_adapter(adapter)
@@ -63,9 +66,21 @@ def test_an_export_generates_what_its_adapter_generates(adapter, exported, tmp_p
     assert sum(a == b for a, b in zip(base, ours)) <= len(LEAVES) // 2
     other = _adapter(tmp_path / "other", 1)
     run_export(ExportConfig(adapter=other, out=tmp_path / "other-export", quantize="none"), log=lambda *_: None)
-    assert sum(a == b for a, b in zip(_rewrites(tmp_path / "other-export"), ours)) <= len(LEAVES) // 2
+    others = _rewrites(tmp_path / "other-export")
+    assert sum(a == b for a, b in zip(others, ours)) <= len(LEAVES) // 2
     for name in ("ctranslate2-int8", "torch-int8"):
-        assert sum(a == b for a, b in zip(_rewrites(exported / name), ours)) >= len(LEAVES) // 2, name
+        assert _shared_prefix(_rewrites(exported / name), ours) > _shared_prefix(others, ours), name
+
+
+def _shared_prefix(rewrites: list[list[int]], ours: list[list[int]]) -> int:
+    """Token ids two sets of rewrites share from the start, summed over leaves."""
+    total = 0
+    for a, b in zip(rewrites, ours):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        total += n
+    return total
 
 
 def test_an_export_records_its_source_and_loads_like_an_adapter(adapter, exported, tmp_path, capsys):
