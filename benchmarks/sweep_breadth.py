@@ -7,9 +7,10 @@
    rest) open. Per group, the mean breadth with a bootstrap interval over prompts; the ratio open / pinned;
    and per (pinned, open) pair whether the two prompts' own intervals are disjoint.
 2. The duplicate check. A reference index (`sd-bridge index`) of the world's ground-truth drawings of
-   `--scenes` scenes; toy-sd15 renders of those scenes ("in") and of as many scenes that are not in it
-   ("out"), from captions that say every attribute. The threshold is calibrated on half the scenes (Youden's
-   J) and tested on the other half. Baseline in the same run: the same search on raw pixels instead of
+   `--scenes` scenes; toy-sd15 renders of those scenes ("in") and of `--novel-scenes` scenes that are not in
+   it ("out"), from captions that say every attribute. The rates at the default threshold carry a bootstrap
+   interval over scenes. The threshold is also calibrated on half the scenes (Youden's J) and tested on the
+   other half. Baseline in the same run: the same search on raw pixels instead of
    scorer embeddings. Upper bound: ground-truth drawings at unseen seeds as the queries (the scorer alone).
    Diagnosis: for renders whose nearest reference is another scene, how often each attribute differs; and
    how often the position read back from a render's pixels is the one its caption asked for.
@@ -113,7 +114,18 @@ def _rates(inside: list[float], outside: list[float], t: float) -> dict:
             "flagged_out": sum(s >= t for s in outside) / len(outside)}
 
 
-def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: int = 4) -> dict:
+def _rates_ci(inside: list[list[float]], outside: list[list[float]], t: float) -> dict:
+    """`_rates` over scenes' renders, with a bootstrap interval over scenes: a scene's renders share its caption,
+    so they are not independent draws (every scene has as many renders, so the mean of scene rates is the rate)."""
+    from eval.metrics import bootstrap_ci
+
+    flat = lambda groups: [x for g in groups for x in g]  # noqa: E731
+    per_scene = lambda groups: [sum(x >= t for x in g) / len(g) for g in groups]  # noqa: E731
+    return {**_rates(flat(inside), flat(outside), t), "in_ci95": list(bootstrap_ci(per_scene(inside))),
+            "out_ci95": list(bootstrap_ci(per_scene(outside)))}
+
+
+def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, render_seeds: int = 4) -> dict:
     import numpy as np
     import torch
 
@@ -123,7 +135,7 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     from bridge.models.score import Scorer
     from bridge.models.toy import world as w
 
-    scenes = _scenes(2 * n_scenes, 1)
+    scenes = _scenes(n_scenes + n_novel, 1)
     ref, novel = scenes[:n_scenes], scenes[n_scenes:]
     folder = out / "reference"
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,19 +197,21 @@ def duplicate_check(out: Path, n_scenes: int, ref_seeds: int = 8, render_seeds: 
     drawn_in = scorer.embed_images(drawings_in)
     draw_in = index.search(drawn_in, 1)[0][:, 0].tolist()
     draw_out = index.search(scorer.embed_images([w.draw(s, 20_000) for s in novel]), 1)[0][:, 0].tolist()
-    half = n_scenes // 2
+    hi, ho = n_scenes // 2, n_novel // 2
     flat = lambda groups: [x for g in groups for x in g]  # noqa: E731
     result = {"reference_images": len(index), "index_seconds": index_s, "scenes_in": n_scenes,
-              "scenes_out": n_scenes, "renders_per_scene": render_seeds}
+              "scenes_out": n_novel, "renders_per_scene": render_seeds}
     for name, (a, b) in {"scorer": (sim_in, sim_out), "pixels": (px_in, px_out)}.items():
-        t = _youden(flat(a[:half]), flat(b[:half]))  # calibrated on the first half of the scenes
-        result[name] = {"calibrated": _rates(flat(a[half:]), flat(b[half:]), t)}  # tested on the other half
+        t = _youden(flat(a[:hi]), flat(b[:ho]))  # calibrated on the first half of each group's scenes
+        result[name] = {"calibrated": _rates(flat(a[hi:]), flat(b[ho:]), t)}  # tested on the other half
         result[name]["youden_j"] = result[name]["calibrated"]["flagged_in"] - result[name]["calibrated"]["flagged_out"]
-    result["scorer"]["default"] = _rates(flat(sim_in), flat(sim_out), DUPLICATE_THRESHOLD)
+    result["scorer"]["default"] = _rates_ci(sim_in, sim_out, DUPLICATE_THRESHOLD)
     result["scorer"]["in_percentiles"] = np.percentile(flat(sim_in), [5, 50, 95]).round(3).tolist()
     result["scorer"]["out_percentiles"] = np.percentile(flat(sim_out), [5, 50, 95]).round(3).tolist()
-    tb = _youden(draw_in[:half], draw_out[:half])
-    result["drawings_as_queries"] = _rates(draw_in[half:], draw_out[half:], tb)
+    tb = _youden(draw_in[:hi], draw_out[:ho])
+    result["drawings_as_queries"] = _rates(draw_in[hi:], draw_out[ho:], tb)
+    result["drawings_as_queries"]["default"] = _rates_ci([[x] for x in draw_in], [[x] for x in draw_out],
+                                                         DUPLICATE_THRESHOLD)
     tops_in = top_scenes(emb_in)
     result["own_scene_top1"] = {"renders": own_scene(tops_in, render_seeds),
                                 "drawings": own_scene(top_scenes(drawn_in), 1)}
@@ -222,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=8, help="pinned and open prompts per model")
     ap.add_argument("--seeds", type=int, default=24, help="seeds per prompt for breadth")
-    ap.add_argument("--scenes", type=int, default=60, help="scenes in the reference set (and as many outside it)")
+    ap.add_argument("--scenes", type=int, default=60, help="scenes in the reference set")
+    ap.add_argument("--novel-scenes", type=int, default=240, help="scenes not in it, whose renders must not be "
+                    "flagged (more than --scenes: the false-flag rate is the smaller number, so needs more scenes)")
     ap.add_argument("--eval-prompts", type=int, default=60, help="held-out prompts for eval's breadth ratio")
     ap.add_argument("--out", type=Path, default=None, help="keep the sweeps, index and report here")
     ap.add_argument("--parts", nargs="*", default=["breadth", "duplicates", "eval"], help="measure only these")
@@ -234,12 +250,12 @@ def main(argv: list[str] | None = None) -> dict:
         out = args.out or Path(tmp)
         t0 = time.perf_counter()
         sep = breadth_separates(out / "breadth", args.prompts, args.seeds) if "breadth" in args.parts else {}
-        dup = duplicate_check(out / "duplicates", args.scenes) if "duplicates" in args.parts else {}
+        dup = duplicate_check(out / "duplicates", args.scenes, args.novel_scenes) if "duplicates" in args.parts else {}
         ev = eval_breadth(out / "eval", args.eval_prompts, 4) if "eval" in args.parts else {}
         result = {"breadth": sep, "duplicates": dup, "eval": ev, "seconds": time.perf_counter() - t0}
         (out / "sweep_breadth.json").write_text(json.dumps(result, indent=2))
     print(f"sweep_breadth (toy world, {args.prompts} pinned + {args.prompts} open prompts x {args.seeds} seeds per "
-          f"model; {args.scenes} reference scenes; {result['seconds']:.0f} s)")
+          f"model; {args.scenes} reference scenes, {args.novel_scenes} others; {result['seconds']:.0f} s)")
     for model, r in sep.items():
         print(f"  {model}: breadth pinned {r['pinned_mean']:.3f} [{r['pinned_ci95'][0]:.3f}, {r['pinned_ci95'][1]:.3f}]"
               f" vs open {r['open_mean']:.3f} [{r['open_ci95'][0]:.3f}, {r['open_ci95'][1]:.3f}]: intervals "
@@ -261,6 +277,11 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _pct(rates: dict, side: str) -> str:
+    lo, hi = rates[f"{side}_ci95"]
+    return f"{rates[f'flagged_{side}']:.1%} [{lo:.1%}, {hi:.1%}]"
+
+
 def _print_duplicates(dup: dict) -> None:
     for name in ("scorer", "pixels"):
         c = dup[name]["calibrated"]
@@ -268,10 +289,11 @@ def _print_duplicates(dup: dict) -> None:
               f"{c['flagged_in']:.1%} of renders of reference scenes, {c['flagged_out']:.1%} of the others "
               f"(J {dup[name]['youden_j']:.2f})")
     d = dup["scorer"]["default"]
-    print(f"  at the default threshold {d['threshold']}: in {d['flagged_in']:.1%}, out {d['flagged_out']:.1%}; "
+    print(f"  at the default threshold {d['threshold']}: in {_pct(d, 'in')}, out {_pct(d, 'out')}; "
           f"target >= 95% / <= 5%: {'met' if d['flagged_in'] >= 0.95 and d['flagged_out'] <= 0.05 else 'NOT met'}")
     u = dup["drawings_as_queries"]
-    print(f"  upper bound, true drawings as queries: in {u['flagged_in']:.1%}, out {u['flagged_out']:.1%}")
+    print(f"  upper bound, true drawings as queries: in {u['flagged_in']:.1%}, out {u['flagged_out']:.1%} (calibrated);"
+          f" at the default threshold in {_pct(u['default'], 'in')}, out {_pct(u['default'], 'out')}")
     o = dup["own_scene_top1"]
     print(f"  nearest reference is a drawing of the query's own scene: {o['renders']:.1%} of toy-sd15 renders, "
           f"{o['drawings']:.1%} of true drawings")

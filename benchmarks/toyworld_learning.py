@@ -1,7 +1,8 @@
 """Learning on the toy world (issue: learning that works): the documented recipe end to end, and the share
 of the oracle's gap the adapter recovers on held-out prompts.
 
-    uv run python -m benchmarks.toyworld_learning --out DIR [--algo grpo|raft]
+    uv run python -m benchmarks.toyworld_learning --out DIR [--algo grpo|raft] [--reduced]
+                                                  [--broken frozen|random-reward]
 
 1. gather   toy-sd15 renders of the first `train_prompts` prompts of the train split -> DIR/gather, and of
             the last `val_prompts` of the held-out split -> DIR/val (the learning curve's held-out points)
@@ -14,15 +15,19 @@ It prints the agreement of identity, the adapter and the oracle, the share of th
 F = (adapter - identity) / (oracle - identity) overall and per drift with paired 95% bootstrap intervals, the
 delta on prompts without drift, and the seconds of each stage. The last line reads
 `gap recovered: F [LO, HI]`.
+
+`--reduced` runs the slow learning test's recipe; `--broken` runs a variant that must not learn (the adapter
+frozen with lr 0, or a reward of random numbers), to show that the test's assertion can fail.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from bridge.models.toy import world
@@ -54,6 +59,12 @@ class Recipe:
 # adapter the inference-backend benchmark exports.
 REDUCED = Recipe(train_prompts=120, train_seeds=1, val_prompts=16, eval_prompts=60, eval_seeds=1, steps=40,
                  checkpoint_every=20)
+
+
+def random_reward(seed: int):
+    """A reward that knows nothing about the images: uniform noise, one number per candidate."""
+    rng = random.Random(seed)
+    return lambda sources, candidates, **_: [rng.random() for _ in candidates]
 
 
 def _quiet(*_) -> None:
@@ -148,11 +159,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="gathered data, adapter and report go here")
     ap.add_argument("--algo", choices=["grpo", "raft"], default="grpo")
+    ap.add_argument("--reduced", action="store_true", help="the slow learning test's recipe (about 4 minutes)")
+    ap.add_argument("--broken", choices=["frozen", "random-reward"], default=None,
+                    help="a variant that must not learn: the adapter frozen (lr 0) or a reward of random numbers")
     args = ap.parse_args(argv)
-    recipe = Recipe(algo=args.algo)
-    result = run(args.out, recipe)
+    recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo,
+                     **({"lr": 0.0} if args.broken == "frozen" else {}))
+    result = run(args.out, recipe, random_reward(recipe.seed) if args.broken == "random-reward" else None)
     s = result["seconds"]
-    print(f"toy world, {recipe.algo}: trained on {recipe.train_prompts} train-split prompts, {recipe.steps} steps; "
+    print(f"toy world, {recipe.algo}{f' (broken: {args.broken})' if args.broken else ''}: trained on {recipe.train_prompts} train-split prompts, {recipe.steps} steps; "
           f"eval on {result['prompts']} held-out prompts x {result['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip)")
     lo, hi = result["delta_ci95"]
     print(f"  agreement: identity {result['identity']:.4f}, adapter {result['adapter']:.4f}, oracle "
