@@ -163,11 +163,14 @@ def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, 
     def own_scene(tops: list[int], per: int) -> float:  # how often the top-1 reference is of the query's own scene
         return sum(t == i // per for i, t in enumerate(tops)) / len(tops)
 
-    def wrong_attributes(tops: list[int], per: int) -> dict:
+    def wrong_attributes(tops: list[int], per: int, own: list | None = None, keep: list[bool] | None = None) -> dict:
         """Where a render's nearest reference is another scene: how often each attribute of that scene differs
         from the render's own, against chance (two random scenes). An attribute the renderer gets wrong differs
-        more often than chance; one it gets right, less."""
-        near = [(ref[i // per], ref[t]) for i, t in enumerate(tops) if t != i // per]
+        more often than chance; one it gets right, less. With `own` (the queries' scenes, not in the index) and
+        `keep` (which queries to count), the same over those queries."""
+        own = own or ref
+        near = [(own[i // per], ref[t]) for i, t in enumerate(tops)
+                if (keep[i] if keep else True) and (own is not ref or t != i // per)]
         values = {"colour": w.NAMED_COLOURS, "shape": w.SHAPES, "size": w.SIZES, "position": w.POSITIONS,
                   "fill": w.FILLS, "background": w.BACKGROUNDS}
         return {"renders": len(near), "of": len(tops), **{
@@ -178,8 +181,8 @@ def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, 
         return sum(w.read_image(im)["position"] == ref[i // per].position for i, im in enumerate(images)) / len(images)
 
     imgs_in, imgs_out = renders(ref), renders(novel)
-    emb_in = scorer.embed_images(imgs_in)
-    sim_in, sim_out = nearest(ref, emb_in), nearest(novel, scorer.embed_images(imgs_out))
+    emb_in, emb_out = scorer.embed_images(imgs_in), scorer.embed_images(imgs_out)
+    sim_in, sim_out = nearest(ref, emb_in), nearest(novel, emb_out)
     # Pixels as the baseline embedding: the same exact search, on flattened 32x32 RGB centred per image.
     from PIL import Image
 
@@ -216,6 +219,10 @@ def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, 
     result["own_scene_top1"] = {"renders": own_scene(tops_in, render_seeds),
                                 "drawings": own_scene(top_scenes(drawn_in), 1)}
     result["wrong_attributes"] = wrong_attributes(tops_in, render_seeds)
+    # The false flags: renders of scenes outside the set flagged at the default, and how their nearest
+    # reference's scene differs from theirs (an attribute the scorer hardly sees differs more than chance).
+    result["false_flags"] = wrong_attributes(top_scenes(emb_out), render_seeds, own=novel,
+                                             keep=[x >= DUPLICATE_THRESHOLD for x in flat(sim_out)])
     result["position_read_back"] = {"renders": placed(imgs_in, render_seeds), "drawings": placed(drawings_in, 1),
                                     "chance": 1 / len(w.POSITIONS)}
     return result
@@ -302,8 +309,15 @@ def _print_duplicates(dup: dict) -> None:
           f"{pr['drawings']:.1%} of true drawings (chance {pr['chance']:.0%})")
     wa = dup["wrong_attributes"]
     print(f"  the {wa['renders']} of {wa['of']} renders nearest to another scene: how often that scene differs, per "
-          "attribute (chance): " + ", ".join(f"{a} {wa[a]['differs']:.0%} ({wa[a]['chance']:.0%})"
-                                              for a in ("position", "shape", "fill", "size", "colour", "background")))
+          "attribute (chance): " + _differs(wa))
+    ff = dup["false_flags"]
+    print(f"  the {ff['renders']} of {ff['of']} renders of other scenes flagged at the default: how often their nearest "
+          "reference's scene differs, per attribute (chance): " + _differs(ff))
+
+
+def _differs(wa: dict) -> str:
+    return ", ".join(f"{a} {wa[a]['differs']:.0%} ({wa[a]['chance']:.0%})"
+                     for a in ("position", "shape", "fill", "size", "colour", "background"))
 
 
 if __name__ == "__main__":
