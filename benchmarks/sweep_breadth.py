@@ -311,8 +311,8 @@ def _print_duplicates(dup: dict) -> None:
     print(f"  the {wa['renders']} of {wa['of']} renders nearest to another scene: how often that scene differs, per "
           "attribute (chance): " + _differs(wa))
     ff = dup["false_flags"]
-    print(f"  the {ff['renders']} of {ff['of']} renders of other scenes flagged at the default: how often their nearest "
-          "reference's scene differs, per attribute (chance): " + _differs(ff))
+    print(f"  the {ff['renders']} of {ff['of']} renders of other scenes flagged at the default: how often their "
+          "nearest reference's scene differs, per attribute (chance): " + _differs(ff))
 
 
 def _differs(wa: dict) -> str:

@@ -167,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
                      **({"lr": 0.0} if args.broken == "frozen" else {}))
     result = run(args.out, recipe, random_reward(recipe.seed) if args.broken == "random-reward" else None)
     s = result["seconds"]
-    print(f"toy world, {recipe.algo}{f' (broken: {args.broken})' if args.broken else ''}: trained on {recipe.train_prompts} train-split prompts, {recipe.steps} steps; "
-          f"eval on {result['prompts']} held-out prompts x {result['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip)")
+    broken = f" (broken: {args.broken})" if args.broken else ""
+    print(f"toy world, {recipe.algo}{broken}: trained on {recipe.train_prompts} train-split prompts, {recipe.steps} "
+          f"steps; eval on {result['prompts']} held-out prompts x {result['seeds']} seeds "
+          "(toy-sd15 -> toy-sd2, toy-clip)")
     lo, hi = result["delta_ci95"]
     print(f"  agreement: identity {result['identity']:.4f}, adapter {result['adapter']:.4f}, oracle "
           f"{result['oracle']:.4f}; adapter - identity {result['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
