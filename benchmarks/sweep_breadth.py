@@ -114,14 +114,17 @@ def _rates(inside: list[float], outside: list[float], t: float) -> dict:
             "flagged_out": sum(s >= t for s in outside) / len(outside)}
 
 
+def _flat(groups: list[list]) -> list:
+    return [x for g in groups for x in g]
+
+
 def _rates_ci(inside: list[list[float]], outside: list[list[float]], t: float) -> dict:
     """`_rates` over scenes' renders, with a bootstrap interval over scenes: a scene's renders share its caption,
     so they are not independent draws (every scene has as many renders, so the mean of scene rates is the rate)."""
     from eval.metrics import bootstrap_ci
 
-    flat = lambda groups: [x for g in groups for x in g]  # noqa: E731
     per_scene = lambda groups: [sum(x >= t for x in g) / len(g) for g in groups]  # noqa: E731
-    return {**_rates(flat(inside), flat(outside), t), "in_ci95": list(bootstrap_ci(per_scene(inside))),
+    return {**_rates(_flat(inside), _flat(outside), t), "in_ci95": list(bootstrap_ci(per_scene(inside))),
             "out_ci95": list(bootstrap_ci(per_scene(outside)))}
 
 
@@ -201,16 +204,15 @@ def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, 
     draw_in = index.search(drawn_in, 1)[0][:, 0].tolist()
     draw_out = index.search(scorer.embed_images([w.draw(s, 20_000) for s in novel]), 1)[0][:, 0].tolist()
     hi, ho = n_scenes // 2, n_novel // 2
-    flat = lambda groups: [x for g in groups for x in g]  # noqa: E731
     result = {"reference_images": len(index), "index_seconds": index_s, "scenes_in": n_scenes,
               "scenes_out": n_novel, "renders_per_scene": render_seeds}
     for name, (a, b) in {"scorer": (sim_in, sim_out), "pixels": (px_in, px_out)}.items():
-        t = _youden(flat(a[:hi]), flat(b[:ho]))  # calibrated on the first half of each group's scenes
-        result[name] = {"calibrated": _rates(flat(a[hi:]), flat(b[ho:]), t)}  # tested on the other half
+        t = _youden(_flat(a[:hi]), _flat(b[:ho]))  # calibrated on the first half of each group's scenes
+        result[name] = {"calibrated": _rates(_flat(a[hi:]), _flat(b[ho:]), t)}  # tested on the other half
         result[name]["youden_j"] = result[name]["calibrated"]["flagged_in"] - result[name]["calibrated"]["flagged_out"]
     result["scorer"]["default"] = _rates_ci(sim_in, sim_out, DUPLICATE_THRESHOLD)
-    result["scorer"]["in_percentiles"] = np.percentile(flat(sim_in), [5, 50, 95]).round(3).tolist()
-    result["scorer"]["out_percentiles"] = np.percentile(flat(sim_out), [5, 50, 95]).round(3).tolist()
+    result["scorer"]["in_percentiles"] = np.percentile(_flat(sim_in), [5, 50, 95]).round(3).tolist()
+    result["scorer"]["out_percentiles"] = np.percentile(_flat(sim_out), [5, 50, 95]).round(3).tolist()
     tb = _youden(draw_in[:hi], draw_out[:ho])
     result["drawings_as_queries"] = _rates(draw_in[hi:], draw_out[ho:], tb)
     result["drawings_as_queries"]["default"] = _rates_ci([[x] for x in draw_in], [[x] for x in draw_out],
@@ -222,7 +224,7 @@ def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, 
     # The false flags: renders of scenes outside the set flagged at the default, and how their nearest
     # reference's scene differs from theirs (an attribute the scorer hardly sees differs more than chance).
     result["false_flags"] = wrong_attributes(top_scenes(emb_out), render_seeds, own=novel,
-                                             keep=[x >= DUPLICATE_THRESHOLD for x in flat(sim_out)])
+                                             keep=[x >= DUPLICATE_THRESHOLD for x in _flat(sim_out)])
     result["position_read_back"] = {"renders": placed(imgs_in, render_seeds), "drawings": placed(drawings_in, 1),
                                     "chance": 1 / len(w.POSITIONS)}
     return result

@@ -1,5 +1,5 @@
 """Learning on the toy world: the documented recipe, with a reduced budget, gives an adapter that beats
-identity on held-out prompts it never saw (slow: about 3 minutes on 2 CPU cores).
+identity on held-out prompts it never saw (slow: a few minutes on 2 CPU cores).
 
 The assertion can fail: with a frozen adapter (lr 0) or a reward of random numbers, the same run recovers
 about none of the gap (`python -m benchmarks.toyworld_learning --out DIR --reduced --broken frozen|random-reward`;
