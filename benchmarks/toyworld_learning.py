@@ -55,7 +55,7 @@ class Recipe:
     seed: int = 0
 
 
-# The recipe at a reduced size (gather, train and eval 220 s on a 2-core AMD EPYC): the slow learning test,
+# The recipe at a reduced size (gather, train and eval 203 s on a 2-core AMD EPYC): the slow learning test,
 # and the trained adapter the inference-backend benchmark exports.
 REDUCED = Recipe(train_prompts=120, train_seeds=1, val_prompts=16, eval_prompts=60, eval_seeds=1, steps=40,
                  checkpoint_every=20)

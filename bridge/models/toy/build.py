@@ -284,7 +284,7 @@ def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig
 # patches of a 32 px image did not (scratch builds, the same pool, steps and renders, at the threshold that
 # comes nearest both targets: ViT 92.9% of renders of reference scenes flagged / 7.0% of other scenes; the
 # same ViT with neighbour scenes in every batch, with 2 px patches, or with the logit scale capped at 20,
-# no better; this ResNet 95.8% / 4.1%, and faster to train). `benchmarks/sweep_breadth.py --parts duplicates`.
+# no better; this ResNet 95.8% / 4.1%). `benchmarks/sweep_breadth.py --parts duplicates` measures the shipped one.
 TOY_CLIP_CONFIG = {
     "model_cfg": {
         "embed_dim": 32,
