@@ -1,9 +1,11 @@
 """Inference backends for trained adapters (#15): fp32 transformers, merged torch int8, and the exported engine.
 
-    uv run python -m benchmarks.inference_backends [--prompts 1000] [--parts speed agreement migrate isa]
+    uv run python -m benchmarks.inference_backends [--prompts 1000] [--parts speed bound agreement migrate isa]
+        [--tokenizer t5|tiny-t5]
 
 speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weights: the same compute as trained
-           ones; the vocabulary padded to flan-t5's 32,128) carry an identity LoRA, exported with
+           ones; the vocabulary padded to flan-t5's 32,128) with flan-t5's own tokenizer (`--tokenizer t5`;
+           `tiny-t5` cuts prompts into 27% more tokens) carry an identity LoRA, exported with
            `sd-bridge export` as ctranslate2 int8 and fp32 and as torch int8. Each backend generates for the same
            `--prompts` real prompts (../shared/prompts, a seeded sample, with the rewrite prefix), greedy, 48 new
            tokens at batch 32 as the issue measured, each batch also capped at `bridge.models.rewriter.BATCH_TOKENS`
@@ -12,6 +14,8 @@ speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weight
            On a CPU with AVX-512, the int8 export runs again on ctranslate2's own choice of kernels (AVX2),
            to show what `bridge.models.engine` asking for AVX-512 gains.
            With a GPU, fp16 numbers too.
+bound      The base shape (`--migrate-shape`) with one new token, fp32 transformers and the int8 export: what
+           the encoder alone costs each, and so the most the engine could gain if its decoding cost nothing.
 agreement  A toy-world adapter trained with the reduced learning recipe (benchmarks.toyworld_learning), exported
            int8 and fp32; greedy translations of the 500 held-out toy prompts by the adapter and by each export.
 migrate    A 10,000-row library built from ../shared/prompts migrated with the base-shaped int8 export: the time
@@ -63,26 +67,52 @@ def real_prompts(n: int | None, seed: int = 0) -> list[str]:
     return prompts[:n] if n else prompts
 
 
-def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, vocab: int | None = VOCAB) -> Path:
-    """A random rewriter of `shape` with tiny-t5's tokenizer (grown to `vocab` pieces when given, as flan-t5's
-    vocabulary), and an identity LoRA on it saved the way training saves one."""
+T5_TOKENIZER = Path(__file__).parent / "data" / "t5-tokenizer.json.xz"
+TOKENIZERS = ("t5", "tiny-t5")
+
+
+def rewriter_tokenizer(name: str, vocab: int | None = VOCAB):
+    """"t5": flan-t5's own tokenizer (T5's SentencePiece vocabulary, 32,000 pieces and 100 sentinels;
+    benchmarks/data/README.md says where the file comes from), which decides how many tokens a real prompt costs
+    the encoder. "tiny-t5": tiny-t5's 2,000 pieces, grown to `vocab` pieces when given; it cuts the same prompts
+    into about 27% more tokens (93.7 against 73.9 a prompt on the benchmark's 1,000, the prefix included)."""
+    import lzma
+
+    from transformers import T5TokenizerFast
+
+    from bridge.models import presets
+    from bridge.models.loading import load_rewriter
+
+    if name == "t5":
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "tokenizer.json"
+            path.write_bytes(lzma.decompress(T5_TOKENIZER.read_bytes()))
+            return T5TokenizerFast(tokenizer_file=str(path))
+    if name != "tiny-t5":
+        raise ValueError(f"unknown tokenizer {name!r} (known: {', '.join(TOKENIZERS)})")
+    _, tok = load_rewriter(presets.rewriter("tiny-t5"))
+    if vocab is not None:
+        tok.add_tokens([f"<v{i}>" for i in range(vocab - len(tok))])
+    return tok
+
+
+def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, vocab: int | None = VOCAB,
+                   tokenizer: str = "t5") -> Path:
+    """A random rewriter of `shape` (its vocabulary `vocab` rows, as flan-t5's 32,128, else the tokenizer's
+    size) with `tokenizer`, and an identity LoRA on it saved the way training saves one."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from bridge.models import presets
-    from bridge.models.loading import load_rewriter
     from bridge.models.rewriter import AdapterMeta
 
-    _, tok = load_rewriter(presets.rewriter("tiny-t5"))
-    if vocab is not None:
-        tok.add_tokens([f"<v{i}>" for i in range(vocab - len(tok))])
+    tok = rewriter_tokenizer(tokenizer, vocab)
     d_model, d_ff, d_kv, layers, heads = SHAPES[shape]
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(T5Config(
-        vocab_size=len(tok), d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers, num_decoder_layers=layers,
-        num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
-        pad_token_id=0, eos_token_id=1))
+        vocab_size=vocab or len(tok), d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers,
+        num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
     base = root / f"{shape}-base"
     model.save_pretrained(base)
     tok.save_pretrained(base)
@@ -101,14 +131,18 @@ def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
     return out
 
 
-def int8_export(root: Path, shape: str) -> Path:
+def int8_export(root: Path, shape: str, tokenizer: str) -> Path:
     """The shape's ctranslate2 int8 export: the one `speed` wrote in this run, else a new one."""
     engine_dir = root / f"{shape}-ct2"
-    return engine_dir if engine_dir.is_dir() else export(shaped_adapter(root, shape), engine_dir, "ctranslate2", "int8")
+    if engine_dir.is_dir():
+        return engine_dir
+    return export(shaped_adapter(root, shape, tokenizer=tokenizer), engine_dir, "ctranslate2", "int8")
 
 
-def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None) -> dict:
-    """In a fresh process (with `env` set first): load, warm up, generate for every prompt; prompts/s, peak RSS."""
+def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None,
+             new_tokens: int = NEW_TOKENS) -> dict:
+    """In a fresh process (with `env` set first): load, warm up, generate `new_tokens` for every prompt;
+    prompts/s, peak RSS."""
     os.environ.update(env or {})
     from bridge.models.rewriter import PREFIX, generate
     from bridge.translator import Translator
@@ -119,7 +153,7 @@ def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto
     generate(tr.model, tr.tokenizer, prompts[:4], PREFIX, max_new_tokens=NEW_TOKENS, batch_size=4,
              size_from_input=False)
     started = time.perf_counter()
-    generate(tr.model, tr.tokenizer, prompts, PREFIX, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
+    generate(tr.model, tr.tokenizer, prompts, PREFIX, max_new_tokens=new_tokens, batch_size=BATCH,
              size_from_input=False)
     seconds = time.perf_counter() - started
     return {"load_s": load, "seconds": seconds, "prompts_per_s": len(prompts) / seconds,
@@ -141,7 +175,7 @@ def in_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
+def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> dict:
     import torch
 
     from bridge.models.engine import ISA_VARIABLE, planned_isa
@@ -151,7 +185,7 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
     avx512 = isa == "AVX512"
     out = {}
     for shape in shapes:
-        adapter = shaped_adapter(root, shape)
+        adapter = shaped_adapter(root, shape, tokenizer=tokenizer)
         runs = {"fp32 transformers": (adapter, "cpu", "float32"),
                 "torch int8 (merged)": (export(adapter, root / f"{shape}-torch", "torch", "int8"), "cpu", "auto"),
                 "ctranslate2 fp32": (export(adapter, root / f"{shape}-ct2-fp32", "ctranslate2", "none"), "cpu", "auto"),
@@ -165,14 +199,40 @@ def speed(root: Path, prompts: list[str], shapes: list[str]) -> dict:
         rows = {name: in_process(_measure, str(d), prompts, device, dtype, *env)
                 for name, (d, device, dtype, *env) in runs.items()}
         base = rows["fp32 transformers"]["prompts_per_s"]
-        print(f"{shape} shape, {len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, batch {BATCH} "
-              f"(at most {BATCH_TOKENS} padded tokens), ctranslate2 CPU kernels {isa}:")
+        print(f"{shape} shape, {tokenizer} tokenizer, {len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, "
+              f"batch {BATCH} (at most {BATCH_TOKENS} padded tokens), ctranslate2 CPU kernels {isa}:")
         for name, r in rows.items():
             r["ratio"] = r["prompts_per_s"] / base
             print(f"  {name:24s} {r['prompts_per_s']:7.2f} prompts/s  {r['ratio']:5.1f}x fp32  "
                   f"peak RSS {r['peak_rss_mib']:6.0f} MiB  load {r['load_s']:.1f} s", flush=True)
         out[shape] = rows
     return out
+
+
+def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, full: dict | None) -> dict:
+    """What is left to gain once decoding is fast: the same prompts with one new token (the encoder and one
+    decoder step) on fp32 transformers and on the int8 export. Even if the engine's other 47 steps cost nothing,
+    it would run at most its own one-token rate ÷ fp32's full rate: the ceiling. `full`: speed's rows for
+    this shape, when it ran in this run (else fp32's full rate is measured here)."""
+    adapter = root / f"{shape}-adapter"  # speed's, when it ran
+    if not adapter.is_dir():
+        adapter = shaped_adapter(root, shape, tokenizer=tokenizer)
+    engine_dir = int8_export(root, shape, tokenizer)
+    fp32_full = (full or {}).get("fp32 transformers") or in_process(_measure, str(adapter), prompts, "cpu", "float32")
+    one = {"fp32 transformers": in_process(_measure, str(adapter), prompts, "cpu", "float32", None, 1),
+           "ctranslate2 int8": in_process(_measure, str(engine_dir), prompts, "cpu", "auto", None, 1)}
+    ceiling = one["ctranslate2 int8"]["prompts_per_s"] / fp32_full["prompts_per_s"]
+    encoder_ratio = one["ctranslate2 int8"]["prompts_per_s"] / one["fp32 transformers"]["prompts_per_s"]
+    print(f"{shape} shape, {tokenizer} tokenizer, {len(prompts)} prompts, 1 new token (the encoder and one decoder "
+          f"step), batch {BATCH}:")
+    for name, r in one.items():
+        print(f"  {name:24s} {r['prompts_per_s']:7.2f} prompts/s")
+    share = fp32_full["prompts_per_s"] / one["fp32 transformers"]["prompts_per_s"]
+    print(f"  one token: int8 {encoder_ratio:.1f}x fp32; fp32 spends {share:.0%} of its full time there;"
+          f" ceiling if the engine's other {NEW_TOKENS - 1} steps cost nothing: "
+          f"{ceiling:.1f}x fp32 ({fp32_full['prompts_per_s']:.2f} prompts/s with {NEW_TOKENS} tokens)")
+    return {"one_token": one, "fp32_full": fp32_full["prompts_per_s"], "one_token_ratio": encoder_ratio,
+            "fp32_one_token_share": share, "ceiling": ceiling}
 
 
 def agreement(root: Path) -> dict:
@@ -276,8 +336,8 @@ def _migrate(library_path: str, out: str, adapter: str | None, cache: str) -> fl
     return time.perf_counter() - started
 
 
-def migrate(root: Path, prompts: list[str], rows: int, shape: str) -> dict:
-    engine_dir = int8_export(root, shape)
+def migrate(root: Path, prompts: list[str], rows: int, shape: str, tokenizer: str) -> dict:
+    engine_dir = int8_export(root, shape, tokenizer)
     path = root / "library.jsonl"
     distinct = library(path, rows)
     rate = in_process(_translate_rate, str(engine_dir), prompts)
@@ -296,7 +356,7 @@ def migrate(root: Path, prompts: list[str], rows: int, shape: str) -> dict:
             "second_s": second, "cache_ratio": first / second, "identical": same}
 
 
-def isa(root: Path, prompts: list[str], shape: str, repeats: int) -> dict:
+def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str) -> dict:
     """The int8 export on the AVX-512 kernels sd-bridge asks for against ctranslate2's own AVX2 choice, in
     alternating fresh processes, `repeats` pairs: whole runs of this benchmark on the 2-core machine differ by
     about 10%, more than the two kernels do, so one pair proves little."""
@@ -305,7 +365,7 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int) -> dict:
     if isa_to_force(cpu_flags(), {}) != "AVX512":
         print("isa: this CPU lacks AVX-512; nothing to compare")
         return {}
-    engine_dir = int8_export(root, shape)
+    engine_dir = int8_export(root, shape, tokenizer)
     runs: dict[str, list[float]] = {"AVX512": [], "AVX2": []}
     for _ in range(repeats):
         for name, rates in runs.items():
@@ -323,8 +383,10 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=1000)
-    ap.add_argument("--parts", nargs="+", choices=["speed", "agreement", "migrate", "isa"],
-                    default=["speed", "agreement", "migrate"])
+    ap.add_argument("--parts", nargs="+", choices=["speed", "bound", "agreement", "migrate", "isa"],
+                    default=["speed", "bound", "agreement", "migrate"])
+    ap.add_argument("--tokenizer", choices=TOKENIZERS, default="t5",
+                    help="the shaped rewriters' tokenizer: flan-t5's own (t5) or tiny-t5's 2,000 pieces")
     ap.add_argument("--repeats", type=int, default=3, help="alternating pairs of processes the isa part runs")
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="shapes speed measures")
     ap.add_argument("--migrate-shape", choices=list(SHAPES), default="flan-t5-base", help="the rewriter migrate uses")
@@ -337,11 +399,14 @@ def main(argv: list[str] | None = None) -> dict:
         if "agreement" in args.parts:
             result["agreement"] = agreement(root)
         if "speed" in args.parts:
-            result["speed"] = speed(root, prompts, args.shapes)
+            result["speed"] = speed(root, prompts, args.shapes, args.tokenizer)
+        if "bound" in args.parts:
+            full = result.get("speed", {}).get(args.migrate_shape)
+            result["bound"] = bound(root, prompts, args.migrate_shape, args.tokenizer, full)
         if "migrate" in args.parts:
-            result["migrate"] = migrate(root, prompts, args.library_rows, args.migrate_shape)
+            result["migrate"] = migrate(root, prompts, args.library_rows, args.migrate_shape, args.tokenizer)
         if "isa" in args.parts:
-            result["isa"] = isa(root, prompts, args.migrate_shape, args.repeats)
+            result["isa"] = isa(root, prompts, args.migrate_shape, args.repeats, args.tokenizer)
     if "speed" in result and "flan-t5-base" in result["speed"]:
         ratio = result["speed"]["flan-t5-base"]["ctranslate2 int8"]["ratio"]
         print(f"speedup vs fp32: {ratio:.1f} (flan-t5-base shape, {len(prompts)} prompts)")

@@ -29,7 +29,7 @@ def small_shaped_adapter(root: Path, max_new_tokens: int) -> Path:
     """A flan-t5-small-shaped T5 (random) with the tiny-t5 tokenizer as it is, and an identity LoRA on it."""
     from benchmarks.inference_backends import shaped_adapter
 
-    return shaped_adapter(root, "flan-t5-small", max_new_tokens, vocab=None)
+    return shaped_adapter(root, "flan-t5-small", max_new_tokens, vocab=None, tokenizer="tiny-t5")
 
 
 def speed(n: int, max_new_tokens: int, batch_size: int) -> dict:

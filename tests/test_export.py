@@ -207,3 +207,36 @@ def test_bad_exports_are_refused_before_any_work(adapter, exported, tmp_path, ca
     assert main(["export", str(adapter), "--out", str(exported / "torch-int8"), "--backend", "torch",
                  "--overwrite"]) == 0
     assert sorted(p.name for p in exported.iterdir()) == before  # replaced in place, no .partial left
+
+
+def test_a_rewriter_with_flan_t5s_own_tokenizer_exports_and_rewrites_as_its_adapter(tmp_path):
+    """flan-t5's tokenizer has 32,100 pieces on a 32,128-row vocabulary; ctranslate2's converter names the 28
+    extra rows itself. The benchmark's tokenizer file is the one its README's hash names, and a small rewriter
+    with it exports (fp32) to the same rewrites as its adapter, token for token."""
+    import hashlib
+    import lzma
+    import re
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from benchmarks.inference_backends import T5_TOKENIZER, VOCAB, rewriter_tokenizer
+
+    readme = (T5_TOKENIZER.parent / "README.md").read_text(encoding="utf-8")
+    digest = hashlib.sha256(lzma.decompress(T5_TOKENIZER.read_bytes())).hexdigest()
+    assert digest in re.findall(r"`([0-9a-f]{64})`", readme)
+    tok = rewriter_tokenizer("t5")
+    assert len(tok) == 32_100 and tok.convert_ids_to_tokens(tok("a cat, (x:1.2)").input_ids) == [
+        "▁", "a", "▁cat", ",", "▁(", "x", ":", "1.2", ")", "</s>"]
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_layers=2,
+                                                num_heads=4, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=["q", "v"], task_type="SEQ_2_SEQ_LM",
+                                     init_lora_weights=False)).save_pretrained(tmp_path / "adapter")
+    AdapterMeta(str(tmp_path / "base"), "local", "sd15", "sd2-base", max_new_tokens=12).save(tmp_path / "adapter")
+    run_export(ExportConfig(adapter=tmp_path / "adapter", out=tmp_path / "export", quantize="none"),
+               log=lambda *_: None)
+    assert _rewrites(tmp_path / "export") == _rewrites(tmp_path / "adapter")
