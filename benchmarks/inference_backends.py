@@ -96,6 +96,16 @@ def rewriter_tokenizer(name: str, vocab: int | None = VOCAB):
     return tok
 
 
+def mean_tokens(tokenizer: str, prompts: list[str]) -> float:
+    """Tokens a prompt costs the encoder with `tokenizer`, the rewrite prefix and the EOS included, as generate
+    tokenizes it (at most 512)."""
+    from bridge.models.rewriter import PREFIX
+
+    tok = rewriter_tokenizer(tokenizer)
+    return statistics.mean(len(ids) for ids in tok([PREFIX + p for p in prompts], truncation=True,
+                                                   max_length=512).input_ids)
+
+
 def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, vocab: int | None = VOCAB,
                    tokenizer: str = "t5") -> Path:
     """A random rewriter of `shape` (its vocabulary `vocab` rows, as flan-t5's 32,128, else the tokenizer's
@@ -199,7 +209,8 @@ def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> 
         rows = {name: in_process(_measure, str(d), prompts, device, dtype, *env)
                 for name, (d, device, dtype, *env) in runs.items()}
         base = rows["fp32 transformers"]["prompts_per_s"]
-        print(f"{shape} shape, {tokenizer} tokenizer, {len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, "
+        print(f"{shape} shape, {tokenizer} tokenizer ({mean_tokens(tokenizer, prompts):.1f} tokens a prompt), "
+              f"{len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, "
               f"batch {BATCH} (at most {BATCH_TOKENS} padded tokens), ctranslate2 CPU kernels {isa}:")
         for name, r in rows.items():
             r["ratio"] = r["prompts_per_s"] / base
