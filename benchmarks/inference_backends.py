@@ -141,12 +141,18 @@ def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
     return out
 
 
+def existing_adapter(root: Path, shape: str, tokenizer: str) -> Path:
+    """The shape's adapter: the one an earlier part wrote in this run, else a new one."""
+    adapter = root / f"{shape}-adapter"
+    return adapter if adapter.is_dir() else shaped_adapter(root, shape, tokenizer=tokenizer)
+
+
 def int8_export(root: Path, shape: str, tokenizer: str) -> Path:
     """The shape's ctranslate2 int8 export: the one `speed` wrote in this run, else a new one."""
     engine_dir = root / f"{shape}-ct2"
     if engine_dir.is_dir():
         return engine_dir
-    return export(shaped_adapter(root, shape, tokenizer=tokenizer), engine_dir, "ctranslate2", "int8")
+    return export(existing_adapter(root, shape, tokenizer), engine_dir, "ctranslate2", "int8")
 
 
 def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None,
@@ -193,6 +199,7 @@ def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> 
     gpu = torch.cuda.is_available()
     isa = planned_isa()  # (agreement, run first, may have set the variable in this process already: the same)
     avx512 = isa == "AVX512"
+    tokens = mean_tokens(tokenizer, prompts)  # the same for every shape
     out = {}
     for shape in shapes:
         adapter = shaped_adapter(root, shape, tokenizer=tokenizer)
@@ -209,7 +216,7 @@ def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> 
         rows = {name: in_process(_measure, str(d), prompts, device, dtype, *env)
                 for name, (d, device, dtype, *env) in runs.items()}
         base = rows["fp32 transformers"]["prompts_per_s"]
-        print(f"{shape} shape, {tokenizer} tokenizer ({mean_tokens(tokenizer, prompts):.1f} tokens a prompt), "
+        print(f"{shape} shape, {tokenizer} tokenizer ({tokens:.1f} tokens a prompt), "
               f"{len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, "
               f"batch {BATCH} (at most {BATCH_TOKENS} padded tokens), ctranslate2 CPU kernels {isa}:")
         for name, r in rows.items():
@@ -225,9 +232,7 @@ def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, full: dict
     decoder step) on fp32 transformers and on the int8 export. Even if the engine's other 47 steps cost nothing,
     it would run at most its own one-token rate ÷ fp32's full rate: the ceiling. `full`: speed's rows for
     this shape, when it ran in this run (else fp32's full rate is measured here)."""
-    adapter = root / f"{shape}-adapter"  # speed's, when it ran
-    if not adapter.is_dir():
-        adapter = shaped_adapter(root, shape, tokenizer=tokenizer)
+    adapter = existing_adapter(root, shape, tokenizer)
     engine_dir = int8_export(root, shape, tokenizer)
     fp32_full = (full or {}).get("fp32 transformers") or in_process(_measure, str(adapter), prompts, "cpu", "float32")
     one = {"fp32 transformers": in_process(_measure, str(adapter), prompts, "cpu", "float32", None, 1),
