@@ -13,11 +13,12 @@ everything is A1111 (`bridge.syntax.policy.read_prompt`, `write_prompt`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from bridge.models import presets
 from bridge.syntax.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
@@ -65,11 +66,10 @@ def check_base_model(adapter: Path, base: presets.RewriterPreset) -> None:
                      f"({base.hub_id or model_dir(base)}) that its sd_bridge_adapter.json names")
 
 
-def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
-    """(peft model in eval mode, tokenizer, adapter meta, translation-cache key) for a `sd-bridge train` output."""
-    from peft import PeftModel
-
-    from bridge.models.loading import load_rewriter
+def check_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
+    """(adapter meta, base rewriter preset, translation-cache key) for a `sd-bridge train` output, without
+    loading any weights: what can be refused from the files alone is refused here."""
+    from bridge.models.loading import resolve_device, resolve_dtype
     from bridge.models.rewriter import AdapterMeta
     from bridge.models.translation_cache import model_key
 
@@ -77,8 +77,19 @@ def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
     if not (adapter / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors (only safetensors adapters load)")
     base = presets.rewriter(meta.rewriter)
-    model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
     check_base_model(adapter, base)
+    # The dtype load_rewriter gives the weights, as torch names it ("torch.float32").
+    return meta, base, model_key(adapter, base, resolve_dtype(dtype, resolve_device(device), kind="rewriter"))
+
+
+def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
+    """(peft model in eval mode, tokenizer, adapter meta, translation-cache key) for a `sd-bridge train` output."""
+    from peft import PeftModel
+
+    from bridge.models.loading import load_rewriter
+
+    meta, base, key = check_adapter(adapter, device, dtype)
+    model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; nothing a user can do
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -86,7 +97,7 @@ def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
                          f"{str(err).splitlines()[0]}") from None
-    return model.eval(), tokenizer, meta, model_key(adapter, base, next(model.parameters()).dtype)
+    return model.eval(), tokenizer, meta, key
 
 
 class Translator:
@@ -94,21 +105,49 @@ class Translator:
 
     def __init__(self, target: presets.PipelinePreset, policy: MigrationPolicy | None = None, model=None,
                  tokenizer=None, meta=None, name: str = SYNTAX, batch_size: int = 32, cache=None,
-                 model_key: str | None = None):
+                 model_key: str | None = None, loader: Callable[[], tuple] | None = None):
+        """`meta` (an AdapterMeta) makes it rewrite, with `model` and `tokenizer`, or with what `loader()`
+        returns as (model, tokenizer) when it first needs them; without `meta` it is the syntax strategy."""
         self.target = target
         self.policy = policy or MigrationPolicy()
-        self.model, self.tokenizer, self.meta = model, tokenizer, meta
+        self.meta = meta
+        self._model, self._tokenizer, self._loader = model, tokenizer, loader
         self.name = name
         self.batch_size = batch_size
         # A TranslationCache and the key of this model in it (bridge.models.translation_cache): greedy rewrites made
         # once, by this or an earlier run, are read back instead of generated.
-        self.cache, self.model_key = (cache, model_key) if model is not None else (None, None)
+        self.cache, self.model_key = (cache, model_key) if meta is not None else (None, None)
         self._network_map = self.policy.load_network_map()
         self._said_syntax = False
 
     @property
+    def rewrites(self) -> bool:
+        return self.meta is not None
+
+    @property
     def strategy(self) -> str:
-        return SYNTAX if self.model is None else f"adapter:{self.name}"
+        return f"adapter:{self.name}" if self.rewrites else SYNTAX
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the rewriter's weights are in memory (a translator made by from_pretrained loads them at the
+        first text its translation cache lacks)."""
+        return self._model is not None
+
+    def load(self) -> "Translator":
+        """Load the rewriter's weights now, not at the first text the cache lacks; returns the translator."""
+        if self._model is None and self._loader is not None:
+            self._model, self._tokenizer = self._loader()
+            self._loader = None
+        return self
+
+    @property
+    def model(self):
+        return self.load()._model
+
+    @property
+    def tokenizer(self):
+        return self.load()._tokenizer
 
     @classmethod
     def from_pretrained(cls, adapter: str | Path | None = None, target: str | None = None,
@@ -117,7 +156,8 @@ class Translator:
         """A translator for `adapter` (a directory written by `sd-bridge train`, or by `sd-bridge export`), or
         the syntax strategy when `adapter` is None. `target` defaults to the adapter's target (else the
         reference target). `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None.
-        `dtype` applies to peft adapters; an export runs in the precision it was exported in."""
+        `dtype` applies to peft adapters; an export runs in the precision it was exported in. The weights load
+        at the first text the cache lacks, or at `load()`."""
         if adapter is None:
             return cls(presets.pipeline(target or presets.DEFAULT_TARGET), policy, batch_size=batch_size)
         from bridge.models import engine, translation_cache
@@ -129,14 +169,16 @@ class Translator:
         meta = AdapterMeta.load(adapter)  # checked before any weights load
         if target is not None and presets.pipeline(target).name != meta.target:
             raise ValueError(f"adapter {adapter} was trained for target {meta.target!r}, not {target!r}")
+        # The weights load when a text first needs generating: a run its translation cache fully answers (a
+        # migrate run again) never pays for them. Whatever the files alone can refuse is refused now.
         if engine.is_export(adapter):
-            model, tokenizer, meta, key = engine.load(adapter, device)
+            key, load = engine.cache_key(adapter, device), engine.load
         else:
-            model, tokenizer, meta, key = load_adapter(adapter, device, dtype)
+            (meta, _, key), load = check_adapter(adapter, device, dtype), functools.partial(load_adapter, dtype=dtype)
         path = translation_cache.resolve(cache)
         store = translation_cache.TranslationCache(path) if path is not None else None
-        return cls(presets.pipeline(meta.target), policy, model, tokenizer, meta, adapter.name, batch_size, store,
-                   key)
+        return cls(presets.pipeline(meta.target), policy, meta=meta, name=adapter.name, batch_size=batch_size,
+                   cache=store, model_key=key, loader=lambda: load(adapter, device)[:2])
 
     def check_inputs(self, prompts, negative_prompts, num_candidates: int) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
@@ -148,7 +190,7 @@ class Translator:
                 raise TypeError("negative prompts must be strings or None")
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-        if num_candidates > 1 and self.model is None:
+        if num_candidates > 1 and not self.rewrites:
             raise ValueError("several candidates need an adapter; the syntax strategy has exactly one output")
 
     def translate(self, prompts: Sequence[str], negative_prompts: Sequence[str | None] | None = None,
@@ -156,7 +198,7 @@ class Translator:
         # 1. Check inputs.
         self.check_inputs(prompts, negative_prompts, num_candidates)
         negatives = list(negative_prompts) if negative_prompts is not None else [None] * len(prompts)
-        if self.model is None and not self._said_syntax:
+        if not self.rewrites and not self._said_syntax:
             log.warning("no adapter: using the syntax strategy (migration policy only, no learned rewriting)")
             self._said_syntax = True
         # 2. The policy (the syntax strategy) on prompts and negatives.
@@ -171,7 +213,7 @@ class Translator:
         unfinished = [False for _ in syn]
         neg_out = [n.prompt if n is not None else None for n in syn_neg]
         neg_failed = [False for _ in syn]
-        if self.model is not None:
+        if self.rewrites:
             candidates, fallbacks, unfinished = self._rewrite([s.prompt for s in syn], num_candidates, sample, seed,
                                                               names)
             if self.meta.rewrite_negative:
@@ -235,7 +277,9 @@ class Translator:
                                        batch_size=self.batch_size, fmt=self.meta.format)
             return [([c.text for c in cands], [c.fallback for c in cands], cands[0].unfinished) for cands in rewrites]
 
-        if self.cache is None or n > 1 or sample or not texts:
+        if not texts:
+            return []
+        if self.cache is None or n > 1 or sample:
             return run(texts)
         settings = [prefix, self.meta.format, self.meta.max_new_tokens, sorted(names)]
         keys = [self.cache.key(self.model_key, settings, t) for t in texts]

@@ -111,8 +111,24 @@ def test_loading_an_export_leaves_torch_its_threads(exported):
     import torch
 
     torch.set_num_threads(2)
-    Translator.from_pretrained(exported / "ctranslate2-int8", cache=None)
+    Translator.from_pretrained(exported / "ctranslate2-int8", cache=None).load()
     assert torch.get_num_threads() == 2
+
+
+def test_an_export_answered_by_its_cache_never_loads_the_engine(exported, tmp_path):
+    """A library migrated again is read back from the translation cache; loading the engine first would cost
+    more than the whole rerun. The key, known before loading, is the one the loaded engine gives."""
+    from bridge.models import engine
+
+    cache, prompts = tmp_path / "t.sqlite", LEAVES[:3]
+    first = Translator.from_pretrained(exported / "ctranslate2-int8", cache=cache)
+    made = first.translate(prompts)
+    assert first.loaded and engine.load(exported / "ctranslate2-int8")[3] == first.model_key
+    again = Translator.from_pretrained(exported / "ctranslate2-int8", cache=cache)
+    assert [t.to_dict() for t in again.translate(prompts)] == [t.to_dict() for t in made]
+    assert not again.loaded and again.cache.hits == 3
+    torch_int8 = Translator.from_pretrained(exported / "torch-int8", cache=cache)
+    assert torch_int8.model_key != first.model_key and not torch_int8.loaded
 
 
 def test_avx512_is_asked_for_only_when_the_cpu_has_it_and_the_user_chose_nothing():

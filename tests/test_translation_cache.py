@@ -56,9 +56,12 @@ def test_a_second_translator_reads_every_rewrite_back(adapters, generated, tmp_p
     second = again.translate(PROMPTS, ["blurry", None, "blurry"])
     assert len(generated) == 3 and again.cache.hits == 3 and again.cache.misses == 0
     assert [t.to_dict() for t in second] == [t.to_dict() for t in first]
+    assert not again.loaded  # nothing to generate: the weights never loaded
+    again.translate(["a lighthouse in a storm"])
+    assert again.loaded and len(generated) == 4
     # Without a cache, the same translator generates again (and agrees: greedy is a function of its input).
     fresh = Translator.from_pretrained(adapters[0]).translate(PROMPTS, ["blurry", None, "blurry"])
-    assert len(generated) == 6 and [t.to_dict() for t in fresh] == [t.to_dict() for t in first]
+    assert len(generated) == 7 and [t.to_dict() for t in fresh] == [t.to_dict() for t in first]
 
 
 def test_the_cache_never_answers_for_another_adapter_or_sampled_candidates(adapters, generated, tmp_path):
@@ -72,7 +75,11 @@ def test_the_cache_never_answers_for_another_adapter_or_sampled_candidates(adapt
     assert len(generated) == 3 and sampled.cache.hits == 0  # candidates depend on their batch: never cached
 
 
-def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters, tmp_path, capsys):
+def _refuse(*args, **kwargs):
+    raise AssertionError("the weights were loaded")
+
+
+def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters, tmp_path, capsys, monkeypatch):
     from bridge.cli import main
 
     lib = tmp_path / "lib.txt"
@@ -83,7 +90,9 @@ def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters,
     assert main(args + ["--out", str(tmp_path / "one.txt")]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["translation_cache"]["generated"] == 12 and first["translation_cache"]["hits"] == 0
-    assert main(args + ["--out", str(tmp_path / "two.txt")]) == 0
+    with monkeypatch.context() as patch:  # the rerun is answered by the cache: loading the weights would fail it
+        patch.setattr("bridge.translator.load_adapter", _refuse)
+        assert main(args + ["--out", str(tmp_path / "two.txt")]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["translation_cache"] == {"path": str(cache), "hits": 12, "generated": 0}
     assert (tmp_path / "one.txt").read_text() == (tmp_path / "two.txt").read_text()

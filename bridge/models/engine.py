@@ -107,6 +107,20 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def ct2_device(device: str) -> tuple[str, int]:
+    """("cpu" or "cuda", device index) for a --device value, refused in one line when ctranslate2 cannot run there."""
+    import ctranslate2
+
+    if device == "auto":
+        device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"the ctranslate2 backend runs on cpu or cuda, not {device!r}")
+    if kind == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+        raise ValueError(f"device {device!r} requested but ctranslate2 sees no CUDA device")
+    return kind, int(index or 0)
+
+
 class Ct2Rewriter:
     """A CTranslate2 seq2seq translator that `bridge.models.rewriter.generate` drives like a transformers model."""
 
@@ -114,13 +128,7 @@ class Ct2Rewriter:
         self.isa = start_isa()  # before ctranslate2's first translation, which fixes its kernels
         import ctranslate2
 
-        if device == "auto":
-            device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
-        kind, _, index = device.partition(":")
-        if kind not in ("cpu", "cuda"):
-            raise ValueError(f"the ctranslate2 backend runs on cpu or cuda, not {device!r}")
-        if kind == "cuda" and ctranslate2.get_cuda_device_count() == 0:
-            raise ValueError(f"device {device!r} requested but ctranslate2 sees no CUDA device")
+        kind, index = ct2_device(device)
         # On the CPU, one batch per core, each on one thread: decoding a batch of 32 is a chain of small
         # GEMMs that two threads split poorly. Measured once on the 2-core machine (ctranslate2 alone, a
         # flan-t5-base-shaped int8 model, 256 plain prompts, 48 tokens, batch 32): 16.0 prompts/s with two
@@ -133,7 +141,7 @@ class Ct2Rewriter:
         # Building the translator sets the process's OpenMP thread count to intra_threads (1): torch in the
         # same process (the app's renders, eval's) would then run on one thread. Its own count is put back.
         torch_threads = torch.get_num_threads()
-        self.translator = ctranslate2.Translator(str(path), device=kind, device_index=int(index or 0),
+        self.translator = ctranslate2.Translator(str(path), device=kind, device_index=index,
                                                  compute_type="default", inter_threads=parallel, intra_threads=1)
         torch.set_num_threads(torch_threads)
         self.compute_type = self.translator.compute_type
@@ -173,40 +181,59 @@ def load(path: Path, device: str = "cpu", threads: int = 0):
 
     from bridge.models.rewriter import AdapterMeta
 
-    meta = read_meta(path)
+    meta, key = read_meta(path), cache_key(path, device)  # the key first: it refuses what cannot run here
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     if meta["backend"] == "ctranslate2":
         model = Ct2Rewriter(path / "engine", device, threads)
-        # The CPU kernels round differently, so an AVX-512 rewrite is cached apart from a default one.
-        runs_as = f"ctranslate2/{model.device}/{model.compute_type}"
-        runs_as += f"/{model.isa}" if model.device == "cpu" else ""
     else:
-        model, runs_as = _load_torch(path / "engine", meta["quantize"], device, threads)
-    # What decides a rewrite: the adapter, how it was converted and how it runs here (not --check's results,
-    # which export.json gains later).
-    made = {k: meta.get(k) for k in ("adapter_sha256", "backend", "quantize", "versions")}
-    key = hashlib.sha256(json.dumps([made, runs_as], sort_keys=True).encode()).hexdigest()
+        model = _load_torch(path / "engine", meta["quantize"], device, threads)
     return model, tokenizer, AdapterMeta.load(path), key
+
+
+def cache_key(path: Path, device: str = "cpu") -> str:
+    """The translation-cache key of an export run on `device`, known before its weights load, so that a run the
+    cache fully answers never loads them. What decides a rewrite: the adapter, how it was converted (not
+    --check's results, which export.json gains later) and how it runs here. ctranslate2 resolves the compute
+    type from the one asked ("default"), the model's weights type, the device and its index
+    (`resolve_compute_type` in its include/ctranslate2/types.h); what the device supports stands for the
+    device. Its CPU kernels round differently, so an AVX-512 rewrite is cached apart from a default one."""
+    meta = read_meta(path)
+    if meta["backend"] == "ctranslate2":
+        import ctranslate2
+
+        isa = start_isa()  # refuses a CT2_FORCE_CPU_ISA this CPU lacks
+        kind, index = ct2_device(device)
+        runs_as = ["ctranslate2", ctranslate2.__version__, kind, meta["quantize"],
+                   sorted(ctranslate2.get_supported_compute_types(kind, index)), isa if kind == "cpu" else ""]
+    else:
+        runs_as = f"torch/{_torch_device(device, meta['quantize'])}/{meta['quantize']}"
+    made = {k: meta.get(k) for k in ("adapter_sha256", "backend", "quantize", "versions")}
+    return hashlib.sha256(json.dumps([made, runs_as], sort_keys=True).encode()).hexdigest()
+
+
+def _torch_device(device: str, quantize: str) -> str:
+    from bridge.models.loading import resolve_device
+
+    device = resolve_device(device)
+    if quantize == "int8" and not device.startswith("cpu"):
+        raise ValueError("a torch int8 export runs on the CPU only (dynamic quantization); use --device cpu")
+    return device
 
 
 def _load_torch(path: Path, quantize: str, device: str, threads: int):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from bridge.models.loading import resolve_device
-
-    device = resolve_device(device)
+    device = _torch_device(device, quantize)
     if threads:
         torch.set_num_threads(threads)
     model = AutoModelForSeq2SeqLM.from_pretrained(path, use_safetensors=True, local_files_only=True,
                                                   dtype=torch.float16 if quantize == "fp16" else torch.float32)
     model = model.to(device).eval()
     if quantize == "int8":
-        if not device.startswith("cpu"):
-            raise ValueError("a torch int8 export runs on the CPU only (dynamic quantization); use --device cpu")
         with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (for torchao); they still run
             warnings.filterwarnings("ignore", message=".*quantize_per_tensor", category=UserWarning)
             warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated",
                                     category=DeprecationWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return model, f"torch/{device}/{quantize}"
+    return model
