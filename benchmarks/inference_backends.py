@@ -164,7 +164,7 @@ def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto
     from bridge.translator import Translator
 
     started = time.perf_counter()
-    tr = Translator.from_pretrained(directory, device=device, dtype=dtype, cache=None)
+    tr = Translator.from_pretrained(directory, device=device, dtype=dtype, cache=None).load()
     load = time.perf_counter() - started
     generate(tr.model, tr.tokenizer, prompts[:4], PREFIX, max_new_tokens=NEW_TOKENS, batch_size=4,
              size_from_input=False)
@@ -334,7 +334,7 @@ def _translate_rate(directory: str, prompts: list[str]) -> dict:
     _cap_rewrites()
     chunk = MigrateConfig.__dataclass_fields__["chunk_rows"].default
     started = time.perf_counter()
-    tr = Translator.from_pretrained(directory, cache=None)
+    tr = Translator.from_pretrained(directory, cache=None).load()
     load = time.perf_counter() - started
     started = time.perf_counter()
     for lo in range(0, len(prompts), chunk):
