@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ class Translator:
         self.policy = policy or MigrationPolicy()
         self.meta = meta
         self._model, self._tokenizer, self._loader = model, tokenizer, loader
+        self._load_lock = threading.Lock()
         self.name = name
         self.batch_size = batch_size
         # A TranslationCache and the key of this model in it (bridge.models.translation_cache): greedy rewrites made
@@ -135,10 +137,12 @@ class Translator:
         return self._model is not None
 
     def load(self) -> "Translator":
-        """Load the rewriter's weights now, not at the first text the cache lacks; returns the translator."""
-        if self._model is None and self._loader is not None:
-            self._model, self._tokenizer = self._loader()
-            self._loader = None
+        """Load the rewriter's weights now, not at the first text the cache lacks; returns the translator. Once:
+        the app translates from several threads, and two first requests must not load two copies."""
+        with self._load_lock:
+            if self._model is None and self._loader is not None:
+                self._model, self._tokenizer = self._loader()
+                self._loader = None
         return self
 
     @property

@@ -245,6 +245,32 @@ def test_negative_prompts_are_rewritten_only_when_the_adapter_learned_to(monkeyp
     assert meta.negative_prefix + "blurry" in script.asked  # the negative has its own task prefix
 
 
+def test_a_lazy_translator_loads_its_weights_once_when_threads_first_need_them(monkeypatch):
+    """The app translates from several threads: two first requests must share one load, not make two copies."""
+    import threading
+    import time
+
+    monkeypatch.setattr("bridge.models.rewriter.generate", _Scripted({"a crimson fox": "a red fox"}))
+    loads = []
+
+    def slow_load():
+        loads.append(threading.get_ident())
+        time.sleep(0.2)  # long enough for the other thread to arrive while this one loads
+        return object(), _Tok()
+
+    tr = Translator(presets.pipeline("tiny-sd2"), meta=AdapterMeta("tiny-t5", "x", "a", "b"), name="lazy",
+                    loader=slow_load)
+    assert tr.strategy == "adapter:lazy" and not tr.loaded
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(tr.translate(["a crimson fox"])[0])) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and tr.loaded
+    assert [t.translated_prompt for t in out] == ["a red fox", "a red fox"]
+
+
 def test_adapters_from_before_the_marked_format_load_as_leaf(tmp_path):
     meta = AdapterMeta("tiny-t5", "x", "a", "b")
     meta.save(tmp_path)
