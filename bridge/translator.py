@@ -85,11 +85,16 @@ def check_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
 
 def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
     """(peft model in eval mode, tokenizer, adapter meta, translation-cache key) for a `sd-bridge train` output."""
+    meta, base, key = check_adapter(adapter, device, dtype)
+    return (*load_weights(adapter, meta, base, device, dtype), meta, key)
+
+
+def load_weights(adapter: Path, meta, base: presets.RewriterPreset, device: str = "cpu", dtype: str = "auto"):
+    """(peft model in eval mode, tokenizer) for an adapter `check_adapter` has passed (what `Translator` defers)."""
     from peft import PeftModel
 
     from bridge.models.loading import load_rewriter
 
-    meta, base, key = check_adapter(adapter, device, dtype)
     model, tokenizer = load_rewriter(base, device=device, dtype=dtype)
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x; nothing a user can do
@@ -98,7 +103,7 @@ def load_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
                          f"{str(err).splitlines()[0]}") from None
-    return model.eval(), tokenizer, meta, key
+    return model.eval(), tokenizer
 
 
 class Translator:
@@ -176,13 +181,14 @@ class Translator:
         # The weights load when a text first needs generating: a run its translation cache fully answers (a
         # migrate run again) never pays for them. Whatever the files alone can refuse is refused now.
         if engine.is_export(adapter):
-            key, load = engine.cache_key(adapter, device), engine.load
+            key, load = engine.cache_key(adapter, device), functools.partial(engine.load_engine, adapter, device)
         else:
-            (meta, _, key), load = check_adapter(adapter, device, dtype), functools.partial(load_adapter, dtype=dtype)
+            meta, base, key = check_adapter(adapter, device, dtype)
+            load = functools.partial(load_weights, adapter, meta, base, device, dtype)
         path = translation_cache.resolve(cache)
         store = translation_cache.TranslationCache(path) if path is not None else None
         return cls(presets.pipeline(meta.target), policy, meta=meta, name=adapter.name, batch_size=batch_size,
-                   cache=store, model_key=key, loader=lambda: load(adapter, device)[:2])
+                   cache=store, model_key=key, loader=load)
 
     def check_inputs(self, prompts, negative_prompts, num_candidates: int) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):

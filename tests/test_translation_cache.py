@@ -91,7 +91,7 @@ def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters,
     first = json.loads(capsys.readouterr().out)
     assert first["translation_cache"]["generated"] == 12 and first["translation_cache"]["hits"] == 0
     with monkeypatch.context() as patch:  # the rerun is answered by the cache: loading the weights would fail it
-        patch.setattr("bridge.translator.load_adapter", _refuse)
+        patch.setattr("bridge.translator.load_weights", _refuse)
         assert main(args + ["--out", str(tmp_path / "two.txt")]) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["translation_cache"] == {"path": str(cache), "hits": 12, "generated": 0}

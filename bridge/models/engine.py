@@ -177,17 +177,21 @@ class Ct2Rewriter:
 
 def load(path: Path, device: str = "cpu", threads: int = 0):
     """(model, tokenizer, adapter meta, cache key) for an export directory."""
-    from transformers import AutoTokenizer
-
     from bridge.models.rewriter import AdapterMeta
 
-    meta, key = read_meta(path), cache_key(path, device)  # the key first: it refuses what cannot run here
+    key = cache_key(path, device)  # first: it refuses what cannot run here before anything loads
+    return (*load_engine(path, device, threads), AdapterMeta.load(path), key)
+
+
+def load_engine(path: Path, device: str = "cpu", threads: int = 0):
+    """(model, tokenizer): the export's engine and its tokenizer, loaded (what `Translator` defers)."""
+    from transformers import AutoTokenizer
+
+    meta = read_meta(path)
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     if meta["backend"] == "ctranslate2":
-        model = Ct2Rewriter(path / "engine", device, threads)
-    else:
-        model = _load_torch(path / "engine", meta["quantize"], device, threads)
-    return model, tokenizer, AdapterMeta.load(path), key
+        return Ct2Rewriter(path / "engine", device, threads), tokenizer
+    return _load_torch(path / "engine", meta["quantize"], device, threads), tokenizer
 
 
 def cache_key(path: Path, device: str = "cpu") -> str:
