@@ -1,4 +1,4 @@
-"""The sd-bridge Gradio app (`sd-bridge serve`, or `python app.py`).
+"""The sd-bridge Gradio app, served by `sd-bridge serve` (bridge/commands/serve.py).
 
 Tabs: Translate (prompt + negative -> translation, diffs, warnings, live token counts, policy and adapter
 controls, PNG Info), Compare (a grid: a row per model and prompt, a column per seed, with each target image's
@@ -17,10 +17,8 @@ import atexit
 import dataclasses
 import difflib
 import json
-import os
 import re
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -323,7 +321,7 @@ def _nearest_reference(index, emb) -> tuple:
 
 def _toy_oracle(prompt: str, negative: str):
     """The toy world's correct translation, or None for a prompt outside its grammar."""
-    from bridge.models.toy.world import NotAToyPrompt, oracle
+    from toyworld.world import NotAToyPrompt, oracle
 
     try:
         return oracle(prompt, negative or "")
@@ -555,66 +553,3 @@ def _batch_tab(gr, cfg: ServeConfig, batch) -> None:
         b_log = gr.Textbox(label="Summary", lines=3, elem_id="b-summary")
         b_go.click(batch, [upload, b_prompt_col, b_neg_col], [b_out, b_errors, b_preview, b_log],
                    api_name="batch", concurrency_limit=cfg.concurrency)
-
-
-def run_serve(cfg: ServeConfig, log=print, block: bool = True):
-    check_port(cfg.host, cfg.port)  # before anything is built or printed: no URL for a server that never ran
-    from starlette.middleware import Middleware
-
-    from bridge.web_guard import JSON_BODY_BYTES, BodyLimit, NoRemoteFiles
-
-    _own_gradio_cache()
-    demo = build_app(cfg)
-    # Every request body is capped: JSON calls at 1 MiB, uploads at --max-file-size (Gradio caps only files);
-    # file routes serve no remote URL (bridge/web_guard.py says why).
-    upload_bytes = cfg.upload_bytes()
-    guards = [Middleware(NoRemoteFiles), Middleware(BodyLimit, max_bytes=JSON_BODY_BYTES, upload_bytes=upload_bytes)]
-    try:
-        demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=upload_bytes,
-                    prevent_thread_lock=True, show_error=True, quiet=True, css=CSS, app_kwargs={"middleware": guards})
-    except OSError as err:  # taken in the moment since the check; Gradio's own message points at an env var
-        raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({err}); choose another with --port") from None
-    log(f"sd-bridge app on http://{cfg.host}:{cfg.port} (share off)")
-    if not block:
-        return demo
-    # SIGTERM (systemd, docker stop, kill) shuts down as Ctrl-C does: Gradio deletes the files it cached and
-    # atexit removes the Batch work files. By default SIGTERM ended the process with both left behind.
-    signal.signal(signal.SIGTERM, _interrupt)
-    demo.block_thread()
-    return 0
-
-
-def _own_gradio_cache() -> Path:
-    """Gradio caches uploads and results under GRADIO_TEMP_DIR; this server gets a fresh directory there,
-    removed at exit. Gradio's own shutdown deletes the files it tracked but leaves their directories, and
-    gr.File(type="filepath") leaves one empty temp file per upload (gradio 6.x) that nothing tracks: after 20
-    Batch uploads and a shutdown, 20 such files and 3 directories stayed behind."""
-    cache = Path(tempfile.mkdtemp(prefix="sd-bridge-serve-", dir=os.environ.get("GRADIO_TEMP_DIR")))
-    os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by Gradio when it builds the app and its components
-    atexit.register(shutil.rmtree, cache, ignore_errors=True)
-    return cache
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def check_port(host: str, port: int) -> None:
-    """A clear one-line error when the port is taken, instead of Gradio's traceback."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            raise ValueError(f"port {port} on {host} is in use or not available ({err.strerror}); choose another "
-                             "with --port") from None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    from bridge.config import parse_config
-
-    sys.exit(run_serve(parse_config(ServeConfig, sys.argv[1:], prog="app.py")))

@@ -1,12 +1,15 @@
-"""sd-bridge core library. The tree follows the flow of a prompt:
+"""sd-bridge core library. The tree follows the flow of a prompt, each layer importing only those above it here:
 
-- `bridge.syntax`    prompt text: parse, weights, tokens, the migration policy (no model)
-- `bridge.models`    presets, loading, rendering, scoring, the rewriter and its fast export; the toy world
-- `bridge.io`        prompt libraries in, translations out (sources, clean, migrate)
-- `bridge.sweep`     breadth over seeds and nearest references
+- `bridge.files`, `bridge.syntax`   text files in any encoding, atomic writes; prompt text with no model
+- `bridge.config`    typed configs and the one parser that makes them flags
+- `bridge.models`    presets, loading, rendering, scoring, the rewriter and its fast engine
+- `bridge.io`        prompt libraries in (sources, clean) and image grids out
 - `bridge.translator` `bridge.Translator`, the public API: source prompts in, target prompts out
-- `bridge.config`    typed configs and the one parser that makes them flags; `bridge.cli` the command
-- `bridge.commands`  commands that only print (translate, inspect, doctor, demo, toyworld)
+- `bridge.io.migrate`, `bridge.sweep`   a whole library translated; breadth over seeds and nearest references
+- `bridge.commands`  every `sd-bridge` command; `bridge.cli` dispatches to them
+
+The stages (data/, training/, eval/) and the toy world (toyworld/) build on the library; only the commands
+and the app (app.py) import them. tests/test_layers.py checks every import.
 
 `bridge.Translator` is imported lazily so `import bridge` stays cheap and loads no model.
 """

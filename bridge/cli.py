@@ -1,7 +1,7 @@
 """The `sd-bridge` command: one subcommand per job, each parsed from its config dataclass.
 
-Subcommands import their modules lazily, so `sd-bridge --help` is instant and the core never imports
-the stages (data/, training/, eval/) at module level.
+Every command lives in `bridge.commands`, imported only when it runs, so `sd-bridge --help` is instant; the
+library and the stages never import a command.
 """
 
 from __future__ import annotations
@@ -18,28 +18,28 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("bridge.commands.demo", "DemoConfig", "run_demo", "run the bridge end to end on the toy world, offline"),
     "doctor": ("bridge.commands.doctor", "DoctorConfig", "run_doctor",
                "print versions, device, caches and local presets"),
-    "gather": ("data.gather", "GatherConfig", "run_gather",
+    "gather": ("bridge.commands.gather", "GatherConfig", "run_gather",
                "render prompts with the source model into a resumable image+embedding dataset"),
     "translate": ("bridge.commands.translate", "TranslateConfig", "run_translate",
                   "translate prompts for the target model (argument or stdin)"),
-    "migrate": ("bridge.io.migrate", "MigrateConfig", "run_migrate",
+    "migrate": ("bridge.commands.migrate", "MigrateConfig", "run_migrate",
                 "translate a prompt library (txt/csv/tsv/jsonl/infotext/PNG folder), resumable"),
-    "serve": ("app", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
-    "train": ("training.trainer", "TrainConfig", "run_train",
+    "serve": ("bridge.commands.serve", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
+    "train": ("bridge.commands.train", "TrainConfig", "run_train",
               "train a LoRA rewriter so target renders agree with the gathered source images"),
-    "eval": ("eval.run", "EvalConfig", "run_eval",
+    "eval": ("bridge.commands.eval", "EvalConfig", "run_eval",
              "compare identity, syntax and adapters on held-out prompts; writes a report"),
-    "toyworld build": ("bridge.models.toy.build", "BuildConfig", "run_build",
+    "toyworld build": ("bridge.commands.toyworld_build", "BuildConfig", "run_build",
                        "train the toy world's models (toy-sd15, toy-sd2, toy-clip, toy-t5) from its grammar"),
     "toyworld prompts": ("bridge.commands.toyworld_prompts", "PromptsConfig", "run_prompts",
                          "draw fresh toy-world prompts with their drifts and oracle translations (JSONL)"),
     "toyworld sheet": ("bridge.commands.toyworld_sheet", "SheetConfig", "run_sheet",
                        "render a contact sheet: ground truth | toy-sd15 | toy-sd2 | toy-sd2 with the oracle"),
-    "sweep": ("bridge.sweep.run", "SweepConfig", "run_sweep",
+    "sweep": ("bridge.commands.sweep", "SweepConfig", "run_sweep",
               "render a prompt over many seeds per model: a grid, breadth per row, nearest references"),
-    "index": ("bridge.sweep.reference", "IndexConfig", "run_index",
+    "index": ("bridge.commands.index", "IndexConfig", "run_index",
               "embed a reference collection (image folder, gathered or HF dataset) into a search index"),
-    "export": ("bridge.models.export", "ExportConfig", "run_export",
+    "export": ("bridge.commands.export", "ExportConfig", "run_export",
                "merge a trained adapter into its base and convert it for a fast inference engine (ctranslate2)"),
     "inspect": ("bridge.commands.inspect", "InspectConfig", "run_inspect",
                 "show a prompt's syntax tree, weights, tags, token counts, warnings and syntax migration"),

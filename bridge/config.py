@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from bridge.io.files import atomic_write
+from bridge.files import atomic_write
 
 C = TypeVar("C")
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 from bridge.models import presets
 from bridge.config import first_difference, json_summary_field, log_plan, print_json_summary, save_config, summary_log
-from bridge.io.files import atomic_write, remove_stale_temps
+from bridge.files import atomic_write, remove_stale_temps
 
 PLAN = "plan.json"
 WORK = ".gather"

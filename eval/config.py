@@ -77,7 +77,9 @@ class EvalConfig(MigrationPolicy):
     def resolve_presets(self) -> bool:
         """Replace "auto" by the real preset when its weights are local, else by the toy one. Returns True
         when any fell back to the toy world (the caller says so before rendering)."""
-        fell_back = presets.resolve_auto(self)
+        from bridge.models.loading import resolve_auto
+
+        fell_back = resolve_auto(self)
         if self.oracle and not (presets.pipeline(self.source).toy and presets.pipeline(self.target).toy):
             raise ValueError(f"--oracle knows the correct translation only in the toy world; source {self.source!r} "
                              f"and target {self.target!r} must be toy presets (toy-sd15, toy-sd2)")

@@ -145,7 +145,7 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
 
 def _oracle(items: list[Item]) -> dict:
     """The toy world's correct translations (written from its drift table, never learned)."""
-    from bridge.models.toy.world import NotAToyPrompt, oracle
+    from toyworld.world import NotAToyPrompt, oracle
 
     prompts, negatives = [], []
     for it in items:
@@ -162,7 +162,7 @@ def drifts_of(prompt: str, source: presets.PipelinePreset) -> list[str] | None:
     """The toy-world drifts a prompt carries, for a toy source; None where that does not apply."""
     if not source.toy:
         return None
-    from bridge.models.toy.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read
+    from toyworld.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read
 
     try:
         return toy_drifts(read(prompt, SOURCE))

@@ -6,9 +6,9 @@ import dataclasses, json, sys
 from pathlib import Path
 from bridge.models import presets
 from bridge.models.render import Renderer, RenderSettings
-from bridge.models.toy import world
+from toyworld import world
 d = Path(sys.argv[1]).resolve()
-rows = [json.loads(l) for l in open("bridge/models/toy/prompts/heldout.jsonl")][:40]
+rows = [json.loads(l) for l in open("toyworld/prompts/heldout.jsonl")][:40]
 for name, key, dialect in (("toy-sd15", "prompt", world.SOURCE), ("toy-sd2", "oracle", world.TARGET)):
     p = dataclasses.replace(presets.pipeline(name), local_path=str(d / name))
     prompts = [r[key] for r in rows for _ in range(2)]; seeds = [s for _ in rows for s in range(2)]

@@ -4,7 +4,7 @@ coord 0|1, tw uniform|snr (eps loss weighted toward high t). Then renders (DPM++
 import argparse, random, time
 import numpy as np, torch
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from bridge.models.toy import build, world
+from toyworld import build, world
 from bridge.syntax.tokens import EOS, build_clip_tokenizer
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=800); ap.add_argument("--pred", default="eps")

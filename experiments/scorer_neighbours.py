@@ -4,7 +4,7 @@ import dataclasses, random, sys, torch
 torch.set_num_threads(1)
 from bridge.models import presets
 from bridge.models.score import Scorer
-from bridge.models.toy import world as w
+from toyworld import world as w
 import benchmarks.sweep_breadth as sb
 path = sys.argv[1] if len(sys.argv) > 1 else None
 p = presets.scorer("toy-clip")

@@ -20,6 +20,8 @@ def tiny_cache(tmp_path_factory):
     """Every session builds its tiny models from scratch into its own cache (unless SD_BRIDGE_CACHE is set)."""
     if "SD_BRIDGE_CACHE" not in os.environ:
         os.environ["SD_BRIDGE_CACHE"] = str(tmp_path_factory.mktemp("sd-bridge-cache"))
+    # Benchmark functions that tests call write their results here, never over benchmarks/results/.
+    os.environ["SD_BRIDGE_RESULTS"] = str(tmp_path_factory.mktemp("results"))
     return Path(os.environ["SD_BRIDGE_CACHE"])
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from bridge.models.rewriter import CURVES
 
+LOG = "train_log.jsonl"  # one JSON row per step (and per validation), in the adapter directory
+
 
 def read_log(path: Path) -> tuple[list[dict], list[dict]]:
     """A run's train_log.jsonl as (step rows, validation rows); empty when there is no log yet."""

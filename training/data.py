@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 REQUIRED = ("prompt", "negative_prompt", "seed", "prompt_index", "embedding", "scorer", "preset")
 
@@ -48,3 +52,17 @@ def load_groups(data_dir: Path, scorer: str, max_seeds: int | None = None) -> tu
     if not groups:
         raise ValueError(f"{data_dir} has no rows")
     return groups, {"source": sorted(set(cols["preset"])), "rows": len(ds), "prompts": len(groups)}
+
+
+def policy_inputs(cfg: TrainConfig, groups) -> tuple[list[str], list[str | None]]:
+    """Prompts and negative prompts after the syntax strategy, exactly as the Translator (eval, serving)
+    processes them: the policy's rewriting of the prompt is what the rewriter sees, and candidates are
+    rendered with the processed negative, as they will be once served."""
+    from bridge.syntax.policy import MigrationPolicy, apply_policy
+
+    policy = MigrationPolicy.of(cfg)
+    network_map = policy.load_network_map()
+    prompts = [apply_policy(g.prompt, policy, network_map).prompt for g in groups]
+    negatives = [apply_policy(g.negative_prompt, policy, network_map).prompt if g.negative_prompt is not None
+                 else None for g in groups]
+    return prompts, negatives

@@ -23,7 +23,6 @@ dropout seed. A checkpoint (LoRA + optimizer state, safetensors) therefore resum
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -33,27 +32,16 @@ import torch
 
 from bridge.models import presets
 from bridge.syntax.policy import MigrationPolicy
-from bridge.config import config_to_dict, first_difference, log_plan, print_json_summary, save_config, summary_log
+from bridge.config import log_plan, print_json_summary, save_config, summary_log
+from training.checkpoints import check_resume, find_resume, load_checkpoint, same_run, save_checkpoint
 from training.config import TrainConfig
-
-LOG = "train_log.jsonl"
-
-
-# ------------------------------------------------------------------------------ 1-2. data and models
-def policy_inputs(cfg: TrainConfig, groups) -> tuple[list[str], list[str | None]]:
-    """Prompts and negative prompts after the syntax strategy, exactly as the Translator (eval, serving)
-    processes them: the policy's rewriting of the prompt is what the rewriter sees, and candidates are
-    rendered with the processed negative, as they will be once served."""
-    from bridge.syntax.policy import apply_policy
-
-    policy = MigrationPolicy.of(cfg)
-    network_map = policy.load_network_map()
-    prompts = [apply_policy(g.prompt, policy, network_map).prompt for g in groups]
-    negatives = [apply_policy(g.negative_prompt, policy, network_map).prompt if g.negative_prompt is not None
-                 else None for g in groups]
-    return prompts, negatives
+from training.curves import LOG
+from training.data import policy_inputs
+from training.model_card import fmt, model_card, push_to_hub, summarise_log
+from training.plan import estimate, plan_run
 
 
+# ------------------------------------------------------------------------------ 1-2. models
 def build_model(cfg: TrainConfig, device: str):
     from peft import LoraConfig, get_peft_model
 
@@ -305,109 +293,6 @@ def idle_update(model, opt, accelerator, passes: int = 1) -> None:
         opt.zero_grad(set_to_none=True)
 
 
-# ------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path: Path, model, opt, step: int, accelerator, settings: dict | None = None) -> None:
-    """Written into `path.partial` and renamed when complete, so a kill mid-write leaves no checkpoint that
-    `--resume latest` would pick; `settings` (the run's fingerprint) lets a resume refuse another run's."""
-    import shutil
-
-    final, path = path, path.with_name(path.name + ".partial")
-    shutil.rmtree(path, ignore_errors=True)
-    _write_checkpoint(path, model, opt, step, accelerator, settings)
-    if final.exists():
-        shutil.rmtree(final)
-    path.rename(final)
-
-
-def _write_checkpoint(path: Path, model, opt, step: int, accelerator, settings: dict | None) -> None:
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    path.mkdir(parents=True, exist_ok=True)
-    peft_model = accelerator.unwrap_model(model)
-    save_file({k: v.contiguous().cpu() for k, v in get_peft_model_state_dict(peft_model).items()},
-              str(path / "lora.safetensors"))
-    state = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in state["state"].items():
-        for name, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"{idx}.{name}"] = value.contiguous().cpu()
-            else:
-                scalars[f"{idx}.{name}"] = value
-    save_file(tensors, str(path / "optimizer.safetensors"))
-    (path / "trainer_state.json").write_text(json.dumps({"step": step, "param_groups": state["param_groups"],
-                                                         "scalars": scalars, "settings": settings}), encoding="utf-8")
-
-
-def load_checkpoint(path: Path, model, opt, accelerator) -> int:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    for name in CHECKPOINT_FILES:
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"checkpoint {path} is incomplete (no {name})")
-    set_peft_model_state_dict(accelerator.unwrap_model(model), load_file(str(path / "lora.safetensors")))
-    meta = json.loads((path / "trainer_state.json").read_text())
-    tensors = load_file(str(path / "optimizer.safetensors"))
-    state: dict = {}
-    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value.to(accelerator.device) if torch.is_tensor(value) else value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return int(meta["step"])
-
-
-CHECKPOINT_FILES = ("lora.safetensors", "optimizer.safetensors", "trainer_state.json")
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """The complete checkpoints in OUT/checkpoints, oldest first (`step-N.partial` is one being written)."""
-    import re
-
-    found = sorted(p for p in (out / "checkpoints").glob("step-*") if re.fullmatch(r"step-\d+", p.name))
-    return [p for p in found if all((p / f).is_file() for f in CHECKPOINT_FILES)]
-
-
-def find_resume(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from. A fresh run into a directory with checkpoints is refused: resuming
-    later would pick them up as its own."""
-    ckpts = checkpoints(cfg.out) if cfg.out else []
-    if cfg.resume is None:
-        if ckpts:
-            raise ValueError(f"{cfg.out} holds checkpoints of an earlier run (latest {ckpts[-1].name}); continue it "
-                             f"with --resume latest, or choose another --out (or delete {cfg.out / 'checkpoints'}) "
-                             "to start over")
-        return None
-    if cfg.resume != "latest":
-        return Path(cfg.resume)
-    if not ckpts:
-        raise FileNotFoundError(f"--resume latest: no complete checkpoint in {cfg.out / 'checkpoints'}")
-    return ckpts[-1]
-
-
-def _same_run(cfg: TrainConfig) -> dict:
-    """Settings a resumed run must share with the checkpointed one (steps may grow)."""
-    skip = {"steps", "resume", "dry_run", "progress", "json", "push_to_hub", "tensorboard", "checkpoint_every", "device"}
-    return {k: v for k, v in config_to_dict(cfg).items() if k not in skip}
-
-
-def check_resume(cfg: TrainConfig, ckpt: Path) -> None:
-    """Refuse a checkpoint written under other settings, naming the first one that differs. Checkpoints
-    record their run's settings; older ones are compared with OUT/config.json."""
-    state = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else {}
-    saved = state.get("settings")
-    if saved is None and (cfg.out / "config.json").exists():
-        saved = json.loads((cfg.out / "config.json").read_text())["config"]
-    if saved is None:
-        return
-    diff = first_difference(saved, _same_run(cfg))
-    if diff is not None:
-        key, before, now = diff
-        raise ValueError(f"--resume: {ckpt} was written with {key}={before!r}, this run has {key}={now!r}; only "
-                         "--steps may change (or choose another --out)")
-
-
 # ------------------------------------------------------------------------------ the run
 @dataclass
 class _Run:
@@ -449,8 +334,8 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     # 2. Models.
     model, tokenizer = build_model(cfg, str(accelerator.device))
     if cfg.dry_run:
-        plan = _plan(cfg, groups)
-        plan.update(_estimate(cfg, model, tokenizer, inputs, plan))
+        plan = plan_run(cfg, groups)
+        plan.update(estimate(cfg, model, tokenizer, inputs, plan))
         if main:
             log_plan(cfg, log, plan)
         return plan
@@ -472,16 +357,9 @@ def run_train(cfg: TrainConfig, log=print, reward_fn=None) -> dict:
     # 5. Output: the adapter directory.
     summary = _write_adapter(run, data_info)
     log(f"adapter written to {run.out} ({summary.get('rl_steps', 0)} optimisation steps; reward first "
-        f"{_fmt(summary.get('reward_first'))} -> last {_fmt(summary.get('reward_last'))})")
+        f"{fmt(summary.get('reward_first'))} -> last {fmt(summary.get('reward_last'))})")
     print_json_summary(cfg, {"adapter": str(run.out), **summary})
     return {"history": history, "summary": summary, "out": str(run.out)}
-
-
-def _plan(cfg: TrainConfig, groups: list) -> dict:
-    """What a run of `cfg` on `groups` will do (--dry-run prints it, with time estimates)."""
-    rollouts = cfg.steps * min(cfg.prompts_per_step, len(groups)) * cfg.k
-    return {"prompts": len(groups), "warm_start_steps": cfg.warm_start_steps, "steps": cfg.steps,
-            "generations": rollouts, "renders_at_most": rollouts * max(len(g.seeds) for g in groups)}
 
 
 def _start(run: _Run, ckpt: Path | None, data_info: dict, log) -> int:
@@ -588,7 +466,7 @@ def _checkpoint(run: _Run, done: int) -> None:
     run.accelerator.wait_for_everyone()
     if run.main:
         save_checkpoint(run.out / "checkpoints" / f"step-{done:06d}", run.model, run.opt, done, run.accelerator,
-                        _same_run(run.cfg))
+                        same_run(run.cfg))
 
 
 def _write_adapter(run: _Run, data_info: dict) -> dict:
@@ -600,11 +478,11 @@ def _write_adapter(run: _Run, data_info: dict) -> dict:
     run.accelerator.unwrap_model(run.model).save_pretrained(out, safe_serialization=True)
     adapter_meta(cfg, run.max_new, data_info["source"][0] if data_info["source"] else "").save(out)
     save_train_prompts(out, [g.prompt for g in run.groups])  # eval refuses to score an adapter on these
-    summary = _summary(out / LOG)
+    summary = summarise_log(out / LOG)
     summary["curves"] = plot_curves(out / LOG, out) is not None
     (out / "README.md").write_text(model_card(cfg, data_info, summary), encoding="utf-8")
     if cfg.push_to_hub:
-        _push(cfg.push_to_hub, out)
+        push_to_hub(cfg.push_to_hub, out)
     return summary
 
 
@@ -662,25 +540,6 @@ def _validate(validator, peft_model, tokenizer, cfg: TrainConfig, max_new: int, 
         fh.write(json.dumps(row) + "\n")
 
 
-def _estimate(cfg: TrainConfig, model, tokenizer, inputs, plan) -> dict:
-    """Seconds for one generation and one target render on this device, and the run extrapolated."""
-    from bridge.models.render import Renderer
-    from bridge.models.rewriter import generate
-
-    t = time.perf_counter()
-    generate(model, tokenizer, inputs[:1], num_candidates=cfg.k, sample=True, max_new_tokens=cfg.max_new_tokens
-             or presets.rewriter(cfg.rewriter).max_new_tokens)
-    gen_s = (time.perf_counter() - t) / cfg.k
-    renderer = Renderer(presets.pipeline(cfg.target), device="auto" if cfg.device == "auto" else cfg.device)
-    renderer([inputs[0]], [0])  # load + warm up
-    t = time.perf_counter()
-    renderer([inputs[0]], [1])
-    render_s = time.perf_counter() - t
-    est = plan["generations"] * gen_s + plan["renders_at_most"] * render_s
-    return {"seconds_per_generation": round(gen_s, 4), "seconds_per_render": round(render_s, 4),
-            "estimated_seconds_at_most": round(est, 1), "estimated_hours_at_most": round(est / 3600, 2)}
-
-
 def _tensorboard(cfg: TrainConfig, out: Path):
     if not cfg.tensorboard:
         return None
@@ -697,75 +556,3 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     keep = [line for line in path.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-
-
-def _summary(path: Path) -> dict:
-    from training.curves import read_log
-
-    rows, val = read_log(path)
-    rl = [r for r in rows if r.get("reward_mean") is not None]
-    tail = rl[-max(1, len(rl) // 10):] if rl else []
-    return {"steps": len(rows), "rl_steps": len(rl), "reward_first": rl[0]["reward_mean"] if rl else None,
-            "val_identity": val[0]["val_identity"] if val else None,
-            "val_first": val[0]["val_agreement"] if val else None, "val_last": val[-1]["val_agreement"] if val else None,
-            "val_prompts": val[0]["val_prompts"] if val else None,
-            "reward_last": sum(r["reward_mean"] for r in tail) / len(tail) if tail else None,
-            "renders": sum(r.get("renders", 0) for r in rows), "cache_hits": sum(r.get("cache_hits", 0) for r in rows),
-            "fallbacks": sum(r.get("fallbacks", 0) for r in rows)}
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
-
-
-def _val_rows(cfg: TrainConfig, summary: dict) -> str:
-    if summary.get("val_first") is None:
-        return ""
-    return (f"| held-out agreement ({summary['val_prompts']} prompts of `{cfg.val_data}`): identity | "
-            f"{_fmt(summary['val_identity'])} |\n"
-            f"| held-out agreement: start of optimisation -> end | {_fmt(summary['val_first'])} -> "
-            f"{_fmt(summary['val_last'])} |\n")
-
-
-def model_card(cfg: TrainConfig, data_info: dict, summary: dict) -> str:
-    from bridge.models.rewriter import CURVES
-
-    return f"""---
-library_name: peft
-base_model: {presets.rewriter(cfg.rewriter).hub_id or cfg.rewriter}
-tags: [sd-bridge, prompt-translation, lora]
----
-# sd-bridge adapter: {', '.join(data_info['source']) or 'source'} -> {cfg.target}
-
-A LoRA on the rewriter `{cfg.rewriter}` that rewrites the text leaves of prompts written for
-{', '.join(data_info['source'])} so that `{cfg.target}` draws what the source drew, trained with sd-bridge.
-
-| | |
-|---|---|
-| data | `{cfg.data}`: {data_info['prompts']} prompts, {data_info['rows']} source renders |
-| scorer | `{cfg.scorer}` |
-| algorithm | {cfg.algo}, K={cfg.k}, {cfg.prompts_per_step} prompts/step, {cfg.steps} steps after {cfg.warm_start_steps} warm-start steps |
-| LoRA | r={cfg.lora_r}, alpha={cfg.lora_alpha}, dropout={cfg.lora_dropout}, targets={', '.join(cfg.lora_targets)} |
-| reward | mean CLIP cosine of target renders vs stored source images over the dataset's seeds; text weight {cfg.text_weight}, token penalty {cfg.token_penalty}, length penalty {cfg.length_penalty} |
-| reward, first step | {_fmt(summary.get('reward_first'))} |
-| reward, last 10% of steps | {_fmt(summary.get('reward_last'))} |
-| target renders / cache hits | {summary.get('renders')} / {summary.get('cache_hits')} |
-| structure fallbacks | {summary.get('fallbacks')} |
-{_val_rows(cfg, summary)}
-{"![learning curves](" + CURVES + ")" + chr(10) if summary.get("curves") else ""}
-Use: `sd-bridge translate --adapter THIS_DIR "PROMPT"` or `bridge.Translator.from_pretrained("THIS_DIR")`.
-Measure it with `sd-bridge eval --adapter THIS_DIR`. The resolved config is in `config.json`, the per-step
-log in `{LOG}`.
-"""
-
-
-def _push(repo_id: str, out: Path) -> None:
-    from huggingface_hub import HfApi
-
-    try:
-        api = HfApi()
-        api.create_repo(repo_id, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(out), ignore_patterns=["checkpoints/*", "render-cache/*"])
-    except Exception as err:  # offline, no token, no permission
-        raise RuntimeError(f"--push-to-hub {repo_id} failed ({type(err).__name__}: {err}); the adapter is saved in "
-                           f"{out}") from None

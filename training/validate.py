@@ -20,7 +20,7 @@ class Validator:
     def __init__(self, cfg: TrainConfig, cache, train_prompts: list[str]):
         from bridge.models.rewriter import prompt_hash
         from training.data import load_groups
-        from training.trainer import policy_inputs
+        from training.data import policy_inputs
 
         self.groups, _ = load_groups(cfg.val_data, cfg.scorer, cfg.reward_seeds)
         trained = {prompt_hash(p) for p in train_prompts}

@@ -2,7 +2,7 @@
 
 gather (toy-sd15 renders of train-split toy prompts) -> train (a LoRA on toy-t5 against toy-sd2) -> eval
 (identity, syntax, the adapter and the oracle on held-out prompts, with image grids) -> translate. The
-toy world's models are small but *trained* (bridge/models/toy), so the report and the closing story show what
+toy world's models are small but *trained* (toyworld), so the report and the closing story show what
 the tool is for: toy-sd2 draws something else for a toy-sd15 prompt, and the right translation draws
 what toy-sd15 drew. The pictures are described in words read back from their pixels.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bridge.config import save_config
 from bridge.models import presets
-from bridge.models.toy import world
+from toyworld import world
 
 TOY_PROMPTS = world.PROMPTS_DIR
 EXAMPLE = "a crimson circle"
@@ -106,7 +106,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
 def tell_story(cfg: DemoConfig, adapter_prompt: str, cache: Path, log=print) -> list[dict]:
     """Render the example with each model and each translation, and say what every picture shows."""
     from bridge.models.render import Renderer, derive_seed
-    from bridge.models.toy.world import describe, oracle
+    from toyworld.world import describe, oracle
 
     right = oracle(cfg.example)
     seed = derive_seed(cfg.seed, cfg.example, 0)

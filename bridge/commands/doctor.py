@@ -33,7 +33,7 @@ def doctor_report() -> dict:
     if torch.cuda.is_available():
         device["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     avail = {}
-    for kind, table in presets.TABLES.items():
+    for kind, table in presets.tables().items():
         for name, preset in table.items():
             avail[name] = {"kind": kind, "hub_id": preset.hub_id, "revision": preset.revision,
                            "family": "toy" if preset.toy else "tiny" if preset.tiny else "hub",
@@ -66,7 +66,7 @@ def run_doctor(cfg: DoctorConfig, log=print) -> dict:
         log(f"cache {key}: {value}")
     log("presets (local = loadable without network):")
     for name, info in report["presets"].items():
-        where = info["hub_id"] or {"toy": "toy world, shipped in bridge/models/toy/weights",
+        where = info["hub_id"] or {"toy": "toy world, shipped in toyworld/weights",
                                    "tiny": "built offline by bridge.models.tiny"}[info["family"]]
         log(f"  {info['kind']:8s} {name:14s} {'local  ' if info['local'] else 'missing'} {where}@{info['revision']}")
     return report

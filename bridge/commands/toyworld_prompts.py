@@ -2,7 +2,7 @@
 
 Each line: `prompt` (source dialect), `negative_prompt`, `drifts` (the documented drifts it carries, empty
 for none), `oracle` and `oracle_negative_prompt` (its correct translation for toy-sd2). Prompts are
-distinct, and a held-out prompt never belongs to the train split (bridge.models.toy.world.split_of).
+distinct, and a held-out prompt never belongs to the train split (toyworld.world.split_of).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.models.toy import world
+from toyworld import world
 
 
 @dataclass
@@ -41,7 +41,7 @@ def _stderr(message: str) -> None:
 
 
 def run_prompts(cfg: PromptsConfig, log=_stderr) -> int:
-    from bridge.io.files import atomic_write
+    from bridge.files import atomic_write
 
     rows = world.generate_prompts(cfg.n, cfg.seed, cfg.split, cfg.drift)
     text = "".join(json.dumps(r) + "\n" for r in rows)

@@ -1,6 +1,6 @@
 """`sd-bridge toyworld sheet`: a contact sheet of what the toy world's pipelines draw.
 
-One row per prompt, four columns: the ground truth of what the source prompt means (bridge.models.toy.world.draw),
+One row per prompt, four columns: the ground truth of what the source prompt means (toyworld.world.draw),
 toy-sd15 on the prompt, toy-sd2 on the same prompt (identity), toy-sd2 on the oracle translation. All
 renders share one seed per row. The README's picture is made with the defaults.
 """
@@ -29,7 +29,7 @@ class SheetConfig:
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
 
     def __post_init__(self):
-        from bridge.models.toy.world import SOURCE, read
+        from toyworld.world import SOURCE, read
 
         self.out = Path(self.out)
         if not self.prompts:
@@ -45,7 +45,7 @@ def run_sheet(cfg: SheetConfig, log=print) -> Path:
 
     from bridge.models import presets
     from bridge.models.render import Renderer, derive_seed
-    from bridge.models.toy.world import SOURCE, draw, oracle, read, realize
+    from toyworld.world import SOURCE, draw, oracle, read, realize
 
     # 1. What each prompt means and its correct translation.
     seeds = [derive_seed(cfg.seed, p, 0) for p in cfg.prompts]

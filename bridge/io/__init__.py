@@ -2,7 +2,6 @@
 
 - `sources`  prompt records from txt/csv/tsv/jsonl, A1111 infotext and PNG folders
 - `clean`    normalise, drop empties, dedupe and filter a prompt list before it costs renders
-- `migrate`  `sd-bridge migrate`: a whole library translated, streaming, resumable, atomic
-- `files`    text libraries read line by line in any encoding; atomic writes
+- `migrate`  a whole library translated, streaming, resumable, atomic (`sd-bridge migrate`)
 - `images`   captioned image grids (demo, contact sheets, eval)
 """

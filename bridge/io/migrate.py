@@ -21,16 +21,14 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from bridge.config import (config_to_dict, first_difference, json_summary_field, log_plan, print_json_summary,
-                           summary_log)
-from bridge.io.files import atomic_write, bad_bytes, file_encoding, sniff_encoding, text_lines
+from bridge.config import (config_to_dict, first_difference, json_summary_field, log_plan, print_json_summary)
+from bridge.files import atomic_write, bad_bytes, file_encoding, sniff_encoding, text_lines
 from bridge.syntax.policy import MigrationPolicy
 
 ADDED = ["translated_prompt", "translated_negative_prompt", "warnings", "tokens_before", "tokens_after", "strategy"]
@@ -334,15 +332,6 @@ def _run_key(cfg: MigrateConfig, kind: str) -> str:
     relevant = {k: v for k, v in config_to_dict(cfg).items() if k not in ("progress", "dry_run", "device", "json")}
     return hashlib.sha256(json.dumps([kind, st.st_size, st.st_mtime_ns, relevant], sort_keys=True,
                                      default=str).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------------- run
-def run_migrate(cfg: MigrateConfig, log=print) -> int:
-    try:
-        return migrate(cfg, summary_log(cfg, log))
-    except UsageError as err:
-        print(f"sd-bridge migrate: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
 
 
 def _rows(cfg: MigrateConfig, kind: str) -> Iterator[Row]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from bridge.io.files import bad_bytes, text_lines
+from bridge.files import bad_bytes, text_lines
 
 FORMATS = ("auto", "txt", "csv", "tsv", "jsonl", "parquet", "png", "hf")
 _EXT = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}

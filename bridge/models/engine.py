@@ -241,3 +241,26 @@ def _load_torch(path: Path, quantize: str, device: str, threads: int):
                                     category=DeprecationWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
+
+
+def convert(merged, tokenizer, backend: str, quantize: str, dest: Path) -> dict:
+    """A merged rewriter written for `backend` (ctranslate2 or torch) with `quantize` weights into `dest`;
+    the versions of the libraries that wrote it."""
+    import peft
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    if backend == "torch":
+        merged.to(torch.float16 if quantize == "fp16" else torch.float32).save_pretrained(dest)
+        return versions
+    import tempfile
+
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        TransformersConverter(tmp).convert(str(dest), quantization=_CT2_QUANTIZATION[quantize])
+    return {**versions, "ctranslate2": ctranslate2.__version__}

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bridge.models import presets
 from bridge.models.presets import PipelinePreset, Preset, RewriterPreset, ScorerPreset
 
 # Files fetched from the hub per kind: configs, tokenizers and safetensors weights, nothing pickled.
@@ -76,6 +77,30 @@ def is_available_locally(preset: Preset) -> bool:
         return True
     except ModelNotAvailableError:
         return False
+
+
+def real_or_toy(kind: str, value: str, real: str, toy: str) -> tuple[Preset, bool]:
+    """Resolve `value` ("auto" or a preset name): auto is the real preset when its weights are local, else
+    the toy one. Returns (preset, fell_back_to_toy)."""
+    if value != "auto":
+        return presets.get_preset(kind, value), False
+    preset = presets.get_preset(kind, real)
+    if is_available_locally(preset):
+        return preset, False
+    return presets.get_preset(kind, toy), True
+
+
+def resolve_auto(cfg) -> bool:
+    """Set `cfg.source`, `cfg.target` and `cfg.scorer` from "auto" to the real preset when its weights are
+    local, else to the toy world's. Returns True when any fell back (the caller says so before rendering)."""
+    fell_back = False
+    for attr, kind, real, toy in (("source", "pipeline", presets.DEFAULT_SOURCE, presets.TOY_SOURCE),
+                                  ("target", "pipeline", presets.DEFAULT_TARGET, presets.TOY_TARGET),
+                                  ("scorer", "scorer", presets.DEFAULT_SCORER, presets.TOY_SCORER)):
+        preset, toy_used = real_or_toy(kind, getattr(cfg, attr), real, toy)
+        setattr(cfg, attr, preset.name)
+        fell_back |= toy_used
+    return fell_back
 
 
 def _not_available(preset: Preset, err: Exception) -> ModelNotAvailableError:

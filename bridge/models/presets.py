@@ -44,7 +44,7 @@ class PipelinePreset:
     scheduler: str = "dpmsolver++"
     tiny: bool = False
     local_path: str | None = None  # a directory given by the user instead of a hub id
-    toy: bool = False  # a trained toy-world model shipped with the package (bridge/models/toy/weights)
+    toy: bool = False  # a trained toy-world model shipped with the package (toyworld/weights)
     # Plain diffusers truncates each prompt at 77 tokens (75 + BOS/EOS); A1111 chunks instead.
     truncates: bool = True
 
@@ -90,16 +90,6 @@ class RewriterPreset:
 
 Preset = PipelinePreset | ScorerPreset | RewriterPreset
 
-# The toy world (bridge/models/toy): small *trained* models whose disagreement is documented, shipped as weights.
-TOY_WEIGHTS = Path(__file__).resolve().parent / "toy" / "weights"
-# v2: renderers that draw where the caption says; v3: toy-sd15 trained 4x longer draws the shape asked for
-# (bridge/models/toy/build.py). The revision is in every render-cache key: renders of an older revision are not reused.
-TOY_REVISION = "toy-v3"
-
-
-def _toy(name: str) -> str:
-    return str(TOY_WEIGHTS / name)
-
 PIPELINES: dict[str, PipelinePreset] = {
     p.name: p
     for p in [
@@ -111,18 +101,6 @@ PIPELINES: dict[str, PipelinePreset] = {
         # from SD1.5 (v-prediction, linear projection, a wider text encoder), so shape bugs show in tests.
         PipelinePreset("tiny-sd15", None, "tiny-v1", "sd1", 64, "epsilon", 32, steps=3, tiny=True),
         PipelinePreset("tiny-sd2", None, "tiny-v1", "sd2", 64, "v_prediction", 48, steps=3, tiny=True),
-        # Toy world: trained on its source / target dialect (bridge/models/toy/world.py). toy-sd2 has a wider
-        # text encoder and "!" padding, like SD 2.x. Both predict v: toy-sd15 too, unlike SD 1.5, because an
-        # epsilon toy UNet never learned where to draw (bridge/models/toy/build.py says why).
-        PipelinePreset("toy-sd15", None, TOY_REVISION, "sd1", 32, "v_prediction", 64, steps=15, guidance=2.0,
-                       local_path=_toy("toy-sd15"), toy=True),
-        # Guidance from a one-off sweep on this 2-core machine (the first 40 held-out prompts x 2 seeds, each
-        # model in its own dialect, read back with bridge.models.toy.world.read_image; 80 renders each):
-        # colour + background right, toy-sd15: 91% at 1, 100% at 1.5, 100% at 2, 96% at 3, 85% at 5;
-        # toy-sd2: 91%, 99%, 100%, 99%, 93%. Position, where the prompt names one: 61/62 on both at 2.
-        # (experiments/guidance.py bridge/models/toy/weights 1,1.5,2,3,5)
-        PipelinePreset("toy-sd2", None, TOY_REVISION, "sd2", 32, "v_prediction", 96, steps=15, guidance=2.0,
-                       local_path=_toy("toy-sd2"), toy=True),
     ]
 }
 
@@ -132,7 +110,6 @@ SCORERS: dict[str, ScorerPreset] = {
         ScorerPreset("vit-h-14", "ViT-H-14", "laion2b_s32b_b79k", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "main"),
         ScorerPreset("vit-l-14", "ViT-L-14", "openai", "timm/vit_large_patch14_clip_224.openai", "main"),
         ScorerPreset("tiny-clip", "tiny-clip", None, None, "tiny-v1", tiny=True),
-        ScorerPreset("toy-clip", "toy-clip", None, None, TOY_REVISION, local_path=_toy("toy-clip"), toy=True),
     ]
 }
 
@@ -143,11 +120,39 @@ REWRITERS: dict[str, RewriterPreset] = {
         RewriterPreset("flan-t5-base", "google/flan-t5-base", "main"),
         RewriterPreset("flan-t5-large", "google/flan-t5-large", "main"),
         RewriterPreset("tiny-t5", None, "tiny-v1", max_new_tokens=64, tiny=True),
-        RewriterPreset("toy-t5", None, TOY_REVISION, max_new_tokens=32, local_path=_toy("toy-t5"), toy=True),
     ]
 }
 
-TABLES: dict[str, dict[str, Preset]] = {"pipeline": PIPELINES, "scorer": SCORERS, "rewriter": REWRITERS}
+_BUILT_IN: dict[str, dict[str, Preset]] = {"pipeline": PIPELINES, "scorer": SCORERS, "rewriter": REWRITERS}
+TABLES: dict[str, dict[str, Preset]] = {kind: dict(table) for kind, table in _BUILT_IN.items()}
+
+# Presets from other packages (the toy world's, a user's own) are registered, not written here: a package
+# names a function in the `sd_bridge.presets` entry-point group (pyproject.toml), which returns its presets.
+# The library never imports them; they are read once, at the first lookup (as open_clip's pretrained registry
+# and pytest's plugins are found).
+ENTRY_POINTS = "sd_bridge.presets"
+_plugins_read = False
+
+
+def register(*found: Preset) -> None:
+    """Add presets to the tables; a name taken by a built-in preset is refused."""
+    for preset in found:
+        table = TABLES[preset.kind]
+        if preset.name in _BUILT_IN[preset.kind]:
+            raise ValueError(f"preset {preset.name!r} is built in; a registered preset needs another name")
+        table[preset.name] = preset
+
+
+def tables() -> dict[str, dict[str, Preset]]:
+    """Every preset by kind, registered ones included."""
+    global _plugins_read
+    if not _plugins_read:
+        _plugins_read = True
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=ENTRY_POINTS):
+            register(*point.load()())
+    return TABLES
 
 # The reference run: SD1.5 -> SD2-base, scored by SD2's own CLIP family, rewritten by flan-t5-base.
 DEFAULT_SOURCE, DEFAULT_TARGET, DEFAULT_SCORER, DEFAULT_REWRITER = "sd15", "sd2-base", "vit-h-14", "flan-t5-base"
@@ -157,34 +162,8 @@ TOY_NOTE = ("note: the real SD weights are not available locally, so this uses t
             "(toy-sd15 -> toy-sd2, scored by toy-clip): small trained models that read toy-world prompts only")
 
 
-def real_or_toy(kind: str, value: str, real: str, toy: str) -> tuple[Preset, bool]:
-    """Resolve `value` ("auto" or a preset name): auto is the real preset when its weights are local, else
-    the toy one. Returns (preset, fell_back_to_toy)."""
-    if value != "auto":
-        return get_preset(kind, value), False
-    from bridge.models.loading import is_available_locally
-
-    preset = get_preset(kind, real)
-    if is_available_locally(preset):
-        return preset, False
-    return get_preset(kind, toy), True
-
-
 class UnknownPresetError(ValueError):
     """A preset name that is neither in the tables nor a local model directory."""
-
-
-def resolve_auto(cfg) -> bool:
-    """Set `cfg.source`, `cfg.target` and `cfg.scorer` from "auto" to the real preset when its weights are
-    local, else to the toy world's. Returns True when any fell back (the caller says so before rendering)."""
-    fell_back = False
-    for attr, kind, real, toy in (("source", "pipeline", DEFAULT_SOURCE, TOY_SOURCE),
-                                  ("target", "pipeline", DEFAULT_TARGET, TOY_TARGET),
-                                  ("scorer", "scorer", DEFAULT_SCORER, TOY_SCORER)):
-        preset, toy_used = real_or_toy(kind, getattr(cfg, attr), real, toy)
-        setattr(cfg, attr, preset.name)
-        fell_back |= toy_used
-    return fell_back
 
 
 def _looks_like_path(name: str) -> bool:
@@ -197,7 +176,7 @@ def get_preset(kind: str, name: str, revision: str | None = None) -> Preset:
 
     `revision` overrides the preset's pinned revision (it is recorded in every artifact's config).
     """
-    table = TABLES[kind]
+    table = tables()[kind]
     if name in table:
         preset = table[name]
     elif _looks_like_path(name):
@@ -262,5 +241,5 @@ def describe(preset: Preset) -> dict:
 
 __all__ = [
     "PipelinePreset", "ScorerPreset", "RewriterPreset", "PIPELINES", "SCORERS", "REWRITERS", "TABLES",
-    "get_preset", "pipeline", "scorer", "rewriter", "describe", "UnknownPresetError", "real_or_toy", "resolve_auto",
+    "get_preset", "pipeline", "scorer", "rewriter", "describe", "UnknownPresetError", "register", "tables",
 ]

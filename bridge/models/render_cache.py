@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from bridge.io.files import atomic_write
+from bridge.files import atomic_write
 
 
 class RenderCache:

@@ -32,12 +32,11 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Sequence
 
-from bridge.config import save_config
-from bridge.io.files import atomic_write
+from bridge.files import atomic_write
 from bridge.models import presets
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -58,44 +57,6 @@ META = "index.json"
 # and 4.6% of the others. Other scorers have other similarity scales: calibrate with your own in/out
 # examples and pass --duplicate-threshold.
 DUPLICATE_THRESHOLD = 0.92
-
-
-@dataclass
-class IndexConfig:
-    """Embed a reference collection once with the scorer into a cached, resumable parquet index."""
-
-    reference: str | None = field(default=None, metadata={
-        "help": "a folder of images, a dataset from `sd-bridge gather`, a saved HF dataset, or hf:NAME[:SPLIT]",
-        "positional": "?"})
-    out: Path | None = field(default=None, metadata={"help": "index directory (written or resumed)"})
-    scorer: str = field(default="auto", metadata={"help": "scorer preset (auto: vit-h-14 when local, else toy-clip)"})
-    image_column: str | None = field(default=None, metadata={"help": "image column of a dataset (default: the first "
-                                                                     "image-typed column)"})
-    caption_column: str | None = field(default=None, metadata={"help": "caption column of a dataset (default: prompt "
-                                                                       "or text when present)"})
-    batch: int = field(default=64, metadata={"help": "images embedded per scorer call"})
-    search: Literal["auto", "exact", "approximate"] = field(default="auto", metadata={
-        "help": f"auto: an approximate index (faiss IVF, 8-bit) beside the shards from {APPROXIMATE_FROM:,} "
-                "references; exact: none (search holds every embedding); approximate: always"})
-    nprobe: int | None = field(default=None, metadata={
-        "help": "lists an approximate search scans per query (default: 2%% of them, at least 32): more finds more "
-                "of the true nearest, more slowly; changing it keeps the built index"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-
-    def __post_init__(self):
-        if not self.reference:
-            raise ValueError("give the REFERENCE to index: a folder of images, a gathered dataset or hf:NAME")
-        if self.out is None:
-            raise ValueError("--out is required (the index directory)")
-        self.out = Path(self.out)
-        if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.nprobe is not None and self.nprobe < 1:
-            raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
-        if not self.reference.startswith("hf:") and not Path(self.reference).exists():
-            raise ValueError(f"reference {self.reference} does not exist")
-        if self.scorer != "auto":
-            presets.scorer(self.scorer)
 
 
 def check_index_dir(path) -> None:
@@ -328,29 +289,6 @@ def _unit(emb):
 
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-
-
-def run_index(cfg: IndexConfig, log=print) -> dict:
-    from tqdm.auto import tqdm
-
-    from bridge.models.score import Scorer
-
-    preset, toy = presets.real_or_toy("scorer", cfg.scorer, presets.DEFAULT_SCORER, presets.TOY_SCORER)
-    if toy:
-        log(presets.TOY_NOTE)
-    cfg.scorer = preset.name
-    # 1. List the collection (nothing is read but names, sizes and dates).
-    source = list_source(cfg.reference, cfg.scorer, cfg.image_column, cfg.caption_column)
-    # 2. Embed shard by shard; 3. write index.json and the config beside it.
-    with tqdm(total=len(source.paths), unit="img", desc="index", dynamic_ncols=True) as bar:
-        meta = build_index(source, cfg.out, Scorer(preset, device=cfg.device, batch_size=cfg.batch), cfg.batch,
-                           bar.update, cfg.search, cfg.nprobe, log)
-    save_config(cfg, cfg.out, scorer=meta["scorer"])
-    search = (f"approximate search ({meta['approximate']['kind']}, {meta['approximate']['nprobe']} lists per query)"
-              if "approximate" in meta else "exact search")
-    log(f"index: {meta['rows']} images from {cfg.reference} ({meta['embedded_this_run']} embedded this run, the rest "
-        f"kept), scorer {cfg.scorer}, dimension {meta['dim']}, {search} -> {cfg.out}")
-    return meta
 
 
 # ---------------------------------------------------------------------------------------------- search

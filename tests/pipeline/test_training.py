@@ -394,7 +394,7 @@ def test_candidates_render_with_the_negative_the_translator_serves():
 
     from bridge.translator import Translator
     from training.config import TrainConfig
-    from training.trainer import policy_inputs
+    from training.data import policy_inputs
 
     rows = read_jsonl(PROMPTS / "a1111.jsonl")[:30]
     groups = [SimpleNamespace(prompt=r["prompt"], negative_prompt=r["negative_prompt"]) for r in rows]
@@ -411,6 +411,7 @@ def test_kl_is_zero_at_the_warm_start_point(synthetic_data, tmp_path, monkeypatc
     """The KL anchor is the warm-started adapter: the first GRPO step, still at that point, has KL 0. With
     the base model as anchor (the old behaviour, forced here) the same step has KL > 0."""
     from training import trainer
+    from training.checkpoints import checkpoints
 
     def run(out):
         cfg = TrainConfig(data=synthetic_data, out=out, steps=1, warm_start_steps=3, prompts_per_step=4, k=2,
@@ -425,7 +426,7 @@ def test_kl_is_zero_at_the_warm_start_point(synthetic_data, tmp_path, monkeypatc
     # its first checkpoint; a directory with checkpoints is refused) anchors to its own warm start.
     import shutil
 
-    for ckpt in trainer.checkpoints(tmp_path / "anchored"):
+    for ckpt in checkpoints(tmp_path / "anchored"):
         shutil.rmtree(ckpt)
     with (tmp_path / "anchored" / "checkpoints" / trainer.REFERENCE).open("r+b") as fh:
         fh.seek(-64, 2)

@@ -4,8 +4,11 @@
                 the oracle, the prompt generator and the train/held-out split
 - `build`       `sd-bridge toyworld build`: trains toy-sd15, toy-sd2 (diffusers pipelines), toy-clip
                 (open_clip) and toy-t5 (a paraphraser) from the grammar
-- `weights/`    the built models (presets toy-sd15, toy-sd2, toy-clip, toy-t5), each with its build record
+- `presets`     toy-sd15, toy-sd2, toy-clip and toy-t5, registered with sd-bridge through the
+                `sd_bridge.presets` entry point (the library never imports this package)
+- `weights/`    the built models, each with its build record
 - `prompts/`    the committed train and held-out splits
 
-Its commands `sd-bridge toyworld prompts` and `toyworld sheet` are in bridge.commands.
+The lab, apart from the product: it builds on the library (bridge.*); its commands (`sd-bridge toyworld
+build|prompts|sheet`) are in bridge.commands.
 """

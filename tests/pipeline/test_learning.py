@@ -32,7 +32,7 @@ def _export_agrees(tmp_path, n: int) -> None:
     import json
 
     from benchmarks.toyworld_learning import PROMPTS
-    from bridge.models.export import ExportConfig, agreement, run_export
+    from bridge.commands.export import ExportConfig, agreement, run_export
 
     prompts = [json.loads(line)["prompt"] for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")][:n]
     for quantize, floor in (("none", 0.98), ("int8", 0.9)):

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.cli import main
-from bridge.models.toy import world
-from bridge.models.toy.world import SOURCE, TARGET, NotAToyPrompt, Spec, oracle, read, write
+from toyworld import world
+from toyworld.presets import WEIGHTS
+from toyworld.world import SOURCE, TARGET, NotAToyPrompt, Spec, oracle, read, write
 
 PROMPTS = world.PROMPTS_DIR
 
@@ -160,12 +161,12 @@ def test_toy_pipelines_are_real_diffusers_pipelines_of_the_documented_kind():
     sd2 = load_pipeline(presets.pipeline("toy-sd2"))
     assert type(sd15).__name__ == "StableDiffusionPipeline"
     # Both v-prediction, with a first convolution as wide as the latents and a slow text encoder: the recipe
-    # under which they learned where to draw (bridge/models/toy/build.py).
+    # under which they learned where to draw (toyworld/build.py).
     for pipe in (sd15, sd2):
         assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.unet.config.conv_in_kernel == 31
     assert sd2.text_encoder.config.hidden_size > sd15.text_encoder.config.hidden_size
     assert sd2.tokenizer.pad_token == "!" and sd15.tokenizer.pad_token == "<|endoftext|>"
-    total = sum(f.stat().st_size for f in Path(presets.TOY_WEIGHTS).rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
     assert total < 60e6  # committed weights stay small
 
 
@@ -320,7 +321,7 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
     from bridge.models.loading import load_pipeline, load_rewriter, load_scorer_model
     from bridge.models.presets import get_preset
     from bridge.models.render import Renderer
-    from bridge.models.toy.build import BUILD_RECORD, BuildConfig, run_build
+    from toyworld.build import BUILD_RECORD, BuildConfig, run_build
 
     out = tmp_path / "weights"
     cfg = BuildConfig(out=out, pool=48, vae_steps=2, sd15_unet_steps=2, sd2_unet_steps=2, clip_steps=2, t5_steps=2,
@@ -340,7 +341,7 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
 
 
 def test_build_config_refuses_bad_values():
-    from bridge.models.toy.build import BuildConfig
+    from toyworld.build import BuildConfig
 
     with pytest.raises(ValueError, match="sd2_unet_steps must be >= 1, got 0"):
         BuildConfig(sd2_unet_steps=0)

@@ -81,7 +81,7 @@ def test_duplicate_report_counts_renders_at_or_above_the_threshold():
 
 
 def _drawings(folder, scenes, seeds=(0, 1)):
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(scenes):
@@ -92,7 +92,7 @@ def _drawings(folder, scenes, seeds=(0, 1)):
 def test_index_build_is_cached_resumable_and_finds_the_same_picture(tmp_path, capsys):
     from bridge.cli import main
     from bridge.sweep.reference import ReferenceIndex
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     scenes = [w.Scene(shape=s, colour=c, background=b) for s, c, b in
               (("circle", "red", "white"), ("square", "blue", "black"), ("triangle", "yellow", "beige"))]
@@ -177,7 +177,7 @@ def test_index_of_a_saved_dataset_and_bad_references(tmp_path, capsys):
 
     from bridge.cli import main
     from bridge.sweep.reference import ReferenceIndex
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     images = [w.draw(w.Scene(colour=c), 1) for c in ("red", "green")]
     ds = datasets.Dataset.from_dict({"picture": images, "text": ["a red one", "a green one"]},
@@ -202,7 +202,7 @@ def test_a_gathered_dataset_is_indexed_with_its_own_embeddings_and_a_hub_name_of
 
     from bridge.cli import main
     from bridge.sweep.reference import ReferenceIndex
-    from bridge.models.toy import world as w
+    from toyworld import world as w
     from data.gather import features
 
     emb = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)

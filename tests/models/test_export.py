@@ -11,7 +11,7 @@ import pytest
 from bridge import Translator
 from bridge.cli import main
 from bridge.models import presets
-from bridge.models.export import ExportConfig, run_export
+from bridge.commands.export import ExportConfig, run_export
 from bridge.models.rewriter import PREFIX, AdapterMeta, generate
 
 LEAVES = ["a red fox in the snow", "masterpiece", "a castle at dusk, dramatic light", "portrait of an old man",

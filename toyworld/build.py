@@ -2,7 +2,7 @@
 
 Read top to bottom, the build is:
   1. draw a pool of (caption, image) pairs per pipeline, each in its own dialect with its own defaults
-     (bridge.models.toy.world.training_caption): toy-sd15 learns the source dialect, toy-sd2 the target one;
+     (toyworld.world.training_caption): toy-sd15 learns the source dialect, toy-sd2 the target one;
   2. a VAE (AutoencoderKL, 32 px -> 4x16x16 latents) on all pool images; its scaling factor is measured
      as SD's was (1 / std of the latents);
   3. per pipeline, a text encoder (CLIPTextModel on the real CLIP tokenizer) and a UNet trained together
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.models.tiny import TINY_CLIP_CONFIG
-from bridge.models.toy import world
+from toyworld import world
+from toyworld.presets import WEIGHTS as WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PIPELINE_DIMS = {"toy-sd15": 64, "toy-sd2": 96}  # text width = cross-attention width; SD2's is wider
 
 

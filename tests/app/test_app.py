@@ -27,7 +27,7 @@ SCREENSHOTS = os.environ.get("SD_BRIDGE_SCREENSHOTS")  # a directory: keep each 
 
 @pytest.fixture(scope="module")
 def server():
-    from app import ServeConfig, run_serve
+    from bridge.commands.serve import ServeConfig, run_serve
 
     cfg = ServeConfig(port=free_port(), max_seeds=8)
     demo = run_serve(cfg, log=lambda *_: None, block=False)

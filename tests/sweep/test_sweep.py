@@ -16,8 +16,8 @@ OPEN = "a shape"  # shape, colour, size, position, fill and background left to t
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An index of ground-truth drawings of three scenes (two seeds each), embedded with toy-clip."""
-    from bridge.sweep.reference import IndexConfig, run_index
-    from bridge.models.toy import world as w
+    from bridge.commands.index import IndexConfig, run_index
+    from toyworld import world as w
 
     root = tmp_path_factory.mktemp("reference")
     (root / "images").mkdir()
@@ -102,7 +102,7 @@ def test_breadth_tells_a_pinned_prompt_from_an_open_one(tmp_path):
     hollow. toy-sd15 separates the two kinds over 8 pairs x 24 seeds (benchmarks/sweep_breadth.py), but for
     "a shape" it leaves only the shape open, so this one pair at 16 seeds is disjoint there only barely
     (README, "Sweep, breadth and reference index")."""
-    from bridge.sweep.run import SweepConfig, run_sweep
+    from bridge.commands.sweep import SweepConfig, run_sweep
 
     (tmp_path / "p.txt").write_text(f"{PINNED}\n{OPEN}\n")
     report = run_sweep(SweepConfig(prompts=str(tmp_path / "p.txt"), rows=["identity"], seeds=16, out=tmp_path / "s",

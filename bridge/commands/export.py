@@ -6,7 +6,7 @@
     3. convert  ctranslate2 (default): `TransformersConverter` with int8/float16/float32 weights;
                 torch: the merged transformers model itself (int8 = dynamic quantization when loaded)
     4. record   export.json (source adapter, its sha256, backend, quantization, versions), config.json, the
-                adapter's metadata and training-prompt hashes (see bridge.models.engine for the layout)
+                adapter's metadata and training-prompt hashes (see bridge.models.engine for the layout and the conversion)
     5. check    with --check FILE: greedy translations of the export against the adapter's on those prompts;
                 the agreement goes into export.json and every prompt that differs into agreement.jsonl
 
@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from bridge.config import save_config
-from bridge.io.files import atomic_write
+from bridge.files import atomic_write
 from bridge.models import engine
 from bridge.models.rewriter import ADAPTER_META, TRAIN_PROMPTS
+from bridge.translator import Translator, load_adapter
 
 AGREEMENT = "agreement.jsonl"
 
@@ -74,8 +74,6 @@ class ExportConfig:
 
 
 def run_export(cfg: ExportConfig, log=print) -> int:
-    from bridge.translator import load_adapter
-
     started = time.perf_counter()
     # 1. Check: the adapter loads on its base, in fp32 on the CPU (the precision it was trained to).
     model, tokenizer, meta, adapter_key = load_adapter(cfg.adapter, device="cpu", dtype="float32")
@@ -86,7 +84,7 @@ def run_export(cfg: ExportConfig, log=print) -> int:
     partial.mkdir(parents=True)
     # 3. Convert.
     tokenizer.save_pretrained(partial / "tokenizer")
-    versions = _convert(merged, tokenizer, cfg, partial / "engine")
+    versions = engine.convert(merged, tokenizer, cfg.backend, cfg.quantize, partial / "engine")
     # 4. Record.
     for name in (ADAPTER_META, TRAIN_PROMPTS):
         if (cfg.adapter / name).is_file():
@@ -117,30 +115,9 @@ def run_export(cfg: ExportConfig, log=print) -> int:
     return 0
 
 
-def _convert(merged, tokenizer, cfg: ExportConfig, dest: Path) -> dict:
-    import peft
-    import torch
-    import transformers
-
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-    if cfg.backend == "torch":
-        merged.to(torch.float16 if cfg.quantize == "fp16" else torch.float32).save_pretrained(dest)
-        return versions
-    import ctranslate2
-    from ctranslate2.converters import TransformersConverter
-
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        TransformersConverter(tmp).convert(str(dest), quantization=engine._CT2_QUANTIZATION[cfg.quantize])
-    return {**versions, "ctranslate2": ctranslate2.__version__}
-
-
 def agreement(adapter: Path, export: Path, prompts: list[str], batch_size: int = 32) -> dict:
     """Greedy translations of `prompts` by the adapter and by its export, compared: the share that is the same,
     and each one that is not. No translation cache: both sides generate."""
-    from bridge.translator import Translator
-
     started = time.perf_counter()
     ours = Translator.from_pretrained(adapter, batch_size=batch_size).translate(prompts)
     theirs = Translator.from_pretrained(export, batch_size=batch_size).translate(prompts)

@@ -22,7 +22,7 @@ from pathlib import Path
 from bridge.sweep import breadth as B
 from bridge.models import presets
 from bridge.config import json_summary_field, print_json_summary, save_config, summary_log
-from bridge.io.files import atomic_write
+from bridge.files import atomic_write
 from bridge.syntax.policy import MigrationPolicy
 from bridge.sweep.reference import DUPLICATE_THRESHOLD, check_index_dir
 
@@ -112,7 +112,7 @@ def load_prompts(cfg: SweepConfig) -> list[tuple[str, str | None]]:
 
 def row_texts(cfg: SweepConfig, prompts: list[tuple[str, str | None]], translator) -> list[list[dict]]:
     """Per prompt, per asked row: {strategy, model, text, negative}. Checked for every prompt before any render."""
-    from bridge.models.toy.world import NotAToyPrompt, oracle
+    from toyworld.world import NotAToyPrompt, oracle
 
     if "oracle" in cfg.rows and not (presets.pipeline(cfg.source).toy and presets.pipeline(cfg.target).toy):
         raise ValueError("the oracle row needs the toy world's presets (source toy-sd15, target toy-sd2)")
@@ -179,7 +179,7 @@ def sweep_prompt(k: int, prompt: str, negative: str | None, rows: list[dict], ca
 
 
 def run_sweep(cfg: SweepConfig, log=print) -> dict:
-    from bridge.models.loading import resolve_device
+    from bridge.models.loading import resolve_auto, resolve_device
     from bridge.sweep.reference import ReferenceIndex
     from bridge.models.render import Renderer
     from bridge.models.render_cache import RenderCache
@@ -188,7 +188,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> dict:
     from bridge.translator import Translator
 
     log = summary_log(cfg, log)
-    if presets.resolve_auto(cfg):
+    if resolve_auto(cfg):
         log(presets.TOY_NOTE)
     device = resolve_device(cfg.device)
     # 1. Prompts, the reference index and every row's text, all checked before the first render.
