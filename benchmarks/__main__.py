@@ -1,13 +1,30 @@
-"""Run every benchmark: `uv run python -m benchmarks` (or `make bench`). `benchmarks.a1111_parity` needs a checkout
-of the A1111 WebUI (`SD_BRIDGE_WEBUI=PATH`), `benchmarks.comfyui_parity` one of ComfyUI (`SD_BRIDGE_COMFYUI=PATH`);
+"""Run every benchmark: `uv run python -m benchmarks` (or `make bench`); each writes benchmarks/results/NAME.json.
+`benchmarks.a1111_parity` needs a checkout of the A1111 WebUI (`SD_BRIDGE_WEBUI=PATH`), `benchmarks.comfyui_parity` one of ComfyUI (`SD_BRIDGE_COMFYUI=PATH`);
 each runs when its checkout is given."""
 
 import os
 import tempfile
 
-from benchmarks import (a1111_parity, app_load, cli_start, comfyui_parity, demo_time, gather_overhead, inference_backends,
-                        migrate_speed_memory, onnx_runtime, parse_linear, prompt_parse, reference_index, sweep_breadth, toyworld_drift,
-                        toyworld_learning, train_step_split, translation_cache)
+from benchmarks import (
+    a1111_parity,
+    app_load,
+    cli_start,
+    comfyui_parity,
+    demo_time,
+    gather_overhead,
+    inference_backends,
+    migrate_speed_memory,
+    onnx_runtime,
+    parse_linear,
+    prompt_parse,
+    reference_index,
+    sweep_breadth,
+    toyworld_drift,
+    toyworld_guidance,
+    toyworld_learning,
+    train_step_split,
+    translation_cache,
+)
 
 if __name__ == "__main__":
     cli_start.main([])
@@ -21,6 +38,7 @@ if __name__ == "__main__":
     onnx_runtime.main([])  # builds a second environment from the package registry (optimum-onnx, transformers 4.x)
     train_step_split.main([])
     toyworld_drift.main([])
+    toyworld_guidance.main([])
     sweep_breadth.main([])
     reference_index.main([])
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,16 +19,22 @@ import ast
 import importlib.util
 import json
 import re
-import sys
 import time
 import types
 from pathlib import Path
 
 import ftfy
 
+from benchmarks.results import recorded
 from bridge.syntax.a1111 import attention, read
 from bridge.syntax.prompt import And, Break, parse, segments
-from bridge.syntax.tokens import _is_comma, build_clip_tokenizer, clip_tokenizer, pack_chunks, token_runs
+from bridge.syntax.tokens import (
+    _is_comma,
+    build_clip_tokenizer,
+    clip_tokenizer,
+    pack_chunks,
+    token_runs,
+)
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "prompts" / "a1111.jsonl"
 _EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")  # A1111 modules/extra_networks.py re_extra_net
@@ -109,7 +115,8 @@ def tree_reading(text: str, negative: bool, steps: int) -> tuple[list, list[int]
     return runs, [len(c) for c, _ in pack_chunks(token_runs(runs, clip_tokenizer().pieces), _is_comma)]
 
 
-def main(argv: list[str] | None = None) -> int:
+@recorded("a1111_parity")
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--webui", type=Path, required=True, help="a checkout of AUTOMATIC1111/stable-diffusion-webui")
     ap.add_argument("--steps", type=int, default=20)
@@ -154,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  differs: {text!r}")
     print(f"chunk boundaries equal: {100 * same['chunks per step'] / n:.2f}% "
           f"(baseline tree reading {100 * base_chunks / n:.2f}%)")
-    return 0
+    return {"texts": n, "steps": args.steps, "equal_percent": {k: 100 * c / n for k, c in same.items()},
+            "baseline_weights_percent": 100 * base_weights / n, "baseline_chunks_percent": 100 * base_chunks / n,
+            "differs": differ}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

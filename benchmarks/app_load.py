@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.results import recorded
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT.parent / "shared" / "prompts"
 API = ["/gradio_api/call/translate", "/gradio_api/call/compare", "/gradio_api/call/batch", "/gradio_api/call/png_info",
@@ -121,7 +123,8 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def main(argv=None) -> None:
+@recorded("app_load")
+def main(argv=None) -> dict:
     from gradio_client import Client
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,6 +167,12 @@ def main(argv=None) -> None:
           f"{small!r} in {small_s:.2f} s (target <= {SMALL_TARGET_S:.0f} s)")
     print(f"10 MB and 100 MB bodies to {len(API)} API routes: {sum(s == 413 for s in statuses)}/{len(statuses)} refused "
           f"with 413; server RSS growth {growth:+.0f} MB (target < {RSS_TARGET_MB} MB)")
+    return {"alone_median_ms": statistics.median(alone) * 1000, "requests": args.requests,
+            "concurrency": args.concurrency, "errors": errors, "p50_ms": pct(lat, 50) * 1000,
+            "p95_ms": pct(lat, 95) * 1000, "requests_per_s": args.requests / wall,
+            "p50_vs_alone": pct(lat, 50) / statistics.median(alone), "big_refused": refused,
+            "small_behind_big_s": small_s, "oversized_refused_413": sum(s == 413 for s in statuses),
+            "oversized_requests": len(statuses), "rss_growth_mb": growth}
 
 
 if __name__ == "__main__":

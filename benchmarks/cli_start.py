@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.results import recorded
+
 # The console script users run, beside this interpreter (uv's .venv/bin); `python -m bridge.cli` otherwise.
 _SCRIPT = Path(sys.executable).with_name("sd-bridge")
 SD_BRIDGE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "bridge.cli"]
@@ -55,6 +57,7 @@ def run(cmd: list[str]) -> tuple[float, float]:
     return float(seconds), int(kb) / 1024
 
 
+@recorded("cli_start")
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)

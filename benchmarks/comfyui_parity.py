@@ -26,6 +26,7 @@ import random
 import time
 from pathlib import Path
 
+from benchmarks.results import recorded
 from bridge.syntax import a1111, comfyui
 
 PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "prompts"
@@ -92,7 +93,8 @@ def soup(n: int, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(n)]
 
 
-def main(argv: list[str] | None = None) -> None:
+@recorded("comfyui_parity")
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--comfyui", type=Path, required=True, help="a ComfyUI checkout (its comfy/sd1_clip.py)")
     ap.add_argument("--webui", type=Path, default=None, help="an A1111 checkout for A1111's side (default: ours)")
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"({time.perf_counter() - t0:.1f} s; A1111 side: {side})")
     print(f"A1111 -> ComfyUI weights equal: {100 * converted / kept:.2f}% of {kept} prompts "
           f"(unconverted {100 * pasted / kept:.2f}%)")
+    return {"texts": len(texts), "corpus_texts": len(rows), "random_strings": args.soup,
+            "reading_equal_percent": 100 * same / len(texts), "a1111_rules_percent": 100 * baseline / len(texts),
+            "a1111_side": "A1111 checkout" if args.webui else "bridge.syntax.a1111", "converted_prompts": kept,
+            "converted_equal_percent": 100 * converted / kept, "unconverted_equal_percent": 100 * pasted / kept}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results import recorded
 from bridge.models import presets
 from bridge.models.loading import load_pipeline
 from bridge.models.render import Renderer, RenderSettings
@@ -25,6 +26,7 @@ from bridge.models.score import Scorer
 from bridge.models.tiny import default_prompts_dir
 
 
+@recorded("gather_overhead")
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=32)

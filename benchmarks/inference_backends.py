@@ -42,6 +42,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from benchmarks.results import recorded
 from bridge.models.rewriter import BATCH_TOKENS
 from bridge.models.tiny import default_prompts_dir
 
@@ -134,7 +135,7 @@ def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, voc
 
 
 def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
-    from bridge.models.export import ExportConfig, run_export
+    from bridge.commands.export import ExportConfig, run_export
 
     run_export(ExportConfig(adapter=adapter, out=out, backend=backend, quantize=quantize, overwrite=True),
                log=lambda *_: None)
@@ -253,8 +254,8 @@ def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, full: dict
 
 def agreement(root: Path) -> dict:
     from benchmarks.toyworld_learning import PROMPTS, REDUCED, train_adapter
+    from bridge.commands.export import agreement as compare
     from bridge.models.engine import start_isa
-    from bridge.models.export import agreement as compare
 
     started = time.perf_counter()
     train_adapter(root / "toy", REDUCED)
@@ -343,7 +344,7 @@ def _translate_rate(directory: str, prompts: list[str]) -> dict:
 
 
 def _migrate(library_path: str, out: str, adapter: str | None, cache: str) -> float:
-    from bridge.io.migrate import MigrateConfig, run_migrate
+    from bridge.commands.migrate import MigrateConfig, run_migrate
 
     _cap_rewrites()
     started = time.perf_counter()
@@ -396,6 +397,7 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str
     return {"prompts_per_s": runs, "ratios": ratios}
 
 
+@recorded("inference_backends")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=1000)

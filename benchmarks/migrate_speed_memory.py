@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results import recorded
 from bridge.models.tiny import default_prompts_dir
 
 
@@ -80,6 +81,7 @@ def memory() -> dict:
     return {"rss_1k_mb": small, "rss_10k_mb": large, "ratio": large / small}
 
 
+@recorded("migrate_speed_memory")
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=64)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results import recorded
+
 NEW_TOKENS, BATCH = 48, 32
 OTHER_ENV = ["--with", "optimum-onnx[onnxruntime]", "--with", "transformers==4.57.6", "--with", "ctranslate2==4.8.5"]
 
@@ -119,6 +121,7 @@ def measure(base: Path, work: Path) -> dict:
     return {name: {"seconds": s, "prompts_per_s": n / s} for name, s in out.items()} | {"prompts": n}
 
 
+@recorded("onnx_runtime")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=256)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from benchmarks.results import recorded
 from bridge.syntax.infotext import parse_infotext
 from bridge.syntax.prompt import parse
 from bridge.syntax.tokens import count_tokens
@@ -32,6 +33,7 @@ def seconds(fn, text: str) -> float:
     return time.perf_counter() - t
 
 
+@recorded("parse_linear")
 def main(argv: list[str] | None = None) -> dict:
     results = {}
     print("parsers on hostile input: 1 MB against 100 kB (linear: ~10x; target <= 20x)")

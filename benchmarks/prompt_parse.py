@@ -13,6 +13,7 @@ import json
 import re
 import time
 
+from benchmarks.results import recorded
 from bridge.models.tiny import default_prompts_dir
 from bridge.syntax.prompt import parse
 
@@ -31,7 +32,8 @@ def best_rate(fn, prompts: list[str], repeats: int = 5) -> float:
     return len(prompts) / best
 
 
-def main() -> dict:
+@recorded("prompt_parse")
+def main(argv: list[str] | None = None) -> dict:
     path = default_prompts_dir() / "a1111.jsonl"
     with path.open(encoding="utf-8") as fh:
         prompts = [json.loads(line)["prompt"] for line in fh]

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.results import recorded
+
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
@@ -68,7 +70,7 @@ print(json.dumps({'images': n, 'seconds': seconds, 'peak_above_start': rss('VmHW
 def make_images(folder: Path, n: int, side: int = 128) -> None:
     import random
 
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
@@ -209,7 +211,6 @@ def approximate(tmp: Path, refs: int, dim: int, n_queries: int) -> dict:
     import numpy as np
 
     from benchmarks.inference_backends import in_process
-
     from bridge.sweep import reference as r
 
     exact_dir, approx_dir = tmp / "exact-index", tmp / "approximate-index"
@@ -304,6 +305,7 @@ def choose(refs: int, dim: int, n_queries: int) -> list[dict]:
     return rows
 
 
+@recorded("reference_index")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=4096, help="the smaller collection: one full shard")

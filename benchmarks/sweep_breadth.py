@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridge.models.toy import world
+from benchmarks.results import recorded
+from toyworld import world
 
 HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
 
@@ -38,7 +39,7 @@ HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
 def toy_prompts(dialect, n: int, seed: int) -> tuple[list[str], list[str]]:
     """(pinned, open) prompts in `dialect`: pinned say all six attributes (no default is left to the model);
     open ones say at most one of size, position, background, fill, and never shape or colour."""
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     rng = random.Random(f"sweep-breadth-{dialect.name}-{seed}")
     pinned: list[str] = []
@@ -56,9 +57,9 @@ def toy_prompts(dialect, n: int, seed: int) -> tuple[list[str], list[str]]:
 
 
 def breadth_separates(out: Path, n: int, seeds: int) -> dict:
-    from bridge.sweep.run import SweepConfig, run_sweep
-    from bridge.models.toy import world as w
+    from bridge.commands.sweep import SweepConfig, run_sweep
     from eval.metrics import bootstrap_ci, mean
+    from toyworld import world as w
 
     result = {}
     for model, dialect, row in (("toy-sd15", w.SOURCE, "source"), ("toy-sd2", w.TARGET, "identity")):
@@ -88,7 +89,7 @@ def breadth_separates(out: Path, n: int, seeds: int) -> dict:
 
 
 def _scenes(n: int, seed: int) -> list:
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     rng, out = random.Random(f"duplicates-{seed}"), []
     while len(out) < n:
@@ -99,7 +100,7 @@ def _scenes(n: int, seed: int) -> list:
 
 
 def _caption(scene) -> str:
-    from bridge.models.toy import world as w
+    from toyworld import world as w
 
     return w.write(w.Spec(**{a: getattr(scene, a) for a in w.ATTRIBUTES}), w.SOURCE)
 
@@ -139,11 +140,12 @@ def duplicate_check(out: Path, n_scenes: int, n_novel: int, ref_seeds: int = 8, 
     import numpy as np
     import torch
 
+    from bridge.commands.index import IndexConfig, run_index
     from bridge.models import presets
-    from bridge.sweep.reference import DUPLICATE_THRESHOLD, IndexConfig, ReferenceIndex, run_index, search
     from bridge.models.render import Renderer
     from bridge.models.score import Scorer
-    from bridge.models.toy import world as w
+    from bridge.sweep.reference import DUPLICATE_THRESHOLD, ReferenceIndex, search
+    from toyworld import world as w
 
     scenes = _scenes(n_scenes + n_novel, 1)
     ref, novel = scenes[:n_scenes], scenes[n_scenes:]
@@ -249,6 +251,7 @@ def eval_breadth(out: Path, n: int, seeds: int) -> dict:
                    "agreement": a["agreement_mean"]} for name, a in report["strategies"].items()}
 
 
+@recorded("sweep_breadth")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=8, help="pinned and open prompts per model")

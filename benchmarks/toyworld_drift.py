@@ -6,7 +6,7 @@
    minus identity agreement (paired, 95% bootstrap interval), the oracle's win rate on drifted prompts,
    and the delta on prompts without drift (the same text, so it must tie).
 2. The scorer sees meaning: agreement of the same prompt at another seed vs another prompt at the same seed.
-3. The pictures are right: the colour and background read back from the pixels (bridge.models.toy.world.read_image)
+3. The pictures are right: the colour and background read back from the pixels (toyworld.world.read_image)
    of toy-sd15 renders of source-dialect prompts and toy-sd2 renders of their target-dialect (oracle)
    translations, against what the prompt asks for; and the position and shape, against the same read back
    from the world's own drawings of those scenes (the reader is not perfect on striped and dotted shapes).
@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bridge.models.toy import world
+from benchmarks.results import recorded
+from toyworld import world
 
 HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
 
@@ -75,7 +76,15 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
     from bridge.models import presets
     from bridge.models.render import Renderer
     from bridge.models.render_cache import RenderCache
-    from bridge.models.toy.world import POSITIONS, SOURCE, TARGET, draw, read, read_image, realize
+    from toyworld.world import (
+        POSITIONS,
+        SOURCE,
+        TARGET,
+        draw,
+        read,
+        read_image,
+        realize,
+    )
 
     out = {}
     for name, preset, dialect, text_of in (
@@ -117,7 +126,7 @@ def renderers_listen(n: int = 96, timesteps: tuple[int, ...] = (300, 500, 700, 9
 
     from bridge.models import presets
     from bridge.models.loading import load_pipeline
-    from bridge.models.toy.build import token_ids
+    from toyworld.build import token_ids
 
     out = {}
     for preset, dialect in (("toy-sd15", world.SOURCE), ("toy-sd2", world.TARGET)):
@@ -155,6 +164,7 @@ def renderers_listen(n: int = 96, timesteps: tuple[int, ...] = (300, 500, 700, 9
     return out
 
 
+@recorded("toyworld_drift")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=200)

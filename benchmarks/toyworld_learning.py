@@ -30,7 +30,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from bridge.models.toy import world
+from benchmarks.results import recorded
+from toyworld import world
 
 PROMPTS = world.PROMPTS_DIR
 
@@ -155,6 +156,18 @@ def alone(rows: list[dict]) -> dict:
     return out
 
 
+def _variant(argv: list[str]) -> str:
+    """raft, reduced, broken-frozen...: each its own results file beside the full GRPO recipe's."""
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--algo", default="grpo")
+    ap.add_argument("--reduced", action="store_true")
+    ap.add_argument("--broken", default=None)
+    args, _ = ap.parse_known_args(argv)
+    return "-".join(filter(None, [None if args.algo == "grpo" else args.algo, "reduced" if args.reduced else None,
+                                  f"broken-{args.broken}" if args.broken else None]))
+
+
+@recorded("toyworld_learning", _variant)
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="gathered data, adapter and report go here")

@@ -14,9 +14,11 @@ import json
 import tempfile
 from pathlib import Path
 
+from benchmarks.results import recorded
 from bridge.models.tiny import default_prompts_dir
 
 
+@recorded("train_step_split")
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)

@@ -18,15 +18,17 @@ import time
 from pathlib import Path
 
 from benchmarks.migrate_speed_memory import small_shaped_adapter
+from benchmarks.results import recorded
 from bridge.models.tiny import default_prompts_dir
 
 
+@recorded("translation_cache")
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=1000)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args(argv)
-    from bridge.io.migrate import MigrateConfig, run_migrate
+    from bridge.commands.migrate import MigrateConfig, run_migrate
 
     seen: dict[str, None] = {}
     with (default_prompts_dir() / "plain.jsonl").open(encoding="utf-8") as fh:
