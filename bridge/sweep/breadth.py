@@ -25,7 +25,7 @@ import numpy as np
 # fully pinned prompts stay one cluster on both toy models. In that benchmark its 8 open prompts then split
 # into 1.8 (toy-sd15) and 3.2 (toy-sd2) clusters on average, the pinned ones 1.0 (at 0.5: 1.2 and 1.2). Two
 # scenes that differ in colour, size, position, fill or background are 0.29 to 0.42 apart on average; in
-# shape alone 0.16, about as far as one scene's seeds can be (experiments/scorer_neighbours.py).
+# shape alone 0.16, about as far as one scene's seeds can be (measured with a scratch script, CHANGELOG.md).
 CLUSTER_THRESHOLD = 0.25
 
 
