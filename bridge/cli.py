@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bridge.config import ConfigError, did_you_mean, parse_config
+from bridge.files import OutputBusyError
 
 # name -> (module, config class, run function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -89,18 +90,33 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(cfg, "out", None)
     existed = out is not None and Path(out).exists()
     try:
-        result = getattr(module, fn_name)(cfg)
+        with _one_run_at_a_time(out):
+            result = getattr(module, fn_name)(cfg)
     except BaseException as err:
         _say_partial(name, out, existed, err)
         return _failure(name, err)
     return result if isinstance(result, int) else 0
 
 
+def _one_run_at_a_time(out):
+    """Every command that writes an output holds its lock while it runs (bridge.files.OutputLock): a second run on
+    the same output is refused, naming the first one's pid. Under `accelerate launch` the main process (rank 0)
+    holds it for the whole run; the other ranks write into the same output as its helpers."""
+    import contextlib
+    import os
+
+    if out is None or int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext()
+    from bridge.files import OutputLock
+
+    return OutputLock(out)
+
+
 def _say_partial(name: str, out, existed: bool, err: BaseException) -> None:
     """After a failure, a run that left output says where and how to go on: every command that writes a
     directory is resumable or writes atomically, so what it did is kept, never half-trusted silently."""
-    if isinstance(err, SystemExit) or (isinstance(err, OSError) and err.errno in _DISK_ERRORS):
-        return  # a disk error's own line says how to go on
+    if isinstance(err, (SystemExit, OutputBusyError)) or (isinstance(err, OSError) and err.errno in _DISK_ERRORS):
+        return  # a disk error's own line says how to go on; a busy output is the other run's
     left = [] if out is None else [p for p in (Path(out), Path(f"{out}.partial")) if p.exists()]
     if name in RESUME and left and not existed:
         print(f"sd-bridge {name}: partial output kept in {left[0]}; {RESUME[name]}", file=sys.stderr)
@@ -138,7 +154,7 @@ RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
 def _known_errors() -> tuple[type[Exception], ...]:
     from bridge.models.loading import ModelNotAvailableError
 
-    return (ModelNotAvailableError,)
+    return (ModelNotAvailableError, OutputBusyError)
 
 
 def _quiet_libraries() -> None:

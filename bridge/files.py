@@ -99,3 +99,53 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # it exists, owned by someone else
         return True
     return True
+
+
+class OutputBusyError(RuntimeError):
+    """Another live run is writing the same output."""
+
+
+class OutputLock:
+    """One run at a time on one output (a file or a directory): `OUT.lock` beside it holds an exclusive lock
+    and the pid of the run that holds it. A second run on the same output is refused with that pid, before it
+    writes anything; two runs into one output used to interleave their rows and both exit 0.
+
+    The lock is the kernel's (fcntl.flock on the lock file), so a run that dies, even by SIGKILL, releases it
+    and the next run takes it over: no stale lock to clear by hand. The file is removed when the run ends; a
+    run that locked a file another run removed in between checks the inode and tries again.
+    """
+
+    def __init__(self, out: Path | str):
+        out = Path(out)
+        self.out, self.path, self._fd = out, out.with_name(out.name + ".lock"), None
+
+    def __enter__(self) -> "OutputLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputBusyError(f"{self.out} is being written by another run (pid {holder}); wait for it to "
+                                      "finish or choose another --out") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed this file after we opened it: lock the new one
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: a waiting run then locks a new file
+            os.close(self._fd)
+            self._fd = None
