@@ -61,6 +61,16 @@ class ExportConfig:
             raise ValueError(f"{self.adapter} is already an export; export the adapter it was made from")
         if self.out.resolve() == self.adapter.resolve():
             raise ValueError("--out is the adapter directory; choose a new directory for the export")
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; an export is a directory: choose another --out")
+        partial = self.out.with_name(self.out.name + ".partial")
+        if partial.exists():
+            if not self.overwrite:
+                raise ValueError(f"{partial} exists (an interrupted export, or someone else's files); pass "
+                                 "--overwrite to replace an interrupted export, or choose another --out")
+            if not _made_by_export(partial):
+                raise ValueError(f"{partial} holds files an export does not write; --overwrite only replaces what "
+                                 "an export made: move it or choose another --out")
         if self.out.exists() and any(self.out.iterdir()):
             if not self.overwrite:
                 raise ValueError(f"{self.out} exists and is not empty; choose another --out or pass --overwrite")
@@ -73,6 +83,14 @@ class ExportConfig:
             raise ValueError(f"check_limit must be >= 1, got {self.check_limit}")
 
 
+# What an export writes into OUT.partial; --overwrite removes a partial export that holds nothing else.
+EXPORT_FILES = {"tokenizer", "engine", ADAPTER_META, TRAIN_PROMPTS, engine.EXPORT_META, "config.json", AGREEMENT}
+
+
+def _made_by_export(folder: Path) -> bool:
+    return folder.is_dir() and all(p.name in EXPORT_FILES for p in folder.iterdir())
+
+
 def run_export(cfg: ExportConfig, log=print) -> int:
     started = time.perf_counter()
     # 1. Check: the adapter loads on its base, in fp32 on the CPU (the precision it was trained to).
@@ -80,7 +98,8 @@ def run_export(cfg: ExportConfig, log=print) -> int:
     # 2. Merge.
     merged = model.merge_and_unload()
     partial = cfg.out.with_name(cfg.out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    if partial.exists():  # an interrupted export's, checked by ExportConfig (--overwrite, nothing else in it)
+        shutil.rmtree(partial)
     partial.mkdir(parents=True)
     # 3. Convert.
     tokenizer.save_pretrained(partial / "tokenizer")

@@ -59,7 +59,7 @@ def test_an_export_generates_what_its_adapter_generates(adapter, exported, tmp_p
     # does the export of another adapter. int8 stays nearer its adapter than that other export: tiny-t5 is random,
     # its greedy choices near-ties, so how many whole rewrites int8 keeps depends on the CPU's int8 kernels
     # (ctranslate2 with AVX-512: most of the 8; on a 2-core AMD EPYC with AVX2 alone: 2, first tokens 3, against
-    # 0 for the other export). On a trained adapter int8 agrees on >= 90% (tests/test_learning.py).
+    # 0 for the other export). On a trained adapter int8 agrees on >= 90% (tests/pipeline/test_learning.py).
     from bridge.translator import load_adapter
 
     model, tok, _, _ = load_adapter(adapter)
@@ -223,6 +223,28 @@ def test_bad_exports_are_refused_before_any_work(adapter, exported, tmp_path, ca
     assert main(["export", str(adapter), "--out", str(exported / "torch-int8"), "--backend", "torch",
                  "--overwrite"]) == 0
     assert sorted(p.name for p in exported.iterdir()) == before  # replaced in place, no .partial left
+
+
+def test_export_removes_or_overwrites_only_what_it_made(adapter, tmp_path, capsys):
+    """Issue #41: `export --out X` deleted an existing X.partial/ with the user's files in it, and `--out FILE`
+    ended in a NotADirectoryError traceback."""
+    (tmp_path / "file").write_text("mine")
+    theirs = tmp_path / "x.partial"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    for argv, message in [(["--out", str(tmp_path / "file")], "is a file"),
+                          (["--out", str(tmp_path / "x")], "x.partial exists"),
+                          (["--out", str(tmp_path / "x"), "--overwrite"], "holds files an export does not write")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["export", str(adapter), *argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and len(err.strip().splitlines()) == 2, (argv, err)
+    assert (theirs / "notes.txt").read_text() == "mine" and (tmp_path / "file").read_text() == "mine"
+    # An interrupted export's own partial is replaced with --overwrite.
+    (theirs / "notes.txt").unlink()
+    (theirs / "engine").mkdir()
+    assert main(["export", str(adapter), "--out", str(tmp_path / "x"), "--backend", "torch", "--overwrite"]) == 0
+    assert not theirs.exists() and (tmp_path / "x" / "export.json").is_file()
 
 
 def test_a_rewriter_with_flan_t5s_own_tokenizer_exports_and_rewrites_as_its_adapter(tmp_path):
