@@ -294,6 +294,13 @@ class Translator:
         settings = [prefix, self.meta.format, self.meta.max_new_tokens, sorted(names)]
         keys = [self.cache.key(self.model_key, settings, t) for t in texts]
         found = self.cache.get_many(keys)
+        # A cached rewrite passes the structure check a fresh one passes (bridge.models.rewriter.rewrite_prompts):
+        # a cache edited by hand, or damaged, never carries a tag or a weight into the output; it is regenerated.
+        from bridge.models.rewriter import skeleton
+
+        for t, k in zip(texts, keys):
+            if k in found and skeleton(found[k][0], names) != skeleton(t, names):
+                del found[k]
         todo = list(dict.fromkeys(t for t, k in zip(texts, keys) if k not in found))
         if todo:
             fresh = {self.cache.key(self.model_key, settings, t): (r[0][0], r[1][0], r[2])

@@ -4,6 +4,7 @@ one, and never read back for another adapter, another setting or a sampled candi
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -99,3 +100,69 @@ def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters,
     assert main(args[:-4] + ["--translation-cache", "off", "--json", "--no-progress", "--out",
                              str(tmp_path / "three.txt")]) == 0
     assert json.loads(capsys.readouterr().out)["translation_cache"] is None
+
+
+def _damage(kind: str, path):
+    """A translation cache file broken the ways the red team broke it (issue #41)."""
+    import sqlite3
+
+    if kind == "garbage":
+        path.write_bytes(b"this is not a database\n" * 64)
+    elif kind == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "bit flips":
+        data = bytearray(path.read_bytes())
+        for i in range(100, len(data), 97):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif kind == "foreign schema":
+        path.unlink()
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE rewrites (id INTEGER, payload BLOB)")
+    elif kind == "read-only":
+        path.chmod(0o444)
+        path.parent.chmod(0o555)
+    elif kind == "directory":
+        path.unlink()
+        path.mkdir()
+    elif kind == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "bit flips", "foreign schema", "read-only", "directory",
+                                  "fifo"])
+def test_a_damaged_cache_degrades_to_no_cache_with_the_same_output(adapters, tmp_path, kind, caplog):
+    """One bad cache file used to break every adapter migrate with a sqlite3 traceback. Now: one
+    `cache-unusable` warning, and the same translations as a run without a cache."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    cache = folder / "t.sqlite"
+    want = [t.to_dict() for t in Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS)]
+    for extra in folder.glob("t.sqlite-*"):  # WAL side files: the damage is to the database itself
+        extra.unlink()
+    _damage(kind, cache)
+    try:
+        with caplog.at_level("WARNING", logger="sd_bridge"):
+            got = [t.to_dict() for t in Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS)]
+    finally:
+        folder.chmod(0o755)
+    assert got == want
+    if kind != "read-only" or os.geteuid() != 0:  # root writes through permission bits: nothing to warn about
+        assert "cache-unusable" in caplog.text, kind
+
+
+def test_a_cached_rewrite_passes_the_structure_check_a_fresh_one_passes(adapters, generated, tmp_path):
+    """A value edited into the cache (a LoRA tag the policy dropped, a changed weight) is never served: it fails
+    the structure check and is generated again."""
+    import sqlite3
+
+    cache = tmp_path / "t.sqlite"
+    want = [t.translated_prompt for t in Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS)]
+    asked = len(generated)
+    with sqlite3.connect(cache) as db:
+        db.execute("UPDATE rewrites SET value = ?", (json.dumps(["(evil:1.5) <lora:evil:1> a fox", False, False]),))
+    got = [t.translated_prompt for t in Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS)]
+    assert got == want and not any("evil" in g for g in got)
+    assert len(generated) > asked  # regenerated, not read back
