@@ -6,7 +6,7 @@ UV := python3 -m uv
 endif
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench env browser
+.PHONY: demo test test-fast bench env browser
 
 env:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -19,8 +19,15 @@ demo: env
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Everything, slow tests too, with the 25 slowest listed at the end (CI runs this).
 test: env browser
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest --durations=25 $(PYTEST_ARGS)
 
+# The inner loop: every test not marked slow.
+test-fast: env browser
+	$(UV) run pytest -m "not slow" $(PYTEST_ARGS)
+
+# Every benchmark; each writes benchmarks/results/NAME.json, then docs/results.md is regenerated from them.
 bench: env
 	$(UV) run python -m benchmarks
+	$(UV) run python -m benchmarks.results

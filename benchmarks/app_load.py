@@ -41,7 +41,7 @@ def free_port() -> int:
 
 class Server:
     """`python -m bridge.cli serve` in its own process, with its own TMPDIR and GRADIO_TEMP_DIR (under `root`) to
-    inspect, and its output in `root/server.log`. tests/test_app_attack.py uses it too."""
+    inspect, and its output in `root/server.log`. tests/app/test_app_attack.py uses it too."""
 
     def __init__(self, root: Path, *args: str):
         self.port, self.tmp, self.gradio_tmp, self.log = free_port(), root / "tmp", root / "gradio", root / "server.log"

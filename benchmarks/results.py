@@ -125,10 +125,17 @@ def load(folder: Path | None = None) -> dict[str, dict]:
 
 
 def lookup(record: dict, key: str):
-    """A figure by its dotted path in `figures` (`learning.grpo.gap`; list items by index)."""
-    value = record["figures"]
-    for part in key.split("."):
-        value = value[int(part)] if isinstance(value, list) else value[part]
+    """A figure by its dotted path in `figures` (`drift.delta`; list items by index). A name that holds dots
+    itself (`by_guidance.2.0`) is matched whole: the longest name that exists wins."""
+    value, parts, i = record["figures"], key.split("."), 0
+    while i < len(parts):
+        if isinstance(value, list):
+            value, i = value[int(parts[i])], i + 1
+            continue
+        j = next((j for j in range(len(parts), i, -1) if ".".join(parts[i:j]) in value), None)
+        if j is None:
+            raise KeyError(f"{key!r}: no {parts[i]!r} in {sorted(value)}")
+        value, i = value[".".join(parts[i:j])], j
     return value
 
 

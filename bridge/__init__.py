@@ -9,7 +9,7 @@
 - `bridge.commands`  every `sd-bridge` command; `bridge.cli` dispatches to them
 
 The stages (data/, training/, eval/) and the toy world (toyworld/) build on the library; only the commands
-and the app (app.py) import them. tests/test_layers.py checks every import.
+and the app (app.py) import them. tests/project/test_layers.py checks every import.
 
 `bridge.Translator` is imported lazily so `import bridge` stays cheap and loads no model.
 """

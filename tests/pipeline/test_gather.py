@@ -142,20 +142,21 @@ def _env() -> dict:
 
 @pytest.mark.slow
 def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(prompts_dir, tmp_path):
-    """SIGKILL three times, each at a random moment after the run has written another shard (so mid-render,
-    mid-shard-write or between shards), then a rerun: the same rows as the uninterrupted run."""
+    """SIGKILL twice, each at a random moment after the run has written another shard (so mid-render,
+    mid-shard-write or between shards): once a fresh run, once the run resumed from it; then a rerun: the same
+    rows as the uninterrupted run. (A third kill was one more resumed run: the same case again.)"""
     import random
 
-    # 16 prompts, one shard each: with six, a loaded machine sometimes finished the run before the third kill.
+    # 12 prompts, one shard each: with six, a loaded machine sometimes finished the run before a third kill.
     prompt_file = tmp_path / "p.jsonl"
-    prompt_file.write_text("\n".join(_a1111_lines(prompts_dir, 16)) + "\n", encoding="utf-8")
+    prompt_file.write_text("\n".join(_a1111_lines(prompts_dir, 12)) + "\n", encoding="utf-8")
     rng = random.Random(16)
     out, reference = tmp_path / "killed", tmp_path / "uninterrupted"
     flags = [*TINY, "--prompts", str(prompt_file), "--seeds", "2", "--shard-prompts", "1", "--batch-size", "2"]
     assert main(["gather", *flags, "--out", str(reference)]) == 0
     cmd = [sys.executable, "-m", "bridge.cli", "gather", *flags, "--out", str(out)]
     shards = lambda: len(list((out / ".gather").glob("shard-*.parquet")))  # noqa: E731
-    for kill in range(3):
+    for kill in range(2):
         before = shards() if out.exists() else 0
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 240
@@ -165,7 +166,7 @@ def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(prompts_d
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert not (out / "state.json").exists(), f"the run finished before kill {kill + 1}"
-    assert shards() >= 3
+    assert shards() >= 2
     assert subprocess.run(cmd, env=_env(), capture_output=True).returncode == 0
     assert_same_rows(rows(reference), rows(out))
     assert not list((out / ".gather").glob(".*.tmp"))  # no half-written shard left behind

@@ -3,7 +3,7 @@ identity on held-out prompts it never saw (slow: a few minutes on 2 CPU cores).
 
 The assertion can fail: with a frozen adapter (lr 0) or a reward of random numbers, the same run recovers
 little of the gap (`python -m benchmarks.toyworld_learning --out DIR --reduced --broken frozen|random-reward`;
-the README has the numbers)."""
+docs/toyworld.md and its results files have the numbers)."""
 
 from __future__ import annotations
 

@@ -197,9 +197,10 @@ def test_a_run_never_resumes_another_runs_checkpoints(synthetic_data, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(gathered, tmp_path):
-    """`sd-bridge train` with the real reward on tiny presets, SIGKILLed three times at random moments after a
-    new checkpoint (mid-step, mid-checkpoint-write), each rerun with `--resume latest`: the final adapter and
-    the log equal the uninterrupted run's."""
+    """`sd-bridge train` with the real reward on tiny presets, SIGKILLed at random moments after a new checkpoint
+    (mid-step, mid-checkpoint-write), once as a fresh run and once resumed with `--resume latest`, then resumed to
+    the end: the final adapter and the log equal the uninterrupted run's. (A third kill was one more resumed
+    run: the same case again.)"""
     import random
     import signal
     import sys
@@ -215,7 +216,7 @@ def test_resume_after_kills_at_random_moments_equals_uninterrupted_run(gathered,
     assert subprocess.run(train + ["--out", str(tmp_path / "a")], capture_output=True).returncode == 0
     out = tmp_path / "b"
     done = lambda: sorted(p.name for p in (out / "checkpoints").glob("step-*") if "." not in p.name)  # noqa: E731
-    for kill in range(3):
+    for kill in range(2):
         before = len(done()) if (out / "checkpoints").exists() else 0
         proc = subprocess.Popen(train + ["--out", str(out)] + (["--resume", "latest"] if kill else []),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

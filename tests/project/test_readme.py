@@ -38,7 +38,7 @@ def commands() -> list[str]:
             line = re.sub(r"\s+#.*$", "", line).strip()
             if re.match(r"(uv run )?sd-bridge ", line):
                 out.append(line.removeprefix("uv run "))
-    return out
+    return list(dict.fromkeys(out))  # a command shown in two places runs once
 
 
 def config_of(argv: list[str]):

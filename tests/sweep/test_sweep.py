@@ -101,7 +101,7 @@ def test_breadth_tells_a_pinned_prompt_from_an_open_one(tmp_path):
     On toy-sd2 (the identity row): where a caption leaves everything open, toy-sd2 draws any shape, solid or
     hollow. toy-sd15 separates the two kinds over 8 pairs x 24 seeds (benchmarks/sweep_breadth.py), but for
     "a shape" it leaves only the shape open, so this one pair at 16 seeds is disjoint there only barely
-    (README, "Sweep, breadth and reference index")."""
+    (benchmarks/sweep_breadth.py measures it)."""
     from bridge.commands.sweep import SweepConfig, run_sweep
 
     (tmp_path / "p.txt").write_text(f"{PINNED}\n{OPEN}\n")
