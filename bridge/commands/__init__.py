@@ -10,3 +10,18 @@ bridge.config) and a `run_*` that calls the library or a stage and prints. Nothi
 - `demo`                                       gather -> train -> eval -> translate on the toy world
 - `toyworld_build`, `toyworld_prompts`, `toyworld_sheet`   the toy world (toyworld/)
 """
+
+
+def stage(module: str, function: str):
+    """The `run_*` of a command that only dispatches to a stage (gather, train, eval, toyworld build): the stage
+    is library code that the demo, the benchmarks and the tests call too, so the command imports it when it
+    runs and returns the exit status; the stage returns its summary."""
+    def run(cfg, log=print) -> int:
+        import importlib
+
+        getattr(importlib.import_module(module), function)(cfg, log=log)
+        return 0
+
+    run.__name__ = run.__qualname__ = function
+    run.__doc__ = f"`{function}` of {module}, as a command: 0 when it finishes."
+    return run
