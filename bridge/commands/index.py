@@ -4,6 +4,9 @@ resumable parquet index (bridge.sweep.reference builds and searches it).
     1. list     the collection: names, sizes and dates only
     2. embed    shard by shard, each shard written atomically and kept when a rerun finds it current
     3. record   index.json and the resolved config beside the shards
+
+Exit status: 0 every image indexed, 3 finished with files it could not read (listed in OUT/errors.jsonl; the
+rest is indexed), 2 usage, 1 another run holds OUT.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Literal
 
 from bridge.config import save_config
 from bridge.models import presets
-from bridge.sweep.reference import APPROXIMATE_FROM, build_index, list_source
+from bridge.sweep.reference import APPROXIMATE_FROM, ERRORS, MAX_PIXELS, build_index, list_source
 
 
 @dataclass
@@ -37,6 +40,8 @@ class IndexConfig:
     nprobe: int | None = field(default=None, metadata={
         "help": "lists an approximate search scans per query (default: 2%% of them, at least 32): more finds more "
                 "of the true nearest, more slowly; changing it keeps the built index"})
+    max_pixels: int = field(default=MAX_PIXELS, metadata={
+        "help": "an image larger than this (width x height) is listed as an error, checked before it is decoded"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
 
     def __post_init__(self):
@@ -47,6 +52,8 @@ class IndexConfig:
         self.out = Path(self.out)
         if self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
         if self.nprobe is not None and self.nprobe < 1:
             raise ValueError(f"nprobe must be >= 1, got {self.nprobe}")
         if not self.reference.startswith("hf:") and not Path(self.reference).exists():
@@ -55,7 +62,7 @@ class IndexConfig:
             presets.scorer(self.scorer)
 
 
-def run_index(cfg: IndexConfig, log=print) -> dict:
+def run_index(cfg: IndexConfig, log=print) -> int:
     from tqdm.auto import tqdm
 
     from bridge.models.loading import real_or_toy
@@ -70,10 +77,14 @@ def run_index(cfg: IndexConfig, log=print) -> dict:
     # 2. Embed shard by shard; 3. write index.json and the config beside it.
     with tqdm(total=len(source.paths), unit="img", desc="index", dynamic_ncols=True) as bar:
         meta = build_index(source, cfg.out, Scorer(preset, device=cfg.device, batch_size=cfg.batch), cfg.batch,
-                           bar.update, cfg.search, cfg.nprobe, log)
+                           bar.update, cfg.search, cfg.nprobe, log, cfg.max_pixels)
     save_config(cfg, cfg.out, scorer=meta["scorer"])
     search = (f"approximate search ({meta['approximate']['kind']}, {meta['approximate']['nprobe']} lists per query)"
               if "approximate" in meta else "exact search")
     log(f"index: {meta['rows']} images from {cfg.reference} ({meta['embedded_this_run']} embedded this run, the rest "
         f"kept), scorer {cfg.scorer}, dimension {meta['dim']}, {search} -> {cfg.out}")
-    return meta
+    if meta["errors"]:
+        log(f"index: {meta['errors']} files could not be read and are not in the index; they are listed in "
+            f"{cfg.out / ERRORS}")
+        return 3
+    return 0

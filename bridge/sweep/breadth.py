@@ -66,15 +66,20 @@ def bootstrap_mean_distance(d: np.ndarray, n: int = 2000, level: float = 0.95, s
 def clusters(d: np.ndarray, threshold: float = CLUSTER_THRESHOLD) -> list[int]:
     """Average-linkage cluster label per row, merging while the closest two groups' mean distance is at most
     `threshold`. Labels are numbered in order of first appearance, so they are stable for a given input."""
+    # Equal links (a symmetric set of renders) are broken by what the groups hold, never by row order, so the
+    # count does not depend on the order of the seeds; links are compared at 1e-9 for the same reason (a mean
+    # summed in another order differs in the last bits).
+    profile = [tuple(np.round(np.sort(row), 9)) for row in d]
     groups = [[i] for i in range(len(d))]
     while len(groups) > 1:
         best, pair = None, None
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
-                link = float(d[np.ix_(groups[a], groups[b])].mean())
-                if best is None or link < best:
-                    best, pair = link, (a, b)
-        if best > threshold:
+                ka, kb = sorted((sorted(profile[i] for i in groups[a]), sorted(profile[i] for i in groups[b])))
+                key = (round(float(d[np.ix_(groups[a], groups[b])].mean()), 9), ka, kb)
+                if best is None or key < best:
+                    best, pair = key, (a, b)
+        if best[0] > threshold:
             break
         a, b = pair
         groups[a] = sorted(groups[a] + groups.pop(b))
