@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bridge.models import presets
+from bridge.models.rewriter import check_safetensors, read_json
 from bridge.syntax.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
 from bridge.syntax.tokens import token_budget
 
@@ -51,12 +53,10 @@ def check_base_model(adapter: Path, base: presets.RewriterPreset) -> None:
     a LoRA of the same shape on another base loads without error and rewrites nonsense. peft records the
     directory the base was loaded from: a hub id, its cache snapshot (`models--org--name/snapshots/REV`),
     or a local directory (toy and tiny presets), compared by its name since clones live elsewhere."""
-    import json
-
     from bridge.models.loading import model_dir
 
     config = adapter / "adapter_config.json"
-    recorded = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path") if config.is_file() else None
+    recorded = read_json(config, "a peft adapter config").get("base_model_name_or_path") if config.is_file() else None
     if not recorded:
         return
     if base.hub_id and (recorded == base.hub_id or f"models--{base.hub_id.replace('/', '--')}" in recorded):
@@ -65,6 +65,54 @@ def check_base_model(adapter: Path, base: presets.RewriterPreset) -> None:
         return
     raise ValueError(f"adapter {adapter} was trained on base model {recorded!r}, not on rewriter {base.name!r} "
                      f"({base.hub_id or model_dir(base)}) that its sd_bridge_adapter.json names")
+
+
+def check_peft_config(adapter: Path) -> None:
+    """sd-bridge trains LoRA adapters, and peft builds whatever adapter_config.json names: another method (prefix
+    tuning, IA3) on our base ends in a TypeError deep inside peft, so it is refused here by name."""
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{adapter} has no adapter_config.json (peft writes it beside the weights)")
+    kind = read_json(config, "a peft adapter config").get("peft_type")
+    if kind != "LORA":
+        raise ValueError(f"{config}: peft_type {kind!r} is not a LoRA adapter; sd-bridge loads only LoRA adapters "
+                         "made by `sd-bridge train`")
+
+
+_LORA_KEY = re.compile(r"base_model\.model\.[\w.]+\.lora_(A|B|embedding_A|embedding_B)\.weight")
+
+
+def check_lora_file(path: Path) -> None:
+    """Every tensor in an adapter file is a LoRA weight and finite, read before any model is loaded: NaN
+    weights would rewrite every prompt into nonsense (or into the syntax fallback) without a word, and a
+    tensor of another kind has no place in what `sd-bridge train` writes."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    other = next((n for n in tensors if not _LORA_KEY.fullmatch(n)), None)
+    if other is not None:
+        raise ValueError(f"{path} holds {other[:80]!r}, which is not a LoRA weight; sd-bridge loads only the "
+                         "LoRA adapters `sd-bridge train` writes")
+    bad = next((n for n, t in tensors.items() if not t.is_floating_point() or not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise ValueError(f"{path}: {bad} holds values that are not finite numbers (NaN or inf); the adapter "
+                         "cannot be used: retrain it or take an earlier checkpoint")
+
+
+def check_lora_weights(adapter: Path, model) -> None:
+    """The file holds exactly the LoRA tensors the model peft built has: peft loads a file with extra tensors,
+    or with missing ones, with at most a warning."""
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        saved = set(f.keys())
+    expected = {n.replace(".default.", ".") for n, _ in model.named_parameters() if ".lora_" in n}
+    extra, missing = sorted(saved - expected), sorted(expected - saved)
+    if extra or missing:
+        raise ValueError(f"adapter {adapter} does not fit its rewriter: "
+                         + (f"{len(extra)} tensors it has no place for (the first: {extra[0]})" if extra else
+                            f"{len(missing)} LoRA tensors missing (the first: {missing[0]})"))
 
 
 def check_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
@@ -77,7 +125,11 @@ def check_adapter(adapter: Path, device: str = "cpu", dtype: str = "auto"):
     meta = AdapterMeta.load(adapter)
     if not (adapter / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"{adapter} has no adapter_model.safetensors (only safetensors adapters load)")
+    check_safetensors(adapter / "adapter_model.safetensors")
+    check_lora_file(adapter / "adapter_model.safetensors")
+    check_peft_config(adapter)
     base = presets.rewriter(meta.rewriter)
+    presets.pipeline(meta.target)  # the target it rewrites for must be a preset or a model directory
     check_base_model(adapter, base)
     # The dtype load_rewriter gives the weights, as torch names it ("torch.float32").
     return meta, base, model_key(adapter, base, resolve_dtype(dtype, resolve_device(device), kind="rewriter"))
@@ -103,6 +155,7 @@ def load_weights(adapter: Path, meta, base: presets.RewriterPreset, device: str 
     except (RuntimeError, ValueError, KeyError) as err:
         raise ValueError(f"adapter {adapter} does not fit the rewriter {meta.rewriter!r}: "
                          f"{str(err).splitlines()[0]}") from None
+    check_lora_weights(adapter, model)
     return model.eval(), tokenizer
 
 

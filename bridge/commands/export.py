@@ -27,7 +27,7 @@ from bridge.config import save_config
 from bridge.files import atomic_write
 from bridge.models import engine
 from bridge.models.rewriter import ADAPTER_META, TRAIN_PROMPTS
-from bridge.translator import Translator, load_adapter
+from bridge.translator import Translator, check_adapter, load_adapter
 
 AGREEMENT = "agreement.jsonl"
 
@@ -77,6 +77,7 @@ class ExportConfig:
             if not engine.is_export(self.out):  # --overwrite deletes it: only ever an export
                 raise ValueError(f"{self.out} is not an export (no {engine.EXPORT_META}); --overwrite only "
                                  "replaces an earlier export")
+        check_adapter(self.adapter)  # its files, before any work: a hostile adapter is one line here
         if self.check is not None and not Path(self.check).is_file():
             raise ValueError(f"--check file {self.check} does not exist")
         if self.check_limit < 1:

@@ -79,12 +79,83 @@ class AdapterMeta:
         if not path.is_file():
             raise FileNotFoundError(f"{directory} is not an sd-bridge adapter directory (no {ADAPTER_META}); "
                                     "train one with `sd-bridge train`")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "an adapter's metadata")
         data.setdefault("format", "leaf")  # written before the whole-prompt format existed
         if data["format"] not in FORMATS:
             raise ValueError(f"{path}: unknown rewrite format {data['format']!r} (known: {', '.join(FORMATS)})")
+        for name, kind in _META_TYPES.items():  # a hand-edited file is refused here, not by a traceback later
+            if name in data and not isinstance(data[name], kind) or name in _META_REQUIRED and name not in data:
+                raise ValueError(f"{path}: {name} must be {kind.__name__}, got {data.get(name)!r:.60}")
+        if not 1 <= data.get("max_new_tokens", 96) <= 4096 or isinstance(data.get("max_new_tokens"), bool):
+            raise ValueError(f"{path}: max_new_tokens must be 1..4096, got {data['max_new_tokens']!r}")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_META_TYPES = {"rewriter": str, "rewriter_revision": str, "source": str, "target": str, "prefix": str,
+               "negative_prefix": str, "format": str, "max_new_tokens": int, "rewrite_negative": bool, "extra": dict}
+_META_REQUIRED = ("rewriter", "rewriter_revision", "source", "target")
+# The largest header safetensors itself reads (MAX_HEADER_SIZE in its Rust source); bytes per element by dtype.
+_SAFETENSORS_HEADER_MAX = 100_000_000
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a one-line ValueError naming the file (a nested bomb too)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path} is not {what} (bad JSON: {str(err)[:80] or type(err).__name__})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not {what} (a JSON {type(data).__name__}, not an object)")
+    return data
+
+
+def check_safetensors(path: Path) -> dict:
+    """The tensor table of a safetensors file ({name: {dtype, shape, data_offsets}}), checked against the file
+    before any library maps it: the header length fits the file and safetensors' own limit, every tensor's
+    bytes lie inside the data and match its dtype and shape, and no two overlap. A truncated file, a header
+    bomb, a pickle or a text file under that name each fail here with one line instead of a SafetensorError.
+    The layout is the format's own (github.com/huggingface/safetensors, "Format")."""
+    import os
+    import stat
+
+    bad = f"{path} is not a valid safetensors file"
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{bad}: not a regular file")
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(_SAFETENSORS_HEADER_MAX, st.st_size - 8):
+                raise ValueError(f"{bad}: its header length ({n}) does not fit the file ({st.st_size} bytes)")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError):
+        raise ValueError(f"{bad}: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{bad}: its header is not a JSON object")
+    size, spans, tensors = st.st_size - 8 - n, [], {k: v for k, v in header.items() if k != "__metadata__"}
+    for name, t in tensors.items():
+        ok = (isinstance(t, dict) and t.get("dtype") in _DTYPE_BYTES and isinstance(t.get("shape"), list)
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"])
+              and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2
+              and all(isinstance(o, int) and not isinstance(o, bool) for o in t["data_offsets"]))
+        if not ok:
+            raise ValueError(f"{bad}: tensor {name[:60]!r} has a malformed entry")
+        lo, hi = t["data_offsets"]
+        numel = 1
+        for d in t["shape"]:
+            numel *= d
+        if not 0 <= lo <= hi <= size or hi - lo != numel * _DTYPE_BYTES[t["dtype"]]:
+            raise ValueError(f"{bad}: tensor {name[:60]!r} lies outside the file or does not match its shape "
+                             "(a truncated file?)")
+        spans.append((lo, hi))
+    spans.sort()
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+        raise ValueError(f"{bad}: two tensors share bytes")
+    return tensors
 
 
 def prompt_hash(prompt: str) -> str:

@@ -278,3 +278,75 @@ def test_a_rewriter_with_flan_t5s_own_tokenizer_exports_and_rewrites_as_its_adap
     run_export(ExportConfig(adapter=tmp_path / "adapter", out=tmp_path / "export", quantize="none"),
                log=lambda *_: None)
     assert _rewrites(tmp_path / "export") == _rewrites(tmp_path / "adapter")
+
+
+def _hostile_adapters(adapter, root):
+    """The adapters a red team handed `export` (issue #41), each a copy of a good one with one thing wrong."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(adapter / "adapter_model.safetensors")
+    blob = (adapter / "adapter_model.safetensors").read_bytes()
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    meta = json.loads((adapter / "sd_bridge_adapter.json").read_text())
+    lora = next(iter(weights))
+
+    def put(path, value):
+        path.unlink()
+        if isinstance(value, bytes):
+            path.write_bytes(value)
+        elif isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
+            save_file(value, path)
+        else:
+            path.write_text(value if isinstance(value, str) else json.dumps(value))
+
+    cases = {
+        "truncated": ("adapter_model.safetensors", blob[: len(blob) // 2], "not a valid safetensors file"),
+        "header bomb": ("adapter_model.safetensors", (2**40).to_bytes(8, "little") + b"{}", "header length"),
+        "pickle": ("adapter_model.safetensors", None, "not a valid safetensors file"),
+        "link to passwd": ("adapter_model.safetensors", "/etc/passwd", "not a valid safetensors file"),
+        "prefix tuning": ("adapter_config.json", config | {"peft_type": "PREFIX_TUNING"}, "not a LoRA adapter"),
+        "nested meta": ("sd_bridge_adapter.json", "[" * 100_000 + "]" * 100_000, "bad JSON"),
+        "target outside": ("sd_bridge_adapter.json", meta | {"target": "../../etc/passwd"}, "pipeline directory"),
+        "meta types": ("sd_bridge_adapter.json", meta | {"max_new_tokens": "lots"}, "max_new_tokens must be int"),
+        "nan weights": ("adapter_model.safetensors", weights | {lora: weights[lora] * float("nan")}, "not finite"),
+        "extra tensor": ("adapter_model.safetensors", weights | {"evil": torch.zeros(3)}, "not a LoRA weight"),
+        "lora for nothing": ("adapter_model.safetensors", weights | {
+            "base_model.model.nowhere.lora_A.weight": torch.zeros(4, 4)}, "no place for"),
+    }
+    for name, (file, value, message) in cases.items():
+        bad = root / name.replace(" ", "-")
+        shutil.copytree(adapter, bad)
+        if name == "pickle":
+            (bad / file).unlink()
+            torch.save(weights, bad / file)
+        elif name == "link to passwd":
+            (bad / file).unlink()
+            (bad / file).symlink_to(value)
+        else:
+            put(bad / file, value)
+        yield name, bad, message
+
+
+def test_hostile_adapters_are_refused_with_one_line(adapter, tmp_path, capsys):
+    """Issue #41: 7 of 26 hostile adapters ended in a traceback after 20-40 s, and three (a target outside,
+    NaN weights, an extra tensor) exported with exit 0. Each is refused in one line, the file checks before any
+    model is loaded, and nothing is left at --out."""
+    import time
+
+    for name, bad, message in _hostile_adapters(adapter, tmp_path / "bad"):
+        started = time.perf_counter()
+        try:
+            code = main(["export", str(bad), "--out", str(tmp_path / "out"), "--backend", "torch"])
+        except SystemExit as stop:
+            code = stop.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (name, code, err)
+        assert "Traceback" not in err and len([x for x in err.splitlines() if x.strip()]) <= 2, (name, err)
+        assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists(), name
+        assert time.perf_counter() - started < 10, name
+        # The same adapter is refused by translate too, not only by export.
+        with pytest.raises(ValueError, match="."):
+            Translator.from_pretrained(bad, cache=None).load()
