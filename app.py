@@ -34,6 +34,9 @@ TOY_NOTE = ("Rendering with the **toy world** (no GPU or no local weights for SD
 TINY_NOTE = ("Rendering with the tiny offline models: their images are random noise, so this tab shows how the "
              "comparison works, not real results.")
 SYNTAX = "syntax (no adapter)"
+# Uploads and Batch results are deleted this long after they were made (Gradio's delete_cache checks every
+# minute), and each client's upload budget (bridge/web_guard.py, UploadBudget) is counted over the same window.
+UPLOAD_WINDOW = 900
 RNG_NOTE = ("Each seed seeds a CPU `torch.Generator` per image for the initial latent noise, as diffusers does. "
             "A1111 draws its noise on the GPU by default (Settings → Sampler parameters → Random number generator "
             "source), so the seed of an A1111 image gives another picture here unless that setting is CPU.")
@@ -60,18 +63,29 @@ class ServeConfig:
     concurrency: int = field(default=1, metadata={"help": "requests run at once per event (renders are heavy)"})
     max_file_size: str = field(default="10mb", metadata={"help": "upload size limit for Batch and PNG Info "
                                                                  "(a number and b, kb, mb or gb)"})
+    upload_budget: str = field(default="100mb", metadata={
+        "help": f"most bytes one client address may upload per {UPLOAD_WINDOW // 60} minutes, the time the app keeps "
+                "an upload (429 beyond it)"})
     device: str = field(default="auto", metadata={"help": "device for models"})
 
     def __post_init__(self):
         from bridge.sweep.reference import check_index_dir
 
         self.upload_bytes()  # a bad size is a usage error now, not a traceback at launch
+        if self.upload_bytes(self.upload_budget) < self.upload_bytes():
+            raise ValueError(f"upload_budget {self.upload_budget} is smaller than one upload (max_file_size "
+                             f"{self.max_file_size})")
+        if self.max_seeds < 1:
+            raise ValueError(f"max_seeds must be >= 1, got {self.max_seeds}")
         check_index_dir(self.reference)
 
-    def upload_bytes(self) -> int:
-        match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)\s*", str(self.max_file_size).lower())
+    def upload_bytes(self, size: str | None = None) -> int:
+        """A size flag in bytes: --max-file-size by default."""
+        size = self.max_file_size if size is None else size
+        match = re.fullmatch(r"\s*(\d+)\s*(b|kb|mb|gb)\s*", str(size).lower())
         if match is None:
-            raise ValueError(f"max_file_size {self.max_file_size!r} is not a size such as 10mb or 512kb")
+            name = "max_file_size" if size is self.max_file_size else "upload_budget"
+            raise ValueError(f"{name} {size!r} is not a size such as 10mb or 512kb")
         return int(match[1]) * 1024 ** ["b", "kb", "mb", "gb"].index(match[2])  # 1024-based, as Gradio reads it
 
 
@@ -106,10 +120,10 @@ class Models:
             return self._translators[key]
 
     def batch_dir(self) -> Path:
-        """A fresh directory for one Batch request; those older than an hour go (Gradio has copied their files
-        into its own cache, which `delete_cache` empties), and all of them at exit."""
+        """A fresh directory for one Batch request; those older than UPLOAD_WINDOW go (Gradio has copied their
+        files into its own cache, which `delete_cache` empties as often), and all of them at exit."""
         for old in self.batch_root.iterdir():
-            if time.time() - old.stat().st_mtime > 3600:
+            if time.time() - old.stat().st_mtime > UPLOAD_WINDOW:
                 shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=self.batch_root))
 
@@ -460,7 +474,7 @@ def build_app(cfg: ServeConfig | None = None):
     def batch(library, prompt_column: str = "prompt", negative_column: str = ""):
         return batch_fn(models, library, prompt_column, negative_column)
 
-    with gr.Blocks(title="sd-bridge: SD1.5 -> SD2 prompt translation", delete_cache=(600, 3600)) as demo:
+    with gr.Blocks(title="sd-bridge: SD1.5 -> SD2 prompt translation", delete_cache=(60, UPLOAD_WINDOW)) as demo:
         gr.Markdown("# sd-bridge\nRewrite prompts written for **Stable Diffusion 1.5** so that **SD 2.x** draws "
                     "what SD1.5 drew. Weights, BREAK/AND, prompt editing and wildcards are kept; SD1-only LoRAs "
                     "and embeddings are handled by the migration policy.")

@@ -14,7 +14,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from app import CSS, ServeConfig, build_app
+from app import CSS, UPLOAD_WINDOW, ServeConfig, build_app
 
 __all__ = ["ServeConfig", "run_serve", "check_port"]
 
@@ -23,17 +23,24 @@ def run_serve(cfg: ServeConfig, log=print, block: bool = True):
     check_port(cfg.host, cfg.port)  # before anything is built or printed: no URL for a server that never ran
     from starlette.middleware import Middleware
 
-    from bridge.web_guard import JSON_BODY_BYTES, BodyLimit, NoRemoteFiles
+    from bridge.web_guard import JSON_BODY_BYTES, BodyLimit, NoRemoteFiles, UploadBudget
 
     _own_gradio_cache()
     demo = build_app(cfg)
-    # Every request body is capped: JSON calls at 1 MiB, uploads at --max-file-size (Gradio caps only files);
-    # file routes serve no remote URL (bridge/web_guard.py says why).
+    # Every request body is capped: JSON calls at 1 MiB, uploads at --max-file-size (Gradio caps only files); each
+    # client uploads at most --upload-budget per UPLOAD_WINDOW; no remote URL is served or read as a file input
+    # (bridge/web_guard.py says why). The first guard is the outermost: bodies are capped before they are read.
     upload_bytes = cfg.upload_bytes()
-    guards = [Middleware(NoRemoteFiles), Middleware(BodyLimit, max_bytes=JSON_BODY_BYTES, upload_bytes=upload_bytes)]
+    guards = [Middleware(BodyLimit, max_bytes=JSON_BODY_BYTES, upload_bytes=upload_bytes),
+              Middleware(UploadBudget, budget=cfg.upload_bytes(cfg.upload_budget), window=UPLOAD_WINDOW,
+                         upload_bytes=upload_bytes),
+              Middleware(NoRemoteFiles)]
     try:
+        # show_error=False: an unforeseen error reaches the client as "Error", not as its message, which for
+        # Gradio's own errors names server paths (its InvalidPathError quotes the working directory). The
+        # app's own messages are gr.Error and always shown (app._user_errors).
         demo.launch(server_name=cfg.host, server_port=cfg.port, share=False, max_file_size=upload_bytes,
-                    prevent_thread_lock=True, show_error=True, quiet=True, css=CSS, app_kwargs={"middleware": guards})
+                    prevent_thread_lock=True, show_error=False, quiet=True, css=CSS, app_kwargs={"middleware": guards})
     except OSError as err:  # taken in the moment since the check; Gradio's own message points at an env var
         raise ValueError(f"cannot serve on {cfg.host}:{cfg.port} ({err}); choose another with --port") from None
     log(f"sd-bridge app on http://{cfg.host}:{cfg.port} (share off)")
