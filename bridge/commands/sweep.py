@@ -29,6 +29,11 @@ from bridge.sweep.reference import DUPLICATE_THRESHOLD, check_index_dir
 ROWS = ("source", "identity", "translation", "oracle")
 
 
+# Bounds on the work one sweep may ask for (issue #41: --seeds 1000000 started rendering, --cell 60000 reached
+# 9.2 GB within a minute). 256 seeds x 4 rows at 256 px is a 64 Mpx grid, about 200 MB as RGB.
+MAX_SEEDS, MIN_CELL, MAX_CELL, MAX_GRID_PIXELS = 256, 16, 1024, 64_000_000
+
+
 @dataclass
 class SweepConfig(MigrationPolicy):
     """Render one prompt over many seeds on each model: a grid, breadth per row, nearest references."""
@@ -41,7 +46,8 @@ class SweepConfig(MigrationPolicy):
     prompt_column: str = field(default="prompt", metadata={"help": "prompt column of --prompts"})
     negative_column: str | None = field(default=None, metadata={"help": "negative prompt column of --prompts"})
     out: Path | None = field(default=None, metadata={"help": "output directory"})
-    seeds: int = field(default=16, metadata={"help": "seeds per prompt, derived from --seed and the prompt"})
+    seeds: int = field(default=16, metadata={"help": f"seeds per prompt, derived from --seed and the prompt "
+                                                     f"(at most {MAX_SEEDS})"})
     seed_list: list[int] = field(default_factory=list, metadata={"help": "explicit seeds instead (e.g. 1 2 3)"})
     seed: int = field(default=0, metadata={"help": "base seed of derived seeds and of bootstrap intervals"})
     rows: list[str] = field(default_factory=lambda: ["source", "identity", "translation"], metadata={
@@ -61,7 +67,9 @@ class SweepConfig(MigrationPolicy):
                 "world with toy-clip; see README)"})
     cluster_threshold: float = field(default=B.CLUSTER_THRESHOLD, metadata={
         "help": "distance (1 - cosine) at which average-linkage clustering stops merging"})
-    cell: int = field(default=96, metadata={"help": "grid cell size in pixels"})
+    cell: int = field(default=96, metadata={"help": f"grid cell size in pixels ({MIN_CELL} to {MAX_CELL})"})
+    max_chars: int = field(default=20_000, metadata={"help": "a prompt or negative prompt longer than this is refused "
+                                                             "(as migrate --max-chars)"})
     render_batch: int = field(default=8, metadata={"help": "images per pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
@@ -89,9 +97,24 @@ class SweepConfig(MigrationPolicy):
             self.seeds = len(self.seed_list)
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        for name in ("top_k", "cell", "render_batch"):
+        if self.seeds > MAX_SEEDS:
+            raise ValueError(f"seeds: {self.seeds} is over the limit of {MAX_SEEDS} per prompt (a grid is read by a "
+                             "person; breadth intervals are tight long before that)")
+        for name in ("top_k", "render_batch", "max_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not MIN_CELL <= self.cell <= MAX_CELL:
+            raise ValueError(f"cell must be {MIN_CELL} to {MAX_CELL} pixels, got {self.cell}")
+        # One grid image holds rows x seeds cells (two per seed beside a reference): bounded, so its memory is.
+        cells = len(self.rows) * self.seeds * (2 if self.reference is not None else 1)
+        if cells * self.cell ** 2 > MAX_GRID_PIXELS:
+            raise ValueError(f"the grid would hold {cells} cells of {self.cell} px, {cells * self.cell ** 2 / 1e6:.0f} "
+                             f"Mpx, over the limit of {MAX_GRID_PIXELS / 1e6:.0f} Mpx: ask for fewer --seeds or a "
+                             "smaller --cell")
+        for what, text in (("prompt", self.prompt), ("negative prompt", self.negative)):
+            if text is not None and len(text) > self.max_chars:
+                raise ValueError(f"the {what} has {len(text):,} characters; the limit is {self.max_chars:,} "
+                                 "(--max-chars)")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if not -1.0 <= self.duplicate_threshold <= 1.0:
@@ -107,6 +130,11 @@ def load_prompts(cfg: SweepConfig) -> list[tuple[str, str | None]]:
     from bridge.io.clean import read_prompt_file
 
     records = read_prompt_file(cfg.prompts, cfg.prompt_column, cfg.negative_column, cfg.limit)
+    for n, r in enumerate(records, 1):
+        longest = max(len(r.prompt), len(r.negative_prompt or ""))
+        if longest > cfg.max_chars:
+            raise ValueError(f"{cfg.prompts}: prompt {n} has {longest:,} characters; the limit is "
+                             f"{cfg.max_chars:,} (--max-chars)")
     return [(r.prompt, r.negative_prompt) for r in records]
 
 

@@ -83,10 +83,19 @@ def test_sweep_over_a_prompt_file_and_bad_input(tmp_path, reference, capsys):
     for argv, message in ((["x", "--rows", "everything"], "unknown row 'everything'"),
                           (["x", "--seed-list", "1", "1"], "repeats a seed"),
                           (["--out", str(tmp_path / "z")], "give one PROMPT or --prompts FILE"),
-                          (["x", "--reference", str(tmp_path)], "is not a reference index")):
+                          (["x", "--reference", str(tmp_path)], "is not a reference index"),
+                          # Issue #41: bounds on the work one sweep may ask for, each named in its error.
+                          (["x", "--seeds", "1000000"], "over the limit of 256 per prompt"),
+                          (["x", "--cell", "60000"], "cell must be 16 to 1024 pixels"),
+                          (["x", "--seeds", "256", "--cell", "1024"], "Mpx, over the limit of 64 Mpx"),
+                          (["x" * 180_000], "the limit is 20,000 (--max-chars)")):
         with pytest.raises(SystemExit):
             main(["sweep", *argv] + ([] if "--out" in argv else ["--out", str(tmp_path / "z")]))
         assert message in capsys.readouterr().err
+    (tmp_path / "long.txt").write_text("a crimson circle\n" + "masterpiece, " * 14_000 + "\n")
+    assert main(["sweep", "--prompts", str(tmp_path / "long.txt"), "--out", str(tmp_path / "l")]) == 2
+    assert "prompt 2 has 181,999 characters; the limit is 20,000" in capsys.readouterr().err
+    assert not (tmp_path / "l" / "sweep.json").exists()
     assert main(["sweep", "a red fox", "--rows", "oracle", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "oracle row needs toy-world prompts: 'red' is not a word" in err[0]
