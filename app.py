@@ -78,6 +78,9 @@ class ServeConfig:
         if self.max_seeds < 1:
             raise ValueError(f"max_seeds must be >= 1, got {self.max_seeds}")
         check_index_dir(self.reference)
+        for adapter in self.adapter:  # at start, not at a user's first request
+            if not Path(adapter).is_dir():
+                raise ValueError(f"adapter directory not found: {adapter}")
 
     def upload_bytes(self, size: str | None = None) -> int:
         """A size flag in bytes: --max-file-size by default."""

@@ -64,7 +64,14 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # Ctrl-C while a command's modules load, before it runs: nothing was written
+        print("sd-bridge: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -89,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     out = getattr(cfg, "out", None)
     existed = out is not None and Path(out).exists()
+    if existed and name in WRITES_A_DIRECTORY | WRITES_A_FILE and (name in WRITES_A_DIRECTORY) != Path(out).is_dir():
+        kind = ("a directory", "a file") if name in WRITES_A_DIRECTORY else ("a file", "a directory")
+        print(f"sd-bridge {name}: error: --out {out} is {kind[1]}; this command writes {kind[0]}: choose another "
+              "--out", file=sys.stderr)
+        return 2
     try:
         with _one_run_at_a_time(out):
             result = getattr(module, fn_name)(cfg)
     except BaseException as err:
         _say_partial(name, out, existed, err)
-        return _failure(name, err)
+        return _failure(name, err, out)
     return result if isinstance(result, int) else 0
 
 
@@ -115,14 +127,14 @@ def _one_run_at_a_time(out):
 def _say_partial(name: str, out, existed: bool, err: BaseException) -> None:
     """After a failure, a run that left output says where and how to go on: every command that writes a
     directory is resumable or writes atomically, so what it did is kept, never half-trusted silently."""
-    if isinstance(err, (SystemExit, OutputBusyError)) or (isinstance(err, OSError) and err.errno in _DISK_ERRORS):
-        return  # a disk error's own line says how to go on; a busy output is the other run's
+    if isinstance(err, (SystemExit, OutputBusyError, KeyboardInterrupt, OSError)):
+        return  # their own line says how to go on; a busy output is the other run's
     left = [] if out is None else [p for p in (Path(out), Path(f"{out}.partial")) if p.exists()]
     if name in RESUME and left and not existed:
         print(f"sd-bridge {name}: partial output kept in {left[0]}; {RESUME[name]}", file=sys.stderr)
 
 
-def _failure(name: str, err: BaseException) -> int:
+def _failure(name: str, err: BaseException, out=None) -> int:
     """The exit status of a failed command, after its one-line error; anything unforeseen is raised again."""
     if isinstance(err, (ConfigError, FileNotFoundError, ValueError)):
         print(f"sd-bridge {name}: error: {err}", file=sys.stderr)
@@ -134,9 +146,20 @@ def _failure(name: str, err: BaseException) -> int:
         print(f"sd-bridge {name}: error: {err.strerror}: {err.filename or '?'}; {_DISK_ERRORS[err.errno]}, then "
               f"{RESUME.get(name, 'rerun the same command')}", file=sys.stderr)
         return 1
+    if isinstance(err, KeyboardInterrupt):  # Ctrl-C or SIGTERM (serve): what was done is kept, as after a kill
+        how = RESUME.get(name)
+        print(f"sd-bridge {name}: interrupted" + (f"; {how}" if how and out is not None else ""), file=sys.stderr)
+        return 130
+    if isinstance(err, OSError):  # the system refused something: its reason and the file, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"sd-bridge {name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     raise err
 
 
+# What --out names, checked before a command runs (migrate writes a file or a folder, by its input: it checks).
+WRITES_A_DIRECTORY = {"demo", "gather", "train", "eval", "toyworld build", "sweep", "index", "export"}
+WRITES_A_FILE = {"toyworld prompts", "toyworld sheet"}
 # OS-level failures end in one line that says how to go on, not a traceback; what was done is kept.
 _DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
                 errno.EROFS: "write somewhere writable", errno.EACCES: "fix the permissions",

@@ -60,6 +60,11 @@ class EvalConfig(MigrationPolicy):
         if self.out is None:
             raise ValueError("--out is required (the report directory)")
         self.out = Path(self.out)
+        if not Path(self.prompts).expanduser().exists():  # before the report directory is made
+            from bridge.io.sources import SourceError, detect_format
+
+            if detect_format(str(self.prompts)) != "hf":  # owner/name is a hub dataset, not a file
+                raise SourceError(f"prompt source not found: {self.prompts}")
         self.adapter = [Path(a) for a in self.adapter]
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")

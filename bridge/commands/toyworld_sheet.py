@@ -32,6 +32,8 @@ class SheetConfig:
         from toyworld.world import SOURCE, read
 
         self.out = Path(self.out)
+        if self.out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            raise ValueError(f"--out {self.out} must name an image file (.png, .jpg or .webp)")
         if not self.prompts:
             raise ValueError("give at least one prompt")
         for p in self.prompts:

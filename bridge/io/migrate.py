@@ -375,6 +375,8 @@ def migrate(cfg: MigrateConfig, log) -> int:
     started = time.perf_counter()
     kind = detect(cfg)
     if kind not in ("png", "infotext"):
+        if cfg.out is not None and not cfg.in_place and cfg.out.is_dir():
+            raise UsageError(f"--out {cfg.out} is a directory; a {kind} library is migrated into a file: name one")
         if cfg.input.stat().st_size == 0:
             raise UsageError(f"{cfg.input}: empty file, nothing to migrate")
         if (encoding := file_encoding(cfg.input)).startswith("utf-16"):
