@@ -11,10 +11,10 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import pytest
 
+from benchmarks.reliability import hostile_arguments
 from bridge.cli import COMMANDS, main
 
 HINT = "for every option"  # the usage hint a flag error adds under its one line
@@ -30,45 +30,14 @@ def _run(argv: list[str], capsys) -> tuple[int, list[str]]:
     return code, [line for line in err.splitlines() if line.strip() and HINT not in line and "%|" not in line]
 
 
-def _hostile(tmp: Path) -> list[tuple[list[str], str]]:
-    afile, adir, good, missing = tmp / "afile", tmp / "adir", tmp / "good.txt", tmp / "missing.txt"
-    return [
-        (["demo", "--out", str(afile)], "is a file; this command writes a directory"),
-        (["gather", "--prompts", str(missing), "--out", str(tmp / "g")], "not found"),
-        (["gather", "--prompts", str(good), "--out", str(afile)], "is a file; this command writes a directory"),
-        (["translate", "--adapter", str(missing), "a cat"], "adapter directory not found"),
-        (["translate", "--network-map", str(missing), "a cat"], "network map not found"),
-        (["translate", "--network-map", str(adir), "a cat"], str(adir)),
-        (["migrate", str(missing), "--out", str(tmp / "m.txt")], "input not found"),
-        (["migrate", str(good), "--out", str(adir)], "is a directory; a txt library is migrated into a file"),
-        (["serve", "--adapter", str(missing)], "adapter directory not found"),
-        (["serve", "--reference", str(missing)], "is not a reference index"),
-        (["train", "--data", str(missing), "--out", str(tmp / "t")], "is not a gathered dataset"),
-        (["train", "--data", str(adir), "--out", str(afile)], "is a file; this command writes a directory"),
-        (["eval", "--prompts", str(missing), "--out", str(tmp / "e")], "prompt source not found"),
-        (["eval", "--prompts", str(good), "--out", str(afile)], "is a file; this command writes a directory"),
-        (["toyworld build", "--out", str(afile)], "is a file; this command writes a directory"),
-        (["toyworld prompts", "--out", str(adir)], "is a directory; this command writes a file"),
-        (["toyworld sheet", "--out", str(afile)], "must name an image file"),
-        (["toyworld sheet", "--out", str(adir / "x.png"), "--prompts", "a dragon in the snow"], "not a word"),
-        (["sweep", "--prompts", str(missing), "--out", str(tmp / "s")], "prompt source not found"),
-        (["sweep", "a cat", "--out", str(afile)], "is a file; this command writes a directory"),
-        (["index", str(missing), "--out", str(tmp / "i")], "does not exist"),
-        (["index", str(adir), "--out", str(afile)], "is a file; this command writes a directory"),
-        (["export", str(missing), "--out", str(tmp / "x")], "not an sd-bridge adapter directory"),
-        (["export", str(adir), "--out", str(tmp / "x")], "not an sd-bridge adapter directory"),
-        (["inspect", "--network-map", str(missing), "a cat"], "network map not found"),
-    ]
-
-
 def test_every_command_given_hostile_arguments_says_one_line(tmp_path, capsys):
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("mine\n")
     (tmp_path / "good.txt").write_text("a crimson circle\na big azure square\n")
-    cases = _hostile(tmp_path)
-    assert {argv[0] for argv, _ in cases} >= set(COMMANDS) - {"doctor"}  # doctor takes no input and writes nothing
+    cases = hostile_arguments(tmp_path)
+    assert {' '.join(argv[:2]) if argv[0] == 'toyworld' else argv[0] for argv, _ in cases} >= set(COMMANDS) - {"doctor"}  # doctor takes no input and writes nothing
     for argv, message in cases:
-        code, lines = _run(argv.pop(0).split() + argv, capsys)
+        code, lines = _run(argv, capsys)
         assert code not in (0, None) and len(lines) == 1 and message in lines[0], (argv, code, lines)
     assert (tmp_path / "afile").read_text() == "mine\n" and list((tmp_path / "adir").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "good.txt"]

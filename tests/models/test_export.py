@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from benchmarks.reliability import tiny_adapter
 from bridge import Translator
 from bridge.cli import main
 from bridge.models import presets
@@ -18,24 +19,9 @@ LEAVES = ["a red fox in the snow", "masterpiece", "a castle at dusk, dramatic li
           "studio photo of a cat", "oil painting of a harbour", "a lighthouse in a storm", "neon city at night"]
 
 
-def _adapter(root, seed: int):
-    """A LoRA on tiny-t5 with random (not identity) weights: its rewrites differ from the base model's."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from bridge.models.loading import load_rewriter
-
-    model, _ = load_rewriter(presets.rewriter("tiny-t5"))
-    torch.manual_seed(seed)
-    get_peft_model(model, LoraConfig(r=4, lora_alpha=32, target_modules=["q", "v", "o", "wo"],
-                                     task_type="SEQ_2_SEQ_LM", init_lora_weights=False)).save_pretrained(root)
-    AdapterMeta("tiny-t5", "tiny-v1", "tiny-sd15", "tiny-sd2", max_new_tokens=12).save(root)
-    return root
-
-
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    return _adapter(tmp_path_factory.mktemp("adapter"), 0)
+    return tiny_adapter(tmp_path_factory.mktemp("adapter"), 0)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +51,7 @@ def test_an_export_generates_what_its_adapter_generates(adapter, exported, tmp_p
     model, tok, _, _ = load_adapter(adapter)
     base = [o[0][1] for o in generate(model.unload(), tok, LEAVES, PREFIX, max_new_tokens=12, return_ids=True)]
     assert sum(a == b for a, b in zip(base, ours)) <= len(LEAVES) // 2
-    other = _adapter(tmp_path / "other", 1)
+    other = tiny_adapter(tmp_path / "other", 1)
     run_export(ExportConfig(adapter=other, out=tmp_path / "other-export", quantize="none"), log=lambda *_: None)
     others = _rewrites(tmp_path / "other-export")
     assert sum(a == b for a, b in zip(others, ours)) <= len(LEAVES) // 2
@@ -280,63 +266,15 @@ def test_a_rewriter_with_flan_t5s_own_tokenizer_exports_and_rewrites_as_its_adap
     assert _rewrites(tmp_path / "export") == _rewrites(tmp_path / "adapter")
 
 
-def _hostile_adapters(adapter, root):
-    """The adapters a red team handed `export` (issue #41), each a copy of a good one with one thing wrong."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    weights = load_file(adapter / "adapter_model.safetensors")
-    blob = (adapter / "adapter_model.safetensors").read_bytes()
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    meta = json.loads((adapter / "sd_bridge_adapter.json").read_text())
-    lora = next(iter(weights))
-
-    def put(path, value):
-        path.unlink()
-        if isinstance(value, bytes):
-            path.write_bytes(value)
-        elif isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()):
-            save_file(value, path)
-        else:
-            path.write_text(value if isinstance(value, str) else json.dumps(value))
-
-    cases = {
-        "truncated": ("adapter_model.safetensors", blob[: len(blob) // 2], "not a valid safetensors file"),
-        "header bomb": ("adapter_model.safetensors", (2**40).to_bytes(8, "little") + b"{}", "header length"),
-        "pickle": ("adapter_model.safetensors", None, "not a valid safetensors file"),
-        "link to passwd": ("adapter_model.safetensors", "/etc/passwd", "not a valid safetensors file"),
-        "prefix tuning": ("adapter_config.json", config | {"peft_type": "PREFIX_TUNING"}, "not a LoRA adapter"),
-        "nested meta": ("sd_bridge_adapter.json", "[" * 100_000 + "]" * 100_000, "bad JSON"),
-        "target outside": ("sd_bridge_adapter.json", meta | {"target": "../../etc/passwd"}, "pipeline directory"),
-        "meta types": ("sd_bridge_adapter.json", meta | {"max_new_tokens": "lots"}, "max_new_tokens must be int"),
-        "nan weights": ("adapter_model.safetensors", weights | {lora: weights[lora] * float("nan")}, "not finite"),
-        "extra tensor": ("adapter_model.safetensors", weights | {"evil": torch.zeros(3)}, "not a LoRA weight"),
-        "lora for nothing": ("adapter_model.safetensors", weights | {
-            "base_model.model.nowhere.lora_A.weight": torch.zeros(4, 4)}, "no place for"),
-    }
-    for name, (file, value, message) in cases.items():
-        bad = root / name.replace(" ", "-")
-        shutil.copytree(adapter, bad)
-        if name == "pickle":
-            (bad / file).unlink()
-            torch.save(weights, bad / file)
-        elif name == "link to passwd":
-            (bad / file).unlink()
-            (bad / file).symlink_to(value)
-        else:
-            put(bad / file, value)
-        yield name, bad, message
-
-
 def test_hostile_adapters_are_refused_with_one_line(adapter, tmp_path, capsys):
     """Issue #41: 7 of 26 hostile adapters ended in a traceback after 20-40 s, and three (a target outside,
     NaN weights, an extra tensor) exported with exit 0. Each is refused in one line, the file checks before any
     model is loaded, and nothing is left at --out."""
     import time
 
-    for name, bad, message in _hostile_adapters(adapter, tmp_path / "bad"):
+    from benchmarks.reliability import hostile_adapters
+
+    for name, bad, message in hostile_adapters(adapter, tmp_path / "bad"):
         started = time.perf_counter()
         try:
             code = main(["export", str(bad), "--out", str(tmp_path / "out"), "--backend", "torch"])

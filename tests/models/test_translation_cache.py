@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from benchmarks.reliability import damage
 from bridge import Translator
 from bridge.models import presets
 from bridge.models.rewriter import AdapterMeta
@@ -102,35 +103,6 @@ def test_migrate_reads_a_library_it_has_migrated_before_from_the_cache(adapters,
     assert json.loads(capsys.readouterr().out)["translation_cache"] is None
 
 
-def _damage(kind: str, path):
-    """A translation cache file broken the ways the red team broke it (issue #41)."""
-    import sqlite3
-
-    if kind == "garbage":
-        path.write_bytes(b"this is not a database\n" * 64)
-    elif kind == "truncated":
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 3])
-    elif kind == "bit flips":
-        data = bytearray(path.read_bytes())
-        for i in range(100, len(data), 97):
-            data[i] ^= 0xFF
-        path.write_bytes(bytes(data))
-    elif kind == "foreign schema":
-        path.unlink()
-        with sqlite3.connect(path) as db:
-            db.execute("CREATE TABLE rewrites (id INTEGER, payload BLOB)")
-    elif kind == "read-only":
-        path.chmod(0o444)
-        path.parent.chmod(0o555)
-    elif kind == "directory":
-        path.unlink()
-        path.mkdir()
-    elif kind == "fifo":
-        path.unlink()
-        os.mkfifo(path)
-
-
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "bit flips", "foreign schema", "read-only", "directory",
                                   "fifo"])
 def test_a_damaged_cache_degrades_to_no_cache_with_the_same_output(adapters, tmp_path, kind, caplog):
@@ -142,7 +114,7 @@ def test_a_damaged_cache_degrades_to_no_cache_with_the_same_output(adapters, tmp
     want = [t.to_dict() for t in Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS)]
     for extra in folder.glob("t.sqlite-*"):  # WAL side files: the damage is to the database itself
         extra.unlink()
-    _damage(kind, cache)
+    damage(kind, cache)
     try:
         with caplog.at_level("WARNING", logger="sd_bridge"):
             got = [t.to_dict() for t in Translator.from_pretrained(adapters[0], cache=cache).translate(PROMPTS)]
