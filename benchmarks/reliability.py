@@ -30,6 +30,7 @@ from pathlib import Path
 from benchmarks.results import recorded
 
 HINT = "for every option"  # the usage hint a flag error adds under its one line
+_TMP: str | None = None  # the run's temp folder, left out of what the table shows
 
 
 # ------------------------------------------------------------------------------------------- hostile inputs
@@ -143,7 +144,7 @@ def hostile_arguments(tmp: Path) -> list[tuple[list[str], str]]:
         (["gather", "--prompts", str(good), "--out", str(afile)], writes_dir),
         (["translate", "--adapter", str(missing), "a cat"], "adapter directory not found"),
         (["translate", "--network-map", str(missing), "a cat"], "network map not found"),
-        (["translate", "--network-map", str(adir), "a cat"], str(adir)),
+        (["translate", "--network-map", str(adir), "a cat"], "Is a directory"),
         (["migrate", str(missing), "--out", str(tmp / "m.txt")], "input not found"),
         (["migrate", str(good), "--out", str(adir)], "is a directory; a txt library is migrated into a file"),
         (["serve", "--adapter", str(missing)], "adapter directory not found"),
@@ -212,7 +213,8 @@ def cli(argv: list[str]) -> tuple[int, list[str]]:
             code = stop.code
         except BaseException as raised:  # noqa: BLE001 - a traceback is an observation here, not a crash
             code, err = 99, io.StringIO(f"Traceback: {type(raised).__name__}: {raised}")
-    return code, [x for x in err.getvalue().splitlines() if x.strip() and HINT not in x and "%|" not in x]
+    text = err.getvalue().replace(_TMP, "") if _TMP else err.getvalue()
+    return code, [x for x in text.splitlines() if x.strip() and HINT not in x and "%|" not in x]
 
 
 def proc(argv: list[str], timeout: float = 300, **kwargs) -> subprocess.Popen:
@@ -234,6 +236,7 @@ def attacks(tmp: Path) -> list[dict]:
     tmp.mkdir(parents=True)
 
     def row(group: str, attack: str, expected: str, observed: str, held: bool) -> None:
+        observed = observed.replace(_TMP, "") if _TMP else observed
         rows.append({"group": group, "attack": attack, "expected": expected, "observed": observed, "held": bool(held)})
         print(f"{'held' if held else 'BROKEN':6} {group}: {attack}: {observed}", flush=True)
 
@@ -251,7 +254,8 @@ def attacks(tmp: Path) -> list[dict]:
     assert cli(["migrate", str(lib), "--out", str(tmp / "ref.txt"), "--no-progress"])[0] == 0
     same = out.read_bytes() == (tmp / "ref.txt").read_bytes()
     row("concurrency", "two migrates into one --out", "one refused naming the other's pid; output = one run's",
-        f"exits {a.returncode} and {b.returncode}; {err_b.strip().splitlines()[-1][:70] if err_b.strip() else ''}; "
+        f"exits {a.returncode} and {b.returncode}; "
+        f"{(err_a + err_b).replace(_TMP or '', '').strip().splitlines()[-1][:80] if (err_a + err_b).strip() else ''}; "
         f"output {'identical' if same else 'DIFFERENT'}",
         sorted([a.returncode, b.returncode]) == [0, 1] and "pid" in (err_a + err_b) and same)
 
@@ -340,7 +344,7 @@ def attacks(tmp: Path) -> list[dict]:
         index.image(0)
         observed, held = "read it", False
     except ValueError as refused:
-        observed, held = str(refused)[-60:], True
+        observed, held = f"refused: {'leaves the collection' if 'leaves the collection' in str(refused) else refused}", True
     row("index", "a reference path edited to ../../etc/passwd", "refused", observed, held)
 
     # 5. sweep bounds.
@@ -547,18 +551,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="moments of the kills")
     args = parser.parse_args(argv)
     rows: list[dict] = []
+    global _TMP
     with tempfile.TemporaryDirectory(prefix="sd-bridge-reliability-") as tmp:
+        _TMP = tmp + "/"  # the temp folder's name says nothing: paths are shown from the attack's own folder
         if "attacks" in args.parts:
             rows += attacks(Path(tmp) / "attacks")
         if "kills" in args.parts:
             rows += kill_trials(Path(tmp) / "kills", args.seed)
-        for r in rows:  # the temp folder's name says nothing: paths read from the attack's own folder
-            r["observed"] = r["observed"].replace(str(Path(tmp).resolve()) + "/", "").replace(tmp + "/", "")
     print()
     print(table(rows))
     held = sum(r["held"] for r in rows)
     print(f"\n{held} of {len(rows)} attacks held")
-    return {"attacks": len(rows), "held": held, "all_held": held == len(rows), "table": rows}
+    groups = {g: {"attacks": sum(r["group"] == g for r in rows), "held": sum(r["held"] for r in rows if r["group"] == g)}
+              for g in dict.fromkeys(r["group"] for r in rows)}
+    return {"attacks": len(rows), "held": held, "all_held": held == len(rows), "by_group": groups,
+            "not_held": [f"{r['group']}: {r['attack']}" for r in rows if not r["held"]],
+            "kills": {r["attack"]: r["observed"] for r in rows if r["group"] == "kills"}}
 
 
 if __name__ == "__main__":
