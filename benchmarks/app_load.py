@@ -71,6 +71,40 @@ class Server:
     def request(self, method: str, path: str, body_bytes: int = 0, chunked: bool = False) -> tuple[int | None, bytes]:
         return raw_request(method, path, self.port, body_bytes, chunked)
 
+    def call_api(self, api: str, data: list) -> tuple[int | None, str]:
+        """POST an API call as raw JSON (as a script would, not as gradio_client writes it) and read its result
+        stream: (status of the POST, the stream's text, or the refusal's body)."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                event = json.loads(reply.read())["event_id"]
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+        with urllib.request.urlopen(f"{self.url}gradio_api/call/{api}/{event}", timeout=60) as reply:
+            return 200, reply.read().decode(errors="replace")
+
+    def upload(self, name: str, size: int) -> int | None:
+        """Upload a file of `size` bytes as a browser does (multipart, with Content-Length); the status, also when
+        the server refuses before reading the body."""
+        boundary = "sdbridgeboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                f"Content-Type: text/plain\r\n\r\n").encode() + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+        s.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+                   f"{len(body)}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+        try:
+            s.sendall(body)
+        except OSError:  # refused before the body was read: the reply is already there
+            pass
+        reply = s.recv(64)
+        s.close()
+        return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
+
     def stop(self, sig=signal.SIGTERM) -> str:
         """Send `sig`, wait for the exit, and return what the server printed."""
         self.proc.send_signal(sig)

@@ -87,21 +87,7 @@ def test_oversized_bodies_are_refused_without_growing_the_server(server, chunked
 
 
 def test_an_upload_over_the_cap_is_refused(server, tmp_path):
-    boundary = "sdbridgeboundary"
-    size = (10 << 20) + 1
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.txt\"\r\n"
-            f"Content-Type: text/plain\r\n\r\n").encode()
-    body = head + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
-    s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    s.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
-               f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
-    try:
-        s.sendall(body)
-    except OSError:
-        pass
-    reply = s.recv(4096)
-    s.close()
-    assert reply.startswith(b"HTTP/1.1 413")
+    assert server.upload("big.txt", (10 << 20) + 1) == 413
     assert not list(Path(server.gradio_tmp).rglob("big.txt"))
 
 
@@ -142,34 +128,16 @@ def test_no_temp_files_after_20_batch_uploads_and_a_shutdown(tmp_path):
     assert list(srv.tmp.iterdir()) == [] and list(srv.gradio_tmp.iterdir()) == []
 
 
-def _call(server, api: str, data: list) -> tuple[int | None, str]:
-    """POST an API call as raw JSON (as a script would, not as gradio_client writes it) and read its result
-    stream: (status of the POST, the stream's text)."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(f"{server.url}gradio_api/call/{api}", data=json.dumps({"data": data}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            event = json.loads(reply.read())["event_id"]
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
-    with urllib.request.urlopen(f"{server.url}gradio_api/call/{api}/{event}", timeout=60) as reply:
-        return 200, reply.read().decode(errors="replace")
-
-
 def test_a_url_as_an_api_file_input_is_refused_and_errors_name_no_server_path(server, tmp_path):
     """Issue #41: a FileData whose path was a public URL was downloaded by the server, and Gradio's error for a
     path that was not uploaded quoted the server's working directory."""
     url = {"path": "https://example.com/library.csv", "meta": {"_type": "gradio.FileData"}, "orig_name": "l.csv"}
-    status, text = _call(server, "batch", [url, "prompt", ""])
+    status, text = server.call_api("batch", [url, "prompt", ""])
     assert status == 403 and "no remote files" in text
     secret = tmp_path / "not-uploaded.csv"
     secret.write_text("prompt\nCANARY-91c2\n")
     local = {"path": str(secret), "meta": {"_type": "gradio.FileData"}, "orig_name": "l.csv"}
-    status, text = _call(server, "batch", [local, "prompt", ""])
+    status, text = server.call_api("batch", [local, "prompt", ""])
     assert status == 200 and "event: error" in text, text
     for leak in (str(ROOT), str(tmp_path), "CANARY-91c2", str(server.gradio_tmp)):
         assert leak not in text, (leak, text)
@@ -179,22 +147,7 @@ def test_each_client_has_an_upload_budget(server):
     """Twenty 9 MB uploads in a second were all accepted and kept for an hour; now one client uploads at most
     --upload-budget (100mb) per window, then gets 429 and nothing more is written. Last in this module: it
     spends the module server's budget."""
-    def upload(k: int) -> int | None:
-        boundary = "sdbridgeboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big{k}.txt\"\r\n"
-                f"Content-Type: text/plain\r\n\r\n").encode() + b"x" * (9 << 20) + f"\r\n--{boundary}--\r\n".encode()
-        s = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-        s.sendall((f"POST /gradio_api/upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
-                   f"{len(body)}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
-        try:
-            s.sendall(body)
-        except OSError:  # refused before the body was read: the reply is already there
-            pass
-        reply = s.recv(64)
-        s.close()
-        return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
-
-    statuses = [upload(k) for k in range(20)]
+    statuses = [server.upload(f"big{k}.txt", 9 << 20) for k in range(20)]
     accepted = statuses.count(200)
     assert 1 <= accepted <= 11 and set(statuses[accepted:]) == {429}, statuses
     kept = sum(p.stat().st_size for p in Path(server.gradio_tmp).rglob("big*.txt"))
