@@ -135,11 +135,13 @@ def test_inspect_shows_comfyui_weights(capsys):
     assert report["syntax"] == "(a:1.2), [b], \\(c"
 
 
-def test_commands_that_render_refuse_a_comfyui_output():
+def test_commands_that_render_refuse_a_comfyui_output(tmp_path):
     from eval.config import EvalConfig
 
+    prompts = tmp_path / "p.txt"  # eval checks that its prompt file exists when its flags are parsed
+    prompts.write_text("a cat\n")
     with pytest.raises(ValueError, match="reads as A1111 prompts"):
-        EvalConfig(prompts="p.txt", out="o", to_syntax="comfyui")
-    assert EvalConfig(prompts="p.txt", out="o", syntax="comfyui").to_syntax == "a1111"
+        EvalConfig(prompts=str(prompts), out="o", to_syntax="comfyui")
+    assert EvalConfig(prompts=str(prompts), out="o", syntax="comfyui").to_syntax == "a1111"
     with pytest.raises(ValueError, match="unknown to_syntax 'novelai'"):
         MigrationPolicy(to_syntax="novelai")
