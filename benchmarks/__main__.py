@@ -18,6 +18,7 @@ from benchmarks import (
     parse_linear,
     prompt_parse,
     reference_index,
+    reliability,
     sweep_breadth,
     toyworld_drift,
     toyworld_guidance,
@@ -29,6 +30,7 @@ from benchmarks import (
 if __name__ == "__main__":
     cli_start.main([])
     app_load.main([])
+    reliability.main([])
     prompt_parse.main()
     parse_linear.main()
     gather_overhead.main([])
