@@ -54,9 +54,12 @@ class ServeConfig:
         "help": "adapter directories the Translate tab offers (the first is the default for every tab; none: the "
                 "syntax strategy); users pick among these, never type a path"})
     source: str = field(default="auto", metadata={"help": "source pipeline for Compare (auto: sd15 when its weights "
-                                                           "are local and a GPU is present, else tiny-sd15)"})
-    target: str = field(default="auto", metadata={"help": "target pipeline for Compare (auto: sd2-base or tiny-sd2)"})
-    scorer: str = field(default="auto", metadata={"help": "scorer for Compare (auto: vit-h-14 or tiny-clip)"})
+                                                           "are local and a GPU is present, else the toy world's "
+                                                           "toy-sd15)"})
+    target: str = field(default="auto", metadata={"help": "target pipeline for Compare (auto: sd2-base, else the toy "
+                                                           "world's toy-sd2)"})
+    scorer: str = field(default="auto", metadata={"help": "scorer for Compare (auto: vit-h-14, else the toy world's "
+                                                           "toy-clip)"})
     max_seeds: int = field(default=16, metadata={"help": "most seeds a Compare request may ask for"})
     reference: Path | None = field(default=None, metadata={
         "help": "a reference index (`sd-bridge index`): Compare adds each row's nearest reference image"})

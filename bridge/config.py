@@ -53,11 +53,37 @@ def print_json_summary(cfg: Any, summary: dict[str, Any]) -> None:
 
 
 def log_plan(cfg: Any, log, plan: dict[str, Any]) -> None:
-    """A `--dry-run` plan: the JSON summary under `--json`, else indented JSON through the log."""
+    """A `--dry-run` plan: the JSON summary under `--json`, else a line per figure through the log."""
     if getattr(cfg, "json", False):
         print_json_summary(cfg, plan)
     else:
-        log(json.dumps(plan, indent=2))
+        for line in plan_lines(plan):
+            log(line)
+
+
+def plan_lines(plan: dict[str, Any], indent: str = "") -> list[str]:
+    """`name: value` lines for a person; a nested mapping indented under its name, a list comma-joined, a
+    float to 3 significant figures, an int with thousands separators."""
+    lines = []
+    for key, value in plan.items():
+        name = str(key).replace("_", " ")
+        if isinstance(value, dict):
+            lines += [f"{indent}{name}:", *plan_lines(value, indent + "  ")]
+        else:
+            lines.append(f"{indent}{name}: {_plan_value(value)}")
+    return lines
+
+
+def _plan_value(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "none"}[value]
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plan_value(v) for v in value) or "none"
+    return str(value)
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -128,9 +154,12 @@ def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hints: dic
         kwargs.update(type=_scalar_converter(inner), nargs="*")
     elif tp is bool:
         # One flag that changes the default: `--flag` when off by default, `--no-flag` when on (never
-        # `--no-no-syntax`); a bool flag never swallows the next word (a positional prompt).
+        # `--no-no-syntax`); a bool flag never swallows the next word (a positional prompt). `--no-flag`
+        # says what it does, from the field's `off_help`: its `help` describes the field being on.
+        if f.default and "off_help" not in meta:
+            raise TypeError(f"{f.name}: a bool field on by default needs metadata 'off_help' for its --no- flag")
         parser.add_argument(_bool_flag(f), action="store_const", const=not f.default, default=argparse.SUPPRESS,
-                            dest=f.name, help=kwargs["help"])
+                            dest=f.name, help=meta["off_help"] if f.default else kwargs["help"])
         return
     else:
         kwargs["type"] = _scalar_converter(tp)

@@ -29,6 +29,10 @@ from bridge.syntax.tokens import token_budget
 
 log = logging.getLogger("sd_bridge")
 SYNTAX = "syntax"
+# What runs without an adapter, in the one form that translate, migrate, eval and the app all show (issue #43:
+# a user must be able to tell that nothing was reworded).
+SYNTAX_NOTE = "syntax migration: weights, tags and structure, no rewording"
+_said_syntax = threading.Event()  # the note is said once per process, however many translators it builds
 
 
 @dataclass
@@ -178,7 +182,6 @@ class Translator:
         # once, by this or an earlier run, are read back instead of generated.
         self.cache, self.model_key = (cache, model_key) if meta is not None else (None, None)
         self._network_map = self.policy.load_network_map()
-        self._said_syntax = False
 
     @property
     def rewrites(self) -> bool:
@@ -187,6 +190,13 @@ class Translator:
     @property
     def strategy(self) -> str:
         return f"adapter:{self.name}" if self.rewrites else SYNTAX
+
+    @property
+    def describe(self) -> str:
+        """Which strategy runs, for a person: SYNTAX_NOTE, or the adapter that rewords."""
+        if not self.rewrites:
+            return SYNTAX_NOTE
+        return f"learned rewriting by adapter {self.name} for {self.target.name}, after the syntax migration"
 
     @property
     def loaded(self) -> bool:
@@ -261,9 +271,9 @@ class Translator:
         # 1. Check inputs.
         self.check_inputs(prompts, negative_prompts, num_candidates)
         negatives = list(negative_prompts) if negative_prompts is not None else [None] * len(prompts)
-        if not self.rewrites and not self._said_syntax:
-            log.warning("no adapter: using the syntax strategy (migration policy only, no learned rewriting)")
-            self._said_syntax = True
+        if not self.rewrites and not _said_syntax.is_set():
+            _said_syntax.set()
+            log.warning(f"no adapter: {SYNTAX_NOTE}")
         # 2. The policy (the syntax strategy) on prompts and negatives.
         names = self.policy.embedding_names()
         parsed = [read_prompt(p, self.policy) for p in prompts]

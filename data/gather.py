@@ -67,7 +67,7 @@ class GatherConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     dtype: str = field(default="auto", metadata={"help": "auto (fp16 on CUDA, else fp32), fp32, fp16, bf16"})
     dry_run: bool = field(default=False, metadata={"help": "report counts, render nothing"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar", "off_help": "no progress bar (for logs)"})
     json: bool = json_summary_field()
 
     def __post_init__(self):

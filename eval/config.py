@@ -49,7 +49,8 @@ class EvalConfig(MigrationPolicy):
     render_batch: int = field(default=4, metadata={"help": "images per pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar (prompts scored per strategy)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (prompts scored per strategy)",
+                                                             "off_help": "no progress bar (for logs)"})
     json: bool = json_summary_field()
 
     def __post_init__(self):

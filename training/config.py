@@ -78,7 +78,7 @@ class TrainConfig(MigrationPolicy):
     push_to_hub: str | None = field(default=None, metadata={"help": "hub repo id to push the adapter to"})
     dry_run: bool = field(default=False, metadata={"help": "print the generations/renders this run will make "
                                                            "and an estimated time; train nothing"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar", "off_help": "no progress bar (for logs)"})
     json: bool = json_summary_field()
 
     def __post_init__(self):

@@ -17,6 +17,7 @@ goes on: no row lost, none duplicated. The final rename is atomic. The input is 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,8 +30,11 @@ from typing import Iterator, Literal
 
 from bridge.config import (config_to_dict, first_difference, json_summary_field, log_plan, print_json_summary)
 from bridge.files import atomic_write, bad_bytes, file_encoding, sniff_encoding, text_lines
-from bridge.syntax.policy import MigrationPolicy
+from bridge.syntax.policy import MigrationPolicy, migrate_parameters
 
+# A JSONL row's A1111 generation parameters, as a dict (A1111's infotext keys): written back fitted to the target
+# as `translated_parameters`.
+PARAMETERS = "parameters"
 ADDED = ["translated_prompt", "translated_negative_prompt", "warnings", "tokens_before", "tokens_after", "strategy"]
 EXIT_OK, EXIT_USAGE, EXIT_ROW_ERRORS = 0, 2, 3
 
@@ -58,7 +62,7 @@ class MigrateConfig(MigrationPolicy):
                                                                    "row error"})
     in_place: bool = field(default=False, metadata={"help": "replace the input (a .bak copy is kept)"})
     dry_run: bool = field(default=False, metadata={"help": "read and count rows, write nothing"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar", "off_help": "no progress bar (for logs)"})
     json: bool = json_summary_field()
 
     def __post_init__(self):
@@ -98,6 +102,7 @@ class Row:
     negative: str | None = None
     error: str | None = None
     raw: str = ""
+    skip: str | None = None  # a file with nothing to migrate (a PNG without A1111 metadata): counted, not an error
 
 
 def detect(cfg: MigrateConfig) -> str:
@@ -105,6 +110,10 @@ def detect(cfg: MigrateConfig) -> str:
     if not path.exists():
         raise UsageError(f"input not found: {path}")
     if cfg.format != "auto":
+        if path.is_dir() and cfg.format not in ("png", "infotext"):
+            raise UsageError(f"{path} is a folder; --format {cfg.format} reads a file (folders: png or infotext)")
+        if path.is_file() and cfg.format == "png":
+            raise UsageError(f"{path} is a file; --format png reads a folder of PNGs")
         return cfg.format
     if path.is_dir():
         if any(p.suffix.lower() == ".png" for p in path.iterdir()):
@@ -115,7 +124,31 @@ def detect(cfg: MigrateConfig) -> str:
     ext = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
     if path.suffix.lower() not in ext:
         raise UsageError(f"{path}: unknown library type {path.suffix!r}; use .txt/.csv/.tsv/.jsonl or --format")
+    if ext[path.suffix.lower()] == "txt" and is_infotext_file(path):
+        return "infotext"
     return ext[path.suffix.lower()]
+
+
+INFOTEXT_BYTES = 1 << 20
+
+
+def is_infotext_file(path: Path) -> bool:
+    """Whether a .txt file is one A1111 infotext record (A1111's "Save" writes such a file beside each image)
+    rather than a prompt per line: small, and its last line, and no other, is a parameters line that starts
+    with `Steps:` as A1111 writes it. A library of prompts has no such line; read as one, an infotext's
+    `Negative prompt:` and parameters lines were migrated as prompts (issue #43)."""
+    from bridge.syntax.infotext import parse_infotext
+
+    if path.stat().st_size > INFOTEXT_BYTES:
+        return False
+    data = path.read_bytes()
+    try:
+        text = data.decode(sniff_encoding(data[:4096]))
+    except UnicodeDecodeError:
+        return False
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    steps = [k for k, line in enumerate(lines) if line.startswith("Steps: ")]
+    return steps == [len(lines) - 1] and "Steps" in parse_infotext(text).params
 
 
 # ------------------------------------------------------------------------------------------- readers
@@ -230,7 +263,7 @@ def read_files(cfg: MigrateConfig, kind: str) -> Iterator[Row]:
     from bridge.syntax.infotext import parse_infotext
 
     suffix = ".png" if kind == "png" else ".txt"
-    files = sorted(p for p in cfg.input.iterdir() if p.suffix.lower() == suffix)
+    files = [cfg.input] if cfg.input.is_file() else sorted(p for p in cfg.input.iterdir() if p.suffix.lower() == suffix)
     if not files:
         raise UsageError(f"{cfg.input}: no {suffix} files")
     for k, file in enumerate(files):
@@ -243,8 +276,8 @@ def read_files(cfg: MigrateConfig, kind: str) -> Iterator[Row]:
 
                 with Image.open(file) as im:
                     text = im.info.get("parameters")
-                if not text:
-                    row.error = "no A1111 'parameters' metadata in this PNG"
+                if not text:  # an image saved without metadata carries no prompt: nothing to migrate, no failure
+                    row.skip = "no A1111 'parameters' metadata"
             else:
                 data = file.read_bytes()
                 text = data.decode(sniff_encoding(data[:4096]))
@@ -254,10 +287,10 @@ def read_files(cfg: MigrateConfig, kind: str) -> Iterator[Row]:
             row.error = f"unreadable: {err}"
         except Exception as err:  # Pillow: a text chunk over its limit (ValueError), a broken PNG (SyntaxError)
             row.error = f"unreadable PNG ({type(err).__name__}: {err})"
-        if row.error is None:
+        if row.error is None and row.skip is None:
             info = parse_infotext(text)
             row.data, row.prompt, row.negative = (file, info), info.prompt, info.negative_prompt
-        yield _check(row, cfg.max_chars)
+        yield _check(row, cfg.max_chars) if row.skip is None else row
 
 
 # ------------------------------------------------------------------------------------------- writers
@@ -360,6 +393,8 @@ def _total_rows(cfg: MigrateConfig, kind: str) -> int:
     `text_lines` reads them); records of a CSV, read by its own reader, because a quoted field may hold line
     breaks (counting lines ended a bar at 5000/8350)."""
     if kind in ("png", "infotext"):
+        if cfg.input.is_file():
+            return 1
         return sum(1 for p in cfg.input.iterdir() if p.suffix.lower() == (".png" if kind == "png" else ".txt"))
     if kind in ("csv", "tsv"):
         return sum(1 for r in _rows(cfg, kind) if r.index >= 0)
@@ -374,18 +409,21 @@ def migrate(cfg: MigrateConfig, log) -> int:
 
     started = time.perf_counter()
     kind = detect(cfg)
-    if kind not in ("png", "infotext"):
+    if cfg.input.is_file():
         if cfg.out is not None and not cfg.in_place and cfg.out.is_dir():
-            raise UsageError(f"--out {cfg.out} is a directory; a {kind} library is migrated into a file: name one")
+            raise UsageError(f"--out {cfg.out} is a directory; a {kind} file is migrated into a file: name one")
         if cfg.input.stat().st_size == 0:
             raise UsageError(f"{cfg.input}: empty file, nothing to migrate")
         if (encoding := file_encoding(cfg.input)).startswith("utf-16"):
             log(f"{cfg.input} is UTF-16 text ({encoding}); the output is written as UTF-8")
+        if kind == "infotext" and cfg.format == "auto":
+            log(f"reading {cfg.input} as one A1111 infotext record (--format txt reads a prompt per line)")
     # 1. Dry run: read every row, count, write nothing.
     if cfg.dry_run:
-        counts = Counter("error" if r.error else "ok" for r in _rows(cfg, kind) if r.index >= 0)
+        counts = Counter("skipped" if r.skip else "error" if r.error else "ok" for r in _rows(cfg, kind)
+                         if r.index >= 0)
         counts = {"input": str(cfg.input), "format": kind, "rows": sum(counts.values()), "readable": counts["ok"],
-                  "row_errors": counts["error"]}
+                  "row_errors": counts["error"], **({"skipped": counts["skipped"]} if kind == "png" else {})}
         log_plan(cfg, log, counts)
         return EXIT_OK
     translator = Translator.from_pretrained(cfg.adapter, cfg.target, MigrationPolicy.of(cfg), device=cfg.device,
@@ -449,9 +487,14 @@ def _migrate_file(cfg: MigrateConfig, kind: str, translator, log, started: float
                     sink.error(r)
                     errors += 1
                     continue
+                params = None
+                if kind == "jsonl" and isinstance(r.data.get(PARAMETERS), dict):  # fitted as an infotext's are
+                    params, param_warnings = migrate_parameters(r.data[PARAMETERS], translator.target, cfg)
+                    t = dataclasses.replace(t, warnings=t.warnings + [{**w.to_dict(), "field": PARAMETERS}
+                                                                      for w in param_warnings])
                 for w in t.warnings:
                     warn_counts[w["code"]] += 1
-                _write_row(kind, r, t, sink, writer)
+                _write_row(kind, r, t, sink, writer, params)
             # 4. Commit: data flushed to disk first, then the journal that points past it.
             out_bytes, err_bytes = sink.flush()
             done = chunk[-1].index + 1
@@ -486,12 +529,13 @@ class _SinkText:
         return len(text)
 
 
-def _write_row(kind: str, row: Row, t, sink: _TextSink, writer) -> None:
+def _write_row(kind: str, row: Row, t, sink: _TextSink, writer, params: dict | None = None) -> None:
     values = added_values(t)
     if kind == "txt":
         sink.write(t.translated_prompt.replace("\n", " ") + "\n")
     elif kind == "jsonl":
-        sink.write(json.dumps({**row.data, **values}, ensure_ascii=False) + "\n")
+        extra = {} if params is None else {"translated_parameters": params}
+        sink.write(json.dumps({**row.data, **values, **extra}, ensure_ascii=False) + "\n")
     else:
         writer.writerow(list(row.data) + [_cell(values[c]) for c in ADDED])
 
@@ -518,46 +562,53 @@ def _check_folder_settings(cfg: MigrateConfig, kind: str, out: Path) -> None:
 
 def _migrate_files(cfg: MigrateConfig, kind: str, translator, log, started: float) -> int:
     """Folders: one sidecar .txt of translated infotext per input file, each written atomically; a rerun
-    skips files already written."""
+    skips files already written. A single infotext file: its translation, written atomically to --out. The
+    generation parameters are fitted to the target (`migrate_parameters`)."""
     from bridge.syntax.infotext import format_infotext
-    from bridge.syntax.policy import check_parameters
 
-    out = cfg.out
+    out, single = cfg.out, cfg.input.is_file()
     if cfg.in_place and kind == "png":
         raise UsageError("--in-place does not apply to a PNG folder: images are never rewritten; give --out")
-    out.mkdir(parents=True, exist_ok=True)
-    _check_folder_settings(cfg, kind, out)
-    errors, done, warn_counts = [], 0, Counter()
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_folder_settings(cfg, kind, out)
+    target_of = (lambda file: out) if single else (lambda file: out / (file.stem + ".txt"))  # noqa: E731
+    errors, skipped, done, warn_counts = [], [], 0, Counter()
     bar = _progress(cfg, kind, 0)
     for chunk in _chunks(read_files(cfg, kind), cfg.chunk_rows):
-        # A rerun into --out skips files already written; in place, every file is the input: migrate it again
-        # (its backup is kept, as for a single file).
-        todo = [r for r in chunk if r.error is None
-                and (cfg.in_place or not (out / (Path(r.raw).stem + ".txt")).exists())]
+        # A rerun into a folder --out skips files already written; in place, every file is the input: migrate it
+        # again (its backup is kept, as for a single file).
+        todo = [r for r in chunk if r.error is None and r.skip is None
+                and (cfg.in_place or single or not target_of(Path(r.raw)).exists())]
         results = translator.translate([r.prompt for r in todo], [r.negative for r in todo]) if todo else []
         for r, t in zip(todo, results):
             file, info = r.data
             info.prompt, info.negative_prompt = t.translated_prompt, t.translated_negative_prompt
-            for w in t.warnings + [w.to_dict() for w in check_parameters(info.params, translator.target)]:
+            info.params, param_warnings = migrate_parameters(info.params, translator.target, cfg)
+            for w in t.warnings + [w.to_dict() for w in param_warnings]:
                 warn_counts[w["code"]] += 1
-            target = out / (file.stem + ".txt")
             if cfg.in_place:
                 keep_backup(file)
-            atomic_write(target, format_infotext(info))
+            atomic_write(target_of(file), format_infotext(info))
         errors += [r for r in chunk if r.error is not None]
+        skipped += [r for r in chunk if r.skip is not None]
         done += len(chunk)
         bar.update(len(chunk))
     bar.close()
-    err_file = out / "migrate.errors.jsonl"
+    if skipped:
+        names = ", ".join(r.raw for r in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        log(f"skipped {len(skipped)} file(s) with nothing to migrate ({skipped[0].skip}): {names}")
+    err_file = _errors_path(out) if single else out / "migrate.errors.jsonl"
     if errors:
         err_file.write_text("".join(json.dumps({"row": r.index, "file": r.raw, "error": r.error}) + "\n"
                                     for r in errors), encoding="utf-8")
-    return _summary(cfg, log, done, len(errors), warn_counts, translator, out, err_file, started)
+    return _summary(cfg, log, done - len(skipped), len(errors), warn_counts, translator, out, err_file, started,
+                    skipped=len(skipped))
 
 
-def _summary(cfg, log, rows, errors, warn_counts, translator, out, err_file, started) -> int:
+def _summary(cfg, log, rows, errors, warn_counts, translator, out, err_file, started, skipped: int = 0) -> int:
     seconds, strategy, cache = time.perf_counter() - started, translator.strategy, translator.cache
-    log(f"migrated {rows - errors}/{rows} rows with the {strategy} strategy into {out} in {seconds:.1f}s")
+    log(f"migrated {rows - errors}/{rows} rows into {out} in {seconds:.1f}s ({translator.describe})")
     if cache is not None:
         log(f"translation cache {cache.path}: {cache.hits} rewrite(s) read back, {cache.misses} generated")
     if warn_counts:
@@ -566,6 +617,7 @@ def _summary(cfg, log, rows, errors, warn_counts, translator, out, err_file, sta
         log(f"{errors} row(s) failed; reasons in {err_file}")
     print_json_summary(cfg, {"input": str(cfg.input), "output": str(out), "rows": rows, "migrated": rows - errors,
                              "row_errors": errors, "errors_file": str(err_file) if errors else None,
+                             **({"skipped": skipped} if skipped else {}),
                              "strategy": strategy, "warnings": dict(warn_counts.most_common()),
                              "seconds": round(seconds, 2),
                              "translation_cache": None if cache is None else {

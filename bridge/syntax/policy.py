@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from bridge.syntax import comfyui
+from bridge.syntax.infotext import InfoText
 from bridge.syntax.prompt import (
     COMFY_EMBEDDING, DEFAULT_EMBEDDINGS, NETWORK_KINDS, Alternation, And, AndWeight, Break, Edit, Embedding, Emphasis, Network, Prompt, PromptWarning, Text,
     parse, serialize, walk,
@@ -50,7 +51,9 @@ class MigrationPolicy:
         default=None, metadata={"help": "the dialect to write translations in (default: comfyui for --syntax "
                                         "comfyui, else a1111); weights are kept, and what the dialect cannot say "
                                         "is warned about"})
-    normalize: bool = field(default=True, metadata={"help": "collapse whitespace and empty comma items"})
+    normalize: bool = field(default=True, metadata={
+        "help": "collapse whitespace and empty comma items",
+        "off_help": "keep whitespace and empty comma items as written"})
 
     def __post_init__(self):
         for name, allowed in (("syntax", SOURCE_SYNTAXES), ("to_syntax", (None,) + OUTPUT_SYNTAXES)):
@@ -292,23 +295,42 @@ def apply_policy(prompt: Prompt | str, policy: MigrationPolicy | None = None,
     return SyntaxResult(serialize(nodes), list(prompt.warnings) + migrator.warnings)
 
 
-def check_parameters(params: dict[str, str], target) -> list[PromptWarning]:
-    """Warnings about generation parameters (A1111 infotext keys) for a target pipeline preset."""
-    from bridge.syntax.infotext import InfoText
+# A1111 infotext keys that name or configure the SD1 checkpoint itself (modules/processing.py `create_infotext`):
+# pasted into A1111 with an SD2 model loaded, "Model"/"Model hash" switch the checkpoint back to SD1 when it is
+# installed, "VAE" loads an SD1 VAE, "Clip skip" changes which text layer is read. They are dropped for an SD2
+# target. (Hypernet names are turned into a prompt tag by parse_infotext, where the network policy handles them.)
+SD1_SETTINGS = ("Model", "Model hash", "VAE", "VAE hash", "Clip skip", "Hypernet hash")
+# Hashes of the SD1 networks and embeddings a prompt used: stale once the policy has dropped them.
+NETWORK_HASHES = {"Lora hashes": "networks", "TI hashes": "embeddings"}
 
-    info = InfoText("", None, params)
+
+def migrate_parameters(params: dict, target, policy: MigrationPolicy | None = None) -> tuple[dict, list[PromptWarning]]:
+    """Generation parameters (A1111 infotext keys) fitted to `target`: for an SD2 target the SD1 checkpoint's
+    settings are dropped, and the hashes of networks and embeddings the policy dropped go with them, all named
+    in one `sd1-settings` warning; a `Size` that does not fit the target is kept and flagged (`size`) with a
+    suggestion. Values are kept as given, in order."""
+    policy = policy or MigrationPolicy()
+    params = {str(k): v for k, v in params.items()}
+    dropped = {}
+    if target.family == "sd2":
+        for key in list(params):
+            setting = NETWORK_HASHES.get(key)
+            if key in SD1_SETTINGS or (setting is not None and getattr(policy, setting) == "drop"):
+                dropped[key] = params.pop(key)
     warnings = []
-    if info.clip_skip is not None and info.clip_skip >= 2:
+    if dropped:
+        listed = ", ".join(f"{k}: {v}" for k, v in dropped.items())
+        why = ("; SD2 already reads the penultimate text-encoder layer" if "Clip skip" in dropped else "")
         warnings.append(PromptWarning(
-            "clip-skip", f"Clip skip: {info.clip_skip} was set for SD1; SD2 already conditions on the penultimate "
-                         "text-encoder layer, so drop it (Clip skip: 1) for the target"))
-    size = info.size
+            "sd1-settings", f"SD1 settings dropped for {target.name}: {listed} (pasted into A1111 they would load "
+                            f"SD1's model, VAE or text layer{why})"))
+    size = InfoText("", None, {k: str(v) for k, v in params.items()}).size
     if size is not None and not size_fits(size, target.size):
         w, h = size
         warnings.append(PromptWarning(
             "size", f"Size {w}x{h} does not fit {target.name} (native {target.size}x{target.size}); "
                     f"suggested {suggest_size(size, target.size)}"))
-    return warnings
+    return params, warnings
 
 
 def size_fits(size: tuple[int, int], native: int) -> bool:
@@ -324,5 +346,5 @@ def suggest_size(size: tuple[int, int], native: int) -> str:
     return f"{max(64, round(w * scale / 64) * 64)}x{max(64, round(h * scale / 64) * 64)}"
 
 
-__all__ = ["MigrationPolicy", "SyntaxResult", "apply_policy", "check_parameters", "read_prompt", "size_fits",
+__all__ = ["MigrationPolicy", "SyntaxResult", "apply_policy", "migrate_parameters", "read_prompt", "size_fits",
            "suggest_size", "write_prompt"]

@@ -256,13 +256,19 @@ def token_budget(text: str, truncates: bool, negative: bool = False,
     runs = _piece_runs(text, negative, steps)
     counts = [len(tokens) for tokens, _ in pack_chunks(runs, _is_comma)]
     warnings = []
-    for k, count in enumerate(_between_breaks(runs)):
+    parts = _between_breaks(runs)
+    for k, count in enumerate(parts):
         if count > CHUNK_TOKENS:
+            # A "chunk" in the counts beside this warning is A1111's 75-token chunk; what runs over is the text
+            # between BREAKs, so the message says "text", and which renderer loses the rest (issue #43: "chunk 1
+            # has 98 tokens" beside counts [73, 26] read as a contradiction).
+            what = "the prompt" if len(parts) == 1 else f"part {k + 1} (between BREAKs)"
             if truncates:
-                msg = (f"chunk {k + 1} has {count} tokens; the target reads {CHUNK_TOKENS} per prompt and "
-                       f"silently ignores the last {count - CHUNK_TOKENS}")
+                msg = (f"{what} has {count} tokens: plain diffusers encoding reads only its first {CHUNK_TOKENS} and "
+                       f"ignores the last {count - CHUNK_TOKENS}; A1111 and ComfyUI read every {CHUNK_TOKENS}-token "
+                       "chunk")
             else:
-                msg = (f"chunk {k + 1} has {count} tokens; it goes on in another {CHUNK_TOKENS}-token chunk, cut "
+                msg = (f"{what} has {count} tokens; it goes on in another {CHUNK_TOKENS}-token chunk, cut "
                        f"after the last comma within {COMMA_BACKTRACK} tokens (A1111)")
             warnings.append(PromptWarning("token-budget", msg))
     return counts, warnings

@@ -34,6 +34,31 @@ def test_every_command_prints_its_help(name, capsys):
     assert f"usage: sd-bridge {name}" in capsys.readouterr().out
 
 
+def test_negated_flags_say_what_they_do(capsys):
+    """`--no-progress` said "show a progress bar" (issue #43): a flag that turns something off says so, for
+    every command; a bool field on by default without its own `off_help` cannot build a parser."""
+    import dataclasses
+    import importlib
+
+    from bridge.config import build_parser
+
+    negated = {}
+    for name, (module, cls, _, _) in COMMANDS.items():
+        parser = build_parser(getattr(importlib.import_module(module), cls))
+        negated.update({(name, o): a.help for a in parser._actions for o in a.option_strings if o.startswith("--no-")})
+    assert negated[("migrate", "--no-progress")] == "no progress bar (for logs)"
+    assert negated[("translate", "--no-normalize")] == "keep whitespace and empty comma items as written"
+    for (name, flag), text in negated.items():
+        assert not text.startswith(("show", "collapse", "use ")), (name, flag, text)
+
+    @dataclasses.dataclass
+    class Bad:
+        colour: bool = dataclasses.field(default=True, metadata={"help": "print in colour"})
+
+    with pytest.raises(TypeError, match="off_help"):
+        build_parser(Bad)
+
+
 def test_version_is_the_installed_one(capsys):
     import importlib.metadata
 

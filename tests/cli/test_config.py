@@ -55,7 +55,7 @@ def test_one_flag_per_bool_and_one_default_per_help(capsys):
 @dataclass
 class Switches:
     no_syntax: bool = field(default=False, metadata={"help": "leave out the syntax baseline"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar", "off_help": "no progress bar"})
     out: str | None = field(default=None, metadata={"help": "where (default: beside the input)"})
 
 

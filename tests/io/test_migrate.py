@@ -138,12 +138,12 @@ def test_dry_run_writes_nothing(tmp_path, capsys):
     src = tmp_path / "lib.jsonl"
     src.write_text('{"prompt": "a"}\n{bad\n', encoding="utf-8")
     assert migrate(str(src), "--dry-run") == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["rows"] == 2 and report["row_errors"] == 1
+    report = capsys.readouterr().out.splitlines()  # text unless --json (tests/pipeline/test_json_summaries.py)
+    assert "rows: 2" in report and "row errors: 1" in report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.jsonl"]
 
 
-def test_infotext_and_png_folders(tmp_path):
+def test_infotext_and_png_folders(tmp_path, capsys):
     texts = tmp_path / "texts"
     texts.mkdir()
     (texts / "a.txt").write_text("a <lora:x:1> cat\nNegative prompt: EasyNegative, ugly\n"
@@ -151,8 +151,10 @@ def test_infotext_and_png_folders(tmp_path):
                                  encoding="utf-8")
     out = tmp_path / "out"
     assert migrate(str(texts), "--out", str(out)) == 0
+    # Clip skip is SD1's: pasted into A1111 it would change the SD2 run's text layer, so it goes, named.
     assert (out / "a.txt").read_text() == ("a cat\nNegative prompt: ugly\n"
-                                           "Steps: 20, Sampler: Euler a, CFG scale: 7, Size: 512x768, Clip skip: 2")
+                                           "Steps: 20, Sampler: Euler a, CFG scale: 7, Size: 512x768")
+    assert "sd1-settings x1" in capsys.readouterr().out
     pngs = tmp_path / "pngs"
     pngs.mkdir()
     info = PngImagePlugin.PngInfo()
@@ -160,9 +162,57 @@ def test_infotext_and_png_folders(tmp_path):
     Image.new("RGB", (8, 8)).save(pngs / "img.png", pnginfo=info)
     Image.new("RGB", (8, 8)).save(pngs / "plain.png")
     before = (pngs / "img.png").read_bytes()
-    assert migrate(str(pngs), "--out", str(tmp_path / "side")) == 3  # plain.png has no metadata
+    # plain.png has no metadata: nothing to migrate, a counted skip and not a failure (it was exit 3).
+    assert migrate(str(pngs), "--out", str(tmp_path / "side")) == 0
+    log = capsys.readouterr().out
+    assert "skipped 1 file(s) with nothing to migrate (no A1111 'parameters' metadata): plain.png" in log
+    assert "migrated 1/1 rows" in log
+    assert not (tmp_path / "side" / "migrate.errors.jsonl").exists()
     assert (tmp_path / "side" / "img.txt").read_text().startswith("(fox:1.2)\nSteps: 20")
     assert (pngs / "img.png").read_bytes() == before  # images are never rewritten
+
+
+INFOTEXT = ("(masterpiece:1.2), a <lora:add_detail:0.7> fox in the snow\nNegative prompt: EasyNegative, lowres\n"
+            "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, Size: 512x768, "
+            "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, VAE: vae-ft-mse-840000, Clip skip: 2")
+
+
+@pytest.mark.parametrize("fmt", [None, "infotext"])
+def test_a_single_infotext_file_is_one_record(tmp_path, capsys, fmt):
+    """A1111's "Save" writes one infotext .txt beside an image. It was read as three prompts (its negative and
+    parameters lines migrated as prompts), and `--format infotext` on it ended in a traceback (issue #43)."""
+    src, out = tmp_path / "00012-1234.txt", tmp_path / "out.txt"
+    src.write_text(INFOTEXT, encoding="utf-8")
+    assert migrate(str(src), "--out", str(out), *(["--format", fmt] if fmt else [])) == 0
+    log = capsys.readouterr().out
+    assert ("reading" in log and "as one A1111 infotext record" in log) == (fmt is None)
+    assert out.read_text(encoding="utf-8") == ("(masterpiece:1.2), a fox in the snow\nNegative prompt: lowres\n"
+                                               "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1234, "
+                                               "Size: 512x768")
+    assert "migrated 1/1 rows" in log and "sd1-settings x1" in log
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00012-1234.txt", "out.txt"]
+    # A prompt-per-line library is still one: a prompt that merely mentions steps is not a parameters line.
+    src.write_text("a cat\nSteps: a staircase, stone, moss\na dog\n", encoding="utf-8")
+    assert migrate(str(src), "--out", str(tmp_path / "lib.txt")) == 0
+    assert len((tmp_path / "lib.txt").read_text().splitlines()) == 3
+    # An infotext file into a folder --out is refused before anything is written.
+    assert migrate(str(tmp_path / "00012-1234.txt"), "--out", str(tmp_path), "--format", "infotext") == 2
+
+
+def test_jsonl_parameters_are_fitted_to_the_target(tmp_path):
+    src, out = tmp_path / "lib.jsonl", tmp_path / "out.jsonl"
+    params = {"Steps": 20, "Size": "512x768", "Model": "v1-5-pruned-emaonly", "Model hash": "6ce0161689",
+              "Clip skip": 2}
+    src.write_text(json.dumps({"prompt": "a cat", "parameters": params}) + "\n" + json.dumps({"prompt": "a dog"})
+                   + "\n", encoding="utf-8")
+    assert migrate(str(src), "--out", str(out), "--target", "sd21") == 0
+    first, second = [json.loads(line) for line in out.read_text().splitlines()]
+    assert first["parameters"] == params  # the input's own values are kept
+    assert first["translated_parameters"] == {"Steps": 20, "Size": "512x768"}
+    codes = {w["code"]: w for w in first["warnings"]}
+    assert codes["sd1-settings"]["field"] == "parameters" and "Model: v1-5-pruned-emaonly" in codes["sd1-settings"]["message"]
+    assert "suggested 768x1152" in codes["size"]["message"]  # 512x768 does not fit SD2.1's 768
+    assert "translated_parameters" not in second
 
 
 def test_folder_reruns_in_place_and_bad_files(tmp_path, capsys):

@@ -112,10 +112,14 @@ def test_changed_settings_in_the_same_directory_are_refused(reference, prompt_fi
 
 
 def test_dry_run_renders_nothing(prompt_file, tmp_path, capsys):
-    assert gather(tmp_path / "dry", prompt_file, "--dry-run", "--seeds", "3") == 0
+    assert gather(tmp_path / "dry", prompt_file, "--dry-run", "--seeds", "3", "--json") == 0
     counts = json.loads(capsys.readouterr().out)
     assert counts["prompts"] == 6 and counts["renders"] == 18 and counts["renders_left"] == 18
     assert not (tmp_path / "dry").exists()
+    # Without --json the plan is for a person to read: a line per figure, not JSON.
+    assert gather(tmp_path / "dry", prompt_file, "--dry-run", "--seeds", "3") == 0
+    text = capsys.readouterr().out
+    assert "renders: 18" in text.splitlines() and "{" not in text
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -270,7 +270,7 @@ def test_cli_dry_run(gathered, capsys):
     from bridge.cli import main
 
     assert main(["train", "--data", str(gathered), "--target", "tiny-sd2", "--rewriter", "tiny-t5", "--scorer",
-                 "tiny-clip", "--steps", "10", "--k", "4", "--prompts-per-step", "2", "--dry-run", "--device", "cpu"]) == 0
+                 "tiny-clip", "--steps", "10", "--k", "4", "--prompts-per-step", "2", "--dry-run", "--device", "cpu", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["generations"] == 10 * 2 * 4 and plan["renders_at_most"] == 10 * 2 * 4 * 2
     assert plan["estimated_seconds_at_most"] > 0

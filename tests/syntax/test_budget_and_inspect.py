@@ -21,10 +21,15 @@ def test_long_chunk_warns_for_a_truncating_target_only():
     counts, warnings = token_budget(long, truncates=True)
     assert counts == [75, 44]  # 119 tokens, packed as A1111 packs them: the first chunk ends at a comma
     assert [w.code for w in warnings] == ["token-budget"] and "ignores the last 44" in warnings[0].message
+    # It names what runs over (the text, not one of the chunks counted beside it) and which renderer loses it.
+    assert warnings[0].message.startswith("the prompt has 119 tokens: plain diffusers encoding reads only")
+    assert "A1111 and ComfyUI read every 75-token chunk" in warnings[0].message and "chunk 1" not in warnings[0].message
     _, warnings = token_budget(long, truncates=False)
     assert "goes on in another 75-token chunk" in warnings[0].message
     counts, warnings = token_budget(long.replace(", highly detailed, ", " BREAK ", 10), truncates=True)
     assert len(counts) == 11
+    _, warnings = token_budget("a cat BREAK " + long, truncates=True)
+    assert warnings[0].message.startswith("part 2 (between BREAKs) has 119 tokens")
 
 
 def test_inspect_json_has_the_documented_keys(capsys):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bridge.models import presets
 from bridge.syntax.infotext import format_infotext, parse_infotext
-from bridge.syntax.policy import MigrationPolicy, apply_policy, check_parameters
+from bridge.syntax.policy import MigrationPolicy, apply_policy, migrate_parameters
 from bridge.syntax.prompt import (chunk_texts, embeddings, leaves, networks, parse, plain_text, replace_leaves,
                                   segments, walk, weighted_spans)
 from bridge.syntax.tokens import count_tokens, token_budget
@@ -46,7 +46,7 @@ def test_no_prompt_makes_the_policy_raise(s):
 def test_no_text_makes_the_infotext_parser_raise(s):
     info = parse_infotext(s)
     format_infotext(info)
-    check_parameters(info.params, presets.pipeline("sd2-base"))
+    migrate_parameters(info.params, presets.pipeline("sd2-base"))
     info.clip_skip, info.size
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.models import presets
-from bridge.syntax.policy import MigrationPolicy, apply_policy, check_parameters, size_fits, suggest_size
+from bridge.syntax.policy import MigrationPolicy, apply_policy, migrate_parameters, size_fits, suggest_size
 from bridge.syntax.prompt import parse
 from conftest import read_jsonl
 
@@ -90,13 +90,24 @@ def test_syntax_strategy_is_idempotent_on_the_corpus(prompts_dir):
                 assert "<lora:" not in once or policy.networks == "keep"
 
 
-def test_clip_skip_and_size_warnings():
-    sd2, sd21 = presets.pipeline("sd2-base"), presets.pipeline("sd21")
-    w = check_parameters({"Clip skip": "2", "Size": "512x1024"}, sd2)
-    assert [x.code for x in w] == ["clip-skip"]
-    w = check_parameters({"Size": "512x768"}, sd21)
-    assert [x.code for x in w] == ["size"] and "768x1152" in w[0].message
-    assert check_parameters({"Clip skip": "1", "Size": "768x768"}, sd21) == []
+def test_sd1_settings_are_dropped_and_a_size_that_does_not_fit_is_flagged():
+    sd2, sd21, sd15 = presets.pipeline("sd2-base"), presets.pipeline("sd21"), presets.pipeline("sd15")
+    params = {"Steps": "20", "Sampler": "Euler a", "Size": "512x1024", "Model hash": "6ce0161689",
+              "Model": "v1-5-pruned-emaonly", "VAE": "vae-ft-mse-840000", "Clip skip": "2", "Lora hashes": "x: 1a2b"}
+    kept, w = migrate_parameters(params, sd2)
+    # Pasted into A1111 these would switch an SD2 run back to SD1's model, VAE and text layer (issue #43).
+    assert kept == {"Steps": "20", "Sampler": "Euler a", "Size": "512x1024"}
+    assert [x.code for x in w] == ["sd1-settings"]
+    for pair in ("Model: v1-5-pruned-emaonly", "Model hash: 6ce0161689", "VAE: vae-ft-mse-840000", "Clip skip: 2",
+                 "Lora hashes: x: 1a2b"):
+        assert pair in w[0].message
+    kept, _ = migrate_parameters(params, sd2, MigrationPolicy(networks="keep"))
+    assert kept["Lora hashes"] == "x: 1a2b"  # the LoRAs stay in the prompt, so their hashes stay true
+    assert migrate_parameters(params, sd15) == (params, [])  # an SD1 target keeps its own settings
+    kept, w = migrate_parameters({"Size": "512x768", "Steps": "20"}, sd21)
+    assert [x.code for x in w] == ["size"] and "768x1152" in w[0].message and kept == {"Size": "512x768", "Steps": "20"}
+    assert migrate_parameters({"Clip skip": "1", "Size": "768x768"}, sd21)[1][0].code == "sd1-settings"
+    assert migrate_parameters({"Size": "768x768"}, sd21)[1] == []
     assert size_fits((512, 512), 512) and not size_fits((500, 512), 512) and not size_fits((256, 256), 512)
     assert suggest_size((512, 768), 768) == "768x1152"
 
