@@ -65,7 +65,8 @@ def _load_file(cfg: EvalConfig, source_cache) -> list[Item]:
         seeds = [derive_seed(cfg.seed, r.prompt, k) for k in range(cfg.seeds)]
         items.append(Item(r.prompt, r.negative_prompt, seeds, None, None))
     flat = [(it, s) for it in items for s in it.seeds]
-    emb = source_cache.embeddings([it.prompt for it, _ in flat], [s for _, s in flat], [it.negative for it, _ in flat])
+    emb = source_cache.embeddings([it.prompt for it, _ in flat], [s for _, s in flat], [it.negative for it, _ in flat],
+                                  desc=f"source renders ({cfg.source})")
     images = source_cache.images([it.prompt for it, _ in flat], [s for _, s in flat], [it.negative for it, _ in flat])
     k = 0
     for it in items:
@@ -270,7 +271,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
 
     from bridge.models.loading import resolve_device
     from bridge.models.render import Renderer
-    from bridge.models.render_cache import RenderCache
+    from bridge.models.render_cache import RenderCache, render_bar
     from bridge.models.score import Scorer
     from eval.report import write_report
 
@@ -290,7 +291,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     is_dataset = Path(cfg.prompts).is_dir() and (Path(cfg.prompts) / "state.json").is_file()
     if Path(cfg.prompts).is_dir() and not is_dataset:
         raise FileNotFoundError(f"{cfg.prompts} is a directory but not a gathered dataset (no state.json)")
-    source_cache = RenderCache(cache_root, Renderer(source, device=device), scorer, cfg.render_batch)
+    source_cache = RenderCache(cache_root, Renderer(source, device=device), scorer, cfg.render_batch,
+                               progress=render_bar(cfg.progress and state.is_main_process))
     items = _load_dataset(cfg) if is_dataset else _load_file(cfg, source_cache)
     overlap = train_overlap(cfg, items, log if state.is_main_process else (lambda *_: None))
     mine = list(range(state.process_index, len(items), state.num_processes))

@@ -73,6 +73,8 @@ class SweepConfig(MigrationPolicy):
     render_batch: int = field(default=8, metadata={"help": "images per pipeline call"})
     cache_dir: Path | None = field(default=None, metadata={"help": "render cache (default: OUT/render-cache)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
+    progress: bool = field(default=True, metadata={"help": "a progress bar for each row's renders, with an ETA",
+                                                   "off_help": "no progress bars (for logs)"})
     json: bool = json_summary_field()
 
     def __post_init__(self):
@@ -191,8 +193,9 @@ def sweep_prompt(k: int, prompt: str, negative: str | None, rows: list[dict], ca
     for row in rows:
         cache = caches[row["model"]]
         texts, negs = [row["text"]] * len(seeds), [row["negative"]] * len(seeds)
-        imgs = cache.images(texts, seeds, negs)
-        measure_row(row, cache.embeddings(texts, seeds, negs), seeds, cfg, index)
+        what = f"prompt {k + 1} {row['strategy']} ({row['model']})"
+        imgs = cache.images(texts, seeds, negs, desc=what)
+        measure_row(row, cache.embeddings(texts, seeds, negs, desc=what), seeds, cfg, index)
         row.update(prompt_index=k, prompt=prompt, negative_prompt=negative or "", files=[])
         for s, img in zip(seeds, imgs):
             path = cfg.out / "renders" / f"p{k:03d}-{row['strategy']}-{s}.png"
@@ -210,7 +213,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> dict:
     from bridge.models.loading import resolve_auto, resolve_device
     from bridge.sweep.reference import ReferenceIndex
     from bridge.models.render import Renderer
-    from bridge.models.render_cache import RenderCache
+    from bridge.models.render_cache import RenderCache, render_bar
     from bridge.models.score import Scorer
     from bridge.sweep.grid import grid_image, write_html
     from bridge.translator import Translator
@@ -231,7 +234,7 @@ def run_sweep(cfg: SweepConfig, log=print) -> dict:
     scorer = Scorer(presets.scorer(cfg.scorer), device=device)
     cache_root = cfg.cache_dir or cfg.out / "render-cache"
     caches = {name: RenderCache(cache_root, Renderer(presets.pipeline(name), device=device), scorer,
-                                cfg.render_batch) for name in {cfg.source, cfg.target}}
+                                cfg.render_batch, progress=render_bar(cfg.progress)) for name in {cfg.source, cfg.target}}
     (cfg.out / "renders").mkdir(parents=True, exist_ok=True)
     all_rows, grids = [], []
     for k, ((prompt, negative), rows) in enumerate(zip(prompts, texts)):

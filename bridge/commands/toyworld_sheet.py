@@ -27,6 +27,8 @@ class SheetConfig:
     seed: int = field(default=0, metadata={"help": "base seed (each row's seed derives from it and the prompt)"})
     cell: int = field(default=128, metadata={"help": "cell size in pixels (images are upscaled, pixels kept)"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda or auto"})
+    progress: bool = field(default=True, metadata={"help": "a progress bar over the renders, with an ETA",
+                                                   "off_help": "no progress bar (for logs)"})
 
     def __post_init__(self):
         from toyworld.world import SOURCE, read
@@ -56,8 +58,13 @@ def run_sheet(cfg: SheetConfig, log=print) -> Path:
     # 2. Render with both pipelines.
     src = Renderer(presets.pipeline(presets.TOY_SOURCE), device=cfg.device)
     tgt = Renderer(presets.pipeline(presets.TOY_TARGET), device=cfg.device)
-    columns = [truths, src(cfg.prompts, seeds), tgt(cfg.prompts, seeds),
-               tgt([o.prompt for o in right], seeds, [o.negative_prompt for o in right])]
+    # One bar over the three rendered columns: a default sheet rendered for 99 s without a word (issue #43).
+    from tqdm.auto import tqdm
+
+    with tqdm(total=3 * len(cfg.prompts), desc="sheet", unit="render", disable=not cfg.progress,
+              dynamic_ncols=True) as bar:
+        columns = [truths, src(cfg.prompts, seeds, on_batch=bar.update), tgt(cfg.prompts, seeds, on_batch=bar.update),
+                   tgt([o.prompt for o in right], seeds, [o.negative_prompt for o in right], on_batch=bar.update)]
     # 3. Lay out: a header row, then one row per prompt with its text and oracle (wrapped) under the images.
     import textwrap
 

@@ -12,16 +12,33 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from bridge.files import atomic_write
 
 
+def render_bar(enabled: bool = True):
+    """A `progress` for RenderCache: a tqdm bar per call that renders, counting its renders with an ETA (issue
+    #43: eval was silent for 49 s while its source renders ran, sweep for 207 s). None when disabled."""
+    if not enabled:
+        return None
+
+    def start(total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc or "render", unit="render", dynamic_ncols=True)
+
+    return start
+
+
 class RenderCache:
-    def __init__(self, root: Path | str, renderer, scorer=None, batch_size: int = 4):
+    def __init__(self, root: Path | str, renderer, scorer=None, batch_size: int = 4,
+                 progress: Callable[[int, str], object] | None = None):
+        """`progress(total, desc)`, when given, returns a bar (tqdm-like: `update(n)`, `close()`) for each call
+        that has images to render; cached images cost nothing and move no bar."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.renderer, self.scorer, self.batch_size = renderer, scorer, batch_size
+        self.renderer, self.scorer, self.batch_size, self.progress = renderer, scorer, batch_size, progress
         self.hits = self.misses = 0
         self.seconds = {"render": 0.0, "score": 0.0}
         self._settings = json.dumps(renderer.settings.as_dict(), sort_keys=True)
@@ -34,8 +51,10 @@ class RenderCache:
     def _png(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.png"
 
-    def images(self, prompts: Sequence[str], seeds: Sequence[int], negatives: Sequence[str | None] | None = None) -> list:
-        """Images for (prompt, seed, negative) triples; only keys never seen before are rendered."""
+    def images(self, prompts: Sequence[str], seeds: Sequence[int], negatives: Sequence[str | None] | None = None,
+               desc: str = "") -> list:
+        """Images for (prompt, seed, negative) triples; only keys never seen before are rendered (`desc` names
+        them on the progress bar)."""
         from PIL import Image
 
         negatives = list(negatives) if negatives is not None else [None] * len(prompts)
@@ -50,8 +69,14 @@ class RenderCache:
         if todo:
             idx = list(todo.values())
             t = time.perf_counter()
-            fresh = self.renderer([prompts[i] for i in idx], [int(seeds[i]) for i in idx], [negatives[i] for i in idx],
-                                  batch_size=self.batch_size)
+            bar = self.progress(len(idx), desc) if self.progress is not None else None
+            try:
+                fresh = self.renderer([prompts[i] for i in idx], [int(seeds[i]) for i in idx],
+                                      [negatives[i] for i in idx], batch_size=self.batch_size,
+                                      on_batch=None if bar is None else bar.update)
+            finally:
+                if bar is not None:
+                    bar.close()
             for i, image in zip(idx, fresh):
                 path = self._png(keys[i])
                 path.parent.mkdir(exist_ok=True)
@@ -69,7 +94,8 @@ class RenderCache:
                 out.append(im.convert("RGB"))
         return out
 
-    def embeddings(self, prompts: Sequence[str], seeds: Sequence[int], negatives: Sequence[str | None] | None = None):
+    def embeddings(self, prompts: Sequence[str], seeds: Sequence[int], negatives: Sequence[str | None] | None = None,
+                   desc: str = ""):
         """Scorer image embeddings [N, D] of the renders, each computed once per (image, scorer)."""
         import numpy as np
         import torch
@@ -84,7 +110,7 @@ class RenderCache:
                 first.setdefault(keys[i], i)
         if first:
             idx = list(first.values())
-            images = self.images([prompts[i] for i in idx], [seeds[i] for i in idx], [negatives[i] for i in idx])
+            images = self.images([prompts[i] for i in idx], [seeds[i] for i in idx], [negatives[i] for i in idx], desc)
             t = time.perf_counter()
             emb = self.scorer.embed_images(images).numpy()
             self.seconds["score"] += time.perf_counter() - t

@@ -118,12 +118,15 @@ def test_report_is_deterministic(planted, report_dir, tmp_path):
     assert a == b
 
 
-def test_prompt_file_input_renders_sources_once(tmp_path):
+def test_prompt_file_input_renders_sources_once(tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red fox\na blue car\n")
     out = tmp_path / "r"
-    report = run_eval(EvalConfig(prompts=str(prompts), out=out, target="tiny-sd2", **TINY), log=lambda *_: None)
+    report = run_eval(EvalConfig(prompts=str(prompts), out=out, target="tiny-sd2", **TINY),
+                      log=lambda *_: None)
     assert report["prompts"] == 2 and report["strategies"]["syntax"]["vs_identity"]["tie"] == 1.0
+    # The source renders have their own bar: eval was silent for 49 s before its first line (issue #43).
+    assert "source renders (tiny-sd15): 100%" in capsys.readouterr().err
 
 
 def test_html_report_opens_in_chromium_with_every_image(report_dir, tmp_path):

@@ -39,6 +39,9 @@ def test_sweep_writes_rows_grid_and_a_page_that_loads_in_chromium(tmp_path, refe
     out = tmp_path / "sweep"
     assert main(["sweep", "a crimson circle", "--seed-list", "1", "2", "3", "--rows", "source", "identity",
                  "translation", "oracle", "--reference", str(reference), "--out", str(out), "--device", "cpu"]) == 0
+    # A bar per row that renders, with counts and an ETA (a sweep ran 207 s without a word, issue #43).
+    bars = capsys.readouterr().err
+    assert "prompt 1 source (toy-sd15): 100%" in bars and "3/3" in bars and "render/s" in bars
     report = json.loads((out / "sweep.json").read_text())
     assert [(r["strategy"], r["model"]) for r in report["rows"]] == [
         ("source", "toy-sd15"), ("identity", "toy-sd2"), ("translation", "toy-sd2"), ("oracle", "toy-sd2")]
@@ -67,7 +70,9 @@ def test_sweep_writes_rows_grid_and_a_page_that_loads_in_chromium(tmp_path, refe
     capsys.readouterr()
     assert main(["sweep", "a crimson circle", "--seed-list", "1", "2", "3", "--rows", "source", "--out", str(out),
                  "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary, bars = capsys.readouterr()
+    summary = json.loads(summary)
+    assert "render/s" not in bars  # nothing rendered, no bar
     assert summary["rows"][0]["breadth"]["mean_distance"] == pytest.approx(report["rows"][0]["breadth"]["mean_distance"])
     assert (out / "render-cache").stat().st_mtime_ns == mtime
 

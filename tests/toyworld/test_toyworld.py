@@ -352,3 +352,19 @@ def test_build_config_refuses_bad_values():
     with pytest.raises(ValueError, match=r"sd15_text_lr_scale must be in \[0, 1\], got 2"):
         BuildConfig(sd15_text_lr_scale=2)
     assert {f.name for f in fields(BuildConfig)} >= {"out", "pool", "seed", "device"}
+
+
+def test_sheet_counts_its_renders_and_lays_out_a_row_per_prompt(tmp_path, capsys):
+    """A default sheet rendered for 99 s without a word (issue #43): it now shows a bar over its renders."""
+    from PIL import Image
+
+    out = tmp_path / "sheet.png"
+    assert main(["toyworld", "sheet", "--prompts", "a crimson circle", "a big azure square", "--cell", "32",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "sheet: 100%" in err and "6/6" in err
+    sheet = Image.open(out)
+    assert sheet.width == 4 * 32 and sheet.height > 18 + 2 * 32
+    assert main(["toyworld", "sheet", "--prompts", "a crimson circle", "--cell", "32", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert "sheet:" not in capsys.readouterr().err
