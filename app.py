@@ -242,7 +242,10 @@ def translate_fn(models: Models, prompt: str, negative: str, adapter: str | None
     _check_prompt(prompt, negative)
     t = models.translator(adapter, policy).translate([prompt], [negative or None])[0]
     warnings = "\n".join(f"[{w['code']}] ({w['field']}) {w['message']}" for w in t.warnings) or "none"
-    tokens = f"tokens per chunk: {t.tokens_before} -> {t.tokens_after} (strategy: {t.strategy})"
+    translator = models.translator(adapter, policy)
+    fell_back = " (this rewrite fell back to it: see the warnings)" if t.fallback else ""
+    tokens = (f"**Strategy:** {translator.describe}{fell_back}  \n"
+              f"tokens per chunk: {t.tokens_before} -> {t.tokens_after}")
     neg_out = t.translated_negative_prompt or ""
     return (t.translated_prompt, neg_out, word_diff(prompt, t.translated_prompt), word_diff(negative or "", neg_out),
             warnings, tokens)
@@ -268,15 +271,22 @@ def parse_seeds(text: str, count: int, base_seed: int, prompt: str, most: int) -
     return seeds
 
 
-def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, count: float, base_seed: float):
+OUTSIDE_TOY = ("**This prompt is outside the toy world.** toy-sd15 and toy-sd2 read only toy prompts (one shape with "
+               "its colour, size, fill and position on a background, as in the examples below), so what they draw for "
+               "it, and its agreement figures, say nothing about what SD1.5 or SD2 would draw.")
+
+
+def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, count: float, base_seed: float,
+               progress=None):
     """A grid: a row per model and prompt (source | target with the source prompt | target with the
     translation | toy world: target with the oracle), a column per seed, with the agreement of each target
-    image with the source image of its seed."""
-    import gradio as gr
+    image with the source image of its seed. Returns (grid image, translation, summary, note, details): the
+    details hold the full seeds and every agreement, which the grid shows short."""
     import torch
 
     from bridge.models.score import cosine
 
+    # 1. Check inputs; the seeds and the translation.
     _check_prompt(prompt, negative)
     seeds = parse_seeds(seeds_text, int(count or 1), int(base_seed or 0), prompt, models.cfg.max_seeds)
     n = len(seeds)
@@ -284,30 +294,110 @@ def compare_fn(models: Models, prompt: str, negative: str, seeds_text: str, coun
     src_r, tgt_r, scorer, note = models.compare_models()
     rows = [(src_r, "source prompt", prompt, negative or None), (tgt_r, "source prompt", prompt, negative or None),
             (tgt_r, "translation", t.translated_prompt, t.translated_negative_prompt)]
-    right = _toy_oracle(prompt, negative) if src_r.preset.toy and tgt_r.preset.toy else None
+    toy = src_r.preset.toy and tgt_r.preset.toy
+    right = _toy_oracle(prompt, negative) if toy else None
     if right is not None:
         rows.append((tgt_r, "oracle", right.prompt, right.negative_prompt))
+    outside = toy and right is None  # toy renderers on a prompt they cannot read: said beside the images
+    # 2. Render every row at the same seeds, counting renders on the progress bar (a render takes seconds).
     index = models.reference()
+    done = [0]
+
+    def step(k: int, kind: str, model: str):
+        def advance(images: int):
+            done[0] += images
+            if progress is not None:
+                progress((done[0], n * len(rows)), desc=f"rendering {kind} with {model}", unit="renders")
+        return advance
+
     with torch.inference_mode():
-        images = [r([p] * n, seeds, [neg] * n) for r, _, p, neg in rows]
+        images = [r([p] * n, seeds, [neg] * n, on_batch=step(k, kind, r.preset.name))
+                  for k, (r, kind, p, neg) in enumerate(rows)]
         embs = [scorer.embed_images(im) for im in images]
         agree = [cosine(embs[0], e) for e in embs]
-    gallery, means = [], {}
-    for row, (r, kind, _, _) in enumerate(rows):
-        for k in range(n):
-            score = "" if row == 0 else f" · agreement {agree[row][k]:.3f}"
-            gallery.append((images[row][k], f"seed {seeds[k]} · {r.preset.name} · {kind}{score}"))
-        if index is not None:
-            gallery.append(_nearest_reference(index, embs[row]))
-        if row:
-            means[kind] = sum(agree[row]) / n
+    # 3. The grid, the summary and the details.
+    labels = [(kind, r.preset.name) for r, kind, _, _ in rows]
+    refs = [_nearest_reference(index, e) for e in embs] if index is not None else None
+    grid = compare_grid(labels, images, [None] + [list(map(float, a)) for a in agree[1:]], seeds, refs,
+                        banner="outside the toy world: these pictures say nothing about this prompt" if outside else "")
+    means = {kind: sum(agree[row]) / n for row, (_, kind, _, _) in enumerate(rows) if row}
     summary = (f"mean agreement with the {src_r.preset.name} source over {n} seed(s), scorer {scorer.preset.name}: "
                + ", ".join(f"{tgt_r.preset.name} with the {kind} {m:.3f}" for kind, m in means.items()))
     summary += "\n\n" + _breadth_line(rows, embs)
     if right is not None:
         neg = f" (negative: {right.negative_prompt!r})" if right.negative_prompt else ""
         summary += f"; the oracle translation is {right.prompt!r}{neg} (drifts: {', '.join(right.drifts) or 'none'})"
-    return gr.Gallery(value=gallery, columns=n + (index is not None)), t.translated_prompt, summary, note
+    if outside:
+        note, summary = OUTSIDE_TOY, OUTSIDE_TOY + "\n\n" + summary
+    details = {"seeds": seeds, "rows": [
+        {"model": r.preset.name, "prompt": kind, "text": p, "negative_prompt": neg,
+         "agreement": None if row == 0 else [round(float(a), 4) for a in agree[row]],
+         **({} if refs is None else {"nearest_reference": refs[row][2]})}
+        for row, (r, kind, p, neg) in enumerate(rows)]}
+    return grid, t.translated_prompt, summary, note, details
+
+
+def short_seed(seed: int) -> str:
+    """A seed as a grid label: whole up to 7 digits, else its first 5 and an ellipsis (derived seeds have 18-19
+    digits, which overprinted their neighbours); the full seeds are in Compare's details."""
+    text = str(seed)
+    return text if len(text) <= 7 else text[:5] + "…"
+
+
+def render_cell(size: int) -> int:
+    """Grid cell size for renders of `size` pixels: small renders scale up by a whole factor to at least 96 px
+    (pixels stay square and sharp), large ones down to 256 px, so 2 seeds of a 32 px render are 2 x 128 px,
+    not two 600 px blurs."""
+    return size * -(-96 // size) if size < 96 else min(size, 256)
+
+
+def compare_grid(labels: list[tuple[str, str]], images: list[list], agreement: list, seeds: list[int],
+                 refs: list | None = None, banner: str = ""):
+    """Compare's grid as one image, readable at a glance: a label column (which prompt, which model, the
+    row's mean agreement), a header per seed (#k and a short seed), each target image's agreement with the
+    source image of its seed under it; with a reference index, each row's nearest reference last."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from bridge.io.images import fit_cell
+
+    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    cell = render_cell(images[0][0].width)
+    label_w, foot_h, gap = 170, 18, 4
+    ncols = len(seeds) + (refs is not None)
+    width = label_w + ncols * (cell + gap)
+    lines: list[str] = []  # the banner, wrapped to the grid's width
+    for word in banner.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width - 8:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    head_h = 22 + 20 * len(lines)
+    sheet = Image.new("RGB", (width, head_h + len(images) * (cell + foot_h + gap)), "white")
+    pen = ImageDraw.Draw(sheet)
+    for i, line in enumerate(lines):
+        pen.text((4, 3 + 20 * i), line, fill=(170, 0, 0), font=font)
+    for c, seed in enumerate(seeds):
+        pen.text((label_w + c * (cell + gap) + 2, head_h - 18), f"#{c + 1} · {short_seed(seed)}", fill="black",
+                 font=small)
+    if refs is not None:
+        pen.text((label_w + len(seeds) * (cell + gap) + 2, head_h - 18), "nearest reference", fill="black", font=small)
+    for r, ((kind, model), row) in enumerate(zip(labels, images)):
+        top = head_h + r * (cell + foot_h + gap)
+        lines = [kind, model] + ([] if agreement[r] is None else
+                                 [f"mean {sum(agreement[r]) / len(agreement[r]):.3f}"])
+        for i, line in enumerate(lines):
+            pen.text((4, top + 4 + i * 18), line, fill="black" if i != 1 else (90, 90, 90), font=font)
+        for c, img in enumerate(row):
+            left = label_w + c * (cell + gap)
+            sheet.paste(fit_cell(img, cell), (left, top))
+            under = "source" if agreement[r] is None else f"{agreement[r][c]:.3f}"
+            pen.text((left + 2, top + cell + 2), under, fill="black", font=small)
+        if refs is not None:
+            image, caption, _ = refs[r]
+            left = label_w + len(seeds) * (cell + gap)
+            sheet.paste(fit_cell(image, cell), (left, top))
+            pen.text((left + 2, top + cell + 2), caption, fill="black", font=small)
+    return sheet
 
 
 def _breadth_line(rows: list, embs: list) -> str:
@@ -335,8 +425,9 @@ def _nearest_reference(index, emb) -> tuple:
     near = index.neighbours(emb, 1)
     best = max((ns[0] for ns in near), key=lambda x: x.similarity)
     dup = duplicate_report(near, DUPLICATE_THRESHOLD)
-    return (index.image(best.row), f"nearest reference · {best.path} · similarity {best.similarity:.3f} · "
-                                   f"duplicates {dup['duplicates']}/{dup['renders']}")
+    return (index.image(best.row), f"{best.similarity:.3f} · dup {dup['duplicates']}/{dup['renders']}",
+            {"path": best.path, "similarity": round(float(best.similarity), 4), "duplicates": dup["duplicates"],
+             "renders": dup["renders"]})
 
 
 def _toy_oracle(prompt: str, negative: str):
@@ -396,14 +487,15 @@ def preview(src: Path, out: Path, prompt_column: str) -> list[list[str]]:
 PNG_INFO_CHARS = 65_536
 
 
-def png_info_fn(image) -> tuple[str, str, str]:
-    """A1111's PNG Info: the "parameters" text of a dropped PNG, split into prompt, negative and settings."""
+def png_info_fn(image) -> tuple[str, str, str, str]:
+    """A1111's PNG Info: the "parameters" text of a dropped PNG, split into prompt, negative, settings and its
+    seed (for Compare; empty when it has none)."""
     from PIL import Image, UnidentifiedImageError
 
     from bridge.syntax.infotext import parse_infotext
 
     if image is None:
-        return "", "", ""
+        return "", "", "", ""
     try:
         with Image.open(image) as im:
             text = im.info.get("parameters")
@@ -415,7 +507,8 @@ def png_info_fn(image) -> tuple[str, str, str]:
         raise ValueError(f"its parameters have {len(text):,} characters; the limit is {PNG_INFO_CHARS:,}")
     info = parse_infotext(text)
     settings = ", ".join(f"{k}: {v}" for k, v in info.params.items())
-    return info.prompt, info.negative_prompt or "", settings
+    seed = info.params.get("Seed", "").strip()
+    return info.prompt, info.negative_prompt or "", settings, seed if seed.isdigit() else ""
 
 
 def _examples() -> list[list[str]]:
@@ -435,9 +528,10 @@ def _examples() -> list[list[str]]:
     return rows
 
 
-# Gradio caps an auto-height gallery at 55% of the window and scrolls inside it, so a grid of 3-4 rows showed one
-# pair at a time: the Compare grid grows to its content instead, and the page scrolls.
-CSS = "#c-gallery .grid-wrap.fixed-height { max-height: none; overflow: visible; }"
+# Compare's grid is shown at its own size, never stretched to the page: its cells are already scaled by a whole
+# factor (render_cell), and stretching blew two 32 px seeds up to 600 px each. Wider than the page, it shrinks.
+CSS = ("#c-grid img { width: auto !important; height: auto !important; max-width: 100%; max-height: none !important; "
+       "object-fit: none; image-rendering: pixelated; }")
 
 
 def _user_errors(fn):
@@ -473,25 +567,55 @@ def build_app(cfg: ServeConfig | None = None):
         return translate_fn(models, prompt, negative_prompt, adapter, policy)
 
     @_user_errors
-    def compare(prompt: str, negative_prompt: str = "", seeds: str = "", count: float = 4, base_seed: float = 0):
-        return compare_fn(models, prompt, negative_prompt, seeds, count, base_seed)
+    def compare(prompt: str, negative_prompt: str = "", seeds: str = "", count: float = 4, base_seed: float = 0,
+                progress=gr.Progress()):
+        return compare_fn(models, prompt, negative_prompt, seeds, count, base_seed, progress)
 
     @_user_errors
     def batch(library, prompt_column: str = "prompt", negative_column: str = ""):
         return batch_fn(models, library, prompt_column, negative_column)
 
     with gr.Blocks(title="sd-bridge: SD1.5 -> SD2 prompt translation", delete_cache=(60, UPLOAD_WINDOW)) as demo:
-        gr.Markdown("# sd-bridge\nRewrite prompts written for **Stable Diffusion 1.5** so that **SD 2.x** draws "
-                    "what SD1.5 drew. Weights, BREAK/AND, prompt editing and wildcards are kept; SD1-only LoRAs "
-                    "and embeddings are handled by the migration policy.")
-        _translate_tab(gr, cfg, models, examples, translate, _user_errors(png_info_fn))
-        _compare_tab(gr, cfg, models, examples, compare)
+        gr.Markdown(header(models), elem_id="header")
+        translate_parts = _translate_tab(gr, cfg, models, examples, translate, _user_errors(png_info_fn))
+        compare_parts = _compare_tab(gr, cfg, models, examples, compare)
+        _carry_to_compare(translate_parts, compare_parts)
         _batch_tab(gr, cfg, batch)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=64)
     return demo
 
 
-def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, translate, png_info) -> None:
+def header(models: Models) -> str:
+    """The app's header: what it is for, and plainly which strategy this server runs (issue #43: without an
+    adapter the header promised rewriting that never happened)."""
+    from bridge.translator import SYNTAX_NOTE
+
+    head = "# sd-bridge\nPrompts written for **Stable Diffusion 1.5**, translated for **SD 2.x**.\n\n"
+    default = models.default_adapter()
+    if default == SYNTAX:
+        return head + (f"**What runs here: {SYNTAX_NOTE}.** This server was started without a trained bridge "
+                       "(`sd-bridge serve --adapter DIR`), so no word of a prompt is changed: weights, BREAK/AND, "
+                       "prompt editing and wildcards are kept, and what SD2 cannot load (SD1 LoRAs, embeddings, "
+                       "Clip skip) is dropped or converted by the migration policy, each with a warning.")
+    return head + (f"**What runs here: learned rewriting by adapter `{default}`**, trained so that SD2 draws what "
+                   "SD1.5 drew, after the syntax migration. A rewrite that would break a prompt's structure falls "
+                   f"back to the {SYNTAX_NOTE}, with a warning. Pick \"{SYNTAX}\" in Translate for no rewording.")
+
+
+def _carry_to_compare(translate_parts: dict, compare_parts: tuple) -> None:
+    """What a user works on in Translate is what Compare renders: the prompts follow as they change (in the
+    browser, no server call), and a PNG's seed from PNG Info becomes Compare's seed."""
+    c_prompt, c_negative, c_seeds = compare_parts
+    same = "(text) => text"
+    translate_parts["prompt"].change(None, translate_parts["prompt"], c_prompt, js=same, queue=False,
+                                     show_progress="hidden", api_name=False)
+    translate_parts["negative"].change(None, translate_parts["negative"], c_negative, js=same, queue=False,
+                                       show_progress="hidden", api_name=False)
+    translate_parts["seed"].change(None, translate_parts["seed"], c_seeds, js=same, queue=False,
+                                   show_progress="hidden", api_name=False)
+
+
+def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, translate, png_info) -> dict:
     with gr.Tab("Translate"):
         with gr.Row():
             with gr.Column(scale=3):
@@ -503,6 +627,8 @@ def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, transla
                 png = gr.File(label="PNG Info: drop an A1111 PNG to fill the prompts", file_types=[".png"],
                               type="filepath", elem_id="png-info")
                 settings = gr.Textbox(label="Its generation settings", lines=3, elem_id="png-settings")
+                seed = gr.Textbox("", label="Its seed (Compare renders with it)", elem_id="png-seed",
+                                  interactive=False)
         with gr.Row():
             adapter = gr.Dropdown(list(models.adapters), value=models.default_adapter(), label="Adapter",
                                   elem_id="adapter")
@@ -520,16 +646,17 @@ def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, transla
         neg_diff = gr.HighlightedText(label="Changes to the negative prompt", combine_adjacent=True,
                                       color_map={"removed": "red", "added": "green"})
         warnings = gr.Textbox(label="Warnings", lines=3)
-        tokens = gr.Markdown()
+        tokens = gr.Markdown(elem_id="strategy")
         gr.Examples(examples, [prompt, negative])
         # Live, while typing, with no queue; a negative is read as A1111 reads negatives (parse(negative=True)).
         prompt.change(live_tokens, prompt, counter, queue=False, show_progress="hidden", api_name=False)
         negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
                         show_progress="hidden", api_name=False)
-        png.upload(png_info, png, [prompt, negative, settings], api_name="png_info")
+        png.upload(png_info, png, [prompt, negative, settings, seed], api_name="png_info")
         go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax, to_syntax],
                  [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
                  concurrency_limit=max(cfg.concurrency, 4))
+    return {"prompt": prompt, "negative": negative, "seed": seed}
 
 
 def _compare_tab(gr, cfg: ServeConfig, models: Models, examples: list, compare) -> None:
@@ -546,16 +673,22 @@ def _compare_tab(gr, cfg: ServeConfig, models: Models, examples: list, compare) 
                                 elem_id="c-count")
             c_seed = gr.Number(value=0, precision=0, label="Base seed")
         c_go = gr.Button("Render and compare", variant="primary", elem_id="compare-btn")
-        c_gallery = gr.Gallery(label="rows: source model with the source prompt | target model with the source "
-                                     "prompt | target model with the translation (| the oracle); a column per seed"
-                                     + (" and the nearest reference" if cfg.reference else ""),
-                               columns=4, height="auto", object_fit="contain", elem_id="c-gallery")
+        gr.Markdown("Rows: the source model with the source prompt, the target model with the source prompt, the "
+                    "target model with the translation (and in the toy world with the oracle's); a column per seed"
+                    + (", and each row's nearest reference" if cfg.reference else "")
+                    + ". Under each target image: its agreement with the source image of the same seed.",
+                    elem_id="c-legend")
+        c_grid = gr.Image(label="Compare grid", show_label=False, type="pil", format="png", interactive=False,
+                          elem_id="c-grid", buttons=["download"])
         c_translation = gr.Textbox(label="Translation used", buttons=["copy"])
         c_summary = gr.Markdown(elem_id="c-summary")
+        with gr.Accordion("Details: the full seeds, each row's text and every agreement", open=False):
+            c_details = gr.JSON(show_label=False, elem_id="c-details")
         gr.Examples(TOY_EXAMPLES + examples if compare_note == TOY_NOTE else examples, [c_prompt, c_negative])
         c_go.click(compare, [c_prompt, c_negative, c_seeds, c_count, c_seed],
-                   [c_gallery, c_translation, c_summary, note], api_name="compare",
+                   [c_grid, c_translation, c_summary, note, c_details], api_name="compare",
                    concurrency_limit=cfg.concurrency)
+    return c_prompt, c_negative, c_seeds
 
 
 def _batch_tab(gr, cfg: ServeConfig, batch) -> None:
@@ -563,13 +696,79 @@ def _batch_tab(gr, cfg: ServeConfig, batch) -> None:
         upload = gr.File(label="Prompt library (.txt, .csv, .tsv, .jsonl)",
                          file_types=[".txt", ".csv", ".tsv", ".jsonl"], elem_id="b-upload")
         with gr.Row():
-            b_prompt_col = gr.Textbox(value="prompt", label="Prompt column/key", elem_id="b-prompt-col")
-            b_neg_col = gr.Textbox(value="", label="Negative prompt column/key (optional)")
+            # Filled from the uploaded file's header (a user had to type names the error message already listed).
+            b_prompt_col = gr.Dropdown(["prompt"], value="prompt", label="Prompt column/key", allow_custom_value=True,
+                                       elem_id="b-prompt-col")
+            b_neg_col = gr.Dropdown([""], value="", label="Negative prompt column/key (optional)",
+                                    allow_custom_value=True, elem_id="b-neg-col")
         b_go = gr.Button("Migrate", variant="primary", elem_id="batch-btn")
-        b_preview = gr.Dataframe(headers=["prompt", "translated prompt"], label="First rows", elem_id="b-preview")
+        b_error = gr.Markdown(visible=False, elem_id="b-error")
+        # Two equal, wrapping columns: each translation beside its source, with no horizontal scrolling.
+        b_preview = gr.Dataframe(headers=["prompt", "translated prompt"], label="First rows", elem_id="b-preview",
+                                 wrap=True, column_widths=["50%", "50%"], interactive=False)
         with gr.Row():
             b_out = gr.File(label="Migrated library")
             b_errors = gr.File(label="Error report (rows that failed)")
         b_log = gr.Textbox(label="Summary", lines=3, elem_id="b-summary")
-        b_go.click(batch, [upload, b_prompt_col, b_neg_col], [b_out, b_errors, b_preview, b_log],
-                   api_name="batch", concurrency_limit=cfg.concurrency)
+        upload.upload(columns_fn, upload, [b_prompt_col, b_neg_col], api_name=False)
+        outputs = [b_out, b_errors, b_preview, b_log]
+
+        def migrate_in_page(library, prompt_column, negative_column):
+            """The button's event: an error is shown once, in the page above the results (as gr.Error it was a
+            toast and a red badge on each of the four outputs)."""
+            try:
+                return (*batch(library, prompt_column, negative_column), gr.Markdown(visible=False))
+            except gr.Error as err:
+                return None, None, None, "", gr.Markdown(f"**Error:** {err.message}", visible=True)
+
+        b_go.click(migrate_in_page, [upload, b_prompt_col, b_neg_col], [*outputs, b_error], api_name=False,
+                   concurrency_limit=cfg.concurrency)
+        # The API endpoint, unchanged: a client gets the error as an error.
+        gr.Button(visible=False).click(batch, [upload, b_prompt_col, b_neg_col], outputs, api_name="batch",
+                                       concurrency_limit=cfg.concurrency)
+
+
+HEADER_BYTES = 65_536
+
+
+def library_columns(path: Path) -> list[str]:
+    """The columns a Batch user can pick: a CSV/TSV header, the keys of a JSONL file's first object (read from
+    its first 64 KiB); none for a text file or what cannot be read as such."""
+    import csv
+    import io
+
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl"):
+        return []
+    with path.open("rb") as fh:
+        head = fh.read(HEADER_BYTES).decode("utf-8-sig", errors="replace")
+    if suffix == ".jsonl":
+        for line in head.splitlines():
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return []
+                return [str(k) for k in row] if isinstance(row, dict) else []
+        return []
+    try:
+        header = next(csv.reader(io.StringIO(head), delimiter="\t" if suffix == ".tsv" else ","), [])
+    except csv.Error:
+        return []
+    return [c for c in header if c]
+
+
+def columns_fn(upload):
+    """Dropdown updates for the prompt and negative columns of an uploaded library: the first column named like
+    a negative prompt ("neg"), else none; `prompt`, else a column named like one (…prompt…, text, caption),
+    else the first other column."""
+    import gradio as gr
+
+    columns = library_columns(Path(upload)) if upload else []
+    if not columns:
+        return gr.Dropdown(["prompt"], value="prompt"), gr.Dropdown([""], value="")
+    negative = next((c for c in columns if "neg" in c.lower()), "")
+    named = lambda test: [c for c in columns if c != negative and test(c.lower())]  # noqa: E731
+    prompt = next(iter(named(lambda c: c == "prompt") + named(lambda c: "prompt" in c)
+                       + named(lambda c: c in ("text", "caption", "positive")) + named(lambda c: True)), columns[0])
+    return gr.Dropdown(columns, value=prompt), gr.Dropdown(["", *columns], value=negative)

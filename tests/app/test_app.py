@@ -94,6 +94,8 @@ def test_translate_tab(client):
     assert {"token": "EasyNegative, ", "class_or_confidence": "removed"} in neg_diff
     assert "network-dropped" in warnings and "embedding-dropped" in warnings
     assert "[4] -> [4]" in tokens
+    # It says plainly which strategy ran: no adapter, no rewording (issue #43).
+    assert "**Strategy:** syntax migration: weights, tags and structure, no rewording" in tokens
     # The policy controls reach the translator.
     prompt, *_ = client.predict(prompt="a cat <lora:x:1>", networks="keep", api_name="/translate")
     assert prompt == "a cat <lora:x:1>"
@@ -101,6 +103,18 @@ def test_translate_tab(client):
         client.predict(prompt="a cat", adapter="../../etc", api_name="/translate")
     with pytest.raises(Exception, match="limit is 20,000"):
         client.predict(prompt="x" * 20_001, api_name="/translate")
+
+
+def test_the_header_says_which_strategy_runs(tmp_path):
+    from app import Models, ServeConfig, header
+
+    text = header(Models(ServeConfig()))
+    assert "What runs here: syntax migration: weights, tags and structure, no rewording" in text
+    assert "no word of a prompt is changed" in text and "draws what" not in text
+    adapter = tmp_path / "toy-bridge"
+    adapter.mkdir()
+    text = header(Models(ServeConfig(adapter=[adapter])))
+    assert "What runs here: learned rewriting by adapter `toy-bridge`" in text
 
 
 def test_api_parameters_have_names(client):
@@ -113,29 +127,43 @@ def test_api_parameters_have_names(client):
 
 
 def test_compare_tab_renders_a_grid_over_seeds(client):
+    from PIL import Image
+
     # No GPU and no SD weights here: Compare renders with the toy world, and says so.
-    update, translation, summary, note = client.predict("a crimson circle", "", "", 2, 0, api_name="/compare")
-    gallery = update["value"]  # a Gallery update: its columns follow the number of seeds
-    assert update["columns"] == 2
-    assert len(gallery) == 8  # 4 rows (source | target: source prompt | target: translation | oracle) x 2 seeds
-    assert [g["caption"].split(" · ")[1:3] for g in gallery[::2]] == [
-        ["toy-sd15", "source prompt"], ["toy-sd2", "source prompt"], ["toy-sd2", "translation"], ["toy-sd2", "oracle"]]
+    grid, translation, summary, note, details = client.predict("a crimson circle", "", "", 2, 0, api_name="/compare")
+    rows = details["rows"]
+    assert [(r["model"], r["prompt"]) for r in rows] == [
+        ("toy-sd15", "source prompt"), ("toy-sd2", "source prompt"), ("toy-sd2", "translation"), ("toy-sd2", "oracle")]
+    assert rows[0]["agreement"] is None and all(len(r["agreement"]) == 2 for r in rows[1:])
+    assert all(len(str(s)) >= 17 for s in details["seeds"])  # derived seeds, whole in the details
+    # 4 rows x 2 seeds of 32 px renders in 96 px cells beside a label column: not blown up to 600 px each.
+    image = Image.open(grid)
+    assert image.size == (170 + 2 * (96 + 4), 22 + 4 * (96 + 18 + 4))
     assert translation == "a crimson circle"
     assert "mean agreement" in summary and "toy-sd2 with the translation" in summary
     assert "breadth (mean pairwise scorer distance across seeds, 95% CI; ratio to the source)" in summary
     assert "oracle translation is 'a red circle on a white background'" in summary
     assert "negative: 'a red outlined circle on a white background'" in summary
-    assert "toy world" in note
-    # Explicit seeds, as a user enters the seed of their own image; a prompt outside the toy grammar: no oracle.
-    update, translation, summary, _ = client.predict("a red fox, <lora:x:1>", "", "1234, 99", 1, 0,
-                                                     api_name="/compare")
-    gallery = update["value"]
-    assert len(gallery) == 6 and translation == "a red fox" and "oracle" not in summary
-    assert gallery[0]["caption"].startswith("seed 1234 ") and gallery[1]["caption"].startswith("seed 99 ")
+    assert "toy world" in note and "outside the toy world" not in note
+    # Explicit seeds, as a user enters the seed of their own image; a prompt outside the toy grammar: no oracle,
+    # and a note beside the pictures that they say nothing about it.
+    grid, translation, summary, note, details = client.predict("a red fox, <lora:x:1>", "", "1234, 99", 1, 0,
+                                                               api_name="/compare")
+    assert len(details["rows"]) == 3 and translation == "a red fox" and "oracle" not in summary
+    assert details["seeds"] == [1234, 99]
+    assert "outside the toy world" in note and summary.startswith("**This prompt is outside the toy world.**")
+    assert Image.open(grid).height > 22 + 3 * (96 + 18 + 4)  # a banner over the grid says it too
     with pytest.raises(Exception, match="between 1 and 8 seeds"):
         client.predict("a fox", "", ", ".join(map(str, range(9))), 1, 0, api_name="/compare")
     with pytest.raises(Exception, match="whole numbers"):
         client.predict("a fox", "", "12, lucky", 1, 0, api_name="/compare")
+
+
+def test_seed_labels_are_short_and_cells_fit_the_render():
+    from app import render_cell, short_seed
+
+    assert short_seed(1234) == "1234" and short_seed(3038400473985123456) == "30384…"
+    assert (render_cell(32), render_cell(64), render_cell(512), render_cell(768)) == (96, 128, 256, 256)
 
 
 def test_batch_tab(client, tmp_path):
@@ -149,6 +177,29 @@ def test_batch_tab(client, tmp_path):
     assert "no key 'prompt'" in open(errors, encoding="utf-8").read()
     assert first_rows["data"][0] == ["a <lora:x:1> cat", "a cat"]
     assert "1/2 rows" in summary and "/tmp" not in summary  # no server paths
+    with pytest.raises(Exception, match="no column 'prompt'"):  # an API client still gets an error as an error
+        bad = tmp_path / "lib.csv"
+        bad.write_text("text\na cat\n", encoding="utf-8")
+        client.predict(handle_file(str(bad)), "prompt", "", api_name="/batch")
+
+
+@pytest.mark.parametrize("name, text, columns, picked", [
+    ("lib.csv", "id,text,neg prompt\n1,a cat,blurry\n", ["id", "text", "neg prompt"], ("text", "neg prompt")),
+    ("lib.csv", "prompt,negative_prompt\na,b\n", ["prompt", "negative_prompt"], ("prompt", "negative_prompt")),
+    ("lib.tsv", "caption\tseed\na cat\t1\n", ["caption", "seed"], ("caption", "")),
+    ("lib.jsonl", '{"text": "a cat", "negative": "x"}\n', ["text", "negative"], ("text", "negative")),
+    ("lib.txt", "a cat\n", [], ("prompt", "")),
+    ("lib.jsonl", "{broken\n", [], ("prompt", "")),
+])
+def test_batch_columns_come_from_the_uploaded_header(tmp_path, name, text, columns, picked):
+    from app import columns_fn, library_columns
+
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert library_columns(path) == columns
+    prompt, negative = columns_fn(str(path))
+    assert (prompt.value, negative.value) == picked
+    assert prompt.choices[0][0] == (columns[0] if columns else "prompt")
 
 
 def test_batch_work_files_are_removed_at_exit(tmp_path):
@@ -169,6 +220,7 @@ def test_batch_work_files_are_removed_at_exit(tmp_path):
 def test_browser_counts_tokens_while_typing_and_translates(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(server, wait_until="networkidle")
+    assert "What runs here: syntax migration" in page.locator("#header").inner_text()
     count = page.locator("#token-count")
     assert "0 / 75" in count.inner_text()
     page.locator("#prompt textarea").press_sequentially("(masterpiece:1.2), a lighthouse at dusk, <lora:add_detail:0.7>")
@@ -178,11 +230,16 @@ def test_browser_counts_tokens_while_typing_and_translates(server, browser, tmp_
     page.wait_for_function("document.querySelector('#translated textarea').value.length > 0", timeout=60_000)
     assert page.locator("#translated textarea").input_value() == "(masterpiece:1.2), a lighthouse at dusk"
     assert page.locator("#translated button[aria-label*='opy'], #translated button[title*='opy']").count() >= 1
+    assert "Strategy: syntax migration: weights, tags and structure, no rewording" in page.locator("#strategy").inner_text()
     screenshot(page, tmp_path, "translate")
+    # Compare picks up the prompt being worked on.
+    page.get_by_role("tab", name="Compare").click()
+    assert page.locator("#c-prompt textarea").input_value() == \
+        "(masterpiece:1.2), a lighthouse at dusk, <lora:add_detail:0.7>"
     page.close()
 
 
-def test_browser_compare_shows_8_seeds_by_rows_without_scrolling(server, browser, tmp_path):
+def test_browser_compare_reads_at_a_glance(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(server, wait_until="networkidle")
     page.get_by_role("tab", name="Compare").click()
@@ -190,23 +247,33 @@ def test_browser_compare_shows_8_seeds_by_rows_without_scrolling(server, browser
     page.locator("#c-prompt textarea").fill("a crimson circle")
     page.locator("#c-seeds textarea, #c-seeds input").first.fill("1, 2, 3, 4, 5, 6, 7, 8")
     page.locator("#compare-btn").click()
-    page.wait_for_function("document.querySelectorAll('#c-gallery img').length >= 32 && "
-                           "[...document.querySelectorAll('#c-gallery img')].every(i => i.complete && i.naturalWidth)",
-                           timeout=180_000)
-    boxes = [b for b in (img.bounding_box() for img in page.locator("#c-gallery img").all()) if b]
-    columns, rows = {round(b["x"]) for b in boxes}, {round(b["y"]) for b in boxes}
-    assert len(boxes) == 32 and len(columns) == 8 and len(rows) == 4  # 8 seeds x (3 model rows + the oracle)
-    # Visible without scrolling inside a box: no ancestor of the grid scrolls.
-    assert page.evaluate("""() => { let e = document.querySelector('#c-gallery img');
-        for (; e; e = e.parentElement) { if (e.scrollHeight > e.clientHeight + 2 &&
-            ['auto', 'scroll'].includes(getComputedStyle(e).overflowY) && e !== document.scrollingElement)
-            return `${e.tagName}.${e.className} scrolls: ${e.scrollHeight} > ${e.clientHeight}`; }
-        return true; }""") is True
+    # While it renders, a progress bar counts the renders (the tab showed only a spinner for 50-80 s).
+    page.wait_for_function("document.body.innerText.match(/\\d+\\/32 renders/)", timeout=120_000)
+    page.wait_for_function("(() => { const i = document.querySelector('#c-grid img'); "
+                           "return i && i.complete && i.naturalWidth > 0; })()", timeout=180_000)
+    grid = page.locator("#c-grid img")
+    natural = page.evaluate("[document.querySelector('#c-grid img').naturalWidth, "
+                            "document.querySelector('#c-grid img').naturalHeight]")
+    assert natural == [170 + 8 * (96 + 4), 22 + 4 * (96 + 18 + 4)]  # 8 seeds x 4 labelled rows
+    box = grid.bounding_box()
+    assert abs(box["width"] - natural[0]) <= 2 and box["x"] + box["width"] <= 1400  # shown at its size, on screen
     screenshot(page, tmp_path, "compare")
+    # Two seeds: the grid stays small, each 32 px render in a 96 px cell (it was blown up to ~600 px).
+    page.locator("#c-seeds textarea, #c-seeds input").first.fill("1, 2")
+    page.locator("#compare-btn").click()
+    page.wait_for_function("document.querySelector('#c-grid img') && "
+                           "document.querySelector('#c-grid img').naturalWidth === 370", timeout=180_000)
+    assert grid.bounding_box()["width"] <= 372
+    # A prompt outside the toy world gets a note beside its pictures.
+    page.locator("#c-prompt textarea").fill("a lighthouse at dusk, highly detailed")
+    page.locator("#compare-btn").click()
+    page.wait_for_function("document.querySelector('#compare-note').innerText.includes('outside the toy world')",
+                           timeout=180_000)
+    screenshot(page, tmp_path, "compare-outside")
     page.close()
 
 
-def test_browser_png_info_fills_the_prompts(server, browser, tmp_path):
+def test_browser_png_info_fills_the_prompts_and_compares_seed(server, browser, tmp_path):
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
@@ -223,22 +290,45 @@ def test_browser_png_info_fills_the_prompts(server, browser, tmp_path):
     assert page.locator("#negative textarea").input_value() == "EasyNegative, blurry"
     assert "Seed: 1234" in page.locator("#png-settings textarea").input_value()
     screenshot(page, tmp_path, "png-info")
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_function("document.querySelector('#c-seeds textarea, #c-seeds input').value === '1234'",
+                           timeout=10_000)
+    assert page.locator("#c-prompt textarea").input_value() == "(masterpiece:1.2), a red fox <lora:x:1>"
     page.close()
 
 
-def test_browser_batch_shows_why_a_file_fails(server, browser, tmp_path):
-    bad = tmp_path / "library.csv"
-    bad.write_text("text,neg\na cat,blurry\n", encoding="utf-8")
+def test_browser_batch_picks_columns_and_shows_an_error_once(server, browser, tmp_path):
+    lib = tmp_path / "library.csv"
+    long = "a lighthouse on a cliff at dusk, " * 6
+    lib.write_text(f'id,text,neg\n1,"{long}<lora:x:1>",blurry\n', encoding="utf-8")
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.goto(server, wait_until="networkidle")
     page.get_by_role("tab", name="Batch").click()
-    page.locator("#b-upload input[type=file]").set_input_files(str(bad))
+    page.locator("#b-upload input[type=file]").set_input_files(str(lib))
+    # The column pickers fill from the file's header.
+    page.wait_for_function("document.querySelector('#b-prompt-col input').value === 'text'", timeout=30_000)
+    assert page.locator("#b-neg-col input").input_value() == "neg"
+    page.locator("#batch-btn").click()
+    page.wait_for_function("document.querySelector('#b-summary textarea').value.includes('1/1 rows')", timeout=60_000)
+    # The translation stands beside its source, on screen, without scrolling sideways.
+    source, translated = page.locator("#b-preview span.text").filter(has_text="lighthouse").all()[:2]
+    first, second = source.bounding_box(), translated.bounding_box()
+    assert first["x"] < second["x"] and second["x"] + second["width"] <= 1280 and second["y"] < 1000
+    assert "<lora:x:1>" in source.inner_text() and "a lighthouse on a cliff" in translated.inner_text()
+    assert "<lora" not in translated.inner_text()
+    screenshot(page, tmp_path, "batch")
+    # A file that cannot be migrated: its reason, once, with the file's own name and no server path.
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    page.locator("#b-upload button[aria-label*='lear'], #b-upload button[title*='lear']").first.click()
+    page.locator("#b-upload input[type=file]").set_input_files(str(empty))
     page.wait_for_timeout(1000)
     page.locator("#batch-btn").click()
-    error = page.get_by_text("no column 'prompt'")
-    error.first.wait_for(timeout=60_000)
-    text = error.first.inner_text()
-    assert "library.csv" in text and "/tmp" not in text  # the file's own name, no server path
+    page.locator("#b-error").get_by_text("empty file").wait_for(timeout=60_000)
+    text = page.locator("#b-error").inner_text()
+    assert "empty.csv" in text and "/tmp" not in text
+    assert page.get_by_text("empty file").count() == 1  # no toast, no badge per output
+    assert page.locator(".toast-body, .error").count() == 0
     screenshot(page, tmp_path, "batch-error")
     page.close()
 

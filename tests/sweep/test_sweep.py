@@ -152,11 +152,13 @@ def test_eval_reports_the_breadth_ratio_and_catches_a_translation_that_collapses
 def test_compare_tab_shows_breadth_and_each_rows_nearest_reference(reference):
     from app import Models, ServeConfig, compare_fn
 
-    gallery, _, summary, _ = compare_fn(Models(ServeConfig(reference=reference, max_seeds=4)), "a crimson circle", "",
-                                        "1, 2, 3", 3, 0)
-    captions = [g["caption"] for g in gallery.value]
-    assert gallery.columns == 4 and len(captions) == 4 * 4  # 3 seeds + the nearest reference, per row
-    assert all(c.startswith("nearest reference · scene") and "duplicates " in c for c in captions[3::4])
+    grid, _, summary, _, details = compare_fn(Models(ServeConfig(reference=reference, max_seeds=4)),
+                                              "a crimson circle", "", "1, 2, 3", 3, 0)
+    near = [row["nearest_reference"] for row in details["rows"]]
+    assert len(near) == 4 and all(n["path"].startswith("scene") and 0 < n["similarity"] <= 1 for n in near)
+    assert all(0 <= n["duplicates"] <= n["renders"] == 3 for n in near)
+    # The grid: a label column, then 3 seeds and the nearest reference per row (cells of 96 px for 32 px renders).
+    assert grid.width == 170 + 4 * (96 + 4) and grid.height == 22 + 4 * (96 + 18 + 4)
     assert "breadth (mean pairwise scorer distance across seeds" in summary
     assert "toy-sd15 with the source prompt" in summary.split("breadth")[1] and ", ratio " in summary
 
