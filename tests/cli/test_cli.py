@@ -179,3 +179,25 @@ def test_a_failed_run_says_where_its_partial_output_is_and_how_to_go_on(tmp_path
     err = capsys.readouterr().err.splitlines()
     assert err[-2] == f"sd-bridge eval: partial output kept in {out}; rerun the same command: cached renders are kept"
     assert err[-1].startswith("sd-bridge eval: error: ") and "no translation for 1 of 1" in err[-1]
+
+
+def test_the_no_adapter_note_is_said_once_in_one_form():
+    """The app built a translator per policy and each said "no adapter" again; translate, migrate and the app
+    each worded it their own way (issue #43)."""
+    code = ("import logging; logging.basicConfig(); from bridge.translator import Translator, SYNTAX_NOTE; "
+            "from bridge.syntax.policy import MigrationPolicy as P; "
+            "[Translator.from_pretrained(None, policy=P(networks=n)).translate(['a cat']) for n in ('drop', 'keep')]; "
+            "print(SYNTAX_NOTE)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    note = proc.stdout.strip()
+    assert note == "syntax migration: weights, tags and structure, no rewording"
+    assert proc.stderr.count("no adapter") == 1 and f"no adapter: {note}" in proc.stderr
+
+
+def test_serve_help_names_the_toy_world(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, preset in (("--source", "toy-sd15"), ("--target", "toy-sd2"), ("--scorer", "toy-clip")):
+        assert f"else the toy world's {preset}" in out.split(flag + " " + flag.strip("-").upper())[-1][:200]
+    assert "tiny-sd15" not in out
