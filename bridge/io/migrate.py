@@ -411,7 +411,7 @@ def migrate(cfg: MigrateConfig, log) -> int:
     kind = detect(cfg)
     if cfg.input.is_file():
         if cfg.out is not None and not cfg.in_place and cfg.out.is_dir():
-            raise UsageError(f"--out {cfg.out} is a directory; a {kind} file is migrated into a file: name one")
+            raise UsageError(f"--out {cfg.out} is a directory; a {kind} library is migrated into a file: name one")
         if cfg.input.stat().st_size == 0:
             raise UsageError(f"{cfg.input}: empty file, nothing to migrate")
         if (encoding := file_encoding(cfg.input)).startswith("utf-16"):

@@ -47,12 +47,19 @@ def test_an_adapter_on_another_base_model_is_refused(adapter_dir, tmp_path):
         Translator.from_pretrained(other)
 
 
-def test_syntax_strategy_without_adapter(caplog):
+def test_syntax_strategy_without_adapter(caplog, monkeypatch):
+    import threading
+
+    import bridge.translator
+
+    monkeypatch.setattr(bridge.translator, "_said_syntax", threading.Event())  # as in a fresh process
     tr = Translator.from_pretrained(None)
     with caplog.at_level("WARNING", logger="sd_bridge"):
         out = tr.translate(["(masterpiece:1.2), a cat <lora:x:1>", "dog"], ["EasyNegative, ugly", None])
         tr.translate(["again"])
-    assert sum("syntax strategy" in r.message for r in caplog.records) == 1  # said once
+        Translator.from_pretrained(None).translate(["a second translator"])
+    assert [r.message for r in caplog.records] == [f"no adapter: {bridge.translator.SYNTAX_NOTE}"]  # said once
+    assert tr.describe == bridge.translator.SYNTAX_NOTE
     first = out[0]
     assert first.translated_prompt == "(masterpiece:1.2), a cat"
     assert first.translated_negative_prompt == "ugly"

@@ -1,0 +1,296 @@
+"""The real presets at real size, without their weights (#42).
+
+    uv run python -m benchmarks.real_size [--device cpu|cuda] [--work DIR] [--counts-only]
+
+No SD1.5, SD2, CLIP or flan-t5 weights can be downloaded here, so the real presets were exercised only by name:
+a wrong config would first show on a user's GPU. This builds every real preset from the configs committed in
+`bridge/models/configs/` (bridge.models.architectures) and
+
+1. prints `PRESET COMPONENT params N` per component, counted on the meta device, beside the published count
+   where one is known (the UNets and text encoders from the model cards; the SD VAE, OpenAI CLIP ViT-L/14,
+   OpenCLIP ViT-H/14 and flan-t5 as their libraries count them), and fails on any difference;
+2. writes each with random weights (fp16 files) in its hub repo's layout and runs the real code path once
+   through the same loaders a downloaded snapshot goes through: each pipeline renders one image with A1111
+   weighting (weights, BREAK, prompt editing) in one denoising step at 64 px and decodes it with its VAE, and
+   the preset read from its files must equal the built-in preset (family, native size, prediction type,
+   cross-attention width); each scorer embeds that image and a text; each rewriter rewrites a prompt through a
+   LoRA adapter; then the reference run, sd15 -> sd2-base scored by vit-h-14 with flan-t5-base, gathers two
+   prompts, trains one GRPO step (its reward renders the candidates with the real-size sd2-base at 64 px and one
+   step, and scores them with the real-size vit-h-14), checks that the LoRA weights moved and the base did not,
+   and translates with the adapter it wrote.
+
+Random weights draw noise and rewrite nonsense: this proves shapes, configs and the code path, not quality. The
+last line reads `real presets: N of N ok (counts and one-step path)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.results import recorded
+
+PIPELINES = ["sd15", "sd2-base", "sd21-base", "sd21"]
+SCORERS = ["vit-h-14", "vit-l-14"]
+REWRITERS = ["flan-t5-small", "flan-t5-base", "flan-t5-large"]
+# Published parameter counts. The four the issue names come from the model cards (SD1.5 and SD2 UNets, their
+# text encoders; SD2.1 has SD2's architecture); the VAE, the two CLIPs and flan-t5 are the counts their own
+# libraries report (diffusers, open_clip `ViT-L-14`/`ViT-H-14` with logit scale, transformers with flan-t5's
+# untied output head).
+SD1_UNET, SD2_UNET, SD1_TEXT, SD2_TEXT, SD_VAE = 859_520_964, 865_910_724, 123_060_480, 340_387_840, 83_653_863
+PUBLISHED = {
+    **{(p, "unet"): SD2_UNET for p in PIPELINES[1:]}, ("sd15", "unet"): SD1_UNET,
+    **{(p, "text_encoder"): SD2_TEXT for p in PIPELINES[1:]}, ("sd15", "text_encoder"): SD1_TEXT,
+    **{(p, "vae"): SD_VAE for p in PIPELINES},
+    ("vit-h-14", "clip"): 986_109_441, ("vit-l-14", "clip"): 427_616_513,
+    ("flan-t5-small", "t5"): 76_961_152, ("flan-t5-base", "t5"): 247_577_856, ("flan-t5-large", "t5"): 783_150_080,
+}
+PROMPT = "a (red:1.3) fox in the [snow:forest:0.5], highly detailed BREAK soft light"
+NEGATIVE = "(blurry:1.2), lowres"
+
+
+def counts(log=print) -> list[dict]:
+    from bridge.models.architectures import parameter_counts
+
+    rows = []
+    for name in PIPELINES + SCORERS + REWRITERS:
+        for part, n in parameter_counts(name).items():
+            published = PUBLISHED.get((name, part))
+            ok = published is None or n == published
+            rows.append({"preset": name, "component": part, "params": n, "published": published, "ok": ok})
+            log(f"{name} {part} params {n:,}" + ("" if published is None else
+                                                  f" (published {published:,}: {'ok' if ok else 'MISMATCH'})"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- random builds
+def build_random(name: str, out: Path) -> Path:
+    """Real preset `name` with random weights, written as its hub repo lays it out (fp16 safetensors), so that
+    bridge.models.loading reads it exactly as a downloaded snapshot."""
+    import torch
+
+    from bridge.models.architectures import architecture, components
+
+    arch, parts = architecture(name), components(name, device="cpu")
+    if arch["kind"] == "pipeline":
+        import diffusers
+        from diffusers import StableDiffusionPipeline
+
+        from bridge.syntax.tokens import build_clip_tokenizer
+
+        scheduler_cfg = dict(arch["scheduler"])
+        scheduler = getattr(diffusers, scheduler_cfg.pop("_class_name")).from_config(scheduler_cfg)
+        pipe = StableDiffusionPipeline(
+            vae=parts["vae"], text_encoder=parts["text_encoder"], unet=parts["unet"], scheduler=scheduler,
+            tokenizer=build_clip_tokenizer(pad_token=arch["tokenizer"]["pad_token"]), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+        pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    elif arch["kind"] == "scorer":
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.to(torch.float16).contiguous() for k, v in parts["clip"].state_dict().items()}
+        save_file(state, str(out / "open_clip_model.safetensors"))
+        (out / "open_clip_config.json").write_text(json.dumps(arch["open_clip_config"], indent=2))
+    else:
+        from benchmarks.inference_backends import rewriter_tokenizer
+
+        parts["t5"].to(torch.float16).save_pretrained(out)
+        rewriter_tokenizer("t5").save_pretrained(out)  # flan-t5's own SentencePiece vocabulary
+    return out
+
+
+def _preset(kind: str, name: str, directory: Path):
+    """The preset a user gets for the built directory: read from its files, named after the real preset."""
+    from bridge.models import presets
+
+    return dataclasses.replace(presets.get_preset(kind, str(directory)), name=name)
+
+
+# ------------------------------------------------------------------------------------------- one-step path
+def render_once(name: str, directory: Path, device: str) -> tuple[dict, object]:
+    import numpy as np
+
+    from bridge.models import presets
+    from bridge.models.render import Renderer, RenderSettings
+
+    real, built = presets.pipeline(name), _preset("pipeline", name, directory)
+    same = {f: (getattr(built, f), getattr(real, f)) for f in ("family", "size", "prediction_type", "text_dim")}
+    renderer = Renderer(built, RenderSettings.for_preset(built, steps=1, size=64), device=device)
+    started = time.perf_counter()
+    image = renderer([PROMPT], [1234], [NEGATIVE])[0]
+    pixels = np.asarray(image, dtype=np.float32)
+    row = {"preset": name, "seconds": round(time.perf_counter() - started, 2), "image": list(image.size),
+           "finite": bool(np.isfinite(pixels).all()), "matches_preset": {f: a == b for f, (a, b) in same.items()}}
+    row["ok"] = row["image"] == [64, 64] and row["finite"] and all(row["matches_preset"].values())
+    del renderer
+    return row, image
+
+
+def score_once(name: str, directory: Path, image, device: str) -> dict:
+    import torch
+
+    from bridge.models.architectures import architecture
+    from bridge.models.score import Scorer
+
+    scorer = Scorer(_preset("scorer", name, directory), device=device)
+    started = time.perf_counter()
+    emb, text = scorer.embed_images([image]), scorer.embed_texts([PROMPT])
+    dim = architecture(name)["open_clip_config"]["model_cfg"]["embed_dim"]
+    row = {"preset": name, "seconds": round(time.perf_counter() - started, 2), "embedding": list(emb.shape),
+           "finite": bool(torch.isfinite(emb).all() and torch.isfinite(text).all())}
+    row["ok"] = row["embedding"] == [1, dim] and list(text.shape) == [1, dim] and row["finite"]
+    return row
+
+
+def lora_adapter(base: Path, out: Path) -> Path:
+    """A LoRA on the built rewriter, saved the way training saves one (peft files + sd_bridge_adapter.json)."""
+    from peft import LoraConfig, get_peft_model
+
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import AdapterMeta
+
+    model, _ = load_rewriter(_preset("rewriter", base.name, base))
+    get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"],
+                                     task_type="SEQ_2_SEQ_LM")).save_pretrained(out)
+    AdapterMeta(str(base), "local", "sd15", "sd2-base", max_new_tokens=8).save(out)
+    return out
+
+
+def rewrite_once(name: str, directory: Path, work: Path, device: str) -> dict:
+    from bridge.translator import Translator
+
+    adapter = lora_adapter(directory, work / f"{name}-lora")
+    started = time.perf_counter()
+    t = Translator.from_pretrained(adapter, device=device, cache=None).translate([PROMPT], [NEGATIVE])[0]
+    # Random weights rewrite nonsense, which the structure check turns into the syntax output: the path ran.
+    row = {"preset": name, "seconds": round(time.perf_counter() - started, 2), "strategy": t.strategy,
+           "fallback": t.fallback, "translated": t.translated_prompt}
+    row["ok"] = t.strategy.startswith("adapter:") and bool(t.translated_prompt)
+    return row
+
+
+def grpo_step(dirs: dict, work: Path, device: str) -> dict:
+    """The reference run at real size: gather 2 prompts with sd15, one GRPO step of flan-t5-base against sd2-base
+    scored by vit-h-14, then a translation with the adapter it wrote."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bridge.models.render import Renderer, RenderSettings
+    from bridge.models.render_cache import RenderCache
+    from bridge.models.score import Scorer
+    from bridge.translator import Translator
+    from data.gather import GatherConfig, run_gather
+    from training.config import TrainConfig
+    from training.reward import ClipAgreementReward
+    from training.trainer import run_train
+
+    prompts = work / "prompts.txt"
+    prompts.write_text("a red fox in the snow\na lighthouse at dusk, (oil painting:1.2)\n", encoding="utf-8")
+    started = time.perf_counter()
+    run_gather(GatherConfig(prompts=str(prompts), out=work / "gathered", preset=str(dirs["sd15"]),
+                            scorer=str(dirs["vit-h-14"]), seeds=1, steps=1, size=64, device=device, progress=False),
+               log=lambda *_: None)
+    gathered = time.perf_counter() - started
+    target = _preset("pipeline", "sd2-base", dirs["sd2-base"])
+    scorer = Scorer(_preset("scorer", "vit-h-14", dirs["vit-h-14"]), device=device)
+    cache = RenderCache(work / "render-cache", Renderer(target, RenderSettings.for_preset(target, steps=1, size=64),
+                                                        device=device), scorer)
+    cfg = TrainConfig(data=work / "gathered", out=work / "adapter", target=str(dirs["sd2-base"]),
+                      rewriter=str(dirs["flan-t5-base"]), scorer=str(dirs["vit-h-14"]), steps=1, prompts_per_step=2,
+                      k=2, warm_start_steps=0, max_new_tokens=8, lr=1e-3, reward_seeds=1, device=device,
+                      progress=False)
+    started = time.perf_counter()
+    summary = run_train(cfg, log=lambda *_: None, reward_fn=ClipAgreementReward(cache, scorer, token_penalty=0.0))
+    trained = time.perf_counter() - started
+    lora = load_file(str(work / "adapter" / "adapter_model.safetensors"))
+    moved = any(bool((v != 0).any()) for k, v in lora.items() if "lora_B" in k)  # B starts at zero
+    base = load_file(str(dirs["flan-t5-base"] / "model.safetensors"))
+    t = Translator.from_pretrained(work / "adapter", device=device, cache=None).translate([PROMPT])[0]
+    row = {"gather_seconds": round(gathered, 1), "train_seconds": round(trained, 1), "steps": summary.get("steps"),
+           "lora_moved": moved, "lora_tensors": len(lora), "base_tensors": len(base), "target_renders": cache.misses,
+           "translated": t.translated_prompt, "strategy": t.strategy}
+    row["ok"] = moved and t.strategy.startswith("adapter:") and cache.misses > 0
+    del torch
+    return row
+
+
+def run(device: str, work: Path, log=print) -> dict:
+    import torch
+
+    figures: dict = {"device": device, "counts": counts(log)}
+    started = time.perf_counter()
+    dirs, renders, scores, rewrites = {}, [], [], []
+    image = None
+    for name in PIPELINES:
+        dirs[name] = build_random(name, work / name)
+        row, image = render_once(name, dirs[name], device)
+        renders.append(row)
+        log(f"{name} render: 1 step at 64 px with A1111 weighting, {row['seconds']} s, "
+            f"{'ok' if row['ok'] else 'FAILED ' + json.dumps(row)}")
+        if name == "sd21-base":  # sd2-base stays for the GRPO step; the others' files go once they have run
+            shutil.rmtree(dirs.pop(name))
+    for name in SCORERS:
+        dirs[name] = build_random(name, work / name)
+        row = score_once(name, dirs[name], image, device)
+        scores.append(row)
+        log(f"{name} score: embedding {row['embedding']}, {row['seconds']} s, {'ok' if row['ok'] else 'FAILED'}")
+    for name in REWRITERS:
+        dirs[name] = build_random(name, work / name)
+        row = rewrite_once(name, dirs[name], work, device)
+        rewrites.append(row)
+        log(f"{name} LoRA rewrite: {row['seconds']} s, fallback {row['fallback']}, {'ok' if row['ok'] else 'FAILED'}")
+    step = grpo_step(dirs, work, device)
+    log(f"GRPO step (sd15 -> sd2-base, vit-h-14, flan-t5-base): gather {step['gather_seconds']} s, train "
+        f"{step['train_seconds']} s, {step['target_renders']} target renders, LoRA moved {step['lora_moved']}, "
+        f"{'ok' if step['ok'] else 'FAILED'}")
+    figures.update(renders=renders, scores=scores, rewrites=rewrites, grpo_step=step,
+                   path_seconds=round(time.perf_counter() - started, 1))
+    if device.startswith("cuda"):
+        figures["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    presets_ok = {name: all(r["ok"] for r in figures["counts"] if r["preset"] == name) for name in
+                  PIPELINES + SCORERS + REWRITERS}
+    for row in renders + scores + rewrites:
+        presets_ok[row["preset"]] &= row["ok"]
+    for name in ("sd15", "sd2-base", "vit-h-14", "flan-t5-base"):
+        presets_ok[name] &= step["ok"]
+    figures["presets_ok"] = presets_ok
+    figures["ok"] = sum(presets_ok.values())
+    return figures
+
+
+def _variant(argv: list[str]) -> str:
+    if "--counts-only" in argv:
+        return "counts"
+    return "cuda" if any(a.startswith("cuda") for a in argv) else "cpu"
+
+
+@recorded("real_size", _variant)
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--work", type=Path, default=None, help="where the random builds go (default: a temp "
+                                                                "directory, removed after; about 12 GB)")
+    parser.add_argument("--counts-only", action="store_true", help="only the parameter counts (seconds, no memory)")
+    args = parser.parse_args(argv)
+    if args.counts_only:
+        rows = counts()
+        print(f"real preset components: {sum(r['ok'] for r in rows)} of {len(rows)} match their published counts")
+        return {"counts": rows, "ok": sum(r["ok"] for r in rows)}
+    work = args.work or Path(tempfile.mkdtemp(prefix="sd-bridge-real-size-"))
+    try:
+        figures = run(args.device, work)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"real presets: {figures['ok']} of {len(figures['presets_ok'])} ok (counts and one-step path)")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
