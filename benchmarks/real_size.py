@@ -132,6 +132,51 @@ def render_once(name: str, directory: Path, device: str) -> tuple[dict, object]:
     return row, image
 
 
+RENDER_BATCH = 4  # images per pipeline call in gather, train and eval (their --render-batch default)
+
+
+def native_rate(preset, device: str, batch: int = RENDER_BATCH) -> float:
+    """Seconds per image at the preset's native size and steps on `device`, `batch` images per call: one call of
+    1 step and one of 3 (A1111 weighting, guidance on, VAE decode), so that the per-step cost and the fixed cost
+    (text encoding, decoding) are both measured; a UNet step costs the same at every step of a render. The real
+    presets on a CPU are measured one image at a time: there a UNet step is compute-bound (a batch gains
+    nothing), and four 768 px images take a quarter of an hour."""
+    from bridge.models.render import Renderer, RenderSettings
+
+    real = RenderSettings.for_preset(preset)
+    times = {}
+    for steps in (1, 3):
+        renderer = Renderer(preset, dataclasses.replace(real, steps=steps), device=device)
+        if steps == 1:
+            renderer(["a warm-up render"], [0])  # loads the pipeline and warms the kernels
+        started = time.perf_counter()
+        renderer([PROMPT] * batch, list(range(1, batch + 1)), [NEGATIVE] * batch, batch_size=batch)
+        times[steps] = (time.perf_counter() - started) / batch
+    per_step = max(0.0, (times[3] - times[1]) / 2)
+    return round(times[1] - per_step + per_step * real.steps, 3)
+
+
+def update_rates(device: str, rates: dict, command: str) -> None:
+    """Write measured seconds per image into the table `sd-bridge learn` plans with (committed)."""
+    from benchmarks.results import machine
+    from bridge.commands.learn import RATES
+
+    table = json.loads(RATES.read_text(encoding="utf-8")) if RATES.is_file() else {"seconds_per_image": {}}
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    table["seconds_per_image"].setdefault(kind, {}).update(rates)
+    table.setdefault("measured", {})[kind] = {"command": command, "machine": machine(),
+                                              "date": time.strftime("%Y-%m-%d")}
+    RATES.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def world_rates(device: str) -> dict:
+    """The toy and tiny pipelines' seconds per image at their own settings (their weights are always here)."""
+    from bridge.models import presets
+
+    return {name: native_rate(presets.pipeline(name), device)
+            for name in (presets.TOY_SOURCE, presets.TOY_TARGET, presets.TINY_SOURCE, presets.TINY_TARGET)}
+
+
 def score_once(name: str, directory: Path, image, device: str) -> dict:
     import torch
 
@@ -142,8 +187,11 @@ def score_once(name: str, directory: Path, image, device: str) -> dict:
     started = time.perf_counter()
     emb, text = scorer.embed_images([image]), scorer.embed_texts([PROMPT])
     dim = architecture(name)["open_clip_config"]["model_cfg"]["embed_dim"]
-    row = {"preset": name, "seconds": round(time.perf_counter() - started, 2), "embedding": list(emb.shape),
-           "finite": bool(torch.isfinite(emb).all() and torch.isfinite(text).all())}
+    seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scorer.embed_images([image] * 8)  # throughput at a batch of 8: what scoring a GRPO group costs
+    row = {"preset": name, "seconds": round(seconds, 2), "images_per_second": round(8 / (time.perf_counter() - started), 2),
+           "embedding": list(emb.shape), "finite": bool(torch.isfinite(emb).all() and torch.isfinite(text).all())}
     row["ok"] = row["embedding"] == [1, dim] and list(text.shape) == [1, dim] and row["finite"]
     return row
 
@@ -203,43 +251,57 @@ def grpo_step(dirs: dict, work: Path, device: str) -> dict:
                                                         device=device), scorer)
     cfg = TrainConfig(data=work / "gathered", out=work / "adapter", target=str(dirs["sd2-base"]),
                       rewriter=str(dirs["flan-t5-base"]), scorer=str(dirs["vit-h-14"]), steps=1, prompts_per_step=2,
-                      k=2, warm_start_steps=0, max_new_tokens=8, lr=1e-3, reward_seeds=1, device=device,
+                      k=2, warm_start_steps=1, max_new_tokens=8, lr=1e-3, reward_seeds=1, device=device,
                       progress=False)
     started = time.perf_counter()
     summary = run_train(cfg, log=lambda *_: None, reward_fn=ClipAgreementReward(cache, scorer, token_penalty=0.0))
     trained = time.perf_counter() - started
     lora = load_file(str(work / "adapter" / "adapter_model.safetensors"))
-    moved = any(bool((v != 0).any()) for k, v in lora.items() if "lora_B" in k)  # B starts at zero
+    # B starts at zero: it moves in the warm-start step (SFT towards copying). In the GRPO step, random weights
+    # rewrite nonsense, every candidate falls back to the same text and the group has no signal, so the step
+    # runs its whole path (sample, render, score, loss) with zero advantages; its log row says so.
+    moved = any(bool((v != 0).any()) for k, v in lora.items() if "lora_B" in k)
+    rows = [json.loads(line) for line in (work / "adapter" / "train_log.jsonl").read_text().splitlines()]
+    grpo = [r for r in rows if r.get("phase") == "grpo"]
     base = load_file(str(dirs["flan-t5-base"] / "model.safetensors"))
     t = Translator.from_pretrained(work / "adapter", device=device, cache=None).translate([PROMPT])[0]
     row = {"gather_seconds": round(gathered, 1), "train_seconds": round(trained, 1), "steps": summary.get("steps"),
            "lora_moved": moved, "lora_tensors": len(lora), "base_tensors": len(base), "target_renders": cache.misses,
+           "grpo_log": grpo[-1] if grpo else None,
            "translated": t.translated_prompt, "strategy": t.strategy}
-    row["ok"] = moved and t.strategy.startswith("adapter:") and cache.misses > 0
+    row["ok"] = moved and bool(grpo) and t.strategy.startswith("adapter:") and cache.misses > 0
     del torch
     return row
 
 
-def run(device: str, work: Path, log=print) -> dict:
+def run(device: str, work: Path, log=print, command: str = "") -> dict:
     import torch
+
+    from bridge.models import presets
 
     figures: dict = {"device": device, "counts": counts(log)}
     started = time.perf_counter()
     dirs, renders, scores, rewrites = {}, [], [], []
     image = None
+    rates = world_rates(device)
     for name in PIPELINES:
         dirs[name] = build_random(name, work / name)
         row, image = render_once(name, dirs[name], device)
+        real = presets.pipeline(name)
+        rates[name] = row["seconds_per_image"] = native_rate(_preset("pipeline", name, dirs[name]), device,
+                                                             batch=1 if device == "cpu" else RENDER_BATCH)
         renders.append(row)
         log(f"{name} render: 1 step at 64 px with A1111 weighting, {row['seconds']} s, "
-            f"{'ok' if row['ok'] else 'FAILED ' + json.dumps(row)}")
+            f"{'ok' if row['ok'] else 'FAILED ' + json.dumps(row)}; at {real.size} px and {real.steps} steps "
+            f"{row['seconds_per_image']} s per image")
         if name == "sd21-base":  # sd2-base stays for the GRPO step; the others' files go once they have run
             shutil.rmtree(dirs.pop(name))
     for name in SCORERS:
         dirs[name] = build_random(name, work / name)
         row = score_once(name, dirs[name], image, device)
         scores.append(row)
-        log(f"{name} score: embedding {row['embedding']}, {row['seconds']} s, {'ok' if row['ok'] else 'FAILED'}")
+        log(f"{name} score: embedding {row['embedding']}, {row['images_per_second']} images/s, "
+            f"{'ok' if row['ok'] else 'FAILED'}")
     for name in REWRITERS:
         dirs[name] = build_random(name, work / name)
         row = rewrite_once(name, dirs[name], work, device)
@@ -249,10 +311,13 @@ def run(device: str, work: Path, log=print) -> dict:
     log(f"GRPO step (sd15 -> sd2-base, vit-h-14, flan-t5-base): gather {step['gather_seconds']} s, train "
         f"{step['train_seconds']} s, {step['target_renders']} target renders, LoRA moved {step['lora_moved']}, "
         f"{'ok' if step['ok'] else 'FAILED'}")
-    figures.update(renders=renders, scores=scores, rewrites=rewrites, grpo_step=step,
+    figures.update(renders=renders, scores=scores, rewrites=rewrites, grpo_step=step, seconds_per_image=rates,
                    path_seconds=round(time.perf_counter() - started, 1))
     if device.startswith("cuda"):
         figures["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        # An H100 renders SD at 512 px about 12 images/s at 50 steps (fp16): the ratio says how far this is.
+        per_image_50 = {n: rates[n] * 50 / presets.pipeline(n).steps for n in PIPELINES}
+        figures["vs_h100_12_images_per_s_at_50_steps"] = {n: round((1 / s) / 12, 3) for n, s in per_image_50.items()}
     presets_ok = {name: all(r["ok"] for r in figures["counts"] if r["preset"] == name) for name in
                   PIPELINES + SCORERS + REWRITERS}
     for row in renders + scores + rewrites:
@@ -261,6 +326,7 @@ def run(device: str, work: Path, log=print) -> dict:
         presets_ok[name] &= step["ok"]
     figures["presets_ok"] = presets_ok
     figures["ok"] = sum(presets_ok.values())
+    update_rates(device, rates, command)
     return figures
 
 
@@ -284,7 +350,7 @@ def main(argv: list[str]) -> dict:
         return {"counts": rows, "ok": sum(r["ok"] for r in rows)}
     work = args.work or Path(tempfile.mkdtemp(prefix="sd-bridge-real-size-"))
     try:
-        figures = run(args.device, work)
+        figures = run(args.device, work, command="uv run python -m benchmarks.real_size " + " ".join(argv))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

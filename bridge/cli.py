@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "serve": ("bridge.commands.serve", "ServeConfig", "run_serve", "serve the Gradio app (Translate, Compare, Batch) on 127.0.0.1"),
     "train": ("bridge.commands.train", "TrainConfig", "run_train",
               "train a LoRA rewriter so target renders agree with the gathered source images"),
+    "learn": ("bridge.commands.learn", "LearnConfig", "run_learn",
+              "train a bridge on your own prompt library in one resumable run: plan, gather, train, eval, export"),
     "eval": ("bridge.commands.eval", "EvalConfig", "run_eval",
              "compare identity, syntax and adapters on held-out prompts; writes a report"),
     "toyworld build": ("bridge.commands.toyworld_build", "BuildConfig", "run_build",
@@ -158,7 +160,7 @@ def _failure(name: str, err: BaseException, out=None) -> int:
 
 
 # What --out names, checked before a command runs (migrate writes a file or a folder, by its input: it checks).
-WRITES_A_DIRECTORY = {"demo", "gather", "train", "eval", "toyworld build", "sweep", "index", "export"}
+WRITES_A_DIRECTORY = {"demo", "gather", "train", "eval", "toyworld build", "sweep", "index", "export", "learn"}
 WRITES_A_FILE = {"toyworld prompts", "toyworld sheet"}
 # OS-level failures end in one line that says how to go on, not a traceback; what was done is kept.
 _DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space (disk quota)",
@@ -171,7 +173,8 @@ RESUME = {"migrate": "rerun the same command: it resumes where it stopped",
           "demo": "rerun the same command: the gathered renders are kept",
           "sweep": "rerun the same command: cached renders are kept",
           "index": "rerun the same command: finished shards are kept",
-          "export": "rerun the same command: an unfinished export is started over"}
+          "export": "rerun the same command: an unfinished export is started over",
+          "learn": "rerun the same command: finished stages are kept and training resumes from its checkpoint"}
 
 
 def _known_errors() -> tuple[type[Exception], ...]:

@@ -123,8 +123,7 @@ def test_doctor_json(capsys):
 @pytest.mark.slow
 def test_demo_runs_gather_train_eval_translate(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--num-prompts", "2", "--num-eval-prompts", "2", "--seeds", "1",
-                 "--train-steps", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--budget", "32"]) == 0  # `learn` at its smallest: one GRPO step
     printed = capsys.readouterr().out
     assert "report:" in printed
     summary = json.loads((out / "summary.json").read_text())
@@ -136,10 +135,12 @@ def test_demo_runs_gather_train_eval_translate(tmp_path, capsys):
     assert sees["toy-sd2, same prompt"].endswith("on black")
     assert "toy-sd2, oracle" in printed
     assert (out / "gather" / "state.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "export" / "sd_bridge_adapter.json").is_file() and (out / "README.md").is_file()
+    assert "plan:" in printed and "[6/6] card" in printed
     for name in ("report.json", "report.md", "report.html", "agreement.png", "deltas.png"):
         assert (out / "report" / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
-    assert config["config"]["num_prompts"] == 2
+    assert config["config"]["budget"] == "32"
     assert config["presets"]["target"]["prediction_type"] == "v_prediction"
 
 
