@@ -164,6 +164,8 @@ def hostile_arguments(tmp: Path) -> list[tuple[list[str], str]]:
         (["export", str(missing), "--out", str(tmp / "x")], "not an sd-bridge adapter directory"),
         (["export", str(adir), "--out", str(tmp / "x")], "not an sd-bridge adapter directory"),
         (["inspect", "--network-map", str(missing), "a cat"], "network map not found"),
+        (["learn", str(missing), "--out", str(tmp / "l")], "library not found"),
+        (["learn", str(good), "--out", str(afile), "--source", "tiny-sd15", "--target", "tiny-sd2"], writes_dir),
     ]
 
 
