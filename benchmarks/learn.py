@@ -87,14 +87,13 @@ def main(argv: list[str]) -> dict:
     dry = subprocess.run(command(work / "whole", args.budget) + ["--dry-run", "--json"], capture_output=True,
                          text=True, cwd=ROOT, check=True)
     the_plan = json.loads(dry.stdout)
-    seconds, stdout = run_whole(work / "whole", args.budget)
+    seconds, _ = run_whole(work / "whole", args.budget)
     state = json.loads((work / "whole" / "learn.json").read_text())
     report = json.loads((work / "whole" / "report" / "report.json").read_text())
     adapter = next(k for k in report["strategies"] if k.startswith("adapter:"))
     a = report["strategies"][adapter]
     print(f"plan: {the_plan['source_renders']} source and {the_plan['target_renders']} target renders, "
-          f"{the_plan['estimated_seconds']} s estimated for them (dry run, table rates); the run printed "
-          f"{_plan_from(stdout).get('estimated_seconds')} s from its warm-up renders; it took {seconds:.0f} s "
+          f"{the_plan['estimated_seconds']} s estimated for them at most (dry run); it took {seconds:.0f} s "
           f"(stages {state['seconds']})")
     print(f"adapter vs identity on {report['prompts']} held-out prompts: {a['vs_identity']['delta_mean']:+.4f}, "
           f"gap recovered {a.get('gap_recovered')}")
@@ -108,18 +107,6 @@ def main(argv: list[str]) -> dict:
             "vs_identity_ci95": a["vs_identity"].get("delta_ci95"), "gap_recovered": a.get("gap_recovered"),
             "gap_recovered_ci95": a.get("gap_recovered_ci95"), "kills": args.kills, "killed_after": kills,
             "resumed": same, "resumed_identical": identical, "within_10_minutes": seconds <= 600}
-
-
-def _plan_from(stdout: str) -> dict:
-    """The plan's figures from the run's printed plan (`  name: value` lines after `plan:`)."""
-    lines = stdout.split("plan:", 1)[-1].splitlines()
-    out = {}
-    for line in lines[1:]:
-        if not line.startswith("  ") or ": " not in line:
-            break
-        key, value = line.strip().split(": ", 1)
-        out[key.replace(" ", "_")] = value
-    return out
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class DemoConfig:
         self.out = Path(self.out)
         presets.pipeline(self.source), presets.pipeline(self.target), presets.scorer(self.scorer)
         presets.rewriter(self.rewriter)
+        self.learn_config()  # a bad budget or library is a usage error now, not after the models load
 
     def learn_config(self):
         from bridge.commands.learn import LearnConfig

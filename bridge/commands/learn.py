@@ -209,7 +209,7 @@ def plan(cfg: LearnConfig, n_train: int, n_held: int, device: str, rates: dict |
             "steps": steps, "processes": processes, "device": device,
             "source_renders": source_renders, "target_renders": target_renders,
             "seconds_per_render": rate, "rates_from": {n: "warm-up renders" if n in rates else "table" for n in rate},
-            "estimated_seconds": seconds, "peak_memory_gb": round(peak, 2), "disk_gb": round(disk, 2),
+            "estimated_seconds": seconds, "peak_memory_gb": round(peak, 3), "disk_gb": round(disk, 3),
             "stages": list(STAGES)}
 
 

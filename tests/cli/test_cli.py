@@ -146,9 +146,9 @@ def test_demo_runs_gather_train_eval_translate(tmp_path, capsys):
 
 def test_bad_flags_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--seeds", "0"])
+        main(["demo", "--budget", "3"])
     assert exc.value.code == 2
-    assert "seeds must be >= 1" in capsys.readouterr().err
+    assert "budget must be small, medium, large or a number of target renders >= 32" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("code, hint", [(28, "free some space, then rerun the same command: it resumes"),
