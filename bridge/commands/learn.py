@@ -251,7 +251,10 @@ def check_settings(cfg: LearnConfig) -> None:
 def run_learn(cfg: LearnConfig, log=print) -> dict:
     from bridge.models.loading import resolve_device
 
-    log = summary_log(cfg, log)
+    # Under `accelerate launch` every process runs every stage (gather, train and eval share their work out);
+    # the main process alone says the plan and writes the run's own files, the others wait at each stage's end.
+    main = int(os.environ.get("RANK", "0") or 0) == 0
+    log = summary_log(cfg, log) if main else (lambda *_: None)
     device = resolve_device(cfg.device)
     check_settings(cfg)
     # 1. Prepare (read, clean, split): cheap, and the plan needs its counts.
@@ -260,9 +263,6 @@ def run_learn(cfg: LearnConfig, log=print) -> dict:
         the_plan = plan(cfg, len(train), len(held), device)
         _say_plan(cfg, the_plan, log)
         return the_plan
-    # Under `accelerate launch` every process runs every stage (gather, train and eval share their work out);
-    # the main process alone writes the run's own files, the others wait for it at each stage's end.
-    main = int(os.environ.get("RANK", "0") or 0) == 0
     cfg.out.mkdir(parents=True, exist_ok=True)
     state_path = cfg.out / "learn.json"
     state = json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {
@@ -284,7 +284,7 @@ def run_learn(cfg: LearnConfig, log=print) -> dict:
         started = time.perf_counter()
         if main or name in ("gather", "train", "eval"):
             stages[name]()
-        _wait_for_everyone()
+        _wait_for_everyone(device)
         state["done"].append(name)
         state["seconds"][name] = round(time.perf_counter() - started, 1)
         if main:
@@ -305,11 +305,14 @@ def run_learn(cfg: LearnConfig, log=print) -> dict:
     return summary
 
 
-def _wait_for_everyone() -> None:
+def _wait_for_everyone(device: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        import torch
         from accelerate import PartialState
 
-        PartialState().wait_for_everyone()
+        # The state the stages make (gather, eval: PartialState(cpu=...)): made first here with another `cpu`,
+        # accelerate gave the stages a state in which every process was the main one, and both merged the shards.
+        PartialState(cpu=device == "cpu" or not torch.cuda.is_available()).wait_for_everyone()
 
 
 def _say_plan(cfg: LearnConfig, the_plan: dict, log) -> None:
@@ -346,8 +349,9 @@ def _train(cfg: LearnConfig, device: str, log) -> None:
     _, _, steps, _ = cfg.sizes()
     out = cfg.out / "adapter"
     resume = "latest" if out.is_dir() and checkpoints(out) else None
-    if resume is None:
+    if resume is None and int(os.environ.get("RANK", "0") or 0) == 0:
         shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint: start it again
+    _wait_for_everyone(device)  # no process may start writing before the main one has cleared the way
     # flan-t5 is warmed up towards copying its input first; the toy and tiny rewriters already copy.
     rewriter = presets.rewriter(cfg.rewriter)
     run_train(TrainConfig(data=cfg.out / "gather", out=out, target=cfg.target, rewriter=cfg.rewriter,
