@@ -5,7 +5,6 @@ after Batch uploads and a shutdown. Each case was an open failure in the reliabi
 from __future__ import annotations
 
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 

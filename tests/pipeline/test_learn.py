@@ -115,7 +115,6 @@ def test_learn_under_accelerate_launch_with_two_processes(tmp_path):
     """Two CPU processes (gloo): gather, train and eval share their work out, the main process alone says the plan,
     counting both, and writes learn's own files."""
     import subprocess
-    import sys
 
     from conftest import accelerate_launch
 

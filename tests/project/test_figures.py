@@ -63,7 +63,7 @@ def links():
 def test_there_are_results_files_to_quote():
     assert len(RECORDS) >= 5
     for name, record in RECORDS.items():
-        assert record["command"].startswith(f"uv run python -m benchmarks.") and record["machine"]["cpu"], name
+        assert record["command"].startswith("uv run python -m benchmarks.") and record["machine"]["cpu"], name
         assert {"date", "commit", "figures"} <= set(record), name
 
 
