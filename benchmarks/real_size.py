@@ -238,7 +238,6 @@ def rewrite_once(name: str, directory: Path, work: Path, device: str) -> dict:
 def grpo_step(dirs: dict, work: Path, device: str) -> dict:
     """The reference run at real size: gather 2 prompts with sd15, one GRPO step of flan-t5-base against sd2-base
     scored by vit-h-14, then a translation with the adapter it wrote."""
-    import torch
     from safetensors.torch import load_file
 
     from bridge.models.render import Renderer, RenderSettings
@@ -282,7 +281,6 @@ def grpo_step(dirs: dict, work: Path, device: str) -> dict:
            "grpo_log": grpo[-1] if grpo else None,
            "translated": t.translated_prompt, "strategy": t.strategy}
     row["ok"] = moved and bool(grpo) and t.strategy.startswith("adapter:") and cache.misses > 0
-    del torch
     return row
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ __all__ = ["LearnConfig", "run_learn", "BUDGETS"]
 # is the toy world's (benchmarks/toyworld_learning.py): 8 prompts a step, 4 candidates, one reward seed, lr 1e-3.
 BUDGETS = {"small": (120, 2, 40, 16), "medium": (1000, 2, 200, 64), "large": (5000, 2, 1000, 200)}
 PROMPTS_PER_STEP, K, REWARD_SEEDS, LR = 8, 4, 1, 1e-3
+KINDS = {"source": "pipeline", "target": "pipeline", "scorer": "scorer", "rewriter": "rewriter"}
 STAGES = ("prepare", "gather", "train", "eval", "export", "card")
 STRATEGIES = 3  # identity, syntax, the adapter
 RATES = Path(__file__).resolve().parents[1] / "models" / "configs" / "render_rates.json"
@@ -151,10 +153,6 @@ def _write_prompts(path: Path, records: list) -> None:
 
 
 # ------------------------------------------------------------------------------------------- 0. plan
-def _bytes_per_param(kind: str, device: str) -> int:
-    return 2 if device.startswith("cuda") and kind == "pipeline" else 4  # bridge.models.loading.resolve_dtype
-
-
 def parameters(kind: str, name: str) -> int:
     """A preset's parameter count without loading it: the committed architecture of a real preset, else the
     tensor tables of its own safetensors files."""
@@ -165,14 +163,8 @@ def parameters(kind: str, name: str) -> int:
     preset = presets.get_preset(kind, name)
     if (CONFIGS / f"{preset.name}.json").is_file():
         return sum(parameter_counts(preset.name).values())
-    total = 0
-    for file in model_dir(preset).rglob("*.safetensors"):
-        for tensor in check_safetensors(file).values():
-            count = 1
-            for d in tensor["shape"]:
-                count *= d
-            total += count
-    return total
+    return sum(math.prod(tensor["shape"]) for file in model_dir(preset).rglob("*.safetensors")
+               for tensor in check_safetensors(file).values())
 
 
 def render_rate(name: str, device: str) -> float | None:
@@ -196,15 +188,17 @@ def plan(cfg: LearnConfig, n_train: int, n_held: int, device: str, rates: dict |
     seconds = None
     if all(r is not None for r in rate.values()):
         seconds = round((source_renders * rate[source.name] + target_renders * rate[target.name]) / processes, 1)
-    weights = {k: parameters(kind, getattr(cfg, k)) * _bytes_per_param(kind, device) / 2**30
-               for k, kind in (("source", "pipeline"), ("target", "pipeline"), ("scorer", "scorer"),
-                               ("rewriter", "rewriter"))}
+    from bridge.models.loading import resolve_dtype
+
+    counts = {k: parameters(kind, getattr(cfg, k)) for k, kind in KINDS.items()}
+    # Bytes per parameter as the loaders load each model here (fp16 pipelines on CUDA, fp32 otherwise).
+    weights = {k: n * resolve_dtype("auto", device, KINDS[k]).itemsize / 2**30 for k, n in counts.items()}
     # Models in memory at once per stage (each process holds its own copy); x1.25 for activations and buffers.
     peak = max(weights["source"] + weights["scorer"], weights["target"] + weights["scorer"] + weights["rewriter"],
                weights["source"] + weights["target"] + weights["scorer"] + weights["rewriter"]) * 1.25
     pixels = max(source.size, target.size) ** 2
     disk = ((source_renders + target_renders) * pixels * 3 * 0.6  # PNG of a render, about 60% of its raw bytes
-            + parameters("rewriter", cfg.rewriter) * (1 if not device.startswith("cuda") else 2)) / 2**30
+            + counts["rewriter"] * (1 if not device.startswith("cuda") else 2)) / 2**30  # the int8 / fp16 export
     return {"library": str(cfg.library), "train_prompts": n_train, "heldout_prompts": n_held, "seeds": seeds,
             "steps": steps, "processes": processes, "device": device,
             "source_renders": source_renders, "target_renders": target_renders,
@@ -253,7 +247,7 @@ def run_learn(cfg: LearnConfig, log=print) -> dict:
 
     # Under `accelerate launch` every process runs every stage (gather, train and eval share their work out);
     # the main process alone says the plan and writes the run's own files, the others wait at each stage's end.
-    main = int(os.environ.get("RANK", "0") or 0) == 0
+    main = _is_main()
     log = summary_log(cfg, log) if main else (lambda *_: None)
     device = resolve_device(cfg.device)
     check_settings(cfg)
@@ -305,6 +299,10 @@ def run_learn(cfg: LearnConfig, log=print) -> dict:
     return summary
 
 
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0  # as bridge.cli decides who holds the output lock
+
+
 def _wait_for_everyone(device: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         import torch
@@ -349,7 +347,7 @@ def _train(cfg: LearnConfig, device: str, log) -> None:
     _, _, steps, _ = cfg.sizes()
     out = cfg.out / "adapter"
     resume = "latest" if out.is_dir() and checkpoints(out) else None
-    if resume is None and int(os.environ.get("RANK", "0") or 0) == 0:
+    if resume is None and _is_main():
         shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint: start it again
     _wait_for_everyone(device)  # no process may start writing before the main one has cleared the way
     # flan-t5 is warmed up towards copying its input first; the toy and tiny rewriters already copy.
