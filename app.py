@@ -243,7 +243,7 @@ def translate_fn(models: Models, prompt: str, negative: str, adapter: str | None
     t = models.translator(adapter, policy).translate([prompt], [negative or None])[0]
     warnings = "\n".join(f"[{w['code']}] ({w['field']}) {w['message']}" for w in t.warnings) or "none"
     translator = models.translator(adapter, policy)
-    fell_back = " (this rewrite fell back to it: see the warnings)" if t.fallback else ""
+    fell_back = " (this rewrite fell back to it: see the warnings)" if t.fallback or t.unfaithful else ""
     tokens = (f"**Strategy:** {translator.describe}{fell_back}  \n"
               f"tokens per chunk: {t.tokens_before} -> {t.tokens_after}")
     neg_out = t.translated_negative_prompt or ""
@@ -562,8 +562,10 @@ def build_app(cfg: ServeConfig | None = None):
     # The API endpoints: named parameters, as gradio_client shows them (`client.view_api()`).
     @_user_errors
     def translate(prompt: str, negative_prompt: str = "", adapter: str = models.default_adapter(),
-                  networks: str = "drop", embeddings: str = "drop", syntax: str = "a1111", to_syntax: str = "a1111"):
-        policy = MigrationPolicy(networks=networks, embeddings=embeddings, syntax=syntax, to_syntax=to_syntax)
+                  networks: str = "drop", embeddings: str = "drop", syntax: str = "a1111", to_syntax: str = "a1111",
+                  faithfulness: str = "strict"):
+        policy = MigrationPolicy(networks=networks, embeddings=embeddings, syntax=syntax, to_syntax=to_syntax,
+                                 faithfulness=faithfulness)
         return translate_fn(models, prompt, negative_prompt, adapter, policy)
 
     @_user_errors
@@ -637,6 +639,9 @@ def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, transla
             syntax = gr.Radio(["a1111", "novelai", "comfyui"], value="a1111",
                               label="Written for (novelai: {x} weighs x1.05; comfyui: (x:w) sets the weight)")
             to_syntax = gr.Radio(["a1111", "comfyui"], value="a1111", label="Write for")
+            faithfulness = gr.Radio(["strict", "lenient", "off"], value="strict", elem_id="faithfulness",
+                                    label="Faithfulness guard (strict: a rewrite changes only the words its adapter "
+                                          "learned to change)")
         go = gr.Button("Translate", variant="primary", elem_id="translate-btn")
         out_prompt = gr.Textbox(label="Translated prompt (SD2)", lines=3, elem_id="translated", buttons=["copy"])
         out_negative = gr.Textbox(label="Translated negative prompt", lines=2, elem_id="translated-negative",
@@ -653,7 +658,7 @@ def _translate_tab(gr, cfg: ServeConfig, models: Models, examples: list, transla
         negative.change(lambda text: live_tokens(text, negative=True), negative, neg_counter, queue=False,
                         show_progress="hidden", api_name=False)
         png.upload(png_info, png, [prompt, negative, settings, seed], api_name="png_info")
-        go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax, to_syntax],
+        go.click(translate, [prompt, negative, adapter, networks, embeddings, syntax, to_syntax, faithfulness],
                  [out_prompt, out_negative, diff, neg_diff, warnings, tokens], api_name="translate",
                  concurrency_limit=max(cfg.concurrency, 4))
     return {"prompt": prompt, "negative": negative, "seed": seed}

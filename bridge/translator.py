@@ -6,7 +6,11 @@ result; leaves are deduplicated across the batch, sorted by length and generated
 prompt whose structure (weights, tags, BREAK/AND, editing, alternation) does not read back the same falls
 back to the syntax output, with a warning, and is counted. Negative prompts get the policy, and are
 rewritten too when the adapter was trained with --rewrite-negative (a failed negative rewrite falls back
-to the policy's negative on its own). Prompts are read in the policy's source dialect and written in its
+to the policy's negative on its own). Every learned rewrite then passes the faithfulness guard
+(`bridge.models.faithfulness`, `--faithfulness strict|lenient|off`): one that drops or adds content words its
+adapter did not learn to change falls back to the syntax output with a `rewrite-unfaithful` warning naming
+them, and a prompt with no word of the adapter's training prompts is not sent to the model at all: it comes
+back as the syntax strategy wrote it. Prompts are read in the policy's source dialect and written in its
 output dialect (`--syntax`, `--to-syntax`: A1111, NovelAI or ComfyUI in, A1111 or ComfyUI out); in between,
 everything is A1111 (`bridge.syntax.policy.read_prompt`, `write_prompt`).
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bridge.models import presets
+from bridge.models.faithfulness import EDITS, NEGATIVE_EDITS, EditRecord, Verdict, check, leaf_words
 from bridge.models.rewriter import check_safetensors, read_json
 from bridge.syntax.policy import MigrationPolicy, apply_policy, read_prompt, write_prompt
 from bridge.syntax.tokens import token_budget
@@ -47,6 +52,8 @@ class Translation:
     tokens_after: list[int] = field(default_factory=list)
     candidates: list[str] = field(default_factory=list)  # all candidates when several were asked for
     fallback: bool = False  # the rewrite broke the structure: the syntax output was used
+    unfaithful: bool = False  # the rewrite failed the faithfulness guard: the syntax output was used
+    rejected: str | None = None  # the rewrite the guard refused, for a person to read (eval's report shows them)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,9 +175,12 @@ class Translator:
 
     def __init__(self, target: presets.PipelinePreset, policy: MigrationPolicy | None = None, model=None,
                  tokenizer=None, meta=None, name: str = SYNTAX, batch_size: int = 32, cache=None,
-                 model_key: str | None = None, loader: Callable[[], tuple] | None = None):
+                 model_key: str | None = None, loader: Callable[[], tuple] | None = None, edits=None,
+                 negative_edits=None):
         """`meta` (an AdapterMeta) makes it rewrite, with `model` and `tokenizer`, or with what `loader()`
-        returns as (model, tokenizer) when it first needs them; without `meta` it is the syntax strategy."""
+        returns as (model, tokenizer) when it first needs them; without `meta` it is the syntax strategy.
+        `edits` and `negative_edits` are the adapter's EditRecords, what the faithfulness guard licenses
+        (None: no record, so under strict and lenient no content word may change)."""
         self.target = target
         self.policy = policy or MigrationPolicy()
         self.meta = meta
@@ -182,6 +192,7 @@ class Translator:
         # once, by this or an earlier run, are read back instead of generated.
         self.cache, self.model_key = (cache, model_key) if meta is not None else (None, None)
         self._network_map = self.policy.load_network_map()
+        self.edits, self.negative_edits = edits, negative_edits
 
     @property
     def rewrites(self) -> bool:
@@ -248,10 +259,16 @@ class Translator:
         else:
             meta, base, key = check_adapter(adapter, device, dtype)
             load = functools.partial(load_weights, adapter, meta, base, device, dtype)
+        edits = EditRecord.load(adapter)
+        negative_edits = EditRecord.load(adapter, NEGATIVE_EDITS) if meta.rewrite_negative else None
+        if edits is None and (policy or MigrationPolicy()).faithfulness != "off":
+            log.warning(f"adapter {adapter.name} has no edit record ({EDITS}: adapters trained since the "
+                        "faithfulness guard write one): every rewrite that changes a content word falls back "
+                        "to the syntax output (--faithfulness off takes them unchecked)")
         path = translation_cache.resolve(cache)
         store = translation_cache.TranslationCache(path) if path is not None else None
         return cls(presets.pipeline(meta.target), policy, meta=meta, name=adapter.name, batch_size=batch_size,
-                   cache=store, model_key=key, loader=load)
+                   cache=store, model_key=key, loader=load, edits=edits, negative_edits=negative_edits)
 
     def check_inputs(self, prompts, negative_prompts, num_candidates: int) -> None:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
@@ -286,11 +303,27 @@ class Translator:
         unfinished = [False for _ in syn]
         neg_out = [n.prompt if n is not None else None for n in syn_neg]
         neg_failed = [False for _ in syn]
+        unfaithful: list[Verdict | None] = [None for _ in syn]
+        rejected: list[str | None] = [None for _ in syn]
+        neg_unfaithful: list[Verdict | None] = [None for _ in syn]
         if self.rewrites:
-            candidates, fallbacks, unfinished = self._rewrite([s.prompt for s in syn], num_candidates, sample, seed,
-                                                              names)
+            todo = [k for k, s in enumerate(syn) if self._worth_rewriting(s.prompt, self.edits, names)]
+            done = self._rewrite([syn[k].prompt for k in todo], num_candidates, sample, seed, names)
+            for k, c, f, u in zip(todo, *done):
+                candidates[k], fallbacks[k], unfinished[k] = c, f, u
+            # 3b. The faithfulness guard: what the adapter did not learn to change is not changed.
+            for k in todo:
+                verdicts = [self._guard(syn[k].prompt, c, self.edits, names) for c in candidates[k]]
+                if not verdicts[0].ok:
+                    unfaithful[k], rejected[k] = verdicts[0], candidates[k][0]
+                candidates[k] = [c if v.ok else syn[k].prompt for c, v in zip(candidates[k], verdicts)]
             if self.meta.rewrite_negative:
-                neg_out, neg_failed = self._rewrite_negatives(neg_out, seed, names)
+                todo = [k for k, n in enumerate(neg_out) if n and self._worth_rewriting(n, self.negative_edits, names)]
+                rewritten, failed = self._rewrite_negatives([neg_out[k] for k in todo], seed, names)
+                for k, text, bad in zip(todo, rewritten, failed):
+                    verdict = self._guard(neg_out[k], text, self.negative_edits, names)
+                    neg_out[k], neg_failed[k] = (text if verdict.ok else neg_out[k]), bad
+                    neg_unfaithful[k] = None if verdict.ok else verdict
         # 4. Token budgets and warnings per prompt.
         out = []
         for k, prompt in enumerate(prompts):
@@ -306,6 +339,13 @@ class Translator:
             elif fallbacks[k][0]:
                 warnings.append({"code": "rewrite-fallback", "message": "the rewrite changed the prompt's "
                                  "structure; the syntax strategy's output is used", "span": None, "field": "prompt"})
+            elif unfaithful[k] is not None:
+                warnings.append({"code": "rewrite-unfaithful", "message": unfaithful[k].message(), "span": None,
+                                 "field": "prompt"})
+            if neg_unfaithful[k] is not None:
+                warnings.append({"code": "rewrite-unfaithful", "message": "the negative prompt's "
+                                 + neg_unfaithful[k].message().removeprefix("the "), "span": None,
+                                 "field": "negative_prompt"})
             if neg_failed[k]:
                 warnings.append({"code": "rewrite-fallback", "message": "the negative prompt's rewrite did not "
                                  "keep its structure or end; the syntax strategy's output is used", "span": None,
@@ -322,15 +362,27 @@ class Translator:
                 prompt=prompt, negative_prompt=negatives[k], translated_prompt=written[0].prompt,
                 translated_negative_prompt=negative_out,
                 strategy=self.strategy, warnings=warnings, tokens_before=before, tokens_after=after,
-                candidates=[w.prompt for w in written] if num_candidates > 1 else [], fallback=fallbacks[k][0]))
+                candidates=[w.prompt for w in written] if num_candidates > 1 else [], fallback=fallbacks[k][0],
+                unfaithful=unfaithful[k] is not None, rejected=rejected[k]))
         return out
+
+    def _worth_rewriting(self, text: str, record, names) -> bool:
+        """Whether `text` goes to the model: under the guard, only when it has a content word the adapter's
+        training prompts had (#40: a prompt with nothing the adapter knows comes back unchanged, and costs
+        no generation)."""
+        if self.policy.faithfulness == "off" or record is None:
+            return True
+        return record.knows_any(leaf_words(text, names))
+
+    def _guard(self, source: str, rewrite: str, record, names) -> Verdict:
+        return check(source, rewrite, record, self.policy.faithfulness, names)
 
     def _rewrite(self, texts: list[str], n: int, sample: bool, seed: int, names) -> tuple[list, list, list]:
         rewrites = self._generate(texts, self.meta.prefix, n, sample, seed, names)
         return [r[0] for r in rewrites], [r[1] for r in rewrites], [r[2] for r in rewrites]
 
-    def _rewrite_negatives(self, negatives: list[str | None], seed: int, names) -> tuple[list, list[bool]]:
-        """The policy's negatives rewritten (greedy, one each); None and empty negatives stay as they are."""
+    def _rewrite_negatives(self, negatives: list[str], seed: int, names) -> tuple[list, list[bool]]:
+        """The policy's negatives rewritten (greedy, one each); empty negatives stay as they are."""
         todo = [i for i, n in enumerate(negatives) if n]
         rewrites = self._generate([negatives[i] for i in todo], self.meta.negative_prefix, 1, False, seed, names)
         out, failed = list(negatives), [False] * len(negatives)

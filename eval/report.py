@@ -66,10 +66,23 @@ def _table_rows(report: dict) -> list[list[str]]:
         rows.append([name, f"{a['agreement_mean']:.4f}", f"[{a['agreement_ci95'][0]:.4f}, {a['agreement_ci95'][1]:.4f}]",
                      f"{v['delta_mean']:+.4f}", f"{v['win']:.0%} / {v['tie']:.0%} / {v['loss']:.0%}",
                      f"{a['text_score_mean']:.4f}", f"{a['tokens_mean']:.1f}", f"{a['length_mean']:.0f}",
-                     str(len(a["regressions"])), str(a.get("fallbacks", 0)), _ratio(a)]
+                     str(len(a["regressions"])), str(a.get("fallbacks", 0)), *_faithful(a), _ratio(a)]
                     + ([_dup(a["duplicates"])] if "duplicates" in a else [])
                     + ([_gap(a.get("gap_recovered"), a.get("gap_recovered_ci95"))] if _has_oracle(report) else []))
     return rows
+
+
+def _faithful(a: dict) -> list[str]:
+    f = a.get("faithfulness")
+    if f is None:
+        return ["", "", ""]
+    return [f"{f['words_kept']:.1%}", f"{f['words_invented_per_prompt']:.2f}", str(f["guard_rejections"])]
+
+
+def _rejected(report: dict) -> list[tuple[str, list[dict]]]:
+    """(strategy, its rewrites the faithfulness guard refused) for every strategy with any."""
+    return [(name, a["faithfulness"]["rejected"]) for name, a in report["strategies"].items()
+            if a.get("faithfulness", {}).get("rejected")]
 
 
 def _ratio(a: dict) -> str:
@@ -105,7 +118,8 @@ def _drift_rows(report: dict) -> list[list[str]]:
 
 
 HEADER = ["strategy", "agreement", "95% CI", "Δ vs identity", "win / tie / loss", "text–image", "tokens", "chars",
-          "regressions", "fallbacks", "breadth ratio [95% CI]"]
+          "regressions", "fallbacks", "words kept", "words invented / prompt", "guard rejections",
+          "breadth ratio [95% CI]"]
 GAP = "oracle gap recovered [95% CI]"
 DRIFT_HEADER = ["drift", "strategy", "prompts", "agreement", "Δ vs identity", "95% CI", "win", GAP]
 
@@ -138,6 +152,12 @@ def markdown(report: dict) -> str:
             lines += [f"## Regressions: {name}", ""]
             lines += [f"- {r['delta']:+.4f}: {r['prompt'][:120]}" for r in a["regressions"][:20]]
             lines.append("")
+    for name, rejected in _rejected(report):
+        lines += [f"## Rejected by the faithfulness guard: {name}", "",
+                  "The syntax strategy's output was used for these prompts instead of the adapter's rewrite.", ""]
+        lines += [f"- `{r['prompt'][:120]}` → `{(r['rewrite'] or '')[:120]}`: {r['message']}"
+                  for r in rejected[:50]]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -165,6 +185,11 @@ def html_report(report: dict, grids: list[dict], plot_paths: dict[str, Path]) ->
         if a["regressions"]:
             items = "".join(f"<li>{r['delta']:+.4f}: {esc(r['prompt'][:200])}</li>" for r in a["regressions"][:20])
             regress.append(f"<h3>{esc(name)}</h3><ul>{items}</ul>")
+    refused = "".join(
+        f"<h3>{esc(name)}</h3><ul>" + "".join(f"<li><code>{esc(r['prompt'][:200])}</code> → <code>"
+                                              f"{esc((r['rewrite'] or '')[:200])}</code>: {esc(r['message'])}</li>"
+                                              for r in rejected[:50]) + "</ul>"
+        for name, rejected in _rejected(report))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>sd-bridge eval report</title>
 <style>
@@ -186,6 +211,8 @@ cosine of scorer image embeddings, target render vs source render at the same se
 {''.join(grid_html)}
 <h2>Regressions</h2>
 {''.join(regress) or '<p>none</p>'}
+<h2>Rejected by the faithfulness guard</h2>
+{refused or '<p>none</p>'}
 </body></html>
 """
 

@@ -135,13 +135,44 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
         res = tr.translate(prompts, negatives)
         out[name] = {"prompts": [r.translated_prompt for r in res],
                      "negatives": [r.translated_negative_prompt for r in res],
-                     "fallbacks": sum(r.fallback for r in res)}
+                     "fallbacks": sum(r.fallback for r in res),
+                     "rejected": [{"prompt": r.prompt, "rewrite": r.rejected,
+                                   "message": next(w["message"] for w in r.warnings if w["code"] == "rewrite-unfaithful")}
+                                  for r in res if r.unfaithful]}
     if cfg.oracle:
         out["oracle"] = _oracle(items)
     if cfg.translations is not None:
         out[f"file:{Path(cfg.translations).stem}"] = {"prompts": _translations_file(cfg, items),
                                                       "negatives": negatives, "fallbacks": 0}
+    names = MigrationPolicy.of(cfg).embedding_names()
+    for strat in out.values():
+        strat.update(faithfulness_counts(prompts, strat["prompts"], names))
     return out
+
+
+def faithfulness_counts(sources: list[str], texts: list[str], names) -> dict:
+    """What a strategy's texts did to their sources' content words (bridge.models.faithfulness): words kept,
+    words in the sources, words invented; summed, so processes add theirs."""
+    from bridge.models.faithfulness import content, diff, leaf_words
+
+    kept = total = invented = 0
+    for source, text in zip(sources, texts):
+        before, after = leaf_words(source, names), leaf_words(text, names)
+        edit = diff(before, after)
+        total += len(content(before))
+        kept += len(content(before)) - len(edit.dropped)
+        invented += len(edit.added)
+    return {"words_kept": kept, "words": total, "words_invented": invented}
+
+
+def faithfulness_summary(parts: list[dict], prompts: int) -> dict:
+    """Per strategy over all processes: share of source content words kept, invented words per prompt, guard
+    rejections, and the rejected rewrites themselves."""
+    words = sum(p["words"] for p in parts)
+    rejected = [r for p in parts for r in p.get("rejected", [])]
+    return {"words_kept": sum(p["words_kept"] for p in parts) / words if words else 1.0,
+            "words_invented_per_prompt": sum(p["words_invented"] for p in parts) / prompts if prompts else 0.0,
+            "guard_rejections": len(rejected), "rejected": rejected}
 
 
 def _oracle(items: list[Item]) -> dict:
@@ -307,7 +338,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
              "drifts": drifts_of(it.prompt, source), "source_breadth": _breadth(it.source_emb),
              "strategies": {name: per[name][j] for name in per}}
             for j, (i, it) in enumerate(zip(mine, local))]
-    fallbacks = {name: s["fallbacks"] for name, s in strats.items()}
+    fallbacks = {name: {k: s.get(k, 0) for k in ("fallbacks", "words_kept", "words", "words_invented", "rejected")}
+                 for name, s in strats.items()}
     rows = sorted(gather_object(rows), key=lambda r: r["index"]) if state.num_processes > 1 else rows
     fallbacks = gather_object([fallbacks]) if state.num_processes > 1 else [fallbacks]
     if not state.is_main_process:
@@ -316,7 +348,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     # 4. Aggregates and the report.
     agg = aggregate(names, rows, cfg)
     for name in names:
-        agg[name]["fallbacks"] = sum(f.get(name, 0) for f in fallbacks)
+        parts = [f[name] for f in fallbacks if name in f]
+        agg[name]["fallbacks"] = sum(p["fallbacks"] for p in parts)
+        agg[name]["faithfulness"] = faithfulness_summary([{**p, "rejected": p["rejected"] or []} for p in parts],
+                                                         len(rows))
         if name in overlap:
             agg[name]["train_overlap"] = overlap[name]
     renders = target_cache.snapshot()
@@ -334,14 +369,19 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         wide = "" if a["breadth_ratio"] is None else (f", breadth ratio {a['breadth_ratio']:.2f} "
                                                       f"[{a['breadth_ratio_ci95'][0]:.2f}, {a['breadth_ratio_ci95'][1]:.2f}]")
         dup = f", duplicates {a['duplicates']['duplicate_fraction']:.0%}" if "duplicates" in a else ""
+        f = a["faithfulness"]
+        guard = f", guard rejections {f['guard_rejections']}" if name.startswith("adapter:") else ""
         log(f"{name:>24s}: agreement {a['agreement_mean']:.4f} [{a['agreement_ci95'][0]:.4f}, "
             f"{a['agreement_ci95'][1]:.4f}], vs identity {a['vs_identity']['delta_mean']:+.4f} "
             f"(win {a['vs_identity']['win']:.0%} / tie {a['vs_identity']['tie']:.0%} / loss {a['vs_identity']['loss']:.0%})"
-            f"{wide}{dup}")
+            f"{wide}{dup}; words kept {f['words_kept']:.1%}, invented {f['words_invented_per_prompt']:.2f} per "
+            f"prompt{guard}")
     log(f"report: {paths['html']}")
     print_json_summary(cfg, {"report": paths, "prompts": report["prompts"], "seeds": cfg.seeds,
                              "strategies": {name: {k: v for k, v in agg[name].items() if k != "regressions"}
-                                            | {"regressions": len(agg[name]["regressions"])} for name in names}})
+                                            | {"regressions": len(agg[name]["regressions"]),
+                                               "faithfulness": {k: v for k, v in agg[name]["faithfulness"].items()
+                                                                if k != "rejected"}} for name in names}})
     return report
 
 

@@ -16,6 +16,9 @@ from bridge.syntax.policy import MigrationPolicy
 class TrainConfig(MigrationPolicy):
     """Train a LoRA on the rewriter so the target's renders of its rewrites agree with the stored source images."""
 
+    # The guard checks served rewrites; this command serves none (its validation curve runs unguarded).
+    faithfulness: Literal["strict", "lenient", "off"] = field(default="strict", metadata={"cli": False})
+
     data: Path | None = field(default=None, metadata={"help": "gathered dataset directory (sd-bridge gather --out)"})
     out: Path | None = field(default=None, metadata={"help": "output adapter directory"})
     target: str = field(default=presets.DEFAULT_TARGET, metadata={"help": "target pipeline preset"})

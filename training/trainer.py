@@ -14,7 +14,8 @@ the stored source images (DESIGN §4). Read top to bottom:
                best of K); generation, reward and loss are the shared functions in rewriter/reward/losses.
                With --val-data, held-out agreement as served when optimising starts and at checkpoints
   5. output    adapter_model.safetensors + adapter_config.json + sd_bridge_adapter.json + config.json +
-               train_log.jsonl + learning_curves.png + README.md model card
+               train_log.jsonl + learning_curves.png + README.md model card + edits.json, what the reward
+               accepted each rewrite for changing (bridge.models.faithfulness: the serving guard reads it)
 
 Every random stream is a pure function of (seed, step): the prompts of a step, the sampling seed and the
 dropout seed. A checkpoint (LoRA + optimizer state, safetensors) therefore resumes exactly.
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 
 from bridge.models import presets
+from bridge.models.faithfulness import NEGATIVE_EDITS
 from bridge.syntax.policy import MigrationPolicy
 from bridge.config import log_plan, print_json_summary, save_config, summary_log
 from training.checkpoints import check_resume, find_resume, load_checkpoint, same_run, save_checkpoint
@@ -283,6 +285,57 @@ def update_policy(cfg: TrainConfig, model, opt, accelerator, tokenizer, flat: li
                         for _ in range(cfg.updates_per_step)) / cfg.updates_per_step}
 
 
+def count_edits(flat: list, sources: list[str], negatives: list[str | None], r: torch.Tensor, k: int,
+                names) -> dict:
+    """What each candidate of a step changed in content words, counted as accepted (reward above its group's
+    mean) or rejected (below): the step's share of the adapter's edit record (bridge.models.faithfulness).
+    Ties with the mean say nothing and are not counted; a candidate that fell back changed nothing."""
+    from bridge.models.faithfulness import EditRecord, diff, leaf_words
+
+    records = {"prompt": EditRecord(), "negative": EditRecord()}
+    for j, cand in enumerate(flat):
+        mean = float(r[j // k * k : (j // k + 1) * k].mean())
+        if abs(float(r[j]) - mean) < 1e-9:
+            continue
+        pairs = [("prompt", sources[j], None if cand.fallback else cand.text),
+                 ("negative", negatives[j], cand.negative if cand.negative != negatives[j] else None)]
+        for name, before, after in pairs:
+            if before and after is not None:
+                records[name].count(diff(leaf_words(before, names), leaf_words(after, names)), float(r[j]) > mean)
+    return {name: {"drop": rec.drop, "add": rec.add, "sources": rec.sources} for name, rec in records.items()}
+
+
+def merge_edits(parts: list[dict]) -> dict:
+    """Per-process `count_edits` results as one."""
+    from bridge.models.faithfulness import EditRecord
+
+    out = {}
+    for name in ("prompt", "negative"):
+        rec = EditRecord()
+        for part in parts:
+            rec.merge(EditRecord.from_json(part[name]))
+        out[name] = {"drop": rec.drop, "add": rec.add, "sources": rec.sources}
+    return out
+
+
+def write_edit_records(cfg: TrainConfig, out: Path, inputs: list[str], negatives: list[str | None], names) -> dict:
+    """edits.json (and edits-negative.json with --rewrite-negative) from the log's per-step counts (a resumed
+    run's log keeps exactly the steps its adapter took) and the training prompts' words."""
+    from bridge.models.faithfulness import EditRecord
+    from training.curves import read_log
+
+    records = {"prompt": EditRecord(), "negative": EditRecord()}
+    for row in read_log(out / LOG)[0]:
+        for name, data in (row.get("edits") or {}).items():
+            records[name].merge(EditRecord.from_json(data))
+    records["prompt"].see(inputs, names)
+    records["prompt"].save(out)
+    if cfg.rewrite_negative:
+        records["negative"].see([n for n in negatives if n], names)
+        records["negative"].save(out, NEGATIVE_EDITS)
+    return records["prompt"].summary()
+
+
 def idle_update(model, opt, accelerator, passes: int = 1) -> None:
     """No samples on this process this step: zero losses keep DDP's collective backward in step, one per
     optimiser step the busy processes take."""
@@ -448,11 +501,16 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
     r = torch.tensor(rewards, dtype=torch.float32)
     stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference)
     t3 = time.perf_counter()
+    edits = count_edits(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], r, cfg.k, run.names)
+    if acc.num_processes > 1:  # the main process logs the step: it records every process's edits
+        from accelerate.utils import gather_object
+
+        edits = merge_edits(gather_object([edits]))
     record = dict(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
                   reward_std=float(r.std(unbiased=False)) if len(r) else None,
                   reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
                   unfinished=sum(c.unfinished for c in flat), candidates=len(flat), time_generate=t1 - t0,
-                  time_reward=t2 - t1, time_update=t3 - t2, **stats)
+                  time_reward=t2 - t1, time_update=t3 - t2, edits=edits, **stats)
     if run.cache is not None:
         record.update(run.cache.step_stats(before))
     return record
@@ -478,8 +536,10 @@ def _write_adapter(run: _Run, data_info: dict) -> dict:
     run.accelerator.unwrap_model(run.model).save_pretrained(out, safe_serialization=True)
     adapter_meta(cfg, run.max_new, data_info["source"][0] if data_info["source"] else "").save(out)
     save_train_prompts(out, [g.prompt for g in run.groups])  # eval refuses to score an adapter on these
+    edits = write_edit_records(cfg, out, run.inputs, run.negatives, run.names)
     summary = summarise_log(out / LOG)
     summary["curves"] = plot_curves(out / LOG, out) is not None
+    summary["edits"] = edits
     (out / "README.md").write_text(model_card(cfg, data_info, summary), encoding="utf-8")
     if cfg.push_to_hub:
         push_to_hub(cfg.push_to_hub, out)

@@ -26,6 +26,7 @@ from typing import Literal
 from bridge.config import save_config
 from bridge.files import atomic_write
 from bridge.models import engine
+from bridge.models.faithfulness import EDITS, NEGATIVE_EDITS
 from bridge.models.rewriter import ADAPTER_META, TRAIN_PROMPTS
 from bridge.translator import Translator, check_adapter, load_adapter
 
@@ -85,7 +86,8 @@ class ExportConfig:
 
 
 # What an export writes into OUT.partial; --overwrite removes a partial export that holds nothing else.
-EXPORT_FILES = {"tokenizer", "engine", ADAPTER_META, TRAIN_PROMPTS, engine.EXPORT_META, "config.json", AGREEMENT}
+EXPORT_FILES = {"tokenizer", "engine", ADAPTER_META, TRAIN_PROMPTS, EDITS, NEGATIVE_EDITS, engine.EXPORT_META,
+                "config.json", AGREEMENT}
 
 
 def _made_by_export(folder: Path) -> bool:
@@ -106,7 +108,7 @@ def run_export(cfg: ExportConfig, log=print) -> int:
     tokenizer.save_pretrained(partial / "tokenizer")
     versions = engine.convert(merged, tokenizer, cfg.backend, cfg.quantize, partial / "engine")
     # 4. Record.
-    for name in (ADAPTER_META, TRAIN_PROMPTS):
+    for name in (ADAPTER_META, TRAIN_PROMPTS, EDITS, NEGATIVE_EDITS):  # the guard reads the edit records
         if (cfg.adapter / name).is_file():
             shutil.copy2(cfg.adapter / name, partial / name)
     record = {"backend": cfg.backend, "quantize": cfg.quantize, "source_adapter": str(cfg.adapter.resolve()),

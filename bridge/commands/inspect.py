@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Literal
 
 from bridge.models import presets
 from bridge.syntax import comfyui
@@ -16,6 +17,9 @@ from bridge.syntax.tokens import token_budget
 @dataclass
 class InspectConfig(MigrationPolicy):
     """Show a prompt's tree, weights, tags, embeddings, tokens per chunk, warnings and its `syntax` migration."""
+
+    # The guard checks learned rewrites; inspect shows the syntax strategy's view of a prompt.
+    faithfulness: Literal["strict", "lenient", "off"] = field(default="strict", metadata={"cli": False})
 
     prompt: str | None = field(default=None, metadata={"help": "the prompt", "positional": "?"})
     negative: str | None = field(default=None, metadata={"help": "a negative prompt to inspect too"})

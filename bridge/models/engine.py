@@ -6,6 +6,7 @@ An export is a trained adapter merged into its base rewriter and converted for i
     DIR/config.json             the resolved ExportConfig
     DIR/sd_bridge_adapter.json  the adapter's own metadata (target, prefixes, format, token limit), copied
     DIR/train_prompts.json      the adapter's training-prompt hashes (eval refuses leakage), when it had them
+    DIR/edits.json              the adapter's edit record (the faithfulness guard's licence), when it had one
     DIR/tokenizer/              the base rewriter's tokenizer
     DIR/engine/                 ctranslate2: the converted model; torch: the merged transformers model
 

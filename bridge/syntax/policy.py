@@ -28,6 +28,7 @@ from bridge.syntax.prompt import (
 
 SOURCE_SYNTAXES = ("a1111", "novelai", "comfyui")
 OUTPUT_SYNTAXES = ("a1111", "comfyui")
+FAITHFULNESS = ("strict", "lenient", "off")  # bridge.models.faithfulness reads them
 
 
 @dataclass
@@ -51,12 +52,19 @@ class MigrationPolicy:
         default=None, metadata={"help": "the dialect to write translations in (default: comfyui for --syntax "
                                         "comfyui, else a1111); weights are kept, and what the dialect cannot say "
                                         "is warned about"})
+    faithfulness: Literal["strict", "lenient", "off"] = field(
+        default="strict", metadata={"help": "the guard on learned rewrites: strict (a rewrite may drop or add only "
+                                            "the words its adapter learned to change, else the syntax output is "
+                                            "used, with a rewrite-unfaithful warning), lenient (also lets an "
+                                            "unseen word be replaced in place by any word the adapter learned "
+                                            "to write) or off (rewrites unchecked)"})
     normalize: bool = field(default=True, metadata={
         "help": "collapse whitespace and empty comma items",
         "off_help": "keep whitespace and empty comma items as written"})
 
     def __post_init__(self):
-        for name, allowed in (("syntax", SOURCE_SYNTAXES), ("to_syntax", (None,) + OUTPUT_SYNTAXES)):
+        for name, allowed in (("syntax", SOURCE_SYNTAXES), ("to_syntax", (None,) + OUTPUT_SYNTAXES),
+                              ("faithfulness", FAITHFULNESS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of "
                                  f"{', '.join(a for a in allowed if a)}")

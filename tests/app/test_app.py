@@ -121,7 +121,7 @@ def test_api_parameters_have_names(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     names = {ep: [p["parameter_name"] for p in api[ep]["parameters"]] for ep in ("/translate", "/compare", "/batch")}
     assert names == {"/translate": ["prompt", "negative_prompt", "adapter", "networks", "embeddings", "syntax",
-                                     "to_syntax"],
+                                     "to_syntax", "faithfulness"],
                      "/compare": ["prompt", "negative_prompt", "seeds", "count", "base_seed"],
                      "/batch": ["library", "prompt_column", "negative_column"]}
 

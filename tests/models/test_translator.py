@@ -13,7 +13,10 @@ from bridge.cli import main
 from bridge.syntax.prompt import parse
 from bridge.models.rewriter import AdapterMeta, repair_leaf
 from bridge.models.rewriter import skeleton
+from bridge.syntax.policy import MigrationPolicy
 from conftest import read_jsonl
+
+UNGUARDED = MigrationPolicy(faithfulness="off")  # tests of the rewriting path itself (the guard: test_faithfulness)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def test_syntax_strategy_without_adapter(caplog, monkeypatch):
 
 
 def test_adapter_keeps_structure_or_falls_back(adapter_dir, prompts_dir):
-    tr = Translator.from_pretrained(adapter_dir)
+    tr = Translator.from_pretrained(adapter_dir, policy=UNGUARDED)  # the structure check alone: the guard aside
     assert tr.strategy == f"adapter:{adapter_dir.name}" and tr.target.name == "tiny-sd2"
     rows = read_jsonl(prompts_dir / "a1111.jsonl")[:40]
     out = tr.translate([r["prompt"] for r in rows], [r["negative_prompt"] for r in rows])
@@ -90,7 +93,7 @@ def test_adapter_keeps_structure_or_falls_back(adapter_dir, prompts_dir):
 
 
 def test_candidates_by_sampling(adapter_dir):
-    tr = Translator.from_pretrained(adapter_dir)
+    tr = Translator.from_pretrained(adapter_dir, policy=UNGUARDED)
     out = tr.translate(["a castle on a hill, (sunset:1.2)"], num_candidates=3, sample=True, seed=1)[0]
     assert len(out.candidates) == 3 and out.candidates[0] == out.translated_prompt
     same = tr.translate(["a castle on a hill, (sunset:1.2)"], num_candidates=3, sample=True, seed=1)[0]
@@ -169,7 +172,8 @@ def test_a_rewrite_cut_at_the_token_limit_falls_back_and_says_so():
     assert not ended(ids, tok)
     [[cand]] = rewrite_prompts(model, tok, [f"(masterpiece:1.2), {long_leaf}"], frozenset(), max_new_tokens=4)
     assert cand.unfinished and cand.fallback and cand.text == f"(masterpiece:1.2), {long_leaf}"
-    tr = Translator(presets.pipeline("tiny-sd2"), model=model, tokenizer=tok, meta=AdapterMeta("tiny-t5", "x", "a", "b"))
+    tr = Translator(presets.pipeline("tiny-sd2"), UNGUARDED, model=model, tokenizer=tok,
+                    meta=AdapterMeta("tiny-t5", "x", "a", "b"))
     [t] = tr.translate([long_leaf])
     assert t.fallback and t.translated_prompt == long_leaf
     assert [w["code"] for w in t.warnings] == ["rewrite-unfinished"]
@@ -241,11 +245,11 @@ def test_negative_prompts_are_rewritten_only_when_the_adapter_learned_to(monkeyp
     script = _Scripted({"blurry": "blurry, low quality", "a crimson fox": "a red fox"})
     monkeypatch.setattr("bridge.models.rewriter.generate", script)
     tiny2 = presets.pipeline("tiny-sd2")
-    plain = Translator(tiny2, model=object(), tokenizer=_Tok(), meta=AdapterMeta("tiny-t5", "x", "a", "b"))
+    plain = Translator(tiny2, UNGUARDED, model=object(), tokenizer=_Tok(), meta=AdapterMeta("tiny-t5", "x", "a", "b"))
     [t] = plain.translate(["a crimson fox"], ["blurry"])
     assert (t.translated_prompt, t.translated_negative_prompt) == ("a red fox", "blurry")
     meta = AdapterMeta("tiny-t5", "x", "a", "b", rewrite_negative=True)
-    both = Translator(tiny2, model=object(), tokenizer=_Tok(), meta=meta)
+    both = Translator(tiny2, UNGUARDED, model=object(), tokenizer=_Tok(), meta=meta)
     t, empty = both.translate(["a crimson fox", "a crimson fox"], ["blurry", None])
     assert (t.translated_prompt, t.translated_negative_prompt) == ("a red fox", "blurry, low quality")
     assert empty.translated_negative_prompt is None
@@ -265,7 +269,7 @@ def test_a_lazy_translator_loads_its_weights_once_when_threads_first_need_them(m
         time.sleep(0.2)  # long enough for the other thread to arrive while this one loads
         return object(), _Tok()
 
-    tr = Translator(presets.pipeline("tiny-sd2"), meta=AdapterMeta("tiny-t5", "x", "a", "b"), name="lazy",
+    tr = Translator(presets.pipeline("tiny-sd2"), UNGUARDED, meta=AdapterMeta("tiny-t5", "x", "a", "b"), name="lazy",
                     loader=slow_load)
     assert tr.strategy == "adapter:lazy" and not tr.loaded
     out = []

@@ -59,6 +59,14 @@ def test_mean_reward_rises_clearly_on_a_synthetic_reward(synthetic_data, tmp_pat
     rewards = [h["reward_mean"] for h in history]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-5:]) / 5
     assert first < 0.5 and last > 0.9, rewards
+    # The edit record (the faithfulness guard's licence): the reward accepted the rewrites that add "animal".
+    from bridge.models.faithfulness import EditRecord, content, leaf_words
+
+    record = EditRecord.load(tmp_path / algo)
+    first_step = json.loads((tmp_path / algo / "train_log.jsonl").read_text().splitlines()[0])
+    assert record.learned_add("animal") and "edits" in first_step
+    prompts = datasets.load_from_disk(str(synthetic_data))["prompt"]
+    assert all(record.seen(w) for p in prompts for w in content(leaf_words(p)))
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +171,7 @@ def test_resume_continues_exactly(synthetic_data, tmp_path):
     log_a = [json.loads(x)["step"] for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x)["step"] for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert log_a == log_b == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "a" / "edits.json").read_bytes() == (tmp_path / "b" / "edits.json").read_bytes()
     with pytest.raises(ValueError, match=r"step-000006 was written with lr=0.001, this run has lr=0.5"):
         run_train(TrainConfig(out=tmp_path / "b", steps=6, resume="latest", **{**common, "lr": 0.5}),
                   log=lambda *_: None, reward_fn=reward)
