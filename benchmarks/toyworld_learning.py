@@ -2,7 +2,8 @@
 of the oracle's gap the adapter recovers on held-out prompts.
 
     uv run python -m benchmarks.toyworld_learning --out DIR [--algo grpo|raft] [--reduced]
-                                                  [--broken frozen|random-reward]
+                                                  [--broken frozen|random-reward] [--seeds 0,1,2]
+                                                  [--advantage std|mean] [--min-group-std F]
 
 1. gather   toy-sd15 renders of the first `train_prompts` prompts of the train split -> DIR/gather, and of
             the last `val_prompts` of the held-out split -> DIR/val (the learning curve's held-out points)
@@ -16,6 +17,11 @@ F = (adapter - identity) / (oracle - identity) overall and per drift with paired
 delta on prompts without drift, and the seconds of each stage. The last line reads
 `gap recovered: F [LO, HI]`.
 
+With `--seeds`, each training seed trains its own adapter on the same gathered data (DIR/seed-S) and is
+evaluated on the same held-out prompts and render seeds; each seed's gap is printed with the seeds' mean and
+spread, and the summary above the last line is that of the seeds' mean agreement per prompt. `--advantage`
+and `--min-group-std` are train's flags, for comparing the objective's variants.
+
 `--reduced` runs the slow learning test's recipe; `--broken` runs a variant that must not learn (the adapter
 frozen with lr 0, or a reward of random numbers), to show that the test's assertion can fail.
 """
@@ -26,6 +32,7 @@ import argparse
 import json
 import random
 import shutil
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,7 +60,10 @@ class Recipe:
     warm_start_steps: int = 0  # toy-t5's greedy output is already its input: no identity warm start needed
     reward_seeds: int = 1
     checkpoint_every: int = 25
-    seed: int = 0
+    seed: int = 0  # gather, eval and (unless train_seed) training
+    train_seed: int | None = None  # the training run's own seed: LoRA init, prompts per step, sampling
+    advantage: str = "std"  # TrainConfig.advantage
+    min_group_std: float | None = None  # None: TrainConfig's default (the measured render-noise floor)
 
 
 # The recipe at a reduced size (gather, train and eval 203 s on a 2-core AMD EPYC): the slow learning test,
@@ -72,50 +82,88 @@ def _quiet(*_) -> None:
     """The stages' own logs; the benchmark prints the summary."""
 
 
-def run(out: Path, recipe: Recipe, reward_fn=None) -> dict:
-    """Gather, train and eval with `recipe` in `out`; `reward_fn` replaces the CLIP reward (broken variants)."""
+def eval_config(out: Path, recipe: Recipe, cache: Path | None = None):
     from eval.config import EvalConfig
+
+    return EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
+                      target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
+                      no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
+                      render_batch=16, device="cpu", cache_dir=cache)
+
+
+def run(out: Path, recipe: Recipe, reward_fn=None, data: Path | None = None, full: bool = False):
+    """Gather (into `data`, default `out`), train and eval with `recipe` in `out`; `reward_fn` replaces the CLIP
+    reward (broken variants). The summary, and with `full` the eval report too."""
     from eval.run import run_eval
 
-    seconds = train_adapter(out, recipe, reward_fn)
+    seconds = train_adapter(out, recipe, reward_fn, data)
     t = time.perf_counter()
-    report = run_eval(EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
-                                 target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
-                                 no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
-                                 render_batch=16, device="cpu"), log=_quiet)
+    # Several runs on one gather share the eval's renders too (identity and the oracle are the same prompts).
+    report = run_eval(eval_config(out, recipe, data / "eval-cache" if data else None), log=_quiet)
     seconds["eval"] = time.perf_counter() - t
-    return summarize(report, recipe, seconds)
+    summary = summarize(report, recipe, seconds)
+    return (summary, report) if full else summary
 
 
-def train_adapter(out: Path, recipe: Recipe, reward_fn=None) -> dict:
-    """Stages 1 and 2: gather and train; the adapter is `out/adapter`. Returns the seconds of each stage."""
+def run_seeds(out: Path, recipe: Recipe, seeds: list[int], reward_fn=None) -> dict:
+    """The recipe trained once per training seed (`out/seed-S`; one gather, one held-out set, the same eval
+    renders): each seed's summary, their spread, and the summary of the seeds' mean agreement per prompt."""
+    from eval.run import aggregate
+    from eval.metrics import mean
+
+    runs = [run(out / f"seed-{s}", replace(recipe, train_seed=s), reward_fn, data=out, full=True) for s in seeds]
+    reports = [r for _, r in runs]
+    rows = [dict(row, strategies={**row["strategies"], "adapter:adapter": {
+                **row["strategies"]["adapter:adapter"],
+                "agreement": mean([rep["rows"][i]["strategies"]["adapter:adapter"]["agreement"] for rep in reports])}})
+            for i, row in enumerate(reports[0]["rows"])]
+    names = list(rows[0]["strategies"])
+    pooled = dict(reports[0], rows=rows, strategies=aggregate(names, rows, eval_config(out, recipe)))
+    seconds = {k: sum(s["seconds"][k] for s, _ in runs) for k in runs[0][0]["seconds"]}
+    result = summarize(pooled, recipe, seconds)
+    gaps = [s["gap_recovered"] for s, _ in runs]
+    result["training_seeds"] = {str(seed): {k: s[k] for k in ("gap_recovered", "gap_recovered_ci95", "delta",
+                                                              "no_drift_delta", "fallbacks")}
+                                for seed, (s, _) in zip(seeds, runs)}
+    result["seed_gap"] = {"mean": mean(gaps), "min": min(gaps), "max": max(gaps),
+                          "sd": statistics.stdev(gaps) if len(gaps) > 1 else 0.0}
+    return result
+
+
+def train_adapter(out: Path, recipe: Recipe, reward_fn=None, data: Path | None = None) -> dict:
+    """Stages 1 and 2: gather (into `data`, default `out`) and train; the adapter is `out/adapter`. Returns the
+    seconds of each stage (a gather already done is read back)."""
     from data.gather import GatherConfig, run_gather
     from training.config import TrainConfig
     from training.trainer import run_train
 
     out.mkdir(parents=True, exist_ok=True)
+    data = data or out
     seconds = {}
     t = time.perf_counter()
-    run_gather(GatherConfig(prompts=str(PROMPTS / "train.jsonl"), out=out / "gather", preset="toy-sd15",
+    run_gather(GatherConfig(prompts=str(PROMPTS / "train.jsonl"), out=data / "gather", preset="toy-sd15",
                             scorer="toy-clip", seeds=recipe.train_seeds, seed=recipe.seed, limit=recipe.train_prompts,
                             batch_size=16, device="cpu", progress=False), log=_quiet)
     heldout = (PROMPTS / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
     if recipe.val_prompts + recipe.eval_prompts > len(heldout):
         raise ValueError(f"{recipe.val_prompts} validation + {recipe.eval_prompts} eval prompts exceed the "
                          f"{len(heldout)} held-out prompts")
-    val_file = out / "val.jsonl"
+    val_file = data / "val.jsonl"
     val_file.write_text("\n".join(heldout[len(heldout) - recipe.val_prompts:]) + "\n", encoding="utf-8")
-    run_gather(GatherConfig(prompts=str(val_file), out=out / "val", preset="toy-sd15", scorer="toy-clip", seeds=1,
+    run_gather(GatherConfig(prompts=str(val_file), out=data / "val", preset="toy-sd15", scorer="toy-clip", seeds=1,
                             seed=recipe.seed, batch_size=16, device="cpu", progress=False), log=_quiet)
     seconds["gather"] = time.perf_counter() - t
     t = time.perf_counter()
     shutil.rmtree(out / "adapter", ignore_errors=True)  # this benchmark's own adapter, retrained on every run
-    run_train(TrainConfig(data=out / "gather", out=out / "adapter", val_data=out / "val", target="toy-sd2",
+    floor = {} if recipe.min_group_std is None else {"min_group_std": recipe.min_group_std}
+    run_train(TrainConfig(data=data / "gather", out=out / "adapter", val_data=data / "val", target="toy-sd2",
                           rewriter="toy-t5", scorer="toy-clip", algo=recipe.algo, steps=recipe.steps,
                           prompts_per_step=recipe.prompts_per_step, k=recipe.k, lr=recipe.lr,
                           warm_start_steps=recipe.warm_start_steps, reward_seeds=recipe.reward_seeds,
                           checkpoint_every=recipe.checkpoint_every, render_batch=16, device="cpu",
-                          seed=recipe.seed, progress=False), log=_quiet, reward_fn=reward_fn)
+                          seed=recipe.seed if recipe.train_seed is None else recipe.train_seed,
+                          advantage=recipe.advantage, progress=False, cache_dir=data / "render-cache", **floor),
+              log=_quiet, reward_fn=reward_fn)
     seconds["train"] = time.perf_counter() - t
     return seconds
 
@@ -157,14 +205,24 @@ def alone(rows: list[dict]) -> dict:
 
 
 def _variant(argv: list[str]) -> str:
-    """raft, reduced, broken-frozen...: each its own results file beside the full GRPO recipe's."""
+    """raft, reduced, broken-frozen, mean, floor0p05...: each its own results file beside the full GRPO
+    recipe's (a flag set to train's default names nothing)."""
+    from training.config import TrainConfig
+
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--algo", default="grpo")
     ap.add_argument("--reduced", action="store_true")
     ap.add_argument("--broken", default=None)
+    ap.add_argument("--advantage", default="std")
+    ap.add_argument("--min-group-std", type=float, default=None)
     args, _ = ap.parse_known_args(argv)
+    floor = args.min_group_std
+    if floor is not None and floor == TrainConfig.__dataclass_fields__["min_group_std"].default:
+        floor = None  # train's default, said out loud: the default recipe's file
     return "-".join(filter(None, [None if args.algo == "grpo" else args.algo, "reduced" if args.reduced else None,
-                                  f"broken-{args.broken}" if args.broken else None]))
+                                  f"broken-{args.broken}" if args.broken else None,
+                                  None if args.advantage == "std" else args.advantage,
+                                  f"floor{floor:g}".replace(".", "p") if floor is not None else None]))
 
 
 @recorded("toyworld_learning", _variant)
@@ -176,14 +234,23 @@ def main(argv: list[str] | None = None) -> dict:
                     help="the slow learning test's recipe (a few minutes on 2 CPU cores)")
     ap.add_argument("--broken", choices=["frozen", "random-reward"], default=None,
                     help="a variant that must not learn: the adapter frozen (lr 0) or a reward of random numbers")
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated: each trains its own adapter "
+                    "on the same data; their mean and spread are printed (default: 0)")
+    ap.add_argument("--advantage", choices=["std", "mean"], default="std", help="GRPO's advantage (train's flag)")
+    ap.add_argument("--min-group-std", type=float, default=None, help="train's flag (default: train's default)")
     args = ap.parse_args(argv)
-    recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo,
-                     **({"lr": 0.0} if args.broken == "frozen" else {}))
-    result = run(args.out, recipe, random_reward(recipe.seed) if args.broken == "random-reward" else None)
+    recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo, advantage=args.advantage,
+                     min_group_std=args.min_group_std, **({"lr": 0.0} if args.broken == "frozen" else {}))
+    seeds = [int(x) for x in args.seeds.split(",")]
+    reward = random_reward(recipe.seed) if args.broken == "random-reward" else None
+    result = run_seeds(args.out, recipe, seeds, reward) if len(seeds) > 1 else run(
+        args.out, replace(recipe, train_seed=seeds[0]), reward)
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
-    print(f"toy world, {recipe.algo}{broken}: trained on {recipe.train_prompts} train-split prompts, {recipe.steps} "
-          f"steps; eval on {result['prompts']} held-out prompts x {result['seeds']} seeds "
+    objective = f"advantage {recipe.advantage}" + ("" if recipe.min_group_std is None else
+                                                     f", min-group-std {recipe.min_group_std}")
+    print(f"toy world, {recipe.algo}{broken} ({objective}; training seeds {args.seeds}): trained on "
+          f"{recipe.train_prompts} train-split prompts, {recipe.steps} steps; eval on {result['prompts']} held-out prompts x {result['seeds']} seeds "
           "(toy-sd15 -> toy-sd2, toy-clip)")
     lo, hi = result["delta_ci95"]
     print(f"  agreement: identity {result['identity']:.4f}, adapter {result['adapter']:.4f}, oracle "
@@ -199,6 +266,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"{d['adapter:adapter']:.4f}, oracle {d['oracle']:.4f}; {f}")
     print(f"  no-drift prompts ({result['no_drift_prompts']}): adapter - identity {result['no_drift_delta']:+.4f} "
           f"(target >= -0.005); fallbacks {result['fallbacks']}")
+    for seed, t in result.get("training_seeds", {}).items():
+        print(f"  training seed {seed}: gap recovered {t['gap_recovered']:.2f} [{t['gap_recovered_ci95'][0]:.2f}, "
+              f"{t['gap_recovered_ci95'][1]:.2f}], adapter - identity {t['delta']:+.4f}, fallbacks {t['fallbacks']}")
+    if "seed_gap" in result:
+        g = result["seed_gap"]
+        print(f"  {len(seeds)} training seeds: gap recovered mean {g['mean']:.2f}, sd {g['sd']:.2f}, min {g['min']:.2f}, "
+              f"max {g['max']:.2f}; the lines above and below are the seeds' mean agreement per prompt")
     print(f"  seconds on this machine: gather {s['gather']:.0f}, train {s['train']:.0f}, eval {s['eval']:.0f}, "
           f"total {sum(s.values()):.0f} (target <= 1800 on 2 CPU cores)")
     (args.out / "toyworld_learning.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

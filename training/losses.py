@@ -3,7 +3,11 @@
 Sequences are (leaf input, leaf output) pairs of the seq2seq rewriter; a candidate prompt's log-prob is
 the sum over its leaves. Formulas: GRPO (Shao et al. 2024, DeepSeekMath §4.1): advantages normalised
 within each prompt's group, PPO clipped ratio, and the k3 KL estimator to the reference policy
-(Schulman 2020, "Approximating KL divergence"), here the base model with the adapter disabled.
+(Schulman 2020, "Approximating KL divergence"). The reference is the adapter as the warm start left it,
+frozen when optimisation starts (`training.trainer.reference_weights`), so the KL anchors to "same prompt";
+only without a warm start is it the base model (the fresh LoRA adds nothing). `--advantage mean` drops the
+division by the group's std, as Dr. GRPO does (Liu et al. 2025, "Understanding R1-Zero-Like Training", §3.1:
+the std gives groups whose rewards barely differ, here by render noise, the largest advantages).
 
 The clip only acts when a rollout is optimised more than once (`--updates-per-step` > 1): old log-probs
 are taken right before the first pass, so on that pass the ratio is exactly 1. With one pass per rollout
@@ -51,23 +55,30 @@ def sequence_logprobs(model, tokenizer, inputs, outputs, prefix) -> torch.Tensor
     return lp.sum(-1)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, min_std: float = 0.0, eps: float = 1e-6) -> torch.Tensor:
-    """(r - mean_group) / (std_group + eps) for rewards laid out group after group.
+def group_advantages(rewards: torch.Tensor, group_size: int, min_std: float = 0.0, eps: float = 1e-6,
+                     scale: bool = True) -> torch.Tensor:
+    """(r - mean_group) / (std_group + eps) for rewards laid out group after group; without `scale`,
+    r - mean_group (Dr. GRPO).
 
-    A group whose reward std is below `min_std` gets zero advantage: its candidates draw (almost) the same
-    images (rewrites that differ only in case or spacing tokenize alike), so the differences are render
-    noise, and dividing by a tiny std would blow that noise up to advantages of +-1.
+    The std is the sample std (n - 1), as trl's GRPOTrainer takes it (torch's default): with groups of 4 the
+    population std is 13% smaller and inflates every advantage by as much. With `scale`, a group whose reward
+    std is below `min_std` gets zero advantage: its candidates differ by no more than render noise
+    (benchmarks/render_noise.py measures the floor), and dividing by a tiny std would blow that noise up to
+    advantages of +-1.
     """
     r = rewards.view(-1, group_size)
-    std = r.std(dim=1, keepdim=True, unbiased=False)
-    adv = (r - r.mean(dim=1, keepdim=True)) / (std + eps)
+    centred = r - r.mean(dim=1, keepdim=True)
+    if not scale:
+        return centred.view(-1)
+    std = r.std(dim=1, keepdim=True)
+    adv = centred / (std + eps)
     return torch.where(std < min_std, torch.zeros_like(adv), adv).view(-1)
 
 
 def zero_signal_fraction(rewards: torch.Tensor, group_size: int, min_std: float) -> float:
-    """The fraction of groups `group_advantages` zeroes (logged per step)."""
+    """The fraction of groups `group_advantages` zeroes when it scales (logged per step)."""
     r = rewards.view(-1, group_size)
-    return float((r.std(dim=1, unbiased=False) < min_std).float().mean()) if len(r) else 0.0
+    return float((r.std(dim=1) < min_std).float().mean()) if len(r) else 0.0
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,

@@ -101,7 +101,9 @@ def warm_pairs(cfg: TrainConfig, inputs: list[str], negatives: list[str | None],
 @dataclass
 class Rollout:
     """One candidate of a step: its prompt and negative prompt, and the (model input with its prefix,
-    output, sampled ids) sequences that made them; a part that fell back contributes none."""
+    output, sampled ids) sequences that made them. A candidate whose structure did not read back (`fallback`)
+    is the prompt as written, and keeps the sequences the model sampled: they are what its penalty pushes
+    down."""
 
     text: str
     negative: str | None
@@ -125,15 +127,15 @@ def rollout(cfg: TrainConfig, model, tokenizer, prompts: list[str], negatives: l
     for i, group in enumerate(pos):
         row = []
         for c, cand in enumerate(group):
-            seqs = [] if cand.fallback else [(PREFIX + a, b, x) for a, b, x in zip(cand.inputs, cand.outputs, cand.ids)]
-            negative, unfinished = negatives[i], cand.unfinished
+            seqs = [(PREFIX + a, b, x) for a, b, x in zip(cand.inputs, cand.outputs, cand.ids)]
+            negative, unfinished, fallback = negatives[i], cand.unfinished, cand.fallback
             if neg is not None and negatives[i]:
                 nc = neg[i][c]
                 unfinished |= nc.unfinished
-                if not nc.fallback:
-                    negative = nc.text
-                    seqs += [(NEGATIVE_PREFIX + a, b, x) for a, b, x in zip(nc.inputs, nc.outputs, nc.ids)]
-            row.append(Rollout(cand.text, negative, seqs, cand.fallback, unfinished))
+                fallback |= nc.fallback
+                negative = negative if nc.fallback else nc.text
+                seqs += [(NEGATIVE_PREFIX + a, b, x) for a, b, x in zip(nc.inputs, nc.outputs, nc.ids)]
+            row.append(Rollout(cand.text, negative, seqs, fallback, unfinished))
         out.append(row)
     return out
 
@@ -262,27 +264,37 @@ def grpo_update(model, opt, accelerator, tokenizer, samples, prefix, cfg: TrainC
 
 
 def update_policy(cfg: TrainConfig, model, opt, accelerator, tokenizer, flat: list, r: torch.Tensor,
-                  reference: dict | None) -> dict:
-    """One optimiser step on a rollout (`flat`: the step's Rollouts, group after group; `r`: their rewards).
-    GRPO weighs every sampled sequence by its candidate's group-normalised advantage; RAFT fine-tunes on the
-    best candidate of each group. A process without samples takes an idle step (DDP stays in step)."""
+                  reference: dict | None, identity: torch.Tensor | None = None) -> dict:
+    """One optimiser step on a rollout (`flat`: the step's Rollouts, group after group; `r`: their rewards;
+    `identity`: the reward of each group's prompt as written). GRPO weighs every sampled sequence by its
+    candidate's group advantage; RAFT fine-tunes on the best readable candidate of each group, and only where
+    it beats the prompt as written by more than the noise floor (`--min-group-std`): fine-tuning on a best of
+    K that ties identity teaches noise. A process without samples takes an idle step (DDP stays in step)."""
     from training.losses import group_advantages, zero_signal_fraction
 
     if cfg.algo == "grpo":
-        adv = group_advantages(r, cfg.k, cfg.min_group_std) if len(r) else r
-        stats = {"zero_signal_groups": zero_signal_fraction(r, cfg.k, cfg.min_group_std)}
+        scale = cfg.advantage == "std"
+        adv = group_advantages(r, cfg.k, cfg.min_group_std, scale=scale) if len(r) else r
+        stats = {"zero_signal_groups": zero_signal_fraction(r, cfg.k, cfg.min_group_std) if scale else
+                 float((r.view(-1, cfg.k).std(dim=1) == 0).float().mean()) if len(r) else 0.0}
         samples = [(a, b, ids, float(adv[j])) for j, c in enumerate(flat) for a, b, ids in c.sequences]
         if not samples:
             idle_update(model, opt, accelerator, cfg.updates_per_step)
             return stats
         return {**stats, **grpo_update(model, opt, accelerator, tokenizer, samples, "", cfg, reference)}
-    best = [max(range(g * cfg.k, (g + 1) * cfg.k), key=lambda j: float(r[j])) for g in range(len(flat) // cfg.k)]
+    best = []
+    for g in range(len(flat) // cfg.k):
+        readable = [j for j in range(g * cfg.k, (g + 1) * cfg.k) if not flat[j].fallback]
+        j = max(readable, key=lambda j: float(r[j]), default=None)
+        if j is not None and (identity is None or float(r[j]) > float(identity[g]) + cfg.min_group_std):
+            best.append(j)
+    stats = {"raft_groups_used": len(best) / max(1, len(flat) // cfg.k)}
     samples = [(a, b) for j in best for a, b, _ in flat[j].sequences]
     if not samples:
         idle_update(model, opt, accelerator, cfg.updates_per_step)
-        return {}
-    return {"loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, "", cfg.micro_batch)
-                        for _ in range(cfg.updates_per_step)) / cfg.updates_per_step}
+        return stats
+    return {**stats, "loss": sum(sft_update(model, opt, accelerator, tokenizer, samples, "", cfg.micro_batch)
+                                 for _ in range(cfg.updates_per_step)) / cfg.updates_per_step}
 
 
 def count_edits(flat: list, sources: list[str], negatives: list[str | None], r: torch.Tensor, k: int,
@@ -493,13 +505,23 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
     flat = [c for group in cands for c in group]
     owner = [i for i, group in zip(idx, cands) for _ in group]
     before = run.cache.snapshot() if run.cache else {}
-    rewards = run.reward_fn(sources=[inputs[i] for i in owner], candidates=[c.text for c in flat],
-                            seeds=[groups[i].seeds for i in owner], negatives=[c.negative for c in flat],
-                            source_embeddings=[groups[i].embeddings for i in owner]) if flat else []
+    # Every candidate, then each prompt as written (identity: RAFT's bar, and what a candidate whose structure
+    # does not read back is served as). Identity renders are the same every time a prompt comes back: cached.
+    texts = [c.text for c in flat] + [inputs[i] for i in idx]
+    rewards = run.reward_fn(sources=[inputs[i] for i in owner + idx], candidates=texts,
+                            seeds=[groups[i].seeds for i in owner + idx],
+                            negatives=[c.negative for c in flat] + [run.negatives[i] for i in idx],
+                            source_embeddings=[groups[i].embeddings for i in owner + idx]) if flat else []
     t2 = time.perf_counter()
     run.model.train()
-    r = torch.tensor(rewards, dtype=torch.float32)
-    stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference)
+    r, identity = (torch.tensor(rewards[: len(flat)], dtype=torch.float32),
+                   torch.tensor(rewards[len(flat):], dtype=torch.float32))
+    # A candidate that does not read back scores below identity, not as identity (#39: scored as identity, an
+    # unreadable sample was as good as copying the prompt, and nothing taught the model to stop making them).
+    penalised = torch.tensor([identity[j // cfg.k] - cfg.fallback_penalty if c.fallback else r[j]
+                              for j, c in enumerate(flat)], dtype=torch.float32) if flat else r
+    r = penalised
+    stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference, identity)
     t3 = time.perf_counter()
     edits = count_edits(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], r, cfg.k, run.names)
     if acc.num_processes > 1:  # the main process logs the step: it records every process's edits
@@ -507,7 +529,8 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
 
         edits = merge_edits(gather_object([edits]))
     record = dict(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
-                  reward_std=float(r.std(unbiased=False)) if len(r) else None,
+                  reward_std=float(r.std()) if len(r) > 1 else None,
+                  identity_mean=float(identity.mean()) if len(identity) else None,
                   reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
                   unfinished=sum(c.unfinished for c in flat), candidates=len(flat), time_generate=t1 - t0,
                   time_reward=t2 - t1, time_update=t3 - t2, edits=edits, **stats)

@@ -314,6 +314,59 @@ def test_zero_std_group_gets_zero_advantage_and_is_counted():
     assert zero_signal_fraction(r, 4, 1e-3) == 0.5
     # Without the threshold the noise becomes advantages of about +-1: the defect this pins.
     assert group_advantages(r, 4)[:4].abs().max() > 0.5
+    # The sample std (n - 1), as trl takes it; Dr. GRPO's advantage is the centred reward alone.
+    g = torch.tensor([0.1, 0.9, 0.2, 0.3])
+    torch.testing.assert_close(group_advantages(g, 4), (g - g.mean()) / (g.std(unbiased=True) + 1e-6))
+    torch.testing.assert_close(group_advantages(r, 4, min_std=1e-3, scale=False), r - r.view(2, 4).mean(1).repeat_interleave(4))
+
+
+def _rollout(text: str, fallback: bool = False):
+    from training.trainer import Rollout
+
+    return Rollout(text, None, [("in", text, [5, 1])], fallback, False)
+
+
+def test_raft_fine_tunes_only_on_a_best_that_beats_the_prompt_as_written(synthetic_data, tmp_path, monkeypatch):
+    """#39: fine-tuning on a best of K that ties identity, or that does not read back, teaches noise."""
+    import torch
+
+    from training import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "sft_update", lambda model, opt, acc, tok, samples, *a: seen.append(samples) or 0.0)
+    monkeypatch.setattr(trainer, "idle_update", lambda *a, **k: seen.append("idle"))
+    cfg = TrainConfig(data=synthetic_data, out=tmp_path, algo="raft", k=2, min_group_std=0.01, **TINY)
+    flat = [_rollout("tie"), _rollout("tie too"), _rollout("better"), _rollout("unreadable", fallback=True)]
+    r = torch.tensor([0.505, 0.50, 0.70, 0.90])  # group 1 ties identity within the floor; group 2's best is unreadable
+    stats = trainer.update_policy(cfg, None, None, None, None, flat, r, None, identity=torch.tensor([0.5, 0.6]))
+    assert seen == [[("in", "better")]] and stats["raft_groups_used"] == 0.5
+    seen.clear()
+    trainer.update_policy(cfg, None, None, None, None, flat[:2], r[:2], None, identity=torch.tensor([0.6]))
+    assert seen == ["idle"]  # nothing beats identity: an idle step keeps DDP in step, nothing is learned
+
+
+def test_an_unreadable_candidate_scores_below_the_prompt_as_written(synthetic_data, tmp_path, monkeypatch):
+    """#39: a candidate whose structure does not read back was scored as identity, so making one cost
+    nothing. It now scores identity minus --fallback-penalty, and its sampled tokens carry that advantage."""
+    from training import trainer
+
+    real = trainer.rollout
+
+    def half_unreadable(*args, **kwargs):
+        groups = real(*args, **kwargs)
+        for group in groups:
+            group[0] = trainer.Rollout(group[0].text, group[0].negative, group[0].sequences, True, False)
+        return groups
+
+    monkeypatch.setattr(trainer, "rollout", half_unreadable)
+    got = []
+    # update_policy(cfg, model, opt, accelerator, tokenizer, flat, r, reference, identity)
+    monkeypatch.setattr(trainer, "update_policy", lambda cfg, *a: got.append((a[5], a[7])) or {})
+    cfg = TrainConfig(data=synthetic_data, out=tmp_path / "p", steps=1, warm_start_steps=0, prompts_per_step=4, k=2,
+                      max_new_tokens=6, fallback_penalty=0.25, **TINY)
+    run_train(cfg, log=lambda *_: None, reward_fn=lambda sources, candidates, **_: [0.5] * len(candidates))
+    [(r, identity)] = got
+    assert r.tolist()[::2] == [0.25] * 4 and r.tolist()[1::2] == [0.5] * 4 and identity.tolist() == [0.5] * 4
 
 
 def test_clip_acts_only_once_the_policy_moved_from_the_rollout():
@@ -491,7 +544,11 @@ def test_rewrite_negative_samples_and_renders_rewritten_negatives(tmp_path, prom
     run_train(TrainConfig(data=data, out=out, steps=2, warm_start_steps=1, prompts_per_step=4, k=2, lr=1e-3,
                           max_new_tokens=6, lora_r=4, rewrite_negative=True, **TINY), log=lambda *_: None,
               reward_fn=reward)
-    assert len(seen) == 2 * 4 * 2 and any(n != "blurry, ugly hands" for n in seen)
+    # Per step: 4 prompts x 2 candidates, then each prompt as written (identity, with its own negative).
+    steps = [seen[i:i + 12] for i in range(0, len(seen), 12)]
+    assert len(seen) == 2 * (4 * 2 + 4) and any(n != "blurry, ugly hands" for s in steps for n in s[:8])
+    assert all(n == "blurry, ugly hands" for s in steps for n in s[8:])
     meta = json.loads((out / "sd_bridge_adapter.json").read_text())
     assert meta["rewrite_negative"] is True and meta["format"] == "marked"
     assert Translator.from_pretrained(out).meta.rewrite_negative
+
