@@ -50,8 +50,8 @@ class TrainConfig(MigrationPolicy):
                 "differences are render noise); raft fine-tunes only on a best candidate that beats the prompt "
                 "as written by more than this"})
     fallback_penalty: float = field(default=0.05, metadata={
-        "help": "a candidate whose structure does not read back scores the prompt as written minus this (served, "
-                "it would fall back to it), so its sampled tokens are pushed down"})
+        "help": "a candidate whose structure does not read back is scored as what it would be served as (the "
+                "prompt as written) minus this, so its sampled tokens are pushed down"})
     format: Literal["marked", "leaf"] = field(default="marked", metadata={
         "help": "marked: the model reads the whole prompt, leaves numbered, and answers one output per leaf; "
                 "leaf: each leaf alone, without context (the format of older adapters)"})

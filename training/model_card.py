@@ -40,6 +40,16 @@ def _val_rows(cfg: TrainConfig, summary: dict) -> str:
             f"{fmt(summary['val_last'])} |\n")
 
 
+def _edit_row(summary: dict) -> str:
+    """What the faithfulness guard will let this adapter change (its edits.json, bridge.models.faithfulness)."""
+    e = summary.get("edits")
+    if not e:
+        return ""
+    return (f"| edit record (`edits.json`, what the faithfulness guard licenses) | {e['learned_drops']} words learned "
+            f"to drop or replace, {e['learned_adds']} to write, {e['classes']} classes; {e['vocabulary']} words in "
+            "the training prompts |\n")
+
+
 def model_card(cfg: TrainConfig, data_info: dict, summary: dict) -> str:
     from bridge.models.rewriter import CURVES
 
@@ -64,7 +74,7 @@ A LoRA on the rewriter `{cfg.rewriter}` that rewrites the text leaves of prompts
 | reward, last 10% of steps | {fmt(summary.get('reward_last'))} |
 | target renders / cache hits | {summary.get('renders')} / {summary.get('cache_hits')} |
 | structure fallbacks | {summary.get('fallbacks')} |
-{_val_rows(cfg, summary)}
+{_edit_row(summary)}{_val_rows(cfg, summary)}
 {"![learning curves](" + CURVES + ")" + chr(10) if summary.get("curves") else ""}
 Use: `sd-bridge translate --adapter THIS_DIR "PROMPT"` or `bridge.Translator.from_pretrained("THIS_DIR")`.
 Measure it with `sd-bridge eval --adapter THIS_DIR`. The resolved config is in `config.json`, the per-step

@@ -505,22 +505,22 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
     flat = [c for group in cands for c in group]
     owner = [i for i, group in zip(idx, cands) for _ in group]
     before = run.cache.snapshot() if run.cache else {}
-    # Every candidate, then each prompt as written (identity: RAFT's bar, and what a candidate whose structure
-    # does not read back is served as). Identity renders are the same every time a prompt comes back: cached.
-    texts = [c.text for c in flat] + [inputs[i] for i in idx]
-    rewards = run.reward_fn(sources=[inputs[i] for i in owner + idx], candidates=texts,
-                            seeds=[groups[i].seeds for i in owner + idx],
-                            negatives=[c.negative for c in flat] + [run.negatives[i] for i in idx],
-                            source_embeddings=[groups[i].embeddings for i in owner + idx]) if flat else []
+    # Every candidate, and for RAFT each prompt as written too (identity: the bar its best of K must clear).
+    # Identity renders are the same every time a prompt comes back: cached.
+    texts = [c.text for c in flat] + ([inputs[i] for i in idx] if cfg.algo == "raft" else [])
+    scored = owner + (idx if cfg.algo == "raft" else [])
+    rewards = run.reward_fn(sources=[inputs[i] for i in scored], candidates=texts,
+                            seeds=[groups[i].seeds for i in scored],
+                            negatives=[c.negative for c in flat] + [run.negatives[i] for i in scored[len(flat):]],
+                            source_embeddings=[groups[i].embeddings for i in scored]) if flat else []
     t2 = time.perf_counter()
     run.model.train()
-    r, identity = (torch.tensor(rewards[: len(flat)], dtype=torch.float32),
-                   torch.tensor(rewards[len(flat):], dtype=torch.float32))
-    # A candidate that does not read back scores below identity, not as identity (#39: scored as identity, an
-    # unreadable sample was as good as copying the prompt, and nothing taught the model to stop making them).
-    penalised = torch.tensor([identity[j // cfg.k] - cfg.fallback_penalty if c.fallback else r[j]
-                              for j, c in enumerate(flat)], dtype=torch.float32) if flat else r
-    r = penalised
+    r = torch.tensor(rewards[: len(flat)], dtype=torch.float32)
+    identity = torch.tensor(rewards[len(flat):], dtype=torch.float32) if cfg.algo == "raft" else None
+    # A candidate that does not read back is served as the prompt as written, and scores that minus the penalty
+    # (#39: scored as the prompt itself, an unreadable sample was as good as copying, and nothing taught the model
+    # to stop making them).
+    r = r - cfg.fallback_penalty * torch.tensor([float(c.fallback) for c in flat])
     stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference, identity)
     t3 = time.perf_counter()
     edits = count_edits(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], r, cfg.k, run.names)
@@ -530,7 +530,7 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
         edits = merge_edits(gather_object([edits]))
     record = dict(phase=cfg.algo, reward_mean=float(r.mean()) if len(r) else None,
                   reward_std=float(r.std()) if len(r) > 1 else None,
-                  identity_mean=float(identity.mean()) if len(identity) else None,
+                  identity_mean=float(identity.mean()) if identity is not None and len(identity) else None,
                   reward_max=float(r.max()) if len(r) else None, fallbacks=sum(c.fallback for c in flat),
                   unfinished=sum(c.unfinished for c in flat), candidates=len(flat), time_generate=t1 - t0,
                   time_reward=t2 - t1, time_update=t3 - t2, edits=edits, **stats)

@@ -200,3 +200,17 @@ def test_the_probe_set_is_what_users_write():
     rows = read_jsonl(ROOT / PROBES)
     assert len(rows) >= 30 and {r["kind"] for r in rows} == {"outside", "mixed"}
     assert all(r["keep"] and all(w in leaf_words(r["prompt"]) for w in r["keep"]) for r in rows)
+
+
+def test_eval_counts_words_kept_and_invented_per_strategy():
+    from eval.run import faithfulness_counts, faithfulness_summary
+
+    counts = faithfulness_counts(["a crimson fox in the snow", "masterpiece, a cat"],
+                                 ["a red circle in the snow", "masterpiece, a cat"], frozenset())
+    # Source content words: crimson, fox, snow, masterpiece, cat (5); kept: snow, masterpiece, cat; invented:
+    # red, circle.
+    assert counts == {"words_kept": 3, "words": 5, "words_invented": 2}
+    rejected = [{"prompt": "a crimson fox", "rewrite": "a red circle", "message": "…"}]
+    summary = faithfulness_summary([{**counts, "rejected": rejected}, {**counts, "rejected": []}], prompts=4)
+    assert summary == {"words_kept": 0.6, "words_invented_per_prompt": 1.0, "guard_rejections": 1,
+                       "rejected": rejected}

@@ -65,6 +65,7 @@ def test_mean_reward_rises_clearly_on_a_synthetic_reward(synthetic_data, tmp_pat
     record = EditRecord.load(tmp_path / algo)
     first_step = json.loads((tmp_path / algo / "train_log.jsonl").read_text().splitlines()[0])
     assert record.learned_add("animal") and "edits" in first_step
+    assert "| edit record (`edits.json`" in (tmp_path / algo / "README.md").read_text()  # the card says it
     prompts = datasets.load_from_disk(str(synthetic_data))["prompt"]
     assert all(record.seen(w) for p in prompts for w in content(leaf_words(p)))
 
@@ -347,7 +348,8 @@ def test_raft_fine_tunes_only_on_a_best_that_beats_the_prompt_as_written(synthet
 
 def test_an_unreadable_candidate_scores_below_the_prompt_as_written(synthetic_data, tmp_path, monkeypatch):
     """#39: a candidate whose structure does not read back was scored as identity, so making one cost
-    nothing. It now scores identity minus --fallback-penalty, and its sampled tokens carry that advantage."""
+    nothing. It now scores the prompt as written minus --fallback-penalty, and its sampled tokens carry that
+    advantage; RAFT also scores each prompt as written, the bar its best must clear."""
     from training import trainer
 
     real = trainer.rollout
@@ -362,11 +364,13 @@ def test_an_unreadable_candidate_scores_below_the_prompt_as_written(synthetic_da
     got = []
     # update_policy(cfg, model, opt, accelerator, tokenizer, flat, r, reference, identity)
     monkeypatch.setattr(trainer, "update_policy", lambda cfg, *a: got.append((a[5], a[7])) or {})
-    cfg = TrainConfig(data=synthetic_data, out=tmp_path / "p", steps=1, warm_start_steps=0, prompts_per_step=4, k=2,
-                      max_new_tokens=6, fallback_penalty=0.25, **TINY)
-    run_train(cfg, log=lambda *_: None, reward_fn=lambda sources, candidates, **_: [0.5] * len(candidates))
-    [(r, identity)] = got
-    assert r.tolist()[::2] == [0.25] * 4 and r.tolist()[1::2] == [0.5] * 4 and identity.tolist() == [0.5] * 4
+    for algo in ("grpo", "raft"):
+        cfg = TrainConfig(data=synthetic_data, out=tmp_path / algo, steps=1, warm_start_steps=0, prompts_per_step=4,
+                          k=2, max_new_tokens=6, fallback_penalty=0.25, algo=algo, **TINY)
+        run_train(cfg, log=lambda *_: None, reward_fn=lambda sources, candidates, **_: [0.5] * len(candidates))
+    (r, none), (r_raft, identity) = got
+    assert r.tolist()[::2] == [0.25] * 4 and r.tolist()[1::2] == [0.5] * 4 and none is None
+    assert r_raft.tolist() == r.tolist() and identity.tolist() == [0.5] * 4
 
 
 def test_clip_acts_only_once_the_policy_moved_from_the_rollout():
@@ -544,10 +548,7 @@ def test_rewrite_negative_samples_and_renders_rewritten_negatives(tmp_path, prom
     run_train(TrainConfig(data=data, out=out, steps=2, warm_start_steps=1, prompts_per_step=4, k=2, lr=1e-3,
                           max_new_tokens=6, lora_r=4, rewrite_negative=True, **TINY), log=lambda *_: None,
               reward_fn=reward)
-    # Per step: 4 prompts x 2 candidates, then each prompt as written (identity, with its own negative).
-    steps = [seen[i:i + 12] for i in range(0, len(seen), 12)]
-    assert len(seen) == 2 * (4 * 2 + 4) and any(n != "blurry, ugly hands" for s in steps for n in s[:8])
-    assert all(n == "blurry, ugly hands" for s in steps for n in s[8:])
+    assert len(seen) == 2 * 4 * 2 and any(n != "blurry, ugly hands" for n in seen)
     meta = json.loads((out / "sd_bridge_adapter.json").read_text())
     assert meta["rewrite_negative"] is True and meta["format"] == "marked"
     assert Translator.from_pretrained(out).meta.rewrite_negative
