@@ -23,6 +23,7 @@ The last line reads `silent changes (strict): N of M rows`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import replace
@@ -36,21 +37,15 @@ PROBES = ROOT / "tests" / "fixtures" / "faithfulness_probes.jsonl"
 SHARED = ROOT.parent / "shared" / "prompts"
 MODES = ("strict", "lenient", "off")
 HELDOUT_SEED = 40_404  # fresh held-out prompts: no test draws with this seed
-_TOY_WORDS = None
-
-
-def toy_words() -> set[str]:
+@functools.cache
+def toy_words() -> frozenset[str]:
     """Every word the toy world's source dialect can say: a prompt without any is outside the world."""
-    global _TOY_WORDS
-    if _TOY_WORDS is None:
-        d = world.SOURCE
-        words = set(world.SHAPES) | set(world.BACKGROUNDS) | {"background", "shape"}
-        words |= {w for table in (d.colours, d.sizes, d.fills, world.TARGET.colours, world.TARGET.sizes)
-                  for w in table.values()}
-        words |= {w for phrase in d.artists.values() for w in phrase.split()[1:]}
-        words |= set(world.POSITIONS)
-        _TOY_WORDS = words
-    return _TOY_WORDS
+    d = world.SOURCE
+    words = set(world.SHAPES) | set(world.BACKGROUNDS) | {"background", "shape"} | set(world.POSITIONS)
+    words |= {w for table in (d.colours, d.sizes, d.fills, world.TARGET.colours, world.TARGET.sizes)
+              for w in table.values()}
+    words |= {w for phrase in d.artists.values() for w in phrase.split()[1:]}
+    return frozenset(words)
 
 
 def read_rows() -> list[dict]:

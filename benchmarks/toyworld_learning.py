@@ -63,7 +63,7 @@ class Recipe:
     seed: int = 0  # gather, eval and (unless train_seed) training
     train_seed: int | None = None  # the training run's own seed: LoRA init, prompts per step, sampling
     advantage: str = "std"  # TrainConfig.advantage
-    min_group_std: float | None = None  # None: TrainConfig's default (the measured render-noise floor)
+    min_group_std: float | None = None  # None: TrainConfig's default
 
 
 # The recipe at a reduced size (gather, train and eval 203 s on a 2-core AMD EPYC): the slow learning test,

@@ -169,7 +169,7 @@ def faithfulness_summary(parts: list[dict], prompts: int) -> dict:
     """Per strategy over all processes: share of source content words kept, invented words per prompt, guard
     rejections, and the rejected rewrites themselves."""
     words = sum(p["words"] for p in parts)
-    rejected = [r for p in parts for r in p.get("rejected", [])]
+    rejected = [r for p in parts for r in p["rejected"]]
     return {"words_kept": sum(p["words_kept"] for p in parts) / words if words else 1.0,
             "words_invented_per_prompt": sum(p["words_invented"] for p in parts) / prompts if prompts else 0.0,
             "guard_rejections": len(rejected), "rejected": rejected}
@@ -338,7 +338,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
              "drifts": drifts_of(it.prompt, source), "source_breadth": _breadth(it.source_emb),
              "strategies": {name: per[name][j] for name in per}}
             for j, (i, it) in enumerate(zip(mine, local))]
-    fallbacks = {name: {k: s.get(k, 0) for k in ("fallbacks", "words_kept", "words", "words_invented", "rejected")}
+    fallbacks = {name: {"rejected": [], **{k: s[k] for k in ("fallbacks", "words_kept", "words", "words_invented",
+                                                              "rejected") if k in s}}
                  for name, s in strats.items()}
     rows = sorted(gather_object(rows), key=lambda r: r["index"]) if state.num_processes > 1 else rows
     fallbacks = gather_object([fallbacks]) if state.num_processes > 1 else [fallbacks]
@@ -350,8 +351,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     for name in names:
         parts = [f[name] for f in fallbacks if name in f]
         agg[name]["fallbacks"] = sum(p["fallbacks"] for p in parts)
-        agg[name]["faithfulness"] = faithfulness_summary([{**p, "rejected": p["rejected"] or []} for p in parts],
-                                                         len(rows))
+        agg[name]["faithfulness"] = faithfulness_summary(parts, len(rows))
         if name in overlap:
             agg[name]["train_overlap"] = overlap[name]
     renders = target_cache.snapshot()

@@ -314,7 +314,7 @@ def count_edits(flat: list, sources: list[str], negatives: list[str | None], r: 
         for name, before, after in pairs:
             if before and after is not None:
                 records[name].count(diff(leaf_words(before, names), leaf_words(after, names)), float(r[j]) > mean)
-    return {name: {"drop": rec.drop, "add": rec.add, "sources": rec.sources} for name, rec in records.items()}
+    return {name: rec.counts() for name, rec in records.items()}
 
 
 def merge_edits(parts: list[dict]) -> dict:
@@ -326,7 +326,7 @@ def merge_edits(parts: list[dict]) -> dict:
         rec = EditRecord()
         for part in parts:
             rec.merge(EditRecord.from_json(part[name]))
-        out[name] = {"drop": rec.drop, "add": rec.add, "sources": rec.sources}
+        out[name] = rec.counts()
     return out
 
 

@@ -31,13 +31,14 @@ warning naming the words (`Translator.translate`). `off` returns rewrites unchec
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from bridge.syntax.policy import FAITHFULNESS
 
@@ -54,11 +55,14 @@ its it this that these those very""".split())
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 
 
-def leaf_words(text: str, embeddings: frozenset[str] = frozenset()) -> list[str]:
-    """The lower-case words of a prompt's text leaves, in order (structure, tags and embeddings left out)."""
+@functools.lru_cache(maxsize=8192)
+def leaf_words(text: str, embeddings: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The lower-case words of a prompt's text leaves, in order (structure, tags and embeddings left out).
+    Cached: the translator reads a source once to decide whether to rewrite it and again to check the rewrite,
+    training reads each prompt once per candidate, and eval once per strategy."""
     from bridge.syntax.prompt import leaves, parse
 
-    return [w.lower() for leaf in leaves(parse(text, embeddings).nodes) for w in _WORD.findall(leaf.value)]
+    return tuple(w.lower() for leaf in leaves(parse(text, embeddings).nodes) for w in _WORD.findall(leaf.value))
 
 
 def content(words: Iterable[str]) -> list[str]:
@@ -79,7 +83,7 @@ class Edit:
         return bool(self.dropped or self.added)
 
 
-def diff(source: list[str], rewrite: list[str]) -> Edit:
+def diff(source: Sequence[str], rewrite: Sequence[str]) -> Edit:
     """The content-word edit from `source` words to `rewrite` words (see the module docstring, step 1)."""
     src, out = Counter(content(source)), Counter(content(rewrite))
     dropped, added = src - out, out - src
@@ -151,11 +155,14 @@ class EditRecord:
     def seen(self, word: str) -> bool:
         return word_key(word) in self.vocabulary
 
-    def class_size(self, word: str) -> int:
-        """How many distinct source words the adapter learned to replace by `word`: learned drops that accepted
-        rewrites replaced by it word for word at least MIN_ACCEPTED times (once by noise is no class)."""
-        row = self.sources.get(word_key(word), {})
+    def _members(self, row: dict[str, int]) -> int:
+        """Learned drops that accepted rewrites replaced by one target word for word at least MIN_ACCEPTED times
+        (`row`: a `sources` entry); once by noise is no class."""
         return sum(n >= MIN_ACCEPTED and self._learned(self.drop.get(src)) for src, n in row.items())
+
+    def class_size(self, word: str) -> int:
+        """How many distinct source words the adapter learned to replace by `word`."""
+        return self._members(self.sources.get(word_key(word), {}))
 
     def knows_any(self, words: Iterable[str]) -> bool:
         """Whether any content word was in a training prompt: a prompt without one has nothing to translate."""
@@ -164,11 +171,14 @@ class EditRecord:
     def summary(self) -> dict:
         return {"learned_drops": sum(map(self._learned, self.drop.values())),
                 "learned_adds": sum(map(self._learned, self.add.values())),
-                "classes": sum(sum(n >= MIN_ACCEPTED and self._learned(self.drop.get(src)) for src, n in row.items())
-                               >= CLASS_MIN for row in self.sources.values()),
+                "classes": sum(self._members(row) >= CLASS_MIN for row in self.sources.values()),
                 "vocabulary": len(self.vocabulary)}
 
     # -- files
+    def counts(self) -> dict:
+        """The counts alone (what a training step logs; `from_json` reads them back)."""
+        return {"drop": self.drop, "add": self.add, "sources": self.sources}
+
     def to_json(self) -> dict:
         return {"format": "sd-bridge edit record", "version": 1, "hash": f"sha256('{_SALT}' + word)[:16]",
                 "min_accepted": MIN_ACCEPTED, "drop": self.drop, "add": self.add, "sources": self.sources,

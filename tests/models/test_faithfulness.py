@@ -48,8 +48,8 @@ def test_diff_is_the_multiset_difference_of_content_words(a, b):
 
 
 def test_words_are_read_from_text_leaves_only():
-    assert leaf_words("(masterpiece:1.2), a Crimson fox <lora:x:1> BREAK [snow:rain:0.5]") == [
-        "masterpiece", "a", "crimson", "fox", "snow", "rain"]
+    assert leaf_words("(masterpiece:1.2), a Crimson fox <lora:x:1> BREAK [snow:rain:0.5]") == (
+        "masterpiece", "a", "crimson", "fox", "snow", "rain")
 
 
 def test_learned_edits_pass_and_everything_else_is_named():
