@@ -4,7 +4,7 @@
     2. merge    peft `merge_and_unload`: the LoRA folded into the base weights, W + B·A·scale, so inference
                 runs one plain seq2seq model with no adapter layers
     3. convert  ctranslate2 (default): `TransformersConverter` with int8/float16/float32 weights;
-                torch: the merged transformers model itself (int8 = dynamic quantization when loaded)
+                torch: the merged transformers model itself (int8: bridge.models.copydecode when loaded)
     4. record   export.json (source adapter, its sha256, backend, quantization, versions), config.json, the
                 adapter's metadata and training-prompt hashes (see bridge.models.engine for the layout and the conversion)
     5. check    with --check FILE: greedy translations of the export against the adapter's on those prompts;
@@ -42,7 +42,7 @@ class ExportConfig:
     out: Path | None = field(default=None, metadata={"help": "export directory (load it with --adapter DIR)"})
     backend: Literal["ctranslate2", "torch"] = field(default="ctranslate2", metadata={
         "help": "ctranslate2: converted for the CTranslate2 engine (fast on CPU); torch: the merged "
-                "transformers model"})
+                "transformers model (with int8, decoded by drafting from the prompt; greedy or sampled only)"})
     quantize: Literal["int8", "fp16", "none"] = field(default="int8", metadata={
         "help": "weights: int8 (CPU speed), fp16 (GPU) or none (fp32, the adapter's own numbers)"})
     check: str | None = field(default=None, metadata={

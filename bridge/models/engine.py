@@ -13,8 +13,9 @@ An export is a trained adapter merged into its base rewriter and converted for i
 `Translator.from_pretrained(DIR)` loads it like an adapter. Backends:
 - ctranslate2: a C++ engine made for Transformer inference (int8 GEMMs on CPU, fp16 on GPU). Driven through
   `Ct2Rewriter.generate_ids`, which `bridge.models.rewriter.generate` calls instead of `model.generate`.
-- torch: the merged model in transformers; with int8, `torch.ao.quantization.quantize_dynamic` on its Linear
-  layers at load (weights int8, activations quantized per batch). The baseline the engine is measured against.
+- torch: the merged model in transformers (fp32, fp16). With int8 it is loaded into `bridge.models.copydecode`:
+  int8 weights per channel and activations per token, greedy decoding that drafts from the source and keeps
+  what the model agrees with (the same output as decoding one token at a time, in fewer decoder passes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 
 EXPORT_META = "export.json"
@@ -149,7 +149,7 @@ class Ct2Rewriter:
         self.device = kind
 
     def generate_batches(self, tokenizer, batches: list[tuple[list[str], int, int]], num_candidates: int = 1,
-                         sample: bool = False, temperature: float = 1.0) -> list[list[list[int]]]:
+                         sample: bool = False, temperature: float = 1.0, prefix: str = "") -> list[list[list[int]]]:
         """Per (texts, max_new_tokens, seed) batch, `num_candidates` rows per text, in order: the generated ids,
         with the EOS when the generation ended (as transformers returns them, minus the decoder start token).
         Greedy batches are all submitted at once and run in parallel; sampled ones run one after another, each
@@ -212,6 +212,10 @@ def cache_key(path: Path, device: str = "cpu") -> str:
                    sorted(ctranslate2.get_supported_compute_types(kind, index)), isa if kind == "cpu" else ""]
     else:
         runs_as = f"torch/{_torch_device(device, meta['quantize'])}/{meta['quantize']}"
+        if meta["quantize"] == "int8":  # rewritten by copydecode since #44 (torch's dynamic quantization before)
+            from bridge.models.copydecode import VERSION
+
+            runs_as += f"/copydecode-{VERSION}"
     made = {k: meta.get(k) for k in ("adapter_sha256", "backend", "quantize", "versions")}
     return hashlib.sha256(json.dumps([made, runs_as], sort_keys=True).encode()).hexdigest()
 
@@ -236,11 +240,9 @@ def _load_torch(path: Path, quantize: str, device: str, threads: int):
                                                   dtype=torch.float16 if quantize == "fp16" else torch.float32)
     model = model.to(device).eval()
     if quantize == "int8":
-        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated (for torchao); they still run
-            warnings.filterwarnings("ignore", message=".*quantize_per_tensor", category=UserWarning)
-            warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated",
-                                    category=DeprecationWarning)
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        from bridge.models.copydecode import CopyDecoder
+
+        return CopyDecoder(model)  # (the fp32 model is dropped once its weights are quantized)
     return model
 
 

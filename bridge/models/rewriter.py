@@ -214,7 +214,8 @@ def generate(model, tokenizer, texts: Sequence[str], prefix: str = PREFIX, num_c
         start += len(idx)
     # An exported engine (bridge.models.engine) takes all batches at once and runs them in parallel.
     if hasattr(model, "generate_batches"):
-        rows = model.generate_batches(tokenizer, [b[1:] for b in batches], num_candidates, sample, temperature)
+        rows = model.generate_batches(tokenizer, [b[1:] for b in batches], num_candidates, sample, temperature,
+                                      prefix=prefix)
     else:
         rows = [_torch_generate(model, tokenizer, batch, limit, num_candidates, sample, batch_seed, temperature)
                 for _, batch, limit, batch_seed in batches]
