@@ -1,37 +1,43 @@
-"""Inference backends for trained adapters (#15): fp32 transformers, merged torch int8, and the exported engine.
+"""Inference backends for trained adapters (#15, #44): fp32 transformers, torch int8 (copydecode) and ctranslate2.
 
-    uv run python -m benchmarks.inference_backends [--prompts 1000] [--parts speed bound agreement migrate isa]
-        [--tokenizer t5|tiny-t5]
+    uv run python -m benchmarks.inference_backends [--prompts 1000] [--parts speed bound identity agreement
+        migrate isa] [--weights copying|random] [--draft-tokens 8] [--tokenizer t5|tiny-t5]
 
-speed      Rewriters of flan-t5-base's and flan-t5-small's shapes (random weights: the same compute as trained
-           ones; the vocabulary padded to flan-t5's 32,128) with flan-t5's own tokenizer (`--tokenizer t5`;
-           `tiny-t5` cuts prompts into 27% more tokens) carry an identity LoRA, exported with
-           `sd-bridge export` as ctranslate2 int8 and fp32 and as torch int8. Each backend generates for the same
-           `--prompts` real prompts (../shared/prompts, a seeded sample, with the rewrite prefix), greedy, 48 new
-           tokens at batch 32 as the issue measured, each batch also capped at `bridge.models.rewriter.BATCH_TOKENS`
-           padded tokens as sd-bridge generates: random weights never emit EOS, so every prompt runs to the
-           limit. Each backend runs in its own process: prompts/s, the ratio to fp32 transformers, peak RSS.
-           On a CPU with AVX-512, the int8 export runs again on ctranslate2's own choice of kernels (AVX2),
-           to show what `bridge.models.engine` asking for AVX-512 gains.
-           With a GPU, fp16 numbers too.
-bound      The base shape (`--migrate-shape`) with one new token, fp32 transformers and the int8 export: what
-           the encoder alone costs each, and so the most the engine could gain if its decoding cost nothing.
+speed      Rewriters of flan-t5-base's and flan-t5-small's shapes with flan-t5's own tokenizer (`--tokenizer t5`;
+           `tiny-t5` cuts prompts into 27% more tokens) and the vocabulary padded to flan-t5's 32,128 carry an
+           identity LoRA, exported with `sd-bridge export` as ctranslate2 int8 and fp32 and as torch int8. Their
+           weights (`--weights`) copy the source as a translation mostly does (`copying_model`, the default), or
+           are random: then every rewrite repeats one token to the limit and nothing can be drafted. Each backend
+           generates for the same `--prompts` real prompts (../shared/prompts, a seeded sample, with the rewrite
+           prefix), greedy, at most 48 new tokens at batch 32, each batch also capped at
+           `bridge.models.rewriter.BATCH_TOKENS` padded tokens as sd-bridge generates. The torch int8 export runs
+           twice: drafting `--draft-tokens` a pass, and one token a pass. Each run in its own process:
+           prompts/s, the ratio to fp32 transformers, peak RSS. On a CPU with AVX-512, the ctranslate2 int8
+           export runs again on ctranslate2's own choice of kernels (AVX2). With a GPU, fp16 numbers too.
+bound      The base shape (`--migrate-shape`) with one new token on fp32 transformers and each int8 engine: the
+           encoder and one decoder step. An engine's ceiling is that rate over fp32's full rate (what it would
+           reach if its other steps cost nothing), and its full rate over its one-token rate is the share of
+           that ceiling it reaches.
+identity   The base-shaped torch int8 export's greedy rewrites, drafting and one token a pass, id for id.
 agreement  A toy-world adapter trained with the reduced learning recipe (benchmarks.toyworld_learning), exported
-           int8 and fp32; greedy translations of the 500 held-out toy prompts by the adapter and by each export.
+           ctranslate2 int8 and fp32 and torch int8; greedy translations of the 500 held-out toy prompts by the
+           adapter and by each export, and the torch export's identity, drafting and not.
 migrate    A 10,000-row library built from ../shared/prompts migrated with the base-shaped int8 export: the time
-           predicted from the engine's translate rate measured here (rows it must generate ÷ that rate, plus the
+           predicted from the engine's translate rate measured here (rows it must generate / that rate, plus the
            load and the per-row cost of a syntax-only migrate of the same library) against the time it took;
            then the same library again, from the translation cache. Rewrites stop at 48 new tokens here too
            (`_cap_rewrites`: random weights never end a rewrite themselves).
 isa        (not by default, 14 min) The base-shaped int8 export on the AVX-512 kernels `bridge.models.engine` asks
            ctranslate2 for, against its own AVX2 choice, in alternating processes (`--repeats` pairs).
 
-The last line reads `speedup vs fp32: X.X (flan-t5-base shape, N prompts)`.
+The last line reads `speedup vs fp32: X.X, share of ceiling: S (ENGINE, flan-t5-base shape, ...)`, for the
+fastest int8 engine. The results file records the CPU's instruction sets (the ceiling depends on them).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -43,6 +49,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from benchmarks.results import recorded
+from bridge.models.copydecode import DRAFT_TOKENS
 from bridge.models.rewriter import BATCH_TOKENS
 from bridge.models.tiny import default_prompts_dir
 
@@ -108,9 +115,10 @@ def mean_tokens(tokenizer: str, prompts: list[str]) -> float:
 
 
 def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, vocab: int | None = VOCAB,
-                   tokenizer: str = "t5") -> Path:
-    """A random rewriter of `shape` (its vocabulary `vocab` rows, as flan-t5's 32,128, else the tokenizer's
-    size) with `tokenizer`, and an identity LoRA on it saved the way training saves one."""
+                   tokenizer: str = "t5", weights: str = "random") -> Path:
+    """A rewriter of `shape` (its vocabulary `vocab` rows, as flan-t5's 32,128, else the tokenizer's size) with
+    `tokenizer`, its weights random or copying (`copying_model`), and an identity LoRA on it saved the way
+    training saves one."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import T5Config, T5ForConditionalGeneration
@@ -120,10 +128,13 @@ def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, voc
     tok = rewriter_tokenizer(tokenizer, vocab)
     d_model, d_ff, d_kv, layers, heads = SHAPES[shape]
     torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(
-        vocab_size=vocab or len(tok), d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers,
-        num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    if weights == "copying":
+        model = copying_model(SHAPES[shape], tok)
+    else:
+        model = T5ForConditionalGeneration(T5Config(
+            vocab_size=vocab or len(tok), d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers,
+            num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
     base = root / f"{shape}-base"
     model.save_pretrained(base)
     tok.save_pretrained(base)
@@ -134,6 +145,94 @@ def shaped_adapter(root: Path, shape: str, max_new_tokens: int = NEW_TOKENS, voc
     return adapter
 
 
+WEIGHTS = ("copying", "random")
+
+
+def copying_model(dims: tuple[int, int, int, int, int], tokenizer, noise: float = 1e-3, seed: int = 0):
+    """A T5 rewriter of `dims` (d_model, d_ff, d_kv, layers, heads) that copies its source, built rather than
+    trained: what a translation does with most of a prompt, which random weights never do (they repeat one
+    token to the limit, and a draft taken from the source would never be accepted).
+
+    Every weight is the random initialisation times `noise` (the compute is a real model's), except an
+    induction circuit (the same mechanism as a trained model's copying heads, Olsson et al. 2022):
+    - embeddings put a random code of each token in the first third of the model width (tied output head);
+    - the encoder's first layer writes, at each position, the code of the token before it and of the one
+      before that (two heads each, attending by the relative-position bias alone) into the other two thirds;
+    - the decoder's first layer moves its input token's code out of the first third and writes it, and the
+      input before it, where the encoder keeps those two; its cross-attention then finds the source position
+      whose two preceding tokens match, and writes the code of the token there into the first third, which the
+      output head reads. The decoder start token is coded as the end of the task prefix.
+    So it copies its source and, where the same two tokens occur twice ("masterpiece, best" ... ", best"),
+    it may jump and repeat, which a drafting decoder has to survive."""
+    import math
+
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from bridge.models.rewriter import PREFIX
+
+    d_model, d_ff, d_kv, layers, heads = dims
+    per = d_model // (3 * d_kv)  # heads that carry one code
+    span = per * d_kv  # encoder width: [token | token before | two before]; decoder: [output | input | input before]
+    if not per or 2 * per > heads:
+        raise ValueError(f"a copying model needs d_model >= 3 * d_kv and 2 * d_model / (3 * d_kv) heads: {dims}")
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=vocab, d_model=d_model, d_ff=d_ff, d_kv=d_kv, num_layers=layers, num_decoder_layers=layers,
+        num_heads=heads, feed_forward_proj="gated-gelu", decoder_start_token_id=0, pad_token_id=0,
+        eos_token_id=1))
+    A, B, C = slice(0, span), slice(span, 2 * span), slice(2 * span, 3 * span)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" not in name:
+                p.mul_(noise)
+        codes = torch.randn(vocab, span, generator=g)
+        codes = codes / codes.norm(dim=1, keepdim=True) * math.sqrt(span)
+        last = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(PREFIX.rstrip()))[-2:]  # "2", ":"
+        codes[model.config.decoder_start_token_id] = (codes[last[0]] + codes[last[1]]) / math.sqrt(2)
+        model.shared.weight.zero_()
+        model.shared.weight[:, A] = codes
+        eye, norm = torch.eye(span), math.sqrt(d_model / span)  # norm: what the first RMS norm scales a code by
+        first, second = slice(0, per * d_kv), slice(per * d_kv, 2 * per * d_kv)
+
+        def look_back(att, buckets):  # heads attending `buckets` positions back, by the bias alone, reading codes
+            att.relative_attention_bias.weight[:, : 2 * per] = 0
+            att.relative_attention_bias.weight[buckets[0], :per] = 30.0
+            att.relative_attention_bias.weight[buckets[1], per : 2 * per] = 30.0
+            for w in (att.q, att.k, att.v):
+                w.weight[: 2 * per * d_kv] = 0
+            att.v.weight[first, A] = eye
+            att.v.weight[second, A] = eye
+            att.o.weight[:, : 2 * per * d_kv] = 0
+
+        att = model.encoder.block[0].layer[0].SelfAttention
+        look_back(att, (1, 2))  # bidirectional buckets of relative positions -1 and -2
+        att.o.weight[B, first] = eye / norm
+        att.o.weight[C, second] = eye / norm
+        att = model.decoder.block[0].layer[0].SelfAttention
+        look_back(att, (0, 1))  # causal buckets of relative positions 0 and -1
+        att.o.weight[A, first] = -eye / norm
+        att.o.weight[B, first] = eye / norm
+        att.o.weight[C, second] = eye / norm
+        x = model.decoder.block[0].layer[1].EncDecAttention
+        for w in (x.q, x.k, x.v):
+            w.weight[: 2 * per * d_kv] = 0
+        x.o.weight[:, : 2 * per * d_kv] = 0
+        half = d_kv // 2
+        for h in range(2 * per):  # head h: chunk h of (input, input before) against (token before, two before)
+            mine = slice(h * half, (h + 1) * half)
+            q1, q2 = slice(h * d_kv, h * d_kv + half), slice(h * d_kv + half, (h + 1) * d_kv)
+            for rows, cols in ((q1, span), (q2, 2 * span)):
+                x.q.weight[rows, cols + h * half : cols + (h + 1) * half] = 3.0 * torch.eye(half)  # sharp match
+                x.k.weight[rows, cols + h * half : cols + (h + 1) * half] = torch.eye(half)
+            x.v.weight[q1, mine] = torch.eye(half)
+            x.o.weight[mine, q1] = torch.eye(half)
+        model.lm_head.weight.copy_(model.shared.weight)
+    return model.eval()
+
+
 def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
     from bridge.commands.export import ExportConfig, run_export
 
@@ -142,24 +241,25 @@ def export(adapter: Path, out: Path, backend: str, quantize: str) -> Path:
     return out
 
 
-def existing_adapter(root: Path, shape: str, tokenizer: str) -> Path:
+def existing_adapter(root: Path, shape: str, tokenizer: str, weights: str) -> Path:
     """The shape's adapter: the one an earlier part wrote in this run, else a new one."""
     adapter = root / f"{shape}-adapter"
-    return adapter if adapter.is_dir() else shaped_adapter(root, shape, tokenizer=tokenizer)
+    return adapter if adapter.is_dir() else shaped_adapter(root, shape, tokenizer=tokenizer, weights=weights)
 
 
-def int8_export(root: Path, shape: str, tokenizer: str) -> Path:
-    """The shape's ctranslate2 int8 export: the one `speed` wrote in this run, else a new one."""
-    engine_dir = root / f"{shape}-ct2"
+def int8_export(root: Path, shape: str, tokenizer: str, weights: str, backend: str = "ctranslate2") -> Path:
+    """The shape's int8 export for `backend`: the one `speed` wrote in this run, else a new one."""
+    engine_dir = root / f"{shape}-{'ct2' if backend == 'ctranslate2' else 'torch'}"
     if engine_dir.is_dir():
         return engine_dir
-    return export(existing_adapter(root, shape, tokenizer), engine_dir, "ctranslate2", "int8")
+    return export(existing_adapter(root, shape, tokenizer, weights), engine_dir, backend, "int8")
 
 
-def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto", env: dict | None = None,
-             new_tokens: int = NEW_TOKENS) -> dict:
+def _measure(directory: str, prompts: list[str], device: str = "cpu", dtype: str = "auto", env: dict | None = None,
+             new_tokens: int = NEW_TOKENS, draft: int | None = None, ids: bool = False) -> dict:
     """In a fresh process (with `env` set first): load, warm up, generate `new_tokens` for every prompt;
-    prompts/s, peak RSS."""
+    prompts/s, peak RSS, the tokens generated (and with `ids`, the generated ids). `draft`: the tokens a
+    torch int8 export (bridge.models.copydecode) drafts per pass, 0 for one token a pass."""
     os.environ.update(env or {})
     from bridge.models.rewriter import PREFIX, generate
     from bridge.translator import Translator
@@ -167,14 +267,17 @@ def _measure(directory: str, prompts: list[str], device: str, dtype: str = "auto
     started = time.perf_counter()
     tr = Translator.from_pretrained(directory, device=device, dtype=dtype, cache=None).load()
     load = time.perf_counter() - started
+    if draft is not None:
+        tr.model.draft_tokens = draft
     generate(tr.model, tr.tokenizer, prompts[:4], PREFIX, max_new_tokens=NEW_TOKENS, batch_size=4,
              size_from_input=False)
     started = time.perf_counter()
-    generate(tr.model, tr.tokenizer, prompts, PREFIX, max_new_tokens=new_tokens, batch_size=BATCH,
-             size_from_input=False)
+    rows = generate(tr.model, tr.tokenizer, prompts, PREFIX, max_new_tokens=new_tokens, batch_size=BATCH,
+                    size_from_input=False, return_ids=True)
     seconds = time.perf_counter() - started
-    return {"load_s": load, "seconds": seconds, "prompts_per_s": len(prompts) / seconds,
-            "peak_rss_mib": peak_rss_mib()}
+    out = {"load_s": load, "seconds": seconds, "prompts_per_s": len(prompts) / seconds,
+           "peak_rss_mib": peak_rss_mib(), "tokens": sum(len(r[0][1]) for r in rows)}
+    return out | ({"ids": [r[0][1] for r in rows]} if ids else {})
 
 
 def peak_rss_mib() -> float:
@@ -192,7 +295,7 @@ def in_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> dict:
+def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str, weights: str, draft: int) -> dict:
     import torch
 
     from bridge.models.engine import ISA_VARIABLE, planned_isa
@@ -203,22 +306,25 @@ def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> 
     tokens = mean_tokens(tokenizer, prompts)  # the same for every shape
     out = {}
     for shape in shapes:
-        adapter = shaped_adapter(root, shape, tokenizer=tokenizer)
-        runs = {"fp32 transformers": (adapter, "cpu", "float32"),
-                "torch int8 (merged)": (export(adapter, root / f"{shape}-torch", "torch", "int8"), "cpu", "auto"),
-                "ctranslate2 fp32": (export(adapter, root / f"{shape}-ct2-fp32", "ctranslate2", "none"), "cpu", "auto"),
-                "ctranslate2 int8": (export(adapter, root / f"{shape}-ct2", "ctranslate2", "int8"), "cpu", "auto")}
+        adapter = shaped_adapter(root, shape, tokenizer=tokenizer, weights=weights)
+        torch_int8 = export(adapter, root / f"{shape}-torch", "torch", "int8")
+        runs = {"fp32 transformers": dict(directory=adapter, dtype="float32"),
+                "torch int8 (copydecode)": dict(directory=torch_int8, draft=draft),
+                "torch int8 (no draft)": dict(directory=torch_int8, draft=0),
+                "ctranslate2 fp32": dict(directory=export(adapter, root / f"{shape}-ct2-fp32", "ctranslate2", "none")),
+                "ctranslate2 int8": dict(directory=export(adapter, root / f"{shape}-ct2", "ctranslate2", "int8"))}
         if avx512:  # the same export on ctranslate2's own kernel choice: what asking for AVX-512 gained
-            runs["ctranslate2 int8 (AVX2)"] = runs["ctranslate2 int8"] + ({ISA_VARIABLE: "AVX2"},)
+            runs["ctranslate2 int8 (AVX2)"] = runs["ctranslate2 int8"] | {"env": {ISA_VARIABLE: "AVX2"}}
         if gpu:
-            runs["fp16 transformers (GPU)"] = (adapter, "cuda", "float16")
-            runs["ctranslate2 fp16 (GPU)"] = (export(adapter, root / f"{shape}-ct2-fp16", "ctranslate2", "fp16"),
-                                              "cuda", "auto")
-        rows = {name: in_process(_measure, str(d), prompts, device, dtype, *env)
-                for name, (d, device, dtype, *env) in runs.items()}
+            runs["fp16 transformers (GPU)"] = dict(directory=adapter, device="cuda", dtype="float16")
+            runs["ctranslate2 fp16 (GPU)"] = dict(
+                directory=export(adapter, root / f"{shape}-ct2-fp16", "ctranslate2", "fp16"), device="cuda")
+        rows = {name: in_process(functools.partial(_measure, str(kw.pop("directory")), prompts, **kw))
+                for name, kw in runs.items()}
         base = rows["fp32 transformers"]["prompts_per_s"]
-        print(f"{shape} shape, {tokenizer} tokenizer ({tokens:.1f} tokens a prompt), "
-              f"{len(prompts)} prompts, greedy, {NEW_TOKENS} new tokens, "
+        print(f"{shape} shape ({weights} weights), {tokenizer} tokenizer ({tokens:.1f} tokens a prompt), "
+              f"{len(prompts)} prompts, greedy, at most {NEW_TOKENS} new tokens "
+              f"({rows['fp32 transformers']['tokens'] / len(prompts):.1f} generated a prompt), "
               f"batch {BATCH} (at most {BATCH_TOKENS} padded tokens), ctranslate2 CPU kernels {isa}:")
         for name, r in rows.items():
             r["ratio"] = r["prompts_per_s"] / base
@@ -228,28 +334,57 @@ def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str) -> 
     return out
 
 
-def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, full: dict | None) -> dict:
+INT8 = {"ctranslate2 int8": "ctranslate2", "torch int8 (copydecode)": "torch"}
+
+
+def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: str, full: dict | None) -> dict:
     """What is left to gain once decoding is fast: the same prompts with one new token (the encoder and one
-    decoder step) on fp32 transformers and on the int8 export. Even if the engine's other 47 steps cost nothing,
-    it would run at most its own one-token rate ÷ fp32's full rate: the ceiling. `full`: speed's rows for
-    this shape, when it ran in this run (else fp32's full rate is measured here)."""
-    adapter = existing_adapter(root, shape, tokenizer)
-    engine_dir = int8_export(root, shape, tokenizer)
-    fp32_full = (full or {}).get("fp32 transformers") or in_process(_measure, str(adapter), prompts, "cpu", "float32")
-    one = {"fp32 transformers": in_process(_measure, str(adapter), prompts, "cpu", "float32", None, 1),
-           "ctranslate2 int8": in_process(_measure, str(engine_dir), prompts, "cpu", "auto", None, 1)}
-    ceiling = one["ctranslate2 int8"]["prompts_per_s"] / fp32_full["prompts_per_s"]
-    encoder_ratio = one["ctranslate2 int8"]["prompts_per_s"] / one["fp32 transformers"]["prompts_per_s"]
-    print(f"{shape} shape, {tokenizer} tokenizer, {len(prompts)} prompts, 1 new token (the encoder and one decoder "
-          f"step), batch {BATCH}:")
+    decoder step) on fp32 transformers and on each int8 engine. Even if an engine's other steps cost nothing,
+    it would run at most its own one-token rate / fp32's full rate: its ceiling, and its full rate over its
+    one-token rate is the share of that ceiling it reaches. `full`: speed's rows for this shape, when it ran in
+    this run (else the full rates are measured here)."""
+    adapter = existing_adapter(root, shape, tokenizer, weights)
+    exports = {name: int8_export(root, shape, tokenizer, weights, backend) for name, backend in INT8.items()}
+    full = dict(full or {})
+    if "fp32 transformers" not in full:
+        full["fp32 transformers"] = in_process(functools.partial(_measure, str(adapter), prompts, dtype="float32"))
+    for name, directory in exports.items():
+        if name not in full:
+            full[name] = in_process(functools.partial(_measure, str(directory), prompts))
+    one = {"fp32 transformers": in_process(functools.partial(_measure, str(adapter), prompts, dtype="float32",
+                                                             new_tokens=1))}
+    for name, directory in exports.items():
+        one[name] = in_process(functools.partial(_measure, str(directory), prompts, new_tokens=1))
+    fp32_full = full["fp32 transformers"]["prompts_per_s"]
+    print(f"{shape} shape ({weights} weights), {tokenizer} tokenizer, {len(prompts)} prompts, 1 new token (the "
+          f"encoder and one decoder step), batch {BATCH}:")
+    engines = {}
     for name, r in one.items():
         print(f"  {name:24s} {r['prompts_per_s']:7.2f} prompts/s")
-    share = fp32_full["prompts_per_s"] / one["fp32 transformers"]["prompts_per_s"]
-    print(f"  one token: int8 {encoder_ratio:.1f}x fp32; fp32 spends {share:.0%} of its full time there;"
-          f" ceiling if the engine's other {NEW_TOKENS - 1} steps cost nothing: "
-          f"{ceiling:.1f}x fp32 ({fp32_full['prompts_per_s']:.2f} prompts/s with {NEW_TOKENS} tokens)")
-    return {"one_token": one, "fp32_full": fp32_full["prompts_per_s"], "one_token_ratio": encoder_ratio,
-            "fp32_one_token_share": share, "ceiling": ceiling}
+        if name in exports:
+            ceiling = r["prompts_per_s"] / fp32_full
+            share = full[name]["prompts_per_s"] / r["prompts_per_s"]
+            engines[name] = {"ceiling": ceiling, "speedup": full[name]["prompts_per_s"] / fp32_full, "share": share}
+            print(f"    ceiling {ceiling:.1f}x fp32 (if its decoding after the first step cost nothing); its full "
+                  f"run reaches {engines[name]['speedup']:.1f}x: {share:.0%} of that ceiling")
+    best = max(engines, key=lambda n: engines[n]["speedup"])
+    print(f"  fastest int8 engine: {best}; the highest ceiling any engine showed: "
+          f"{max(e['ceiling'] for e in engines.values()):.1f}x fp32 ({fp32_full:.2f} prompts/s for fp32)")
+    return {"one_token": one, "fp32_full": fp32_full, "engines": engines, "chosen": best,
+            "ceiling": engines[best]["ceiling"], "share": engines[best]["share"]}
+
+
+def identical(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: str, draft: int) -> dict:
+    """Greedy identity: the torch int8 export's rewrites with `draft` tokens drafted per pass against one token
+    a pass, id for id, each in its own process."""
+    directory = str(int8_export(root, shape, tokenizer, weights, "torch"))
+    runs = {d: in_process(functools.partial(_measure, directory, prompts, draft=d, ids=True)) for d in (draft, 0)}
+    same = sum(a == b for a, b in zip(runs[draft]["ids"], runs[0]["ids"]))
+    print(f"greedy identity, torch int8 export ({shape} shape, {weights} weights), {len(prompts)} prompts: "
+          f"{same}/{len(prompts)} rewrites identical with {draft} drafted tokens a pass and with none "
+          f"({runs[draft]['prompts_per_s']:.2f} against {runs[0]['prompts_per_s']:.2f} prompts/s)")
+    return {"prompts": len(prompts), "identical": same, "draft": draft,
+            "prompts_per_s": {str(d): r["prompts_per_s"] for d, r in runs.items()}}
 
 
 def agreement(root: Path) -> dict:
@@ -271,6 +406,16 @@ def agreement(root: Path) -> dict:
         print(f"  ctranslate2 {quantize:5s} {result['same']}/{result['prompts']} ({100 * result['rate']:.1f}%)")
         for d in result["differing"][:5]:
             print(f"    {d['prompt']!r}: adapter {d['adapter']!r}, export {d['export']!r}")
+    torch_int8 = export(adapter, root / "toy-torch-int8", "torch", "int8")
+    result = compare(adapter, torch_int8, prompts)
+    out["torch int8"] = {k: result[k] for k in ("prompts", "same", "rate")}
+    print(f"  torch int8 (copydecode) {result['same']}/{result['prompts']} ({100 * result['rate']:.1f}%)")
+    runs = {d: in_process(functools.partial(_measure, str(torch_int8), prompts, draft=d, ids=True))
+            for d in (DRAFT_TOKENS, 0)}
+    same = sum(a == b for a, b in zip(runs[DRAFT_TOKENS]["ids"], runs[0]["ids"]))
+    out["identity"] = {"prompts": len(prompts), "identical": same, "draft": DRAFT_TOKENS}
+    print(f"  torch int8 greedy identity: {same}/{len(prompts)} rewrites identical with {DRAFT_TOKENS} drafted "
+          f"tokens a pass and with none")
     gaps = closest_calls(adapter, prompts)
     differ = sorted(gaps[d["prompt"]] for d in out["int8"]["differing"])
     print(f"  the adapter's closest call per prompt (fp32, smallest gap between its two best next tokens over "
@@ -353,8 +498,8 @@ def _migrate(library_path: str, out: str, adapter: str | None, cache: str) -> fl
     return time.perf_counter() - started
 
 
-def migrate(root: Path, prompts: list[str], rows: int, shape: str, tokenizer: str) -> dict:
-    engine_dir = int8_export(root, shape, tokenizer)
+def migrate(root: Path, prompts: list[str], rows: int, shape: str, tokenizer: str, weights: str) -> dict:
+    engine_dir = int8_export(root, shape, tokenizer, weights)
     path = root / "library.jsonl"
     distinct = library(path, rows)
     rate = in_process(_translate_rate, str(engine_dir), prompts)
@@ -373,7 +518,7 @@ def migrate(root: Path, prompts: list[str], rows: int, shape: str, tokenizer: st
             "second_s": second, "cache_ratio": first / second, "identical": same}
 
 
-def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str) -> dict:
+def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str, weights: str) -> dict:
     """The int8 export on the AVX-512 kernels sd-bridge asks for against ctranslate2's own AVX2 choice, in
     alternating fresh processes, `repeats` pairs: whole runs of this benchmark on the 2-core machine differ by
     about 10%, more than the two kernels do, so one pair proves little."""
@@ -382,12 +527,12 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str
     if isa_to_force(cpu_flags(), {}) != "AVX512":
         print("isa: this CPU lacks AVX-512; nothing to compare")
         return {}
-    engine_dir = int8_export(root, shape, tokenizer)
+    engine_dir = int8_export(root, shape, tokenizer, weights)
     runs: dict[str, list[float]] = {"AVX512": [], "AVX2": []}
     for _ in range(repeats):
         for name, rates in runs.items():
-            rates.append(in_process(_measure, str(engine_dir), prompts, "cpu", "auto",
-                                    {ISA_VARIABLE: name})["prompts_per_s"])
+            rates.append(in_process(functools.partial(_measure, str(engine_dir), prompts,
+                                                      env={ISA_VARIABLE: name}))["prompts_per_s"])
     ratios = [a / b for a, b in zip(runs["AVX512"], runs["AVX2"])]
     print(f"ctranslate2 int8, {shape} shape, {len(prompts)} prompts, {repeats} alternating pairs of processes:")
     for name, rates in runs.items():
@@ -397,37 +542,61 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str
     return {"prompts_per_s": runs, "ratios": ratios}
 
 
-@recorded("inference_backends")
+def _variant(argv: list[str]) -> str:
+    """A run of the migrate part alone has its own results file: it takes as long as the other parts together,
+    and rerunning one should not lose the other's figures."""
+    parts = argv[argv.index("--parts") + 1:] if "--parts" in argv else []
+    parts = parts[: next((i for i, a in enumerate(parts) if a.startswith("--")), len(parts))]
+    return "migrate" if parts == ["migrate"] else ""
+
+
+@recorded("inference_backends", _variant)
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", type=int, default=1000)
-    ap.add_argument("--parts", nargs="+", choices=["speed", "bound", "agreement", "migrate", "isa"],
-                    default=["speed", "bound", "agreement", "migrate"])
+    ap.add_argument("--parts", nargs="+", choices=["speed", "bound", "identity", "agreement", "migrate", "isa"],
+                    default=["speed", "bound", "identity", "agreement", "migrate"])
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default="t5",
                     help="the shaped rewriters' tokenizer: flan-t5's own (t5) or tiny-t5's 2,000 pieces")
+    ap.add_argument("--weights", choices=WEIGHTS, default="copying",
+                    help="the shaped rewriters' weights: copying their source as a translation mostly does, or random")
+    ap.add_argument("--draft-tokens", type=int, default=DRAFT_TOKENS, help="tokens copydecode drafts per pass")
     ap.add_argument("--repeats", type=int, default=3, help="alternating pairs of processes the isa part runs")
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="shapes speed measures")
     ap.add_argument("--migrate-shape", choices=list(SHAPES), default="flan-t5-base", help="the rewriter migrate uses")
     ap.add_argument("--library-rows", type=int, default=10_000, help="rows of the library migrate runs on")
+    ap.add_argument("--identity-prompts", type=int, default=1000, help="real prompts the identity part rewrites")
     args = ap.parse_args(argv)
+    if args.draft_tokens < 0:
+        ap.error(f"--draft-tokens must be >= 0, got {args.draft_tokens}")
     prompts = real_prompts(args.prompts)
+    shape, tok, weights = args.migrate_shape, args.tokenizer, args.weights
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "agreement" in args.parts:
             result["agreement"] = agreement(root)
         if "speed" in args.parts:
-            result["speed"] = speed(root, prompts, args.shapes, args.tokenizer)
+            result["speed"] = speed(root, prompts, args.shapes, tok, weights, args.draft_tokens)
         if "bound" in args.parts:
-            full = result.get("speed", {}).get(args.migrate_shape)
-            result["bound"] = bound(root, prompts, args.migrate_shape, args.tokenizer, full)
+            result["bound"] = bound(root, prompts, shape, tok, weights, result.get("speed", {}).get(shape))
+        if "identity" in args.parts:
+            result["identity"] = identical(root, real_prompts(args.identity_prompts), shape, tok, weights,
+                                           args.draft_tokens)
         if "migrate" in args.parts:
-            result["migrate"] = migrate(root, prompts, args.library_rows, args.migrate_shape, args.tokenizer)
+            result["migrate"] = migrate(root, prompts, args.library_rows, shape, tok, weights)
         if "isa" in args.parts:
-            result["isa"] = isa(root, prompts, args.migrate_shape, args.repeats, args.tokenizer)
+            result["isa"] = isa(root, prompts, shape, args.repeats, tok, weights)
     if "speed" in result and "flan-t5-base" in result["speed"]:
         ratio = result["speed"]["flan-t5-base"]["ctranslate2 int8"]["ratio"]
-        print(f"speedup vs fp32: {ratio:.1f} (flan-t5-base shape, {len(prompts)} prompts)")
+        line = f"speedup vs fp32: {ratio:.1f}"
+        if "bound" in result and shape == "flan-t5-base":
+            chosen = result["bound"]["chosen"]
+            ratio = result["speed"]["flan-t5-base"][chosen]["ratio"]
+            line = f"speedup vs fp32: {ratio:.1f}, share of ceiling: {result['bound']['share']:.2f} ({chosen}"
+        else:
+            line += " (ctranslate2 int8"
+        print(f"{line}, flan-t5-base shape, {weights} weights, {len(prompts)} prompts)")
     return result
 
 
