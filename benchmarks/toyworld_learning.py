@@ -12,9 +12,11 @@ of the oracle's gap the adapter recovers on held-out prompts.
 3. eval     `sd-bridge eval --oracle` on the first `eval_prompts` of the held-out split (never trained
             on, disjoint from the validation prompts) -> DIR/report
 
-It prints the agreement of identity, the adapter and the oracle, the share of the oracle's gap recovered
-F = (adapter - identity) / (oracle - identity) overall and per drift with paired 95% bootstrap intervals, the
-delta on prompts without drift, and the seconds of each stage. The last line reads
+It prints the agreement of identity, the adapter and the oracle; the sceptic's baseline, a context-free word
+table mined from the training prompts' oracle rewrites with no renders and no model (`mine_table`); the
+rewriter's prior, the share of toy-t5's samples that mean the oracle's prompt before any RL, per drift; the
+share of the oracle's gap recovered F = (adapter - identity) / (oracle - identity) overall and per drift with
+paired 95% bootstrap intervals; the delta on prompts without drift; and the seconds of each stage. The last line reads
 `gap recovered: F [LO, HI]`.
 
 With `--seeds`, each training seed trains its own adapter on the same gathered data (DIR/seed-S) and is
@@ -41,6 +43,7 @@ from benchmarks.results import recorded
 from toyworld import world
 
 PROMPTS = world.PROMPTS_DIR
+TABLE = "file:table"  # the mined word table's strategy in the eval report
 
 
 @dataclass
@@ -88,7 +91,19 @@ def eval_config(out: Path, recipe: Recipe, cache: Path | None = None):
     return EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
                       target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
                       no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
-                      render_batch=16, device="cpu", cache_dir=cache)
+                      render_batch=16, device="cpu", cache_dir=cache, translations=table_file(out, recipe))
+
+
+def table_file(out: Path, recipe: Recipe) -> Path:
+    """The mined table's translations of the eval prompts, as a translations file eval scores (`file:table`);
+    mined from the recipe's training prompts."""
+    rows = lambda name: [json.loads(line) for line in (PROMPTS / name).open(encoding="utf-8")]  # noqa: E731
+    table = mine_table(rows("train.jsonl")[:recipe.train_prompts])
+    path = out / "table.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table(table, r["prompt"])})
+                            + "\n" for r in rows("heldout.jsonl")[:recipe.eval_prompts]), encoding="utf-8")
+    return path
 
 
 def run(out: Path, recipe: Recipe, reward_fn=None, data: Path | None = None, full: bool = False):
@@ -187,6 +202,7 @@ def summarize(report: dict, recipe: Recipe, seconds: dict) -> dict:
                      for d, v in a["by_drift"].items() if d != "none"},
         "alone": alone(rows),
         "fallbacks": a.get("fallbacks", 0),
+        "table": {k: report["strategies"][TABLE][k] for k in ("agreement_mean", "gap_recovered", "gap_recovered_ci95")},
     }
 
 
@@ -202,6 +218,88 @@ def alone(rows: list[dict]) -> dict:
         gap = gap_recovered(side["adapter:adapter"], side["identity"], side["oracle"])
         out[drift] = {"prompts": len(rs), **{k: mean(v) for k, v in side.items()}, **gap}
     return out
+
+
+def mine_table(rows: list[dict]) -> dict:
+    """The sceptic's baseline (#39): a context-free word table mined from training prompts and their oracle
+    rewrites, with no renders and no model. Each phrase the oracle replaced or deleted (word diff) maps to its
+    most frequent replacement where that happened on most of the phrase's occurrences; a phrase the oracle
+    appended to most prompts is appended to every prompt. A toy world whose drifts are word rules is solved
+    by it; one whose drifts need context or renders is not."""
+    import difflib
+    from collections import Counter, defaultdict
+
+    changed: dict[tuple, Counter] = defaultdict(Counter)
+    added: Counter = Counter()
+    for row in rows:
+        a, b = row["prompt"].split(), row["oracle"].split()
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+            if op == "replace" and i2 - i1 == j2 - j1:  # word for word: "big azure" -> "large blue"
+                for x, y in zip(a[i1:i2], b[j1:j2]):
+                    changed[(x,)][(y,)] += 1
+            elif op in ("replace", "delete"):
+                changed[tuple(a[i1:i2])][tuple(b[j1:j2])] += 1
+            elif op == "insert" and i1 == len(a):
+                added[tuple(b[j1:j2])] += 1
+    seen = Counter()
+    for row in rows:
+        words = row["prompt"].split()
+        for phrase in changed:
+            n = len(phrase)
+            seen[phrase] += sum(tuple(words[i:i + n]) == phrase for i in range(len(words) - n + 1))
+    table = {" ".join(k): " ".join(v.most_common(1)[0][0]) for k, v in changed.items()
+             if sum(v.values()) * 2 > seen[k]}
+    append = [" ".join(k) for k, n in added.items() if n * 2 > len(rows)]
+    return {"replace": table, "append": append}
+
+
+def apply_table(table: dict, prompt: str) -> str:
+    """`prompt` through a mined table: longest phrases first, left to right, then the appended phrases."""
+    words, out, i = prompt.split(), [], 0
+    phrases = sorted(table["replace"], key=lambda p: -len(p.split()))
+    while i < len(words):
+        for phrase in phrases:
+            n = len(phrase.split())
+            if words[i:i + n] == phrase.split():
+                out += table["replace"][phrase].split()
+                i += n
+                break
+        else:
+            out.append(words[i])
+            i += 1
+    return " ".join(out + table["append"])
+
+
+def prior(rewriter: str = "toy-t5", n: int = 200, k: int = 8, seed: int = 0) -> dict:
+    """What the rewriter knows before any RL (#39): the share of its samples (`k` per prompt, temperature 1, as
+    training samples them) on the first `n` held-out prompts that mean the oracle's prompt, read back in the
+    target dialect, overall and per drift. A rewriter pretrained on the held-out prompts with their answers
+    starts high; an honest prior starts near what paraphrasing at random gives."""
+    from bridge.models import presets
+    from bridge.models.loading import load_rewriter
+    from bridge.models.presets import get_preset
+    from bridge.models.rewriter import generate
+
+    rows = [json.loads(line) for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")][:n]
+    preset = presets.rewriter(rewriter) if rewriter == "toy-t5" else get_preset("rewriter", rewriter)
+    model, tok = load_rewriter(preset)
+    samples = generate(model, tok, [r["prompt"] for r in rows], num_candidates=k, sample=True, seed=seed,
+                       max_new_tokens=48)
+
+    def meaning(text: str):
+        try:
+            return world.read(text, world.TARGET).key()
+        except world.NotAToyPrompt:
+            return None
+
+    hits: dict[str, list[float]] = {}
+    for row, outs in zip(rows, samples):
+        share = sum(meaning(o) == meaning(row["oracle"]) for o in outs) / k
+        for drift in ["all", *(row["drifts"] or ["none"])]:
+            hits.setdefault(drift, []).append(share)
+    return {"rewriter": rewriter, "prompts": len(rows), "samples_per_prompt": k,
+            "share": {d: statistics.mean(v) for d, v in hits.items()},
+            "prompts_by_drift": {d: len(v) for d, v in hits.items()}}
 
 
 def _variant(argv: list[str]) -> str:
@@ -245,6 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
     reward = random_reward(recipe.seed) if args.broken == "random-reward" else None
     result = run_seeds(args.out, recipe, seeds, reward) if len(seeds) > 1 else run(
         args.out, replace(recipe, train_seed=seeds[0]), reward)
+    result["prior"] = prior(n=recipe.eval_prompts)
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
     objective = f"advantage {recipe.advantage}" + ("" if recipe.min_group_std is None else
@@ -255,6 +354,10 @@ def main(argv: list[str] | None = None) -> dict:
     lo, hi = result["delta_ci95"]
     print(f"  agreement: identity {result['identity']:.4f}, adapter {result['adapter']:.4f}, oracle "
           f"{result['oracle']:.4f}; adapter - identity {result['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+    t = result["table"]
+    print(f"  mined word table (context-free, from the training prompts' oracle rewrites, no renders): agreement "
+          f"{t['agreement_mean']:.4f}, gap recovered {t['gap_recovered']:.2f} [{t['gap_recovered_ci95'][0]:.2f}, "
+          f"{t['gap_recovered_ci95'][1]:.2f}] (a toy world no word table solves keeps this <= 0.4)")
     for drift, d in result["by_drift"].items():
         f, ci = d["gap_recovered"], d["gap_recovered_ci95"]
         print(f"    {drift:10s} {d['prompts']:4d} prompts: gap recovered "
@@ -273,6 +376,9 @@ def main(argv: list[str] | None = None) -> dict:
         g = result["seed_gap"]
         print(f"  {len(seeds)} training seeds: gap recovered mean {g['mean']:.2f}, sd {g['sd']:.2f}, min {g['min']:.2f}, "
               f"max {g['max']:.2f}; the lines above and below are the seeds' mean agreement per prompt")
+    p = result["prior"]
+    print(f"  prior: toy-t5's samples meaning the oracle's prompt before RL ({p['prompts']} held-out prompts x "
+          f"{p['samples_per_prompt']}): " + ", ".join(f"{d} {v:.2f}" for d, v in p["share"].items()))
     print(f"  seconds on this machine: gather {s['gather']:.0f}, train {s['train']:.0f}, eval {s['eval']:.0f}, "
           f"total {sum(s.values()):.0f} (target <= 1800 on 2 CPU cores)")
     (args.out / "toyworld_learning.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,36 @@
+"""The sceptic's baseline of benchmarks/toyworld_learning.py: a context-free word table mined from training
+prompts and their oracle rewrites (#39). It must find the toy world's word rules where they are rules, and
+nothing where a word's rewrite depends on its context."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.toyworld_learning import apply_table, mine_table
+from toyworld import world
+
+
+def rows(name: str, n: int) -> list[dict]:
+    return [json.loads(line) for line in (world.PROMPTS_DIR / name).open(encoding="utf-8")][:n]
+
+
+def test_the_table_learns_the_worlds_word_rules_from_training_prompts():
+    table = mine_table(rows("train.jsonl", 400))
+    assert {"crimson": "red", "azure": "blue", "big": "large", "solid": ""}.items() <= table["replace"].items()
+    held = [r for r in rows("heldout.jsonl", 500) if r["drifts"] == ["vocabulary"]]
+    assert held and all(apply_table(table, r["prompt"]).replace("an blue", "a blue") == r["oracle"] for r in held)
+
+
+def test_a_rewrite_that_depends_on_context_is_left_out():
+    pairs = [("a hot dog", "a sausage"), ("a hot day", "a warm day"), ("a hot sun", "a hot sun"),
+             ("a hot stove", "a hot stove"), ("a cold day", "a chilly day")] * 3
+    table = mine_table([{"prompt": p, "oracle": o} for p, o in pairs])
+    assert "hot" not in table["replace"]  # replaced in 2 of its 4 contexts, two different ways
+    assert table["replace"]["hot dog"] == "sausage"  # a phrase replaced wherever it occurs is a rule
+    assert apply_table(table, "a cold hot day") == "a chilly hot day"
+
+
+def test_an_ending_added_to_most_prompts_is_appended_to_every_prompt():
+    table = mine_table([{"prompt": f"a {w}", "oracle": f"a {w} on white"} for w in "abc"]
+                       + [{"prompt": "a d on black", "oracle": "a d on black"}])
+    assert table["append"] == ["on white"] and apply_table(table, "a e") == "a e on white"
