@@ -14,7 +14,8 @@ of the oracle's gap the adapter recovers on held-out prompts.
 
 It prints the agreement of identity, the adapter and the oracle; the sceptic's baseline, a context-free word
 table mined from the training prompts' oracle rewrites with no renders and no model (`mine_table`); the
-rewriter's prior, the share of toy-t5's samples that mean the oracle's prompt before any RL, per drift; the
+rewriter's prior, the share of toy-t5's samples that mean the oracle's prompt before any RL, per drift; a
+second judge, per-attribute read-back from the pixels (`world.read_image`) of each strategy's renders; the
 share of the oracle's gap recovered F = (adapter - identity) / (oracle - identity) overall and per drift with
 paired 95% bootstrap intervals; the delta on prompts without drift; and the seconds of each stage. The last line reads
 `gap recovered: F [LO, HI]`.
@@ -270,6 +271,42 @@ def apply_table(table: dict, prompt: str) -> str:
     return " ".join(out + table["append"])
 
 
+READ_BACK = ("shape", "colour", "position", "background")
+
+
+def readback(out: Path, recipe: Recipe, adapters: list[Path]) -> dict:
+    """The pixels as a second judge (#39: the scorer is not the only one): per strategy, the share of held-out
+    prompts whose toy-sd2 render shows the shape, colour, position and background that toy-sd15's render of the
+    prompt shows, each read by `world.read_image`, at one render seed per prompt; `all` needs the four. The
+    adapters' shares are the mean over `adapters` (one per training seed)."""
+    from bridge.models import presets
+    from bridge.models.render import Renderer
+    from bridge.translator import Translator
+
+    rows = [json.loads(line) for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")][:recipe.eval_prompts]
+    prompts, seeds = [r["prompt"] for r in rows], [recipe.seed + i for i in range(len(rows))]
+    drew = [world.read_image(im) for im in Renderer(presets.pipeline("toy-sd15"))(prompts, seeds, batch_size=16)]
+    target = Renderer(presets.pipeline("toy-sd2"))
+    table = {r["prompt"]: r["translated_prompt"]
+             for r in map(json.loads, table_file(out, recipe).read_text(encoding="utf-8").splitlines())}
+    texts = {"identity": (prompts, None), "table": ([table[p] for p in prompts], None),
+             "oracle": ([r["oracle"] for r in rows], [r["oracle_negative_prompt"] for r in rows])}
+    for i, path in enumerate(adapters):
+        res = Translator.from_pretrained(path).translate(prompts, [""] * len(prompts))
+        texts[f"adapter-{i}"] = ([r.translated_prompt for r in res], [r.translated_negative_prompt for r in res])
+
+    def shares(images) -> dict:
+        seen = [world.read_image(im) for im in images]
+        same = [{a: s[a] == d[a] for a in READ_BACK} for s, d in zip(seen, drew)]
+        return {**{a: statistics.mean(x[a] for x in same) for a in READ_BACK},
+                "all": statistics.mean(all(x.values()) for x in same)}
+
+    per = {name: shares(target(t, seeds, negs, batch_size=16)) for name, (t, negs) in texts.items()}
+    runs = [per.pop(f"adapter-{i}") for i in range(len(adapters))]
+    per["adapter"] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+    return {"prompts": len(rows), "strategies": per}
+
+
 def prior(rewriter: str = "toy-t5", n: int = 200, k: int = 8, seed: int = 0) -> dict:
     """What the rewriter knows before any RL (#39): the share of its samples (`k` per prompt, temperature 1, as
     training samples them) on the first `n` held-out prompts that mean the oracle's prompt, read back in the
@@ -344,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_seeds(args.out, recipe, seeds, reward) if len(seeds) > 1 else run(
         args.out, replace(recipe, train_seed=seeds[0]), reward)
     result["prior"] = prior(n=recipe.eval_prompts)
+    result["readback"] = readback(args.out, recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
+                                  if len(seeds) > 1 else [args.out / "adapter"])
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
     objective = f"advantage {recipe.advantage}" + ("" if recipe.min_group_std is None else
@@ -376,6 +415,11 @@ def main(argv: list[str] | None = None) -> dict:
         g = result["seed_gap"]
         print(f"  {len(seeds)} training seeds: gap recovered mean {g['mean']:.2f}, sd {g['sd']:.2f}, min {g['min']:.2f}, "
               f"max {g['max']:.2f}; the lines above and below are the seeds' mean agreement per prompt")
+    rb = result["readback"]
+    print(f"  pixel read-back ({rb['prompts']} held-out prompts, one seed): toy-sd2 shows what toy-sd15 drew, "
+          + ", ".join(READ_BACK) + ", all four:")
+    for name, v in rb["strategies"].items():
+        print(f"    {name:9s} " + "  ".join(f"{v[a]:.2f}" for a in (*READ_BACK, "all")))
     p = result["prior"]
     print(f"  prior: toy-t5's samples meaning the oracle's prompt before RL ({p['prompts']} held-out prompts x "
           f"{p['samples_per_prompt']}): " + ", ".join(f"{d} {v:.2f}" for d, v in p["share"].items()))
