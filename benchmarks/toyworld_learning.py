@@ -303,7 +303,8 @@ def readback(out: Path, recipe: Recipe, adapters: list[Path]) -> dict:
 
     per = {name: shares(target(t, seeds, negs, batch_size=16)) for name, (t, negs) in texts.items()}
     runs = [per.pop(f"adapter-{i}") for i in range(len(adapters))]
-    per["adapter"] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+    if runs:
+        per["adapter"] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
     return {"prompts": len(rows), "strategies": per}
 
 

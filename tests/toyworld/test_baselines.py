@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.toyworld_learning import apply_table, mine_table
 from toyworld import world
 
@@ -34,3 +36,19 @@ def test_an_ending_added_to_most_prompts_is_appended_to_every_prompt():
     table = mine_table([{"prompt": f"a {w}", "oracle": f"a {w} on white"} for w in "abc"]
                        + [{"prompt": "a d on black", "oracle": "a d on black"}])
     assert table["append"] == ["on white"] and apply_table(table, "a e") == "a e on white"
+
+
+@pytest.mark.slow
+def test_the_pixel_judge_sees_what_the_oracle_fixes(tmp_path):
+    """Read-back from the pixels, the benchmark's second judge: on held-out prompts toy-sd2 draws the colour
+    toy-sd15 drew far more often from the oracle's prompt than from the prompt as written (crimson and azure
+    are words toy-sd2 never learned), and the background at least as often."""
+    from dataclasses import replace
+
+    from benchmarks.toyworld_learning import REDUCED, readback
+
+    result = readback(tmp_path, replace(REDUCED, eval_prompts=24), [])
+    s = result["strategies"]
+    assert result["prompts"] == 24 and "adapter" not in s
+    assert s["oracle"]["colour"] >= s["identity"]["colour"] + 0.15, s
+    assert s["oracle"]["background"] >= s["identity"]["background"], s
