@@ -17,8 +17,8 @@ table mined from the training prompts' oracle rewrites with no renders and no mo
 rewriter's prior, the share of toy-t5's samples that mean the oracle's prompt before any RL, per drift; a
 second judge, per-attribute read-back from the pixels (`world.read_image`) of each strategy's renders; the
 share of the oracle's gap recovered F = (adapter - identity) / (oracle - identity) overall and per drift with
-paired 95% bootstrap intervals; the delta on prompts without drift; and the seconds of each stage. The last line reads
-`gap recovered: F [LO, HI]`.
+paired 95% bootstrap intervals; the delta on prompts without drift; and the seconds of each stage. The last
+line reads `gap recovered: F [LO, HI]`.
 
 With `--seeds`, each training seed trains its own adapter on the same gathered data (DIR/seed-S) and is
 evaluated on the same held-out prompts and render seeds; each seed's gap is printed with the seeds' mean and
@@ -277,8 +277,9 @@ READ_BACK = ("shape", "colour", "position", "background")
 def readback(out: Path, recipe: Recipe, adapters: list[Path]) -> dict:
     """The pixels as a second judge (#39: the scorer is not the only one): per strategy, the share of held-out
     prompts whose toy-sd2 render shows the shape, colour, position and background that toy-sd15's render of the
-    prompt shows, each read by `world.read_image`, at one render seed per prompt; `all` needs the four. The
-    adapters' shares are the mean over `adapters` (one per training seed)."""
+    prompt shows, each read by `world.read_image`, at one render seed per prompt; `all` needs the four (an
+    attribute read as None, nothing standing out, matches only None). The adapters' shares are the mean over
+    `adapters` (one per training seed)."""
     from bridge.models import presets
     from bridge.models.render import Renderer
     from bridge.translator import Translator
