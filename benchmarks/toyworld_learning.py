@@ -16,6 +16,7 @@ It prints the agreement of identity, the adapter and the oracle; the sceptic's b
 table mined from the training prompts' oracle rewrites with no renders and no model (`mine_table`); the
 rewriter's prior, the share of toy-t5's samples that mean the oracle's prompt before any RL, per drift; a
 second judge, per-attribute read-back from the pixels (`world.read_image`) of each strategy's renders; the
+target renders the reward asked for per training run, and the gap recovered per 1,000 of them; the
 share of the oracle's gap recovered F = (adapter - identity) / (oracle - identity) overall and per drift with
 paired 95% bootstrap intervals; the delta on prompts without drift; and the seconds of each stage. The last
 line reads `gap recovered: F [LO, HI]`.
@@ -118,7 +119,21 @@ def run(out: Path, recipe: Recipe, reward_fn=None, data: Path | None = None, ful
     report = run_eval(eval_config(out, recipe, data / "eval-cache" if data else None), log=_quiet)
     seconds["eval"] = time.perf_counter() - t
     summary = summarize(report, recipe, seconds)
+    summary["target_renders"] = target_renders(out / "adapter")
+    summary["gap_per_1000_renders"] = per_thousand(summary)
     return (summary, report) if full else summary
+
+
+def target_renders(adapter: Path) -> int:
+    """The target renders the reward asked for over a training run, from its log: rendered plus read from the
+    render cache (#39: learning per render is what a real target, at seconds a render, pays for). A fresh run
+    renders at most this many; validation renders are not counted."""
+    rows = [json.loads(line) for line in (adapter / "train_log.jsonl").open(encoding="utf-8")]
+    return sum(r.get("renders", 0) + r.get("cache_hits", 0) for r in rows if r.get("phase") in ("grpo", "raft"))
+
+
+def per_thousand(summary: dict) -> float | None:
+    return None if not summary["target_renders"] else 1000 * summary["gap_recovered"] / summary["target_renders"]
 
 
 def run_seeds(out: Path, recipe: Recipe, seeds: list[int], reward_fn=None) -> dict:
@@ -139,8 +154,10 @@ def run_seeds(out: Path, recipe: Recipe, seeds: list[int], reward_fn=None) -> di
     result = summarize(pooled, recipe, seconds)
     gaps = [s["gap_recovered"] for s, _ in runs]
     result["training_seeds"] = {str(seed): {k: s[k] for k in ("gap_recovered", "gap_recovered_ci95", "delta",
-                                                              "no_drift_delta", "fallbacks")}
+                                                              "no_drift_delta", "fallbacks", "target_renders")}
                                 for seed, (s, _) in zip(seeds, runs)}
+    result["target_renders"] = mean([s["target_renders"] for s, _ in runs])
+    result["gap_per_1000_renders"] = per_thousand(result)
     result["seed_gap"] = {"mean": mean(gaps), "min": min(gaps), "max": max(gaps),
                           "sd": statistics.stdev(gaps) if len(gaps) > 1 else 0.0}
     return result
@@ -417,6 +434,9 @@ def main(argv: list[str] | None = None) -> dict:
         g = result["seed_gap"]
         print(f"  {len(seeds)} training seeds: gap recovered mean {g['mean']:.2f}, sd {g['sd']:.2f}, min {g['min']:.2f}, "
               f"max {g['max']:.2f}; the lines above and below are the seeds' mean agreement per prompt")
+    if result.get("gap_per_1000_renders") is not None:
+        print(f"  target renders the reward asked for: {result['target_renders']:.0f} per training run (rendered or "
+              f"read from the cache); gap recovered per 1,000: {result['gap_per_1000_renders']:.3f}")
     rb = result["readback"]
     print(f"  pixel read-back ({rb['prompts']} held-out prompts, one seed): toy-sd2 shows what toy-sd15 drew, "
           + ", ".join(READ_BACK) + ", all four:")
