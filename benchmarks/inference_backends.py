@@ -377,14 +377,19 @@ def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: s
 def identical(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: str, draft: int) -> dict:
     """Greedy identity: the torch int8 export's rewrites with `draft` tokens drafted per pass against one token
     a pass, id for id, each in its own process."""
-    directory = str(int8_export(root, shape, tokenizer, weights, "torch"))
-    runs = {d: in_process(functools.partial(_measure, directory, prompts, draft=d, ids=True)) for d in (draft, 0)}
-    same = sum(a == b for a, b in zip(runs[draft]["ids"], runs[0]["ids"]))
+    same, runs = _drafting_identity(int8_export(root, shape, tokenizer, weights, "torch"), prompts, draft)
     print(f"greedy identity, torch int8 export ({shape} shape, {weights} weights), {len(prompts)} prompts: "
           f"{same}/{len(prompts)} rewrites identical with {draft} drafted tokens a pass and with none "
           f"({runs[draft]['prompts_per_s']:.2f} against {runs[0]['prompts_per_s']:.2f} prompts/s)")
     return {"prompts": len(prompts), "identical": same, "draft": draft,
             "prompts_per_s": {str(d): r["prompts_per_s"] for d, r in runs.items()}}
+
+
+def _drafting_identity(directory: Path, prompts: list[str], draft: int) -> tuple[int, dict]:
+    """(rewrites identical id for id, the two runs): a torch int8 export drafting `draft` tokens a pass against
+    one token a pass, each in its own process."""
+    runs = {d: in_process(functools.partial(_measure, str(directory), prompts, draft=d, ids=True)) for d in (draft, 0)}
+    return sum(a == b for a, b in zip(runs[draft]["ids"], runs[0]["ids"])), runs
 
 
 def agreement(root: Path) -> dict:
@@ -410,9 +415,7 @@ def agreement(root: Path) -> dict:
     result = compare(adapter, torch_int8, prompts)
     out["torch int8"] = {k: result[k] for k in ("prompts", "same", "rate")}
     print(f"  torch int8 (copydecode) {result['same']}/{result['prompts']} ({100 * result['rate']:.1f}%)")
-    runs = {d: in_process(functools.partial(_measure, str(torch_int8), prompts, draft=d, ids=True))
-            for d in (DRAFT_TOKENS, 0)}
-    same = sum(a == b for a, b in zip(runs[DRAFT_TOKENS]["ids"], runs[0]["ids"]))
+    same, _ = _drafting_identity(torch_int8, prompts, DRAFT_TOKENS)
     out["identity"] = {"prompts": len(prompts), "identical": same, "draft": DRAFT_TOKENS}
     print(f"  torch int8 greedy identity: {same}/{len(prompts)} rewrites identical with {DRAFT_TOKENS} drafted "
           f"tokens a pass and with none")
@@ -545,9 +548,9 @@ def isa(root: Path, prompts: list[str], shape: str, repeats: int, tokenizer: str
 def _variant(argv: list[str]) -> str:
     """A run of the migrate part alone has its own results file: it takes as long as the other parts together,
     and rerunning one should not lose the other's figures."""
-    parts = argv[argv.index("--parts") + 1:] if "--parts" in argv else []
-    parts = parts[: next((i for i, a in enumerate(parts) if a.startswith("--")), len(parts))]
-    return "migrate" if parts == ["migrate"] else ""
+    parts = argparse.ArgumentParser(add_help=False)
+    parts.add_argument("--parts", nargs="+", default=[])
+    return "migrate" if parts.parse_known_args(argv)[0].parts == ["migrate"] else ""
 
 
 @recorded("inference_backends", _variant)

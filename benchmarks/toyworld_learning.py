@@ -96,15 +96,19 @@ def eval_config(out: Path, recipe: Recipe, cache: Path | None = None):
                       render_batch=16, device="cpu", cache_dir=cache, translations=table_file(out, recipe))
 
 
+def prompt_rows(split: str, n: int | None = None) -> list[dict]:
+    """The first `n` rows of the toy world's `split` prompt file (train or heldout), prompt and oracle."""
+    return [json.loads(line) for line in (PROMPTS / f"{split}.jsonl").open(encoding="utf-8")][:n]
+
+
 def table_file(out: Path, recipe: Recipe) -> Path:
     """The mined table's translations of the eval prompts, as a translations file eval scores (`file:table`);
     mined from the recipe's training prompts."""
-    rows = lambda name: [json.loads(line) for line in (PROMPTS / name).open(encoding="utf-8")]  # noqa: E731
-    table = mine_table(rows("train.jsonl")[:recipe.train_prompts])
+    table = mine_table(prompt_rows("train", recipe.train_prompts))
     path = out / "table.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table(table, r["prompt"])})
-                            + "\n" for r in rows("heldout.jsonl")[:recipe.eval_prompts]), encoding="utf-8")
+                            + "\n" for r in prompt_rows("heldout", recipe.eval_prompts)), encoding="utf-8")
     return path
 
 
@@ -291,7 +295,7 @@ def apply_table(table: dict, prompt: str) -> str:
 READ_BACK = ("shape", "colour", "position", "background")
 
 
-def readback(out: Path, recipe: Recipe, adapters: list[Path]) -> dict:
+def readback(recipe: Recipe, adapters: list[Path]) -> dict:
     """The pixels as a second judge (#39: the scorer is not the only one): per strategy, the share of held-out
     prompts whose toy-sd2 render shows the shape, colour, position and background that toy-sd15's render of the
     prompt shows, each read by `world.read_image`, at one render seed per prompt; `all` needs the four (an
@@ -301,13 +305,12 @@ def readback(out: Path, recipe: Recipe, adapters: list[Path]) -> dict:
     from bridge.models.render import Renderer
     from bridge.translator import Translator
 
-    rows = [json.loads(line) for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")][:recipe.eval_prompts]
+    rows = prompt_rows("heldout", recipe.eval_prompts)
     prompts, seeds = [r["prompt"] for r in rows], [recipe.seed + i for i in range(len(rows))]
     drew = [world.read_image(im) for im in Renderer(presets.pipeline("toy-sd15"))(prompts, seeds, batch_size=16)]
     target = Renderer(presets.pipeline("toy-sd2"))
-    table = {r["prompt"]: r["translated_prompt"]
-             for r in map(json.loads, table_file(out, recipe).read_text(encoding="utf-8").splitlines())}
-    texts = {"identity": (prompts, None), "table": ([table[p] for p in prompts], None),
+    table = mine_table(prompt_rows("train", recipe.train_prompts))
+    texts = {"identity": (prompts, None), "table": ([apply_table(table, p) for p in prompts], None),
              "oracle": ([r["oracle"] for r in rows], [r["oracle_negative_prompt"] for r in rows])}
     for i, path in enumerate(adapters):
         res = Translator.from_pretrained(path).translate(prompts, [""] * len(prompts))
@@ -333,12 +336,10 @@ def prior(rewriter: str = "toy-t5", n: int = 200, k: int = 8, seed: int = 0) -> 
     starts high; an honest prior starts near what paraphrasing at random gives."""
     from bridge.models import presets
     from bridge.models.loading import load_rewriter
-    from bridge.models.presets import get_preset
     from bridge.models.rewriter import generate
 
-    rows = [json.loads(line) for line in (PROMPTS / "heldout.jsonl").open(encoding="utf-8")][:n]
-    preset = presets.rewriter(rewriter) if rewriter == "toy-t5" else get_preset("rewriter", rewriter)
-    model, tok = load_rewriter(preset)
+    rows = prompt_rows("heldout", n)
+    model, tok = load_rewriter(presets.rewriter(rewriter))  # a preset name or a model directory
     samples = generate(model, tok, [r["prompt"] for r in rows], num_candidates=k, sample=True, seed=seed,
                        max_new_tokens=48)
 
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_seeds(args.out, recipe, seeds, reward) if len(seeds) > 1 else run(
         args.out, replace(recipe, train_seed=seeds[0]), reward)
     result["prior"] = prior(n=recipe.eval_prompts)
-    result["readback"] = readback(args.out, recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
+    result["readback"] = readback(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
                                   if len(seeds) > 1 else [args.out / "adapter"])
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""

@@ -4,22 +4,15 @@ nothing where a word's rewrite depends on its context."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from benchmarks.toyworld_learning import apply_table, mine_table
-from toyworld import world
-
-
-def rows(name: str, n: int) -> list[dict]:
-    return [json.loads(line) for line in (world.PROMPTS_DIR / name).open(encoding="utf-8")][:n]
+from benchmarks.toyworld_learning import apply_table, mine_table, prompt_rows
 
 
 def test_the_table_learns_the_worlds_word_rules_from_training_prompts():
-    table = mine_table(rows("train.jsonl", 400))
+    table = mine_table(prompt_rows("train", 400))
     assert {"crimson": "red", "azure": "blue", "big": "large", "solid": ""}.items() <= table["replace"].items()
-    held = [r for r in rows("heldout.jsonl", 500) if r["drifts"] == ["vocabulary"]]
+    held = [r for r in prompt_rows("heldout", 500) if r["drifts"] == ["vocabulary"]]
     assert held and all(apply_table(table, r["prompt"]).replace("an blue", "a blue") == r["oracle"] for r in held)
 
 
@@ -39,7 +32,7 @@ def test_an_ending_added_to_most_prompts_is_appended_to_every_prompt():
 
 
 @pytest.mark.slow
-def test_the_pixel_judge_sees_what_the_oracle_fixes(tmp_path):
+def test_the_pixel_judge_sees_what_the_oracle_fixes():
     """Read-back from the pixels, the benchmark's second judge: on held-out prompts toy-sd2 draws the colour
     toy-sd15 drew far more often from the oracle's prompt than from the prompt as written (crimson and azure
     are words toy-sd2 never learned), and the background at least as often."""
@@ -47,7 +40,7 @@ def test_the_pixel_judge_sees_what_the_oracle_fixes(tmp_path):
 
     from benchmarks.toyworld_learning import REDUCED, readback
 
-    result = readback(tmp_path, replace(REDUCED, eval_prompts=24), [])
+    result = readback(replace(REDUCED, eval_prompts=24), [])
     s = result["strategies"]
     assert result["prompts"] == 24 and "adapter" not in s
     assert s["oracle"]["colour"] >= s["identity"]["colour"] + 0.15, s
