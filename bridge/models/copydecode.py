@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 
 VERSION = 1  # in the translation-cache key of a torch int8 export: a change here that moves a rewrite bumps it
-# Tokens drafted per pass (transformers' prompt_lookup_num_tokens defaults to 10). On the 2-core Xeon, 64 real
-# prompts through a flan-t5-base-shaped copying rewriter (benchmarks.inference_backends --weights copying): 144
-# passes and 8.4 s with no draft, 55 and 6.6 s with 4, 47 and 6.3 s with 8, 44 and 7.3 s with 16.
+# Tokens drafted per pass (transformers' prompt_lookup_num_tokens defaults to 10). Chosen with
+# `benchmarks.inference_backends --draft-tokens K` on a flan-t5-base-shaped copying rewriter: 4, 8 and 16 all cut
+# the passes by more than half; 8 took the least time, 16 accepts few more tokens and pays for wider passes.
 DRAFT_TOKENS = 8
 _NEG = float("-inf")
 
