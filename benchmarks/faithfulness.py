@@ -44,6 +44,7 @@ def toy_words() -> frozenset[str]:
     words = set(world.SHAPES) | set(world.BACKGROUNDS) | {"background", "shape"} | set(world.POSITIONS)
     words |= {w for table in (d.colours, d.sizes, d.fills, world.TARGET.colours, world.TARGET.sizes)
               for w in table.values()}
+    words |= {m for members in world.SYNONYMS.values() for m in members}
     words |= {w for phrase in d.artists.values() for w in phrase.split()[1:]}
     return frozenset(words)
 
@@ -111,6 +112,10 @@ def heldout(adapter: Path, out: Path, n: int, seed: int, eval_seeds: int) -> dic
     changed = [i for i, r in enumerate(off) if r.translated_prompt != prompts[i]]
     result = {"prompts": n, "seed": seed, "rewritten": len(changed), "correct": len(correct),
               "correct_passed": sum(strict[i].translated_prompt == off[i].translated_prompt for i in correct),
+              # #39's held-out class members: words the adapter never met, whose correct rewrite must pass.
+              "correct_unseen": sum(bool(world.unseen_words(prompts[i])) for i in correct),
+              "correct_unseen_passed": sum(bool(world.unseen_words(prompts[i])) and
+                                           strict[i].translated_prompt == off[i].translated_prompt for i in correct),
               "rewritten_passed": sum(strict[i].translated_prompt == off[i].translated_prompt for i in changed),
               "rejected": [{"prompt": strict[i].prompt, "rewrite": strict[i].rejected}
                            for i in range(n) if strict[i].unfaithful][:20], "gap": {}}
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"{m['outside_unchanged']:.1%} ({m['seconds']:.0f} s)")
     print(f"  held-out toy prompts ({held['prompts']}, seed {held['seed']}): rewritten {held['rewritten']}, "
           f"passed {held['rewritten_passed']}; oracle-exact rewrites {held['correct']}, let through "
-          f"{held['correct_passed']}")
+          f"{held['correct_passed']} ({held['correct_unseen']} of them rewrite a word no training prompt says, "
+          f"let through {held['correct_unseen_passed']})")
     for mode, g in held["gap"].items():
         f, (lo, hi) = g["gap_recovered"], g["gap_recovered_ci95"]
         print(f"    guard {mode:6s}: gap recovered {f:.2f} [{lo:.2f}, {hi:.2f}], guard rejections "

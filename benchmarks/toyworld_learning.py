@@ -12,8 +12,9 @@ of the oracle's gap the adapter recovers on held-out prompts.
 3. eval     `sd-bridge eval --oracle` on the first `eval_prompts` of the held-out split (never trained
             on, disjoint from the validation prompts) -> DIR/report
 
-It prints the agreement of identity, the adapter and the oracle; the sceptic's baseline, a context-free word
-table mined from the training prompts' oracle rewrites with no renders and no model (`mine_table`); the
+It prints the agreement of identity, the adapter and the oracle; the sceptic's baselines, a context-free word
+table mined from the training prompts' oracle rewrites with no renders and no model (`mine_table`), and the
+rewriter before RL, greedy (`untrained`); the
 rewriter's prior, the share of toy-t5's samples that mean the oracle's prompt before any RL, per drift; a
 second judge, per-attribute read-back from the pixels (`world.read_image`) of each strategy's renders; the
 target renders the reward asked for per training run, and the gap recovered per 1,000 of them; the
@@ -223,6 +224,7 @@ def summarize(report: dict, recipe: Recipe, seconds: dict) -> dict:
                          "gap_recovered_ci95": v.get("gap_recovered_ci95")}
                      for d, v in a["by_drift"].items() if d != "none"},
         "alone": alone(rows),
+        "unseen": unseen(rows),
         "fallbacks": a.get("fallbacks", 0),
         "table": {k: report["strategies"][TABLE][k] for k in ("agreement_mean", "gap_recovered", "gap_recovered_ci95")},
     }
@@ -242,12 +244,29 @@ def alone(rows: list[dict]) -> dict:
     return out
 
 
+def unseen(rows: list[dict]) -> dict:
+    """The prompts whose drifted words never occur in a training prompt (a held-out member of a vocabulary
+    class, world.HELDOUT_WORDS), against the rest: what the adapter and the table generalised (#39)."""
+    from eval.metrics import gap_recovered, mean
+
+    out = {}
+    for name, keep in (("unseen", True), ("seen", False)):
+        rs = [r["strategies"] for r in rows if bool(world.unseen_words(r["prompt"])) == keep
+              and (r["drifts"] or not keep)]
+        side = {k: [s[k]["agreement"] for s in rs] for k in ("identity", "adapter:adapter", TABLE, "oracle")}
+        out[name] = {"prompts": len(rs), **{k: mean(v) for k, v in side.items()}}
+        for k in ("adapter:adapter", TABLE):
+            out[name][f"{k}_gap"] = gap_recovered(side[k], side["identity"], side["oracle"])
+    return out
+
+
 def mine_table(rows: list[dict]) -> dict:
     """The sceptic's baseline (#39): a context-free word table mined from training prompts and their oracle
-    rewrites, with no renders and no model. Each phrase the oracle replaced or deleted (word diff) maps to its
-    most frequent replacement where that happened on most of the phrase's occurrences; a phrase the oracle
-    appended to most prompts is appended to every prompt. A toy world whose drifts are word rules is solved
-    by it; one whose drifts need context or renders is not."""
+    rewrites, with no renders and no model. Each phrase the oracle replaced or deleted (word diff; a phrase
+    replaced by one of another length counts word by word too) maps to its most frequent replacement where
+    that happened on most of the phrase's occurrences, and at least 3 times; a phrase the oracle appended to
+    most prompts is appended to every prompt. A toy world whose drifts are word rules is solved by it; one
+    whose drifts need context or renders, or words no training prompt says, is not."""
     import difflib
     from collections import Counter, defaultdict
 
@@ -261,6 +280,9 @@ def mine_table(rows: list[dict]) -> dict:
                     changed[(x,)][(y,)] += 1
             elif op in ("replace", "delete"):
                 changed[tuple(a[i1:i2])][tuple(b[j1:j2])] += 1
+                if op == "replace" and i2 - i1 > 1:  # also word by word, in order, the rest deleted: "ruby
+                    for k, x in enumerate(a[i1:i2]):  # solid" -> "red" says ruby -> red and solid -> nothing
+                        changed[(x,)][(b[j1 + k],) if j1 + k < j2 else ()] += 1
             elif op == "insert" and i1 == len(a):
                 added[tuple(b[j1:j2])] += 1
     seen = Counter()
@@ -270,7 +292,7 @@ def mine_table(rows: list[dict]) -> dict:
             n = len(phrase)
             seen[phrase] += sum(tuple(words[i:i + n]) == phrase for i in range(len(words) - n + 1))
     table = {" ".join(k): " ".join(v.most_common(1)[0][0]) for k, v in changed.items()
-             if sum(v.values()) * 2 > seen[k]}
+             if sum(v.values()) * 2 > seen[k] and v.most_common(1)[0][1] >= 3}  # a rule, not a one-off
     append = [" ".join(k) for k, n in added.items() if n * 2 > len(rows)]
     return {"replace": table, "append": append}
 
@@ -327,6 +349,26 @@ def readback(recipe: Recipe, adapters: list[Path]) -> dict:
     if runs:
         per["adapter"] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
     return {"prompts": len(rows), "strategies": per}
+
+
+def untrained(out: Path, recipe: Recipe, cache: Path | None, rewriter: str = "toy-t5") -> dict:
+    """The sceptic's second baseline: the rewriter before any RL, greedy, as a translations file scored on the
+    same held-out prompts, render seeds and cached renders as the adapter (a paraphraser whose most likely
+    output already says the basic word recovers part of the gap with no renders at all)."""
+    from bridge.models import presets
+    from bridge.models.loading import load_rewriter
+    from bridge.models.rewriter import generate
+    from eval.run import run_eval
+
+    rows = prompt_rows("heldout", recipe.eval_prompts)
+    model, tok = load_rewriter(presets.rewriter(rewriter))
+    outs = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=48)
+    path = out / "untrained.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": o[0]}) + "\n"
+                            for r, o in zip(rows, outs)), encoding="utf-8")
+    cfg = replace(eval_config(out, recipe, cache), adapter=[], translations=path, out=out / "report-untrained")
+    s = run_eval(cfg, log=_quiet)["strategies"]["file:untrained"]
+    return {k: s[k] for k in ("agreement_mean", "gap_recovered", "gap_recovered_ci95")}
 
 
 def prior(rewriter: str = "toy-t5", n: int = 200, k: int = 8, seed: int = 0) -> dict:
@@ -400,6 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
     reward = random_reward(recipe.seed) if args.broken == "random-reward" else None
     result = run_seeds(args.out, recipe, seeds, reward) if len(seeds) > 1 else run(
         args.out, replace(recipe, train_seed=seeds[0]), reward)
+    result["untrained"] = untrained(args.out, recipe, args.out / "eval-cache" if len(seeds) > 1 else None)
     result["prior"] = prior(n=recipe.eval_prompts)
     result["readback"] = readback(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
                                   if len(seeds) > 1 else [args.out / "adapter"])
@@ -417,6 +460,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  mined word table (context-free, from the training prompts' oracle rewrites, no renders): agreement "
           f"{t['agreement_mean']:.4f}, gap recovered {t['gap_recovered']:.2f} [{t['gap_recovered_ci95'][0]:.2f}, "
           f"{t['gap_recovered_ci95'][1]:.2f}] (a toy world no word table solves keeps this <= 0.4)")
+    u = result["untrained"]
+    print(f"  toy-t5 before RL (greedy, no renders): agreement {u['agreement_mean']:.4f}, gap recovered "
+          f"{u['gap_recovered']:.2f} [{u['gap_recovered_ci95'][0]:.2f}, {u['gap_recovered_ci95'][1]:.2f}]")
     for drift, d in result["by_drift"].items():
         f, ci = d["gap_recovered"], d["gap_recovered_ci95"]
         print(f"    {drift:10s} {d['prompts']:4d} prompts: gap recovered "
@@ -426,6 +472,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"gap recovered {d['fraction']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}]")
         print(f"    {drift:10s} alone, {d['prompts']:3d} prompts: identity {d['identity']:.4f}, adapter "
               f"{d['adapter:adapter']:.4f}, oracle {d['oracle']:.4f}; {f}")
+    for name, d in result["unseen"].items():
+        what = ("drifted prompts saying a word no training prompt says" if name == "unseen"
+                else "the other prompts")
+        gaps = [f"{label} " + ("n/a" if g["fraction"] is None else f"{g['fraction']:.2f} [{g['ci95'][0]:.2f}, "
+                f"{g['ci95'][1]:.2f}]") for label, g in (("adapter", d["adapter:adapter_gap"]),
+                                                         ("table", d[f"{TABLE}_gap"]))]
+        print(f"  {what} ({d['prompts']}): gap recovered " + ", ".join(gaps))
     print(f"  no-drift prompts ({result['no_drift_prompts']}): adapter - identity {result['no_drift_delta']:+.4f} "
           f"(target >= -0.005); fallbacks {result['fallbacks']}")
     for seed, t in result.get("training_seeds", {}).items():

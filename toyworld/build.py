@@ -10,6 +10,8 @@ Read top to bottom, the build is:
      a diffusers StableDiffusionPipeline. Three choices make the renderers draw the shape where the caption
      says: v-prediction, a first convolution as wide as the latents, and a text encoder that learns at a
      fraction of the UNet's rate (train_pipeline and make_unet say why);
+     toy-sd15 then learns the vocabulary drift's classes by tying each member's token to its class's first
+     word (teach_synonyms);
   4. toy-clip: an open_clip CLIP (a ModifiedResNet image tower) trained contrastively on pool images (and
      their VAE reconstructions, which look like renders) with dialect-neutral captions of the full scene;
   5. toy-t5: a T5 paraphraser of the world's language (synonym swaps both ways, added, dropped and
@@ -57,7 +59,8 @@ class BuildConfig:
                                                                      "times the UNet's rate (0 freezes it)"})
     seed: int = field(default=0, metadata={"help": "seed of every random stream"})
     only: list[str] = field(default_factory=list, metadata={"help": "build only these (vae, toy-sd15, toy-sd2, "
-                                                                       "toy-clip, toy-t5)"})
+                                                                       "toy-clip, toy-t5; synonyms: tie the "
+                                                                       "class members in an existing toy-sd15)"})
     force: bool = field(default=False, metadata={"help": "rebuild models that already exist"})
     device: str = field(default="auto", metadata={"help": "auto (a GPU when present), cpu, cuda"})
 
@@ -72,7 +75,7 @@ class BuildConfig:
         for name in ("vae_steps", "sd15_unet_steps", "sd2_unet_steps", "clip_steps", "t5_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        unknown = set(self.only) - {"vae", *PIPELINE_DIMS, "toy-clip", "toy-t5"}
+        unknown = set(self.only) - {"vae", *PIPELINE_DIMS, "toy-clip", "toy-t5", "synonyms"}
         if unknown:
             raise ValueError(f"--only names unknown part(s) {sorted(unknown)}")
 
@@ -277,6 +280,58 @@ def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig
     )
 
 
+def teach_synonyms(text_encoder, tokenizer, dialect: world.Dialect = world.SOURCE) -> dict[str, str]:
+    """Tie every class member's token embedding row to its class's first word's row (world.SYNONYMS): the
+    encoder then reads "a cherry circle" exactly as "a crimson circle", so toy-sd15 draws every member as it
+    draws the word it was trained on. Members are single CLIP tokens, so one row is the whole word; tying
+    keeps the pipeline's 12,000 training steps on six colour words instead of spreading them over thirty.
+    Returns {member: first word}."""
+    import torch
+
+    def token(word: str) -> int:
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word))
+        if len(ids) != 1:
+            raise ValueError(f"class member {word!r} is {len(ids)} CLIP tokens; a tied member must be one")
+        return ids[0]
+
+    rows = text_encoder.get_input_embeddings().weight
+    tied = {}
+    with torch.no_grad():
+        for first, members in dialect.synonyms.items():
+            for member in members:
+                rows[token(member)] = rows[token(first)]
+                tied[member] = first
+    return tied
+
+
+def tie_synonyms_in_place(pipe_dir: Path, log) -> dict[str, str]:
+    """`--only synonyms`: teach_synonyms on a built toy-sd15, its text encoder replaced atomically and the
+    tie recorded in its build record (the pipeline's own training record is kept)."""
+    import torch
+    from transformers import CLIPTextModel
+
+    from bridge.files import atomic_write
+    from bridge.syntax.tokens import build_clip_tokenizer
+
+    encoder_dir = pipe_dir / "text_encoder"
+    encoder = CLIPTextModel.from_pretrained(encoder_dir, torch_dtype=torch.float16)
+    tied = teach_synonyms(encoder, build_clip_tokenizer())
+    tmp = pipe_dir / ".text_encoder.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoder.save_pretrained(tmp, safe_serialization=True)
+    old = pipe_dir / ".text_encoder.old"
+    shutil.rmtree(old, ignore_errors=True)
+    encoder_dir.rename(old)
+    tmp.rename(encoder_dir)
+    shutil.rmtree(old)
+    record_path = pipe_dir / BUILD_RECORD
+    record = json.loads(record_path.read_text("utf-8"))
+    record["synonyms"] = {"command": _command(), "tied": tied}
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    log(f"  toy-sd15: tied {len(tied)} class members to their first words")
+    return tied
+
+
 # ------------------------------------------------------------------------------------------- 4. toy-clip
 
 # The image tower is open_clip's ModifiedResNet (layers given as four block counts), not a ViT: the reference
@@ -344,7 +399,10 @@ def save_clip(model, out: Path) -> None:
 
 def paraphrase_pair(rng: random.Random) -> tuple[str, str]:
     """(a prompt of the world, a plausible rewrite of it): synonyms swapped in either direction, attributes
-    added or dropped, clauses reordered, or the prompt kept. Nothing says which dialect is wanted.
+    added or dropped, clauses reordered, or the prompt kept. Nothing says which dialect is wanted. A class
+    member (world.SYNONYMS) is rewritten to any word of its class as often as the other way round: "cherry" to
+    "red" as often as to "crimson" or "scarlet", and "red" to each of them. Held-out members are among them, as
+    flan-t5 knows rare words: what no pair shows is which word the target knows.
 
     Both sides mean train-split scenes only (#39): drawn freely, 186 of the 200 held-out prompts the learning
     benchmark scores were among toy-t5's inputs, 96 of them with their exact oracle output, so before any RL 37%
@@ -378,6 +436,9 @@ def _paraphrase(rng: random.Random):
         new = replace(new, **{attr: value}, artist=new.artist and attr != "fill")
     if new.fill is not None and new.fill not in out_dialect.fills and not (new.artist and new.fill in out_dialect.artists):
         new = replace(new, fill=None, artist=False)
+    if out_dialect is world.SOURCE:  # any member of the class, the one the input said included
+        new = replace(new, colour_word=world.class_member(rng, world.SOURCE.colours, new.colour, None),
+                      size_word=world.class_member(rng, world.SOURCE.sizes, new.size, None))
     if new.artist and new.fill not in out_dialect.artists:
         new = replace(new, artist=False)
     elif not new.artist and new.fill in out_dialect.artists and rng.random() < 0.3:
@@ -473,7 +534,10 @@ def run_build(cfg: BuildConfig, log=print) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     wanted = lambda part: (not cfg.only or part in cfg.only) and (cfg.force or not (cfg.out / part).is_dir())  # noqa: E731
     parts = [p for p in ("vae", *PIPELINE_DIMS, "toy-clip", "toy-t5") if wanted(p)]
-    log(f"toyworld build on {device}: {', '.join(parts) or 'nothing to do'} -> {cfg.out}")
+    log(f"toyworld build on {device}: {', '.join(parts + ['synonyms'] * ('synonyms' in cfg.only)) or 'nothing to do'}"
+        f" -> {cfg.out}")
+    if "synonyms" in cfg.only:  # an existing toy-sd15 learns the classes (a new one learns them as it is built)
+        tie_synonyms_in_place(cfg.out / "toy-sd15", log)
     # 1. Pools of (caption, image) pairs in each pipeline's dialect.
     pools = {}
     if any(p != "toy-t5" for p in parts):
@@ -495,6 +559,8 @@ def run_build(cfg: BuildConfig, log=print) -> dict:
     for name in PIPELINE_DIMS:
         if name in parts:
             pipe = train_pipeline(name, pools[name][0], pools[name][2], vae, cfg, device, log)
+            if name == "toy-sd15":
+                teach_synonyms(pipe.text_encoder, pipe.tokenizer)
             _atomic_dir(cfg.out / name, lambda d: pipe.to(dtype=torch.float16).save_pretrained(
                 d, safe_serialization=True), cfg, started)
             vae = vae.to(torch.float32)

@@ -11,11 +11,14 @@ The differences are the documented drifts, modelled on what changed from SD1.5 t
 
 | drift | source prompt | what toy-sd2 draws for it | correct rewrite |
 |---|---|---|---|
-| vocabulary | "crimson", "azure", "big" | never saw these words | "red", "blue", "large" |
+| vocabulary | a class per value: "crimson", "scarlet"...; "azure"...; "big", "huge"... | never saw them | "red", "blue", "large" |
 | artist | "by bridget riley" / "by yayoi kusama" = striped / dotted fill | never saw names | "striped" / "dotted" |
 | default | no background named: source draws white | black | add "on a white background" |
 | negative | solid fill (said, or left out) | half its shapes hollow: it has no word for solid | the hollow version of the prompt as negative prompt |
 
+The vocabulary drift is a class, not a list: every value has several source words (SYNONYMS), toy-sd15
+draws each like the value's first word, toy-sd2 never saw any of them. Some members (HELDOUT_WORDS) never
+occur in a training prompt, so a rewriter has to generalise to them from the members it was trained on.
 A prompt with none of these is drawn alike by both models: its identity translation is already right.
 The oracle (`oracle`) is written from this table, never learned. Prompts are split into train and
 held-out by a hash of what they mean, so a held-out prompt never appears in training, in any word order.
@@ -42,6 +45,23 @@ DRIFTS = ("vocabulary", "artist", "default", "negative")
 IMAGE_SIZE = 32
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"  # the committed train and held-out splits
 NAMED_COLOURS = tuple(c for c in COLOURS if c != "grey")  # what a prompt names; grey is the unnamed default
+# The vocabulary drift's classes: a source word -> the other source words for the same value. toy-sd15 draws
+# every member as it draws the first word (build.teach_synonyms); toy-sd2 never saw any of them. All are
+# single tokens of the CLIP tokenizer, so a member's embedding row can stand in for the word's.
+SYNONYMS = {
+    "crimson": ("scarlet", "ruby", "cherry", "cardinal"),
+    "azure": ("sapphire", "cobalt", "navy"),
+    "green": ("emerald", "jade", "lime"),
+    "yellow": ("golden", "lemon", "mustard", "canary"),
+    "purple": ("violet", "lavender", "plum", "lilac", "amethyst"),
+    "orange": ("tangerine", "apricot", "copper", "pumpkin"),
+    "big": ("huge", "giant", "massive", "enormous"),
+    "small": ("tiny", "little", "mini", "petite"),
+}
+# Members that never occur in a training prompt: the held-out split carries them, so a rewriter's gap on them
+# measures what it generalised from the other members of their class.
+HELDOUT_WORDS = frozenset({"cherry", "cardinal", "cobalt", "navy", "lime", "mustard", "canary", "lilac", "amethyst",
+                           "copper", "pumpkin", "massive", "enormous", "mini", "petite"})
 
 
 @dataclass(frozen=True)
@@ -74,10 +94,17 @@ class Spec:
     fill: str | None = None
     background: str | None = None
     artist: bool = False
+    # Which member of its class names the colour / size, when not the dialect's first word (SYNONYMS).
+    colour_word: str | None = None
+    size_word: str | None = None
 
     def key(self) -> str:
-        """What the spec means, independent of word order: the split and dedup key."""
-        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        """What the spec means, independent of word order and of which synonym says it: the split key."""
+        return "|".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if not f.name.endswith("_word"))
+
+    def words(self) -> tuple[str, ...]:
+        """The class members this spec is said with."""
+        return tuple(w for w in (self.colour_word, self.size_word) if w is not None)
 
 
 @dataclass(frozen=True)
@@ -89,9 +116,15 @@ class Dialect:
     sizes: dict[str, str]
     fills: dict[str, str]
     artists: dict[str, str] = field(default_factory=dict)  # fill value -> "by NAME"
+    synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # word -> more words for its value
     # attribute -> {value: probability} drawn when a caption leaves the attribute out
     defaults: dict[str, dict[str, float]] = field(default_factory=dict)
     say_center: bool = False  # the neutral dialect says "in the center"; the model dialects leave it out
+
+    def words(self, table: dict[str, str], value: str) -> tuple[str, ...]:
+        """Every word this dialect has for `value` of `table` (its colours or sizes), the first word first."""
+        first = table[value]
+        return (first, *self.synonyms.get(first, ()))
 
     def default(self, attribute: str, rng: random.Random) -> str:
         table = self.defaults[attribute]
@@ -107,6 +140,7 @@ SOURCE = Dialect(
     sizes={"small": "small", "large": "big"},
     fills={"solid": "solid", "striped": "striped", "dotted": "dotted", "outlined": "outlined"},
     artists={"striped": "by bridget riley", "dotted": "by yayoi kusama"},
+    synonyms=SYNONYMS,
     defaults={**_COMMON_DEFAULTS, "fill": {"solid": 1.0}, "background": {"white": 1.0}},
 )
 TARGET = Dialect(
@@ -134,9 +168,9 @@ def write(spec: Spec, dialect: Dialect, rng: random.Random | None = None) -> str
     """The caption of `spec` in `dialect`. With `rng`, the trailing clauses come in a random order."""
     words = []
     if spec.size is not None and spec.size in dialect.sizes:
-        words.append(dialect.sizes[spec.size])
+        words.append(_say(dialect, dialect.sizes, spec.size, spec.size_word))
     if spec.colour is not None:
-        words.append(dialect.colours[spec.colour])
+        words.append(_say(dialect, dialect.colours, spec.colour, spec.colour_word))
     artist = spec.artist and spec.fill in dialect.artists
     if spec.fill is not None and not artist:
         if spec.fill not in dialect.fills:
@@ -154,6 +188,11 @@ def write(spec: Spec, dialect: Dialect, rng: random.Random | None = None) -> str
     if rng is not None:
         rng.shuffle(clauses)
     return " ".join([head] + clauses)
+
+
+def _say(dialect: Dialect, table: dict[str, str], value: str, member: str | None) -> str:
+    """The member of `value`'s class a spec asks for, where this dialect knows it; else the first word."""
+    return member if member is not None and member in dialect.words(table, value) else table[value]
 
 
 class NotAToyPrompt(ValueError):
@@ -183,18 +222,23 @@ def read(prompt: str, dialect: Dialect) -> Spec:
         values["background"] = bg
     lookup = {}
     for attr, table in (("size", dialect.sizes), ("colour", dialect.colours), ("fill", dialect.fills)):
-        lookup.update({word: (attr, value) for value, word in table.items()})
-    lookup.update({s: ("shape", s) for s in SHAPES})
+        for value in table:
+            first, *members = dialect.words(table, value) if attr != "fill" else (table[value],)
+            lookup[first] = (attr, value, None)
+            lookup.update({m: (attr, value, m) for m in members})
+    lookup.update({s: ("shape", s, None) for s in SHAPES})
     for word in text.split():
         if word in ("a", "an", "shape"):
             continue
         if word not in lookup:
             raise NotAToyPrompt(f"{word!r} is not a word of the toy world's {dialect.name} dialect "
                                 f"(in {prompt!r})")
-        attr, value = lookup[word]
+        attr, value, member = lookup[word]
         if attr in values:
             raise NotAToyPrompt(f"{attr} is said twice in {prompt!r}")
         values[attr] = value
+        if member is not None:
+            values[f"{attr}_word"] = member
     return Spec(**values)
 
 
@@ -217,7 +261,7 @@ def drifts_of(spec: Spec) -> list[str]:
     """Which documented drifts a source-dialect spec carries (empty: identity is already right)."""
     out = []
     if SOURCE.colours.get(spec.colour) != TARGET.colours.get(spec.colour) or \
-            SOURCE.sizes.get(spec.size) != TARGET.sizes.get(spec.size):
+            SOURCE.sizes.get(spec.size) != TARGET.sizes.get(spec.size) or spec.words():
         out.append("vocabulary")
     if spec.artist:
         out.append("artist")
@@ -236,7 +280,8 @@ def translate_spec(spec: Spec) -> tuple[Spec, Spec | None]:
     if background is None:  # the source's default, said out loud, where the target's default differs
         source_bg = SOURCE.default("background", random.Random(0))
         background = source_bg if TARGET.defaults["background"] != {source_bg: 1.0} else None
-    told = replace(spec, fill=fill if fill in TARGET.fills else None, background=background, artist=False)
+    told = replace(spec, fill=fill if fill in TARGET.fills else None, background=background, artist=False,
+                   colour_word=None, size_word=None)
     if fill in TARGET.fills:
         return told, None
     # Solid: the target has no word for it and draws half its shapes hollow. The negative prompt names the
@@ -272,14 +317,32 @@ def split_of(spec: Spec) -> str:
     return "heldout" if digest[0] % 4 == 0 else "train"
 
 
-def random_spec(rng: random.Random) -> Spec:
-    """A source-dialect prompt's spec: shape and colour always said, the rest said or left out."""
+def random_spec(rng: random.Random, split: str | None = None) -> Spec:
+    """A source-dialect prompt's spec: shape and colour always said, the rest said or left out. Colour and size
+    are said with any word of their class, uniformly; `split="train"` never picks a HELDOUT_WORDS member."""
     fill = rng.choice([None, "solid", "striped", "dotted", "outlined", "artist-striped", "artist-dotted"])
     artist = fill is not None and fill.startswith("artist-")
-    return Spec(shape=rng.choice(SHAPES), colour=rng.choice(NAMED_COLOURS),
+    spec = Spec(shape=rng.choice(SHAPES), colour=rng.choice(NAMED_COLOURS),
                 size=rng.choice([None, "small", "large"]), position=rng.choice(POSITIONS[1:] + (None,)),
                 fill=fill.split("-")[1] if artist else fill, background=rng.choice([None, *BACKGROUNDS]),
                 artist=artist)
+    return replace(spec, colour_word=class_member(rng, SOURCE.colours, spec.colour, split),
+                   size_word=class_member(rng, SOURCE.sizes, spec.size, split))
+
+
+def class_member(rng: random.Random, table: dict[str, str], value: str | None, split: str | None) -> str | None:
+    """A word of `value`'s class in the source dialect, uniformly (never a HELDOUT_WORDS member for
+    `split="train"`): None for the class's first word, else the member."""
+    if value is None:
+        return None
+    first, *members = SOURCE.words(table, value)
+    word = rng.choice([first] + [m for m in members if split != "train" or m not in HELDOUT_WORDS])
+    return None if word == first else word
+
+
+def unseen_words(prompt: str) -> list[str]:
+    """The words of a source prompt that never occur in a training prompt (HELDOUT_WORDS members)."""
+    return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w in HELDOUT_WORDS]
 
 
 def generate_prompts(n: int, seed: int, split: str, drift: str | None = None) -> list[dict]:
@@ -296,14 +359,14 @@ def generate_prompts(n: int, seed: int, split: str, drift: str | None = None) ->
         # specs has no drift, so drawing freely would give far fewer than a quarter).
         want = drift if drift is not None else ("none" if rng.random() < 0.25 else "any")
         for _ in range(20000):
-            spec = random_spec(rng)
+            spec = random_spec(rng, split)
             drifts = drifts_of(spec)
             ok = {"none": not drifts, "any": bool(drifts)}.get(want, want in drifts)
-            if ok and split_of(spec) == split and spec.key() not in seen:
+            if ok and split_of(spec) == split and (spec.key(), spec.words()) not in seen:
                 break
         else:
             break
-        seen.add(spec.key())
+        seen.add((spec.key(), spec.words()))
         prompt = write(spec, SOURCE, rng)
         o = oracle(prompt)
         out.append({"prompt": prompt, "negative_prompt": "", "drifts": o.drifts, "oracle": o.prompt,

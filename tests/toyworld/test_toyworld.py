@@ -82,6 +82,64 @@ def test_each_drift_is_the_documented_rule():
     assert oracle("a yellow square", "blurry").negative_prompt == "blurry, a yellow outlined square on a white background"
 
 
+def test_vocabulary_drift_is_a_class_with_held_out_members():
+    """#39: every member of a class reads as its value and is rewritten to the target's basic word; the class
+    includes members no training prompt says."""
+    for first, members in world.SYNONYMS.items():
+        assert len(members) >= 3 and set(members) & world.HELDOUT_WORDS
+        for member in members:
+            spec = read(f"a {member} circle" if first not in ("big", "small") else f"a {member} green circle",
+                        SOURCE)
+            assert member in spec.words() and "vocabulary" in world.drifts_of(spec)
+            assert spec.key() == read(f"a {first} circle" if first not in ("big", "small")
+                                      else f"a {first} green circle", SOURCE).key()  # one meaning, one split
+    assert oracle("a cherry circle on a white background").prompt == "a red circle on a white background"
+    assert oracle("an enormous lime triangle on a black background").prompt == \
+        "a large green triangle on a black background"
+    with pytest.raises(NotAToyPrompt, match="cherry"):
+        read("a cherry circle", TARGET)  # the target dialect knows none of them
+
+
+@given(seed=st.integers(0, 10_000))
+def test_a_source_spec_with_members_round_trips(seed):
+    spec = world.random_spec(random.Random(seed))
+    assert read(write(spec, SOURCE, random.Random(seed)), SOURCE) == spec
+
+
+def test_train_split_never_says_a_held_out_member_and_held_out_prompts_do():
+    for name, rows in (("committed", None), ("fresh", 1)):
+        train = _load(PROMPTS / "train.jsonl") if rows is None else world.generate_prompts(600, 1234, "train")
+        heldout = _load(PROMPTS / "heldout.jsonl") if rows is None else world.generate_prompts(300, 1234, "heldout")
+        assert not any(world.unseen_words(r["prompt"]) for r in train), name
+        drifted = [r for r in heldout if r["drifts"]]
+        assert sum(bool(world.unseen_words(r["prompt"])) for r in drifted) >= 0.3 * len(drifted), name
+    said = {w for r in _load(PROMPTS / "train.jsonl") for w in r["prompt"].split()}
+    assert set(world.HELDOUT_WORDS).isdisjoint(said)
+    assert {m for ms in world.SYNONYMS.values() for m in ms} - world.HELDOUT_WORDS <= said  # the rest are trained
+
+
+def test_toy_sd15_reads_every_member_as_its_class_and_toy_sd2_knows_none():
+    """The tie (toyworld.build.teach_synonyms): toy-sd15's text encoder gives a member's prompt exactly its
+    class word's encoding; toy-sd2's never learned the members (its encodings differ from the basic word's)."""
+    import torch
+    from transformers import CLIPTextModel
+
+    from bridge.syntax.tokens import build_clip_tokenizer
+    from toyworld.build import token_ids
+
+    tok = build_clip_tokenizer()
+    for name, same in (("toy-sd15", True), ("toy-sd2", False)):
+        enc = CLIPTextModel.from_pretrained(WEIGHTS / name / "text_encoder")
+        for first, members in world.SYNONYMS.items():
+            basic = first if name == "toy-sd15" else (TARGET.colours.get(next(
+                (v for v, w in SOURCE.colours.items() if w == first), ""), None) or
+                TARGET.sizes[next(v for v, w in SOURCE.sizes.items() if w == first)])
+            with torch.no_grad():
+                out = enc(token_ids(tok, [f"a {w} circle" for w in (basic, *members)]))[0]
+            for i in range(1, len(members) + 1):
+                assert torch.equal(out[0], out[i]) is same, (name, members[i - 1])
+
+
 @pytest.mark.parametrize("bad", ["a crimson fox", "a circle on a pink background", "a red circle",
                                  "a crimson crimson circle"])
 def test_prompts_outside_the_grammar_are_refused_with_the_word(bad):
