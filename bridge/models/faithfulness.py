@@ -19,9 +19,12 @@ returned:
    translation has to pass (the held-out class members of "learning that generalises"). An unseen word
    replaced in place, one word for one, passes under `strict` when its replacement is a *class*: a word the
    adapter learned to write, one for one, for at least CLASS_MIN different source words (crimson and scarlet
-   -> red, so vermilion -> red). Under `lenient` one such source word is enough, and up to three unseen words
-   may become one learned word ("by greg rutkowski" -> "dotted"). A word the adapter met and never learned to
-   change (a "circle" it always kept) is never licensed this way (`_licensed`).
+   -> red, so vermilion -> red). Several unseen words in one replacement ("petite cherry" -> "small red") pass
+   only when each target is a class that accepted rewrites also wrote inside several-for-several replacements
+   ("tiny crimson" -> "small red"); otherwise words paired by position alone would pass. Under `lenient` one
+   source word makes a class, and up to three unseen words may become one learned word ("by greg rutkowski" ->
+   "dotted"). A word the adapter met and never learned to change (a "circle" it always kept) is never licensed
+   this way (`_licensed`).
 
 Anything else fails the guard: the translator returns the syntax strategy's output with a `rewrite-unfaithful`
 warning naming the words (`Translator.translate`). `off` returns rewrites unchecked. Without an edit record
@@ -113,6 +116,9 @@ class EditRecord:
     # target word -> {source word: accepted rewrites that replaced it word for word by the target}
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     vocabulary: set[str] = field(default_factory=set)  # content words of the training prompts
+    # target word -> accepted rewrites that wrote it as one of several words replacing several ("tiny crimson"
+    # -> "small red"): where an unseen word may be one of several new pairs in one replacement
+    multi: dict[str, int] = field(default_factory=dict)
 
     # -- recording (training)
     def count(self, edit: Edit, accepted: bool) -> None:
@@ -125,6 +131,9 @@ class EditRecord:
                 if len(src) == len(dst) == 1:
                     row = self.sources.setdefault(word_key(dst[0]), {})
                     row[word_key(src[0])] = row.get(word_key(src[0]), 0) + 1
+                elif len(src) >= 2 and len(dst) >= 2:
+                    for w in set(dst):
+                        self.multi[word_key(w)] = self.multi.get(word_key(w), 0) + 1
 
     def merge(self, other: "EditRecord") -> None:
         for mine, theirs in ((self.drop, other.drop), (self.add, other.add)):
@@ -136,6 +145,8 @@ class EditRecord:
             for src, n in srcs.items():
                 row[src] = row.get(src, 0) + n
         self.vocabulary |= other.vocabulary
+        for k, n in other.multi.items():
+            self.multi[k] = self.multi.get(k, 0) + n
 
     def see(self, texts: Iterable[str], embeddings: frozenset[str] = frozenset()) -> None:
         for t in texts:
@@ -164,6 +175,10 @@ class EditRecord:
         """How many distinct source words the adapter learned to replace by `word`."""
         return self._members(self.sources.get(word_key(word), {}))
 
+    def multi_target(self, word: str) -> bool:
+        """Whether accepted rewrites wrote `word` inside a several-for-several replacement MIN_ACCEPTED times."""
+        return self.multi.get(word_key(word), 0) >= MIN_ACCEPTED
+
     def knows_any(self, words: Iterable[str]) -> bool:
         """Whether any content word was in a training prompt: a prompt without one has nothing to translate."""
         return any(self.seen(w) for w in content(words))
@@ -177,12 +192,12 @@ class EditRecord:
     # -- files
     def counts(self) -> dict:
         """The counts alone (what a training step logs; `from_json` reads them back)."""
-        return {"drop": self.drop, "add": self.add, "sources": self.sources}
+        return {"drop": self.drop, "add": self.add, "sources": self.sources, "multi": self.multi}
 
     def to_json(self) -> dict:
         return {"format": "sd-bridge edit record", "version": 1, "hash": f"sha256('{_SALT}' + word)[:16]",
                 "min_accepted": MIN_ACCEPTED, "drop": self.drop, "add": self.add, "sources": self.sources,
-                "vocabulary": sorted(self.vocabulary)}
+                "multi": self.multi, "vocabulary": sorted(self.vocabulary)}
 
     @classmethod
     def from_json(cls, data: dict) -> "EditRecord":
@@ -201,7 +216,11 @@ class EditRecord:
             raise ValueError("sources must map words to {word: count}")
         if not isinstance(vocabulary, list) or not all(isinstance(w, str) for w in vocabulary):
             raise ValueError("vocabulary must be a list of words")
-        return cls(table("drop"), table("add"), {k: dict(v) for k, v in sources.items()}, set(vocabulary))
+        multi = data.get("multi", {})  # absent in records written before it: no several-for-several licence
+        if not isinstance(multi, dict) or not all(type(n) is int and n >= 0 for n in multi.values()):
+            raise ValueError("multi must map words to counts")
+        return cls(table("drop"), table("add"), {k: dict(v) for k, v in sources.items()}, set(vocabulary),
+                   {str(k): n for k, n in multi.items()})
 
     def save(self, directory: Path | str, name: str = EDITS) -> Path:
         path = Path(directory) / name
@@ -269,13 +288,24 @@ def check(source: str, rewrite: str, record: EditRecord | None, mode: str = "str
 def _licensed(src: list[str], dst: list[str], record: EditRecord, mode: str) -> bool:
     """Whether one aligned replacement of unseen words by learned targets passes (module docstring, step 3).
 
-    Word for word ("a big vermilion circle" -> "a large red circle"): every pair but one must be a learned edit
-    (big -> large), and the one left an unseen word for a class target (strict) or any learned target (lenient).
-    Two or more new pairs in one replacement are refused: "floating in space" -> "on a white background" pairs
-    two unseen words with learned words by position alone. Several words for one ("by greg rutkowski" ->
+    Word for word ("a big vermilion circle" -> "a large red circle"): every pair is a learned edit (big ->
+    large) or an unseen word for a class target (strict; any learned target under lenient). What is licensed
+    on its own is set aside before pairing, so "cherry solid" -> "red" pairs cherry with red ("solid" is a
+    learned drop) and "navy" -> "blue dotted" pairs navy with blue ("dotted", written for an artist's name, is
+    a learned add and no class target). Two or more new pairs in one replacement pass only where each target
+    is one accepted rewrites wrote inside several-for-several replacements (`multi_target`: "tiny crimson" ->
+    "small red" licenses "petite cherry" -> "small red"); otherwise they pair words by position alone, as
+    "floating in space" -> "on a white background" does. Several words for one ("by greg rutkowski" ->
     "dotted") pass under lenient only."""
+    need = CLASS_MIN if mode == "strict" else 1
+    if len(src) != len(dst):
+        rest_src = [u for u in src if not (record.seen(u) and record.learned_drop(u))]
+        rest_dst = [v for v in dst if record.class_size(v) >= need or not record.learned_add(v)]
+        if rest_src and len(rest_src) == len(rest_dst):
+            src, dst = rest_src, rest_dst
     if len(src) == len(dst):
         new = [(u, v) for u, v in zip(src, dst) if not (record.learned_drop(u) and record.learned_add(v))]
-        need = CLASS_MIN if mode == "strict" else 1
-        return len(new) == 1 and not record.seen(new[0][0]) and record.class_size(new[0][1]) >= need
+        if not new or not all(not record.seen(u) and record.class_size(v) >= need for u, v in new):
+            return False
+        return len(new) == 1 or all(record.multi_target(v) for _, v in new)
     return mode == "lenient" and len(dst) == 1 and len(src) <= LENIENT_SPAN

@@ -87,6 +87,20 @@ def test_an_unseen_word_replaced_in_place_by_a_learned_class_passes():
                   ("ochre", "background"), ("umber", "background"), vocabulary="square")
     assert not check("a square, minimalism, poster", "a square on a white background", rec).ok
     assert not check("a square, minimalism, poster", "a square on a white background", rec, mode="lenient").ok
+    # Several unseen words in one replacement, each for a class target (#39's held-out members): they pass
+    # where accepted rewrites wrote those targets inside several-for-several replacements, and not otherwise.
+    pairs = (("crimson", "red"), ("scarlet", "red"), ("tiny", "small"), ("little", "small"))
+    rec = learned(*pairs, ("tiny crimson", "small red"), ("little scarlet", "small red"), vocabulary="circle")
+    assert rec.multi_target("small") and rec.multi_target("red")
+    assert check("a petite cherry circle", "a small red circle", rec).ok
+    assert not check("a petite cherry circle", "a small red circle", learned(*pairs, vocabulary="circle")).ok
+    assert not check("a cute fluffy circle", "a small blue circle", rec).ok  # blue is no class target here
+    # What is licensed alone is set aside before pairing: a learned drop, a learned add that is no class.
+    rec = learned(("crimson", "red"), ("scarlet", "red"), ("by yayoi kusama", "dotted"), deletes=("solid",),
+                  vocabulary="circle solid")
+    assert check("a cherry solid circle", "a red circle", rec).ok
+    assert check("a cherry circle by yayoi kusama", "a red dotted circle", rec).ok
+    assert not check("a cherry fox solid circle", "a red circle", rec).ok  # "fox" is still lost
     # An unseen artist's name for a learned fill: three words in place, lenient only.
     rec = learned(("by bridget riley", "striped"), vocabulary="circle")
     assert not check("a circle by greg rutkowski", "a striped circle", rec).ok
