@@ -157,7 +157,16 @@ NEUTRAL = Dialect(
     name="neutral", colours={c: c for c in COLOURS}, sizes={s: s for s in SIZES}, fills={f: f for f in FILLS},
     defaults={}, say_center=True,
 )
-DIALECTS = {d.name: d for d in (SOURCE, TARGET, NEUTRAL)}
+# Every word either dialect has for a colour or a size, filed under the target's word, and every fill word and
+# artist: the language of toy-t5's paraphrase corpus, which must not say which words toy-sd2 knows.
+ANY = Dialect(
+    name="any", colours=dict(TARGET.colours), sizes=dict(TARGET.sizes), fills=dict(SOURCE.fills),
+    artists=dict(SOURCE.artists), defaults={},
+    synonyms={word: tuple(w for w in SOURCE.words(table, value) if w != word)
+              for table, target in ((SOURCE.colours, TARGET.colours), (SOURCE.sizes, TARGET.sizes))
+              for value, word in target.items()},
+)
+DIALECTS = {d.name: d for d in (SOURCE, TARGET, NEUTRAL, ANY)}
 _POSITION_WORDS = {"center": "in the center", "left": "on the left", "right": "on the right", "top": "at the top",
                    "bottom": "at the bottom"}
 
@@ -330,12 +339,13 @@ def random_spec(rng: random.Random, split: str | None = None) -> Spec:
                    size_word=class_member(rng, SOURCE.sizes, spec.size, split))
 
 
-def class_member(rng: random.Random, table: dict[str, str], value: str | None, split: str | None) -> str | None:
-    """A word of `value`'s class in the source dialect, uniformly (never a HELDOUT_WORDS member for
-    `split="train"`): None for the class's first word, else the member."""
+def class_member(rng: random.Random, table: dict[str, str], value: str | None, split: str | None,
+                 dialect: Dialect = SOURCE) -> str | None:
+    """A word of `value`'s class in `dialect` (`table`: its colours or sizes), uniformly (never a HELDOUT_WORDS
+    member for `split="train"`): None for the class's first word, else the member."""
     if value is None:
         return None
-    first, *members = SOURCE.words(table, value)
+    first, *members = dialect.words(table, value)
     word = rng.choice([first] + [m for m in members if split != "train" or m not in HELDOUT_WORDS])
     return None if word == first else word
 
