@@ -175,6 +175,12 @@ class EditRecord:
         """How many distinct source words the adapter learned to replace by `word`."""
         return self._members(self.sources.get(word_key(word), {}))
 
+    def replaced(self, word: str) -> bool:
+        """Whether accepted rewrites replaced `word` one for one by some word MIN_ACCEPTED times (big -> large),
+        rather than only dropping it (solid)."""
+        key = word_key(word)
+        return any(row.get(key, 0) >= MIN_ACCEPTED for row in self.sources.values())
+
     def multi_target(self, word: str) -> bool:
         """Whether accepted rewrites wrote `word` inside a several-for-several replacement MIN_ACCEPTED times."""
         return self.multi.get(word_key(word), 0) >= MIN_ACCEPTED
@@ -291,15 +297,16 @@ def _licensed(src: list[str], dst: list[str], record: EditRecord, mode: str) -> 
     Word for word ("a big vermilion circle" -> "a large red circle"): every pair is a learned edit (big ->
     large) or an unseen word for a class target (strict; any learned target under lenient). What is licensed
     on its own is set aside before pairing, so "cherry solid" -> "red" pairs cherry with red ("solid" is a
-    learned drop) and "navy" -> "blue dotted" pairs navy with blue ("dotted", written for an artist's name, is
-    a learned add and no class target). Two or more new pairs in one replacement pass only where each target
+    learned drop that accepted rewrites only ever dropped) and "navy" -> "blue dotted" pairs navy with blue
+    ("dotted", written for an artist's name, is a learned add and no class target), while "huge pumpkin" ->
+    "large orange striped" still pairs huge with large (huge is a word they replaced). Two or more new pairs in one replacement pass only where each target
     is one accepted rewrites wrote inside several-for-several replacements (`multi_target`: "tiny crimson" ->
     "small red" licenses "petite cherry" -> "small red"); otherwise they pair words by position alone, as
     "floating in space" -> "on a white background" does. Several words for one ("by greg rutkowski" ->
     "dotted") pass under lenient only."""
     need = CLASS_MIN if mode == "strict" else 1
     if len(src) != len(dst):
-        rest_src = [u for u in src if not (record.seen(u) and record.learned_drop(u))]
+        rest_src = [u for u in src if not (record.seen(u) and record.learned_drop(u) and not record.replaced(u))]
         rest_dst = [v for v in dst if record.class_size(v) >= need or not record.learned_add(v)]
         if rest_src and len(rest_src) == len(rest_dst):
             src, dst = rest_src, rest_dst

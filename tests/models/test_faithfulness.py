@@ -101,6 +101,9 @@ def test_an_unseen_word_replaced_in_place_by_a_learned_class_passes():
     assert check("a cherry solid circle", "a red circle", rec).ok
     assert check("a cherry circle by yayoi kusama", "a red dotted circle", rec).ok
     assert not check("a cherry fox solid circle", "a red circle", rec).ok  # "fox" is still lost
+    rec = learned(("crimson", "red"), ("scarlet", "red"), ("huge", "large"), ("big", "large"),
+                  ("by yayoi kusama", "dotted"), vocabulary="circle")
+    assert check("a huge cherry circle by yayoi kusama", "a large red dotted circle", rec).ok  # huge pairs large
     # An unseen artist's name for a learned fill: three words in place, lenient only.
     rec = learned(("by bridget riley", "striped"), vocabulary="circle")
     assert not check("a circle by greg rutkowski", "a striped circle", rec).ok
