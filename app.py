@@ -51,8 +51,9 @@ class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "interface to bind (0.0.0.0 exposes it on the network)"})
     port: int = field(default=7860, metadata={"help": "port"})
     adapter: list[Path] = field(default_factory=list, metadata={
-        "help": "adapter directories the Translate tab offers (the first is the default for every tab; none: the "
-                "syntax strategy); users pick among these, never type a path"})
+        "help": "adapter directories (or shipped adapters' names: toy) the Translate tab offers (the first is the "
+                "default for every tab; none given: the shipped toy adapter when Compare runs the toy world, else "
+                "the syntax strategy; `none`: the syntax strategy only); users pick among these, never type a path"})
     source: str = field(default="auto", metadata={"help": "source pipeline for Compare (auto: sd15 when its weights "
                                                            "are local and a GPU is present, else the toy world's "
                                                            "toy-sd15)"})
@@ -81,7 +82,7 @@ class ServeConfig:
         if self.max_seeds < 1:
             raise ValueError(f"max_seeds must be >= 1, got {self.max_seeds}")
         check_index_dir(self.reference)
-        for adapter in self.adapter:  # at start, not at a user's first request
+        for adapter in filter(None, map(presets.adapter_path, self.adapter)):  # at start, not at a first request
             if not Path(adapter).is_dir():
                 raise ValueError(f"adapter directory not found: {adapter}")
 
@@ -104,8 +105,13 @@ class Models:
         self._translators: dict = {}
         self._compare = None
         self._reference = None
-        # Adapters by the name the UI shows: only the directories the server was started with.
-        self.adapters = {SYNTAX: None, **{Path(a).name: Path(a) for a in cfg.adapter}}
+        # Adapters by the name the UI shows: only the directories the server was started with, or, with none,
+        # the shipped toy adapter when Compare runs the toy world (a learned translation without training, #39).
+        adapters = [a for a in map(presets.adapter_path, cfg.adapter) if a is not None]  # `none`: syntax only
+        if not cfg.adapter:
+            shipped = presets.default_adapter(self.compare_presets()[1].name)
+            adapters = [shipped] if shipped is not None and shipped.is_dir() else []
+        self.adapters = {SYNTAX: None, **{Path(a).name: Path(a) for a in adapters}}
         self.batch_root = Path(tempfile.mkdtemp(prefix="sd-bridge-batch-"))
         atexit.register(shutil.rmtree, self.batch_root, ignore_errors=True)
 

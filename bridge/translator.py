@@ -236,11 +236,12 @@ class Translator:
     def from_pretrained(cls, adapter: str | Path | None = None, target: str | None = None,
                         policy: MigrationPolicy | None = None, device: str = "cpu", dtype: str = "auto",
                         batch_size: int = 32, cache: str | Path | None = None) -> "Translator":
-        """A translator for `adapter` (a directory written by `sd-bridge train`, or by `sd-bridge export`), or
-        the syntax strategy when `adapter` is None. `target` defaults to the adapter's target (else the
+        """A translator for `adapter` (a directory written by `sd-bridge train`, or by `sd-bridge export`, or a
+        shipped adapter's name such as `toy`), or the syntax strategy when `adapter` is None or "none". `target` defaults to the adapter's target (else the
         reference target). `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None.
         `dtype` applies to peft adapters; an export runs in the precision it was exported in. The weights load
         at the first text the cache lacks, or at `load()`."""
+        adapter = presets.adapter_path(adapter)  # a shipped adapter's name (`toy`) is its directory
         if adapter is None:
             return cls(presets.pipeline(target or presets.DEFAULT_TARGET), policy, batch_size=batch_size)
         from bridge.models import engine, translation_cache

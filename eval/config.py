@@ -24,7 +24,8 @@ class EvalConfig(MigrationPolicy):
     scorer: str = field(default="auto", metadata={"help": "scorer preset (auto: vit-h-14 or toy-clip)"})
     oracle: bool = field(default=False, metadata={"help": "add the toy world's correct translation as a strategy "
                                                           "named oracle (toy source and target only)"})
-    adapter: list[Path] = field(default_factory=list, metadata={"help": "adapter directories to evaluate (any number)"})
+    adapter: list[Path] = field(default_factory=list, metadata={"help": "adapter directories to evaluate (any "
+                                                                                   "number; toy: the shipped one)"})
     translations: Path | None = field(default=None, metadata={
         "help": "file (.csv/.tsv/.jsonl) of translations made by another tool: a `prompt` column (the source) and "
                 "a `translated_prompt` column"})
@@ -66,7 +67,7 @@ class EvalConfig(MigrationPolicy):
 
             if detect_format(str(self.prompts)) != "hf":  # owner/name is a hub dataset, not a file
                 raise SourceError(f"prompt source not found: {self.prompts}")
-        self.adapter = [Path(a) for a in self.adapter]
+        self.adapter = [p for p in map(presets.adapter_path, self.adapter) if p is not None]  # `toy`: its dir
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {self.seeds}")
         if self.top_k < 1:

@@ -50,7 +50,8 @@ class BuildConfig:
     sd15_unet_steps: int = field(default=12000, metadata={"help": "toy-sd15's UNet + text encoder steps"})
     sd2_unet_steps: int = field(default=3000, metadata={"help": "toy-sd2's UNet + text encoder steps"})
     clip_steps: int = field(default=1500, metadata={"help": "toy-clip contrastive steps"})
-    t5_steps: int = field(default=1500, metadata={"help": "toy-t5 paraphraser steps"})
+    t5_steps: int = field(default=4000, metadata={"help": "toy-t5 paraphraser steps (at 1,500 its greedy output "
+                                                        "still crossed colour classes)"})
     batch: int = field(default=32, metadata={"help": "UNet batch size"})
     lr: float = field(default=1.5e-3, metadata={"help": "peak learning rate of the other models (cosine decay to 10%%)"})
     sd15_text_lr_scale: float = field(default=0.1, metadata={"help": "toy-sd15's text encoder learns at this "

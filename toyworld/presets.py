@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.models.presets import PipelinePreset, Preset, RewriterPreset, ScorerPreset
+from bridge.models.presets import AdapterPreset, PipelinePreset, Preset, RewriterPreset, ScorerPreset
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 # In every render-cache key: renders of an older build are never reused. v3: toy-sd15 trained 4x longer.
-REVISION = "toy-v3"
+# v4: toy-sd15 reads the vocabulary classes (a member's embedding tied to its class's word), toy-t5 rebuilt.
+REVISION = "toy-v4"
 
 
 def presets() -> list[Preset]:
@@ -29,4 +30,7 @@ def presets() -> list[Preset]:
                        local_path=at("toy-sd2"), toy=True),
         ScorerPreset("toy-clip", "toy-clip", None, None, REVISION, local_path=at("toy-clip"), toy=True),
         RewriterPreset("toy-t5", None, REVISION, max_new_tokens=32, local_path=at("toy-t5"), toy=True),
+        # The documented recipe's adapter (benchmarks/toyworld_learning.py, training seed 0): `--adapter toy`,
+        # and what translate, the app and the demo use for toy-sd2 when no adapter is named.
+        AdapterPreset("toy", at("toy-adapter"), "toy-sd2", toy=True),
     ]

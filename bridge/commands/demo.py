@@ -2,7 +2,7 @@
 
 `sd-bridge learn` on the toy world's library (prepare, gather with toy-sd15, train a LoRA on toy-t5 against
 toy-sd2, eval identity, syntax, the adapter and the oracle on held-out prompts, export), then a translation with
-the export. The toy world's models are small but *trained* (toyworld), so the report and the closing story show
+the export and with the shipped toy adapter (`--adapter toy`: the same recipe at full size). The toy world's models are small but *trained* (toyworld), so the report and the closing story show
 what the tool is for: toy-sd2 draws something else for a toy-sd15 prompt, and the right translation draws what
 toy-sd15 drew. The pictures are described in words read back from their pixels.
 """
@@ -62,12 +62,17 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     # 1. Learn a bridge on the library: plan, prepare, gather, train, eval, export (resumable; a rerun of the
     #    same demo skips what is done).
     learned = run_learn(cfg.learn_config(), log=log)
-    # 2. Translate one prompt with the export, as `sd-bridge translate --adapter` would, and tell its story.
+    # 2. Translate one prompt with the export, as `sd-bridge translate --adapter` would, and, on the toy world,
+    #    with the shipped toy adapter (the recipe at full size, `--adapter toy`), and tell their story.
     translated = Translator.from_pretrained(cfg.out / "export", device=cfg.device).translate([cfg.example])[0]
     toy = source.toy and target.toy
-    story = tell_story(cfg, translated.translated_prompt, cfg.out / "render-cache", log) if toy else []
+    shipped = presets.default_adapter(target.name) if toy else None
+    ready = Translator.from_pretrained(shipped, device=cfg.device).translate([cfg.example])[0] \
+        if shipped is not None and shipped.is_dir() else None
+    story = tell_story(cfg, translated, ready, cfg.out / "render-cache", log) if toy else []
     summary = {**learned, "strategies": learned["agreement"],
-               "example": {"prompt": cfg.example, "translated": translated.translated_prompt}, "story": story,
+               "example": {"prompt": cfg.example, "translated": translated.translated_prompt,
+                           "shipped_adapter": ready and ready.translated_prompt}, "story": story,
                "seconds": round(time.perf_counter() - started, 2)}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     save_config(cfg, cfg.out, presets={"source": presets.describe(source), "target": presets.describe(target),
@@ -76,16 +81,20 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     return summary
 
 
-def tell_story(cfg: DemoConfig, adapter_prompt: str, cache: Path, log=print) -> list[dict]:
-    """Render the example with each model and each translation, and say what every picture shows."""
+def tell_story(cfg: DemoConfig, learned, shipped, cache: Path, log=print) -> list[dict]:
+    """Render the example with each model and each translation (`learned`: the adapter this demo trained;
+    `shipped`: the toy adapter's, or None), and say what every picture shows."""
     from bridge.models.render import Renderer, derive_seed
     from toyworld.world import describe, oracle
 
     right = oracle(cfg.example)
     seed = derive_seed(cfg.seed, cfg.example, 0)
+    said = lambda t: (t.translated_prompt, t.translated_negative_prompt or "")  # noqa: E731
     lines = [("toy-sd15", cfg.source, cfg.example, ""), ("toy-sd2, same prompt", cfg.target, cfg.example, ""),
-             ("toy-sd2, adapter", cfg.target, adapter_prompt, ""),
-             ("toy-sd2, oracle", cfg.target, right.prompt, right.negative_prompt)]
+             ("toy-sd2, adapter", cfg.target, *said(learned))]
+    if shipped is not None:
+        lines.append(("toy-sd2, toy adapter", cfg.target, *said(shipped)))
+    lines.append(("toy-sd2, oracle", cfg.target, right.prompt, right.negative_prompt))
     renderers: dict[str, Renderer] = {}
     story = []
     log(f"what the models draw for {cfg.example!r} (seed {seed}), read back from the pixels:")

@@ -23,8 +23,10 @@ class TranslateConfig(MigrationPolicy):
     prompt: str | None = field(default=None, metadata={"help": "the prompt (default: read one per line from stdin)",
                                                         "positional": "?"})
     negative: str | None = field(default=None, metadata={"help": "negative prompt (with a single prompt)"})
-    adapter: Path | None = field(default=None, metadata={"help": "adapter directory from `sd-bridge train` "
-                                                                  "(default: the syntax strategy)"})
+    adapter: Path | None = field(default=None, metadata={"help": "adapter directory from `sd-bridge train`, or a "
+                                                                  "shipped adapter's name (toy); none: the syntax "
+                                                                  "strategy (default: toy for --target toy-sd2, "
+                                                                  "else the syntax strategy)"})
     target: str | None = field(default=None, metadata={"help": "target preset (default: the adapter's, else sd2-base)"})
     candidates: int = field(default=1, metadata={"help": "candidates per prompt (sampled; needs an adapter)"})
     seed: int = field(default=0, metadata={"help": "seed for sampled candidates"})
@@ -45,6 +47,7 @@ class TranslateConfig(MigrationPolicy):
 
 
 def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
+    from bridge.models import presets
     from bridge.translator import Translator
 
     if cfg.prompt is not None:
@@ -55,7 +58,11 @@ def run_translate(cfg: TranslateConfig, log=print, stdin=None) -> int:
             raise ValueError("give a PROMPT argument, or pipe prompts in (one per line)")
         prompts = _read_lines(stream)
         negatives = [None] * len(prompts)
-    translator = Translator.from_pretrained(cfg.adapter, cfg.target, MigrationPolicy.of(cfg), device=cfg.device,
+    # A toy target translates with the shipped toy adapter unless told otherwise: a learned translation is what
+    # a person trying toy prompts came to see (#39).
+    adapter = cfg.adapter if cfg.adapter is not None else presets.default_adapter(
+        cfg.target and presets.pipeline(cfg.target).name)
+    translator = Translator.from_pretrained(adapter, cfg.target, MigrationPolicy.of(cfg), device=cfg.device,
                                             batch_size=cfg.batch_size, cache=cfg.translation_cache)
     results = translator.translate(prompts, negatives, num_candidates=cfg.candidates, sample=cfg.candidates > 1,
                                    seed=cfg.seed)

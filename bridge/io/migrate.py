@@ -51,7 +51,8 @@ class MigrateConfig(MigrationPolicy):
     prompt_column: str = field(default="prompt", metadata={"help": "column/key of the prompt"})
     negative_column: str | None = field(default=None, metadata={
         "help": "column/key of the negative prompt (default: `negative_prompt` when present)"})
-    adapter: Path | None = field(default=None, metadata={"help": "adapter directory (default: syntax strategy)"})
+    adapter: Path | None = field(default=None, metadata={"help": "adapter directory, or a shipped adapter's name "
+                                                                  "(toy) (default: syntax strategy)"})
     target: str | None = field(default=None, metadata={"help": "target preset (default: the adapter's, else sd2-base)"})
     device: str = field(default="cpu", metadata={"help": "device for the rewriter"})
     translation_cache: str = field(default="auto", metadata={

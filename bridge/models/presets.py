@@ -88,7 +88,25 @@ class RewriterPreset:
         return "rewriter"
 
 
-Preset = PipelinePreset | ScorerPreset | RewriterPreset
+@dataclass(frozen=True)
+class AdapterPreset:
+    """A trained adapter a package ships (the toy world's `toy`): a name for its directory, and the target it
+    translates for. `--adapter NAME` takes it wherever an adapter directory goes."""
+
+    name: str
+    local_path: str
+    target: str  # the pipeline preset the adapter was trained against
+    toy: bool = False
+    hub_id: None = None  # never on the hub: shipped in a package
+    revision: str = "local"
+    tiny: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "adapter"
+
+
+Preset = PipelinePreset | ScorerPreset | RewriterPreset | AdapterPreset
 
 PIPELINES: dict[str, PipelinePreset] = {
     p.name: p
@@ -123,7 +141,9 @@ REWRITERS: dict[str, RewriterPreset] = {
     ]
 }
 
-_BUILT_IN: dict[str, dict[str, Preset]] = {"pipeline": PIPELINES, "scorer": SCORERS, "rewriter": REWRITERS}
+ADAPTERS: dict[str, AdapterPreset] = {}  # none built in: the library ships no trained weights
+_BUILT_IN: dict[str, dict[str, Preset]] = {"pipeline": PIPELINES, "scorer": SCORERS, "rewriter": REWRITERS,
+                                           "adapter": ADAPTERS}
 TABLES: dict[str, dict[str, Preset]] = {kind: dict(table) for kind, table in _BUILT_IN.items()}
 
 # Presets from other packages (the toy world's, a user's own) are registered, not written here: a package
@@ -230,6 +250,29 @@ def rewriter(name: str, revision: str | None = None) -> RewriterPreset:
     return get_preset("rewriter", name, revision)  # type: ignore[return-value]
 
 
+NO_ADAPTER = "none"  # `--adapter none`: the syntax strategy, where a target would default to a shipped adapter
+
+
+def adapter_path(adapter: str | Path | None) -> Path | None:
+    """An adapter argument as a directory: a shipped adapter's name (`toy`) is its directory, `none` is None,
+    anything else is taken as a path (a directory of that name wins over a shipped name)."""
+    if adapter is None or str(adapter) == NO_ADAPTER:
+        return None
+    table = tables()["adapter"]
+    if str(adapter) in table and not Path(adapter).is_dir():
+        return Path(table[str(adapter)].local_path)
+    return Path(adapter)
+
+
+def default_adapter(target: str | None) -> Path | None:
+    """The shipped adapter a toy target translates with when none is named: the toy world's prompts are the
+    ones a person tries first, and a learned translation is what the tool is for. None for real targets."""
+    if target is None:
+        return None
+    found = [a for a in tables()["adapter"].values() if a.toy and a.target == target]
+    return Path(found[0].local_path) if found else None
+
+
 def describe(preset: Preset) -> dict:
     """The facts about a preset that go into every artifact's config."""
     out = {"kind": preset.kind, "name": preset.name, "hub_id": preset.hub_id, "revision": preset.revision}
@@ -240,6 +283,7 @@ def describe(preset: Preset) -> dict:
 
 
 __all__ = [
-    "PipelinePreset", "ScorerPreset", "RewriterPreset", "PIPELINES", "SCORERS", "REWRITERS", "TABLES",
+    "PipelinePreset", "ScorerPreset", "RewriterPreset", "AdapterPreset", "PIPELINES", "ADAPTERS", "adapter_path",
+    "default_adapter", "NO_ADAPTER", "SCORERS", "REWRITERS", "TABLES",
     "get_preset", "pipeline", "scorer", "rewriter", "describe", "UnknownPresetError", "register", "tables",
 ]

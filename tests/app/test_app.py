@@ -29,7 +29,7 @@ SCREENSHOTS = os.environ.get("SD_BRIDGE_SCREENSHOTS")  # a directory: keep each 
 def server():
     from bridge.commands.serve import ServeConfig, run_serve
 
-    cfg = ServeConfig(port=free_port(), max_seeds=8)
+    cfg = ServeConfig(port=free_port(), max_seeds=8, adapter=[Path("none")])  # the syntax strategy only
     demo = run_serve(cfg, log=lambda *_: None, block=False)
     yield f"http://127.0.0.1:{cfg.port}/"
     demo.close()
@@ -108,13 +108,25 @@ def test_translate_tab(client):
 def test_the_header_says_which_strategy_runs(tmp_path):
     from app import Models, ServeConfig, header
 
-    text = header(Models(ServeConfig()))
+    text = header(Models(ServeConfig(adapter=[Path("none")])))
     assert "What runs here: syntax migration: weights, tags and structure, no rewording" in text
     assert "no word of a prompt is changed" in text and "draws what" not in text
     adapter = tmp_path / "toy-bridge"
     adapter.mkdir()
     text = header(Models(ServeConfig(adapter=[adapter])))
     assert "What runs here: learned rewriting by adapter `toy-bridge`" in text
+
+
+def test_with_no_adapter_named_a_toy_compare_offers_the_shipped_toy_adapter():
+    """#39 item 8: a person sees a learned translation without training first."""
+    from app import Models, ServeConfig, header, translate_fn
+
+    models = Models(ServeConfig())
+    assert models.compare_presets()[1].name == "toy-sd2"  # no GPU here: Compare runs the toy world
+    assert models.default_adapter() == "toy-adapter" and "learned rewriting by adapter `toy-adapter`" in header(models)
+    translated, *_ = translate_fn(models, "a cherry circle on a black background", "")
+    assert translated == "a red circle on a black background"  # a class member no training prompt says
+    assert Models(ServeConfig(adapter=[Path("toy")])).default_adapter() == "toy-adapter"  # by its name
 
 
 def test_api_parameters_have_names(client):
@@ -209,7 +221,7 @@ def test_batch_work_files_are_removed_at_exit(tmp_path):
 
     lib = tmp_path / "lib.txt"
     lib.write_text("a cat <lora:x:1>\n", encoding="utf-8")
-    code = ("import sys, app; m = app.Models(app.ServeConfig()); out, *_ = app.batch_fn(m, sys.argv[1], 'prompt', ''); "
+    code = ("import sys, app; m = app.Models(app.ServeConfig(adapter=['none'])); out, *_ = app.batch_fn(m, sys.argv[1], 'prompt', ''); "
             "print(m.batch_root); assert open(out).read() == 'a cat\\n'")
     proc = subprocess.run([sys.executable, "-c", code, str(lib)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

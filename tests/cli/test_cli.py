@@ -134,6 +134,7 @@ def test_demo_runs_gather_train_eval_translate(tmp_path, capsys):
     assert sees["toy-sd15"] == "a red shape on white" and sees["toy-sd2, oracle"] == "a red shape on white"
     assert sees["toy-sd2, same prompt"].endswith("on black")
     assert "toy-sd2, oracle" in printed
+    assert sees["toy-sd2, toy adapter"] == "a red shape on white"  # the shipped adapter, beside the one just trained
     assert (out / "gather" / "state.json").is_file() and (out / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "export" / "sd_bridge_adapter.json").is_file() and (out / "README.md").is_file()
     assert "plan:" in printed and "[6/6] card" in printed
@@ -142,6 +143,20 @@ def test_demo_runs_gather_train_eval_translate(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["budget"] == "32"
     assert config["presets"]["target"]["prediction_type"] == "v_prediction"
+
+
+def test_translate_takes_the_shipped_toy_adapter_by_name_and_a_toy_target_uses_it(capsys):
+    """#39 item 8: a learned translation without training first; `--adapter none` still gives the syntax
+    strategy. "cherry" is a class member no training prompt of the adapter said."""
+    prompt = "a cherry circle on a black background"
+    for flags in (["--target", "toy-sd2"], ["--adapter", "toy"]):
+        assert main(["translate", *flags, "--json", prompt]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert (row["translated_prompt"], row["strategy"]) == ("a red circle on a black background",
+                                                               "adapter:toy-adapter"), flags
+    assert main(["translate", "--target", "toy-sd2", "--adapter", "none", "--json", prompt]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert (row["translated_prompt"], row["strategy"]) == (prompt, "syntax")
 
 
 def test_bad_flags_exit_2(capsys):
