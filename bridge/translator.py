@@ -237,8 +237,8 @@ class Translator:
                         policy: MigrationPolicy | None = None, device: str = "cpu", dtype: str = "auto",
                         batch_size: int = 32, cache: str | Path | None = None) -> "Translator":
         """A translator for `adapter` (a directory written by `sd-bridge train`, or by `sd-bridge export`, or a
-        shipped adapter's name such as `toy`), or the syntax strategy when `adapter` is None or "none". `target` defaults to the adapter's target (else the
-        reference target). `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None.
+        shipped adapter's name such as `toy`), or the syntax strategy when `adapter` is None or "none". `target`
+        defaults to the adapter's target (else the reference target). `cache`: a translation cache file, "auto" (the sd-bridge cache directory) or None.
         `dtype` applies to peft adapters; an export runs in the precision it was exported in. The weights load
         at the first text the cache lacks, or at `load()`."""
         adapter = presets.adapter_path(adapter)  # a shipped adapter's name (`toy`) is its directory

@@ -24,8 +24,8 @@ class EvalConfig(MigrationPolicy):
     scorer: str = field(default="auto", metadata={"help": "scorer preset (auto: vit-h-14 or toy-clip)"})
     oracle: bool = field(default=False, metadata={"help": "add the toy world's correct translation as a strategy "
                                                           "named oracle (toy source and target only)"})
-    adapter: list[Path] = field(default_factory=list, metadata={"help": "adapter directories to evaluate (any "
-                                                                                   "number; toy: the shipped one)"})
+    adapter: list[Path] = field(default_factory=list, metadata={
+        "help": "adapter directories to evaluate (any number; toy: the shipped one)"})
     translations: Path | None = field(default=None, metadata={
         "help": "file (.csv/.tsv/.jsonl) of translations made by another tool: a `prompt` column (the source) and "
                 "a `translated_prompt` column"})
