@@ -40,8 +40,10 @@ UPLOAD_WINDOW = 900
 RNG_NOTE = ("Each seed seeds a CPU `torch.Generator` per image for the initial latent noise, as diffusers does. "
             "A1111 draws its noise on the GPU by default (Settings → Sampler parameters → Random number generator "
             "source), so the seed of an A1111 image gives another picture here unless that setting is CPU.")
+# The last one says two class members no training prompt of the shipped toy adapter says (#39).
 TOY_EXAMPLES = [["a crimson circle", ""], ["a big azure square by bridget riley", ""],
-                ["a small yellow triangle on the left", ""], ["a green striped circle on a beige background", ""]]
+                ["a small yellow triangle on the left", ""], ["a green striped circle on a beige background", ""],
+                ["a petite cherry triangle on the left", ""]]
 
 
 @dataclass
