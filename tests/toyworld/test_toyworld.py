@@ -285,7 +285,7 @@ def test_a_translation_that_moves_the_shape_scores_below_the_oracle():
 @pytest.mark.slow
 def test_drift_is_real_and_the_oracle_closes_it(tmp_path):
     """eval --oracle on drifted held-out prompts: the oracle beats identity with an interval above 0, and a
-    wrong translation (another colour) loses to identity: the scorer tells right from wrong."""
+    wrong translation (the oracle's, another colour) loses to the oracle: the scorer tells right from wrong."""
     from eval.config import EvalConfig
     from eval.run import run_eval
 
@@ -293,18 +293,21 @@ def test_drift_is_real_and_the_oracle_closes_it(tmp_path):
     rows += [r for r in _load(PROMPTS / "heldout.jsonl") if not r["drifts"]][:4]
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
-    swap = {"crimson": "azure", "azure": "crimson", "green": "purple", "purple": "green", "yellow": "orange",
-            "orange": "yellow"}
+    # The oracle's translation with its colour swapped: right in every other word, so it must score below the
+    # oracle. (Against identity it need not: toy-sd2 draws a colour word it never saw as a blur that can sit
+    # farther from the source in CLIP space than a clean shape of the wrong colour.)
+    other = {"red": "blue", "blue": "red", "green": "purple", "purple": "green", "yellow": "orange", "orange": "yellow"}
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": " ".join(
-        swap.get(w, w) for w in r["prompt"].split())}) + "\n" for r in rows))
+        other.get(w, w) for w in r["oracle"].split())}) + "\n" for r in rows))
     report = run_eval(EvalConfig(prompts=str(prompts), out=tmp_path / "r", source="toy-sd15", target="toy-sd2",
                                  scorer="toy-clip", oracle=True, translations=wrong, no_syntax=True, seeds=2,
                                  device="cpu", render_batch=16), log=lambda *_: None)
     o = report["strategies"]["oracle"]["vs_identity"]
     assert o["delta_ci95"][0] > 0 and o["delta_mean"] > 0.05
-    w = report["strategies"]["file:wrong"]["vs_identity"]
-    assert w["delta_ci95"][1] < 0
+    below = [r["strategies"]["file:wrong"]["agreement"] - r["strategies"]["oracle"]["agreement"]
+             for r in report["rows"]]
+    assert sum(d < 0 for d in below) >= 0.8 * len(below) and sum(below) / len(below) < -0.1, below
     assert [r["drifts"] for r in report["rows"]] == [r["drifts"] for r in rows]
     by = report["strategies"]["oracle"]["by_drift"]
     assert by["none"]["delta_mean"] == 0 and by["none"]["prompts"] == 4
