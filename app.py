@@ -111,8 +111,7 @@ class Models:
         # the shipped toy adapter when Compare runs the toy world (a learned translation without training, #39).
         adapters = [a for a in map(presets.adapter_path, cfg.adapter) if a is not None]  # `none`: syntax only
         if not cfg.adapter:
-            shipped = presets.default_adapter(self.compare_presets()[1].name)
-            adapters = [shipped] if shipped is not None and shipped.is_dir() else []
+            adapters = list(filter(None, [presets.default_adapter(self.compare_presets()[1].name)]))
         self.adapters = {SYNTAX: None, **{Path(a).name: Path(a) for a in adapters}}
         self.batch_root = Path(tempfile.mkdtemp(prefix="sd-bridge-batch-"))
         atexit.register(shutil.rmtree, self.batch_root, ignore_errors=True)

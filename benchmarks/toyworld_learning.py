@@ -90,13 +90,13 @@ def _quiet(*_) -> None:
     """The stages' own logs; the benchmark prints the summary."""
 
 
-def eval_config(out: Path, recipe: Recipe, cache: Path | None = None):
+def eval_config(out: Path, recipe: Recipe, cache: Path | None = None, translations: Path | None = None):
     from eval.config import EvalConfig
 
     return EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
                       target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
                       no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
-                      render_batch=16, device="cpu", cache_dir=cache, translations=table_file(out, recipe))
+                      render_batch=16, device="cpu", cache_dir=cache, translations=translations)
 
 
 def prompt_rows(split: str, n: int | None = None) -> list[dict]:
@@ -123,7 +123,8 @@ def run(out: Path, recipe: Recipe, reward_fn=None, data: Path | None = None, ful
     seconds = train_adapter(out, recipe, reward_fn, data)
     t = time.perf_counter()
     # Several runs on one gather share the eval's renders too (identity and the oracle are the same prompts).
-    report = run_eval(eval_config(out, recipe, data / "eval-cache" if data else None), log=_quiet)
+    report = run_eval(eval_config(out, recipe, data / "eval-cache" if data else None, table_file(out, recipe)),
+                      log=_quiet)
     seconds["eval"] = time.perf_counter() - t
     summary = summarize(report, recipe, seconds)
     summary["target_renders"] = target_renders(out / "adapter")
@@ -368,7 +369,7 @@ def untrained(out: Path, recipe: Recipe, cache: Path | None, rewriter: str = "to
     path = out / "untrained.jsonl"
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": o[0]}) + "\n"
                             for r, o in zip(rows, outs)), encoding="utf-8")
-    cfg = replace(eval_config(out, recipe, cache), adapter=[], translations=path, out=out / "report-untrained")
+    cfg = replace(eval_config(out, recipe, cache, path), adapter=[], out=out / "report-untrained")
     s = run_eval(cfg, log=_quiet)["strategies"]["file:untrained"]
     return {k: s[k] for k in ("agreement_mean", "gap_recovered", "gap_recovered_ci95")}
 

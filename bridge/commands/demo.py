@@ -2,9 +2,10 @@
 
 `sd-bridge learn` on the toy world's library (prepare, gather with toy-sd15, train a LoRA on toy-t5 against
 toy-sd2, eval identity, syntax, the adapter and the oracle on held-out prompts, export), then a translation with
-the export and with the shipped toy adapter (`--adapter toy`: the same recipe at full size). The toy world's models are small but *trained* (toyworld), so the report and the closing story show
-what the tool is for: toy-sd2 draws something else for a toy-sd15 prompt, and the right translation draws what
-toy-sd15 drew. The pictures are described in words read back from their pixels.
+the export and with the shipped toy adapter (`--adapter toy`: the same recipe at full size). The toy world's
+models are small but *trained* (toyworld), so the report and the closing story show what the tool is for:
+toy-sd2 draws something else for a toy-sd15 prompt, and the right translation draws what toy-sd15 drew. The
+pictures are described in words read back from their pixels.
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     translated = Translator.from_pretrained(cfg.out / "export", device=cfg.device).translate([cfg.example])[0]
     toy = source.toy and target.toy
     shipped = presets.default_adapter(target.name) if toy else None
-    ready = Translator.from_pretrained(shipped, device=cfg.device).translate([cfg.example])[0] \
-        if shipped is not None and shipped.is_dir() else None
+    ready = Translator.from_pretrained(shipped, device=cfg.device).translate([cfg.example])[0] if shipped else None
     story = tell_story(cfg, translated, ready, cfg.out / "render-cache", log) if toy else []
     summary = {**learned, "strategies": learned["agreement"],
                "example": {"prompt": cfg.example, "translated": translated.translated_prompt,

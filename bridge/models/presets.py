@@ -266,11 +266,12 @@ def adapter_path(adapter: str | Path | None) -> Path | None:
 
 def default_adapter(target: str | None) -> Path | None:
     """The shipped adapter a toy target translates with when none is named: the toy world's prompts are the
-    ones a person tries first, and a learned translation is what the tool is for. None for real targets."""
+    ones a person tries first, and a learned translation is what the tool is for. None for real targets, and
+    where the package's adapter directory is missing (a checkout without its weights)."""
     if target is None:
         return None
-    found = [a for a in tables()["adapter"].values() if a.toy and a.target == target]
-    return Path(found[0].local_path) if found else None
+    found = [Path(a.local_path) for a in tables()["adapter"].values() if a.toy and a.target == target]
+    return found[0] if found and found[0].is_dir() else None
 
 
 def describe(preset: Preset) -> dict:
