@@ -4,6 +4,7 @@ of the oracle's gap the adapter recovers on held-out prompts.
     uv run python -m benchmarks.toyworld_learning --out DIR [--algo grpo|raft] [--reduced]
                                                   [--broken frozen|random-reward] [--seeds 0,1,2]
                                                   [--advantage std|mean] [--min-group-std F]
+                                                  [--heldout-seed S]
 
 1. gather   toy-sd15 renders of the first `train_prompts` prompts of the train split -> DIR/gather, and of
             the last `val_prompts` of the held-out split -> DIR/val (the learning curve's held-out points)
@@ -29,6 +30,10 @@ and `--min-group-std` are train's flags, for comparing the objective's variants.
 
 `--reduced` runs the slow learning test's recipe; `--broken` runs a variant that must not learn (the adapter
 frozen with lr 0, or a reward of random numbers), to show that the test's assertion can fail.
+
+The held-out prompts are the committed split (`toyworld/prompts/heldout.jsonl`, what `sd-bridge toyworld prompts
+--split heldout --n 500 --seed 0` writes); `--heldout-seed S` draws 500 fresh ones with seed S instead (written
+to DIR/heldout-seedS.jsonl), so the acceptance can be checked on prompts no test and no earlier run has scored.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class Recipe:
     train_seed: int | None = None  # the training run's own seed: LoRA init, prompts per step, sampling
     advantage: str = "std"  # TrainConfig.advantage
     min_group_std: float | None = None  # None: TrainConfig's default
+    heldout_seed: int = 0  # 0: the committed held-out split (drawn with seed 0); else a fresh draw
 
 
 # The recipe at a reduced size: the slow learning test, and the trained adapter the inference-backend benchmark
@@ -93,7 +99,7 @@ def _quiet(*_) -> None:
 def eval_config(out: Path, recipe: Recipe, cache: Path | None = None, translations: Path | None = None):
     from eval.config import EvalConfig
 
-    return EvalConfig(prompts=str(PROMPTS / "heldout.jsonl"), out=out / "report", source="toy-sd15",
+    return EvalConfig(prompts=str(heldout_file(out, recipe)), out=out / "report", source="toy-sd15",
                       target="toy-sd2", scorer="toy-clip", adapter=[out / "adapter"], oracle=True,
                       no_syntax=True, seeds=recipe.eval_seeds, seed=recipe.seed, limit=recipe.eval_prompts,
                       render_batch=16, device="cpu", cache_dir=cache, translations=translations)
@@ -104,6 +110,28 @@ def prompt_rows(split: str, n: int | None = None) -> list[dict]:
     return [json.loads(line) for line in (PROMPTS / f"{split}.jsonl").open(encoding="utf-8")][:n]
 
 
+HELDOUT_ROWS = 500  # the committed held-out split's size: eval prompts from the front, validation from the back
+
+
+def heldout_rows(recipe: Recipe) -> list[dict]:
+    """The recipe's held-out prompts: the committed split, or `HELDOUT_ROWS` drawn fresh with its `heldout_seed`
+    (world.generate_prompts is deterministic: seed 0 gives the committed file)."""
+    if recipe.heldout_seed == 0:
+        return prompt_rows("heldout")
+    return world.generate_prompts(HELDOUT_ROWS, recipe.heldout_seed, "heldout")
+
+
+def heldout_file(out: Path, recipe: Recipe) -> Path:
+    """`heldout_rows` as a prompts file the gather and eval stages read: the committed one, or written in `out`."""
+    if recipe.heldout_seed == 0:
+        return PROMPTS / "heldout.jsonl"
+    path = out / f"heldout-seed{recipe.heldout_seed}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in heldout_rows(recipe)), encoding="utf-8")
+    return path
+
+
 def table_file(out: Path, recipe: Recipe) -> Path:
     """The mined table's translations of the eval prompts, as a translations file eval scores (`file:table`);
     mined from the recipe's training prompts."""
@@ -111,7 +139,7 @@ def table_file(out: Path, recipe: Recipe) -> Path:
     path = out / "table.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table(table, r["prompt"])})
-                            + "\n" for r in prompt_rows("heldout", recipe.eval_prompts)), encoding="utf-8")
+                            + "\n" for r in heldout_rows(recipe)[:recipe.eval_prompts]), encoding="utf-8")
     return path
 
 
@@ -185,7 +213,7 @@ def train_adapter(out: Path, recipe: Recipe, reward_fn=None, data: Path | None =
     run_gather(GatherConfig(prompts=str(PROMPTS / "train.jsonl"), out=data / "gather", preset="toy-sd15",
                             scorer="toy-clip", seeds=recipe.train_seeds, seed=recipe.seed, limit=recipe.train_prompts,
                             batch_size=16, device="cpu", progress=False), log=_quiet)
-    heldout = (PROMPTS / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    heldout = heldout_file(data, recipe).read_text(encoding="utf-8").splitlines()
     if recipe.val_prompts + recipe.eval_prompts > len(heldout):
         raise ValueError(f"{recipe.val_prompts} validation + {recipe.eval_prompts} eval prompts exceed the "
                          f"{len(heldout)} held-out prompts")
@@ -330,7 +358,7 @@ def readback(recipe: Recipe, adapters: list[Path]) -> dict:
     from bridge.models.render import Renderer
     from bridge.translator import Translator
 
-    rows = prompt_rows("heldout", recipe.eval_prompts)
+    rows = heldout_rows(recipe)[:recipe.eval_prompts]
     prompts, seeds = [r["prompt"] for r in rows], [recipe.seed + i for i in range(len(rows))]
     drew = [world.read_image(im) for im in Renderer(presets.pipeline("toy-sd15"))(prompts, seeds, batch_size=16)]
     target = Renderer(presets.pipeline("toy-sd2"))
@@ -363,7 +391,7 @@ def untrained(out: Path, recipe: Recipe, cache: Path | None, rewriter: str = "to
     from bridge.models.rewriter import generate
     from eval.run import run_eval
 
-    rows = prompt_rows("heldout", recipe.eval_prompts)
+    rows = heldout_rows(recipe)[:recipe.eval_prompts]
     model, tok = load_rewriter(presets.rewriter(rewriter))
     outs = generate(model, tok, [r["prompt"] for r in rows], max_new_tokens=48)
     path = out / "untrained.jsonl"
@@ -374,16 +402,15 @@ def untrained(out: Path, recipe: Recipe, cache: Path | None, rewriter: str = "to
     return {k: s[k] for k in ("agreement_mean", "gap_recovered", "gap_recovered_ci95")}
 
 
-def prior(rewriter: str = "toy-t5", n: int = 200, k: int = 8, seed: int = 0) -> dict:
+def prior(rows: list[dict], rewriter: str = "toy-t5", k: int = 8, seed: int = 0) -> dict:
     """What the rewriter knows before any RL (#39): the share of its samples (`k` per prompt, temperature 1, as
-    training samples them) on the first `n` held-out prompts that mean the oracle's prompt, read back in the
+    training samples them) on the held-out prompts `rows` that mean the oracle's prompt, read back in the
     target dialect, overall and per drift. A rewriter pretrained on the held-out prompts with their answers
     starts high; an honest prior starts near what paraphrasing at random gives."""
     from bridge.models import presets
     from bridge.models.loading import load_rewriter
     from bridge.models.rewriter import generate
 
-    rows = prompt_rows("heldout", n)
     model, tok = load_rewriter(presets.rewriter(rewriter))  # a preset name or a model directory
     samples = generate(model, tok, [r["prompt"] for r in rows], num_candidates=k, sample=True, seed=seed,
                        max_new_tokens=48)
@@ -415,6 +442,7 @@ def _variant(argv: list[str]) -> str:
     ap.add_argument("--broken", default=None)
     ap.add_argument("--advantage", default="std")
     ap.add_argument("--min-group-std", type=float, default=None)
+    ap.add_argument("--heldout-seed", type=int, default=0)
     args, _ = ap.parse_known_args(argv)
     floor = args.min_group_std
     if floor is not None and floor == TrainConfig.__dataclass_fields__["min_group_std"].default:
@@ -422,7 +450,8 @@ def _variant(argv: list[str]) -> str:
     return "-".join(filter(None, [None if args.algo == "grpo" else args.algo, "reduced" if args.reduced else None,
                                   f"broken-{args.broken}" if args.broken else None,
                                   None if args.advantage == "std" else args.advantage,
-                                  f"floor{floor:g}".replace(".", "p") if floor is not None else None]))
+                                  f"floor{floor:g}".replace(".", "p") if floor is not None else None,
+                                  f"heldout{args.heldout_seed}" if args.heldout_seed else None]))
 
 
 @recorded("toyworld_learning", _variant)
@@ -438,24 +467,28 @@ def main(argv: list[str] | None = None) -> dict:
                     "on the same data; their mean and spread are printed (default: 0)")
     ap.add_argument("--advantage", choices=["std", "mean"], default="std", help="GRPO's advantage (train's flag)")
     ap.add_argument("--min-group-std", type=float, default=None, help="train's flag (default: train's default)")
+    ap.add_argument("--heldout-seed", type=int, default=0, help="draw the held-out prompts fresh with this seed "
+                    "(default 0: the committed split, which seed 0 draws)")
     args = ap.parse_args(argv)
     recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo, advantage=args.advantage,
-                     min_group_std=args.min_group_std, **({"lr": 0.0} if args.broken == "frozen" else {}))
+                     min_group_std=args.min_group_std, heldout_seed=args.heldout_seed,
+                     **({"lr": 0.0} if args.broken == "frozen" else {}))
     seeds = [int(x) for x in args.seeds.split(",")]
     reward = random_reward(recipe.seed) if args.broken == "random-reward" else None
     result = run_seeds(args.out, recipe, seeds, reward) if len(seeds) > 1 else run(
         args.out, replace(recipe, train_seed=seeds[0]), reward)
     result["untrained"] = untrained(args.out, recipe, args.out / "eval-cache" if len(seeds) > 1 else None)
-    result["prior"] = prior(n=recipe.eval_prompts)
+    result["prior"] = prior(heldout_rows(recipe)[:recipe.eval_prompts])
     result["readback"] = readback(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
                                   if len(seeds) > 1 else [args.out / "adapter"])
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
+    fresh = f" (drawn fresh with seed {recipe.heldout_seed})" if recipe.heldout_seed else ""
     objective = f"advantage {recipe.advantage}" + ("" if recipe.min_group_std is None else
                                                      f", min-group-std {recipe.min_group_std}")
     print(f"toy world, {recipe.algo}{broken} ({objective}; training seeds {args.seeds}): trained on "
-          f"{recipe.train_prompts} train-split prompts, {recipe.steps} steps; eval on {result['prompts']} held-out prompts x {result['seeds']} seeds "
-          "(toy-sd15 -> toy-sd2, toy-clip)")
+          f"{recipe.train_prompts} train-split prompts, {recipe.steps} steps; eval on {result['prompts']} held-out "
+          f"prompts{fresh} x {result['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip)")
     lo, hi = result["delta_ci95"]
     print(f"  agreement: identity {result['identity']:.4f}, adapter {result['adapter']:.4f}, oracle "
           f"{result['oracle']:.4f}; adapter - identity {result['delta']:+.4f} [{lo:+.4f}, {hi:+.4f}]")
