@@ -23,6 +23,7 @@ cross-attention only at 8x8 trains at ~0.13 s/step on 2 cores.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -399,6 +400,33 @@ def save_clip(model, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- 5. toy-t5
 
+def pretraining_example(rng: random.Random) -> tuple[tuple[str, str], tuple]:
+    """One (input, target) pair of toy-t5's corpus and the toy-world specs it says. Most are paraphrase pairs
+    of world prompts (`paraphrase_pair`). The rest teach it to copy what it has no reason to change (#39 item 3,
+    #40): text outside the world alone, copied (`COPY_ALONE`); a world prompt among comma-separated parts from
+    outside it, the parts copied (`COPY_AROUND`); and the numbered whole-prompt format the translator sends for
+    a prompt of several text leaves ("[1] masterpiece [2] a crimson [3] circle", `rewriter.mark`), a world
+    prompt cut into leaves with its class words swapped in place and the outside leaves copied (`COPY_MARKED`).
+    Before, toy-t5 had seen nothing but world prompts: "a photo of a crimson fox in the snow" came back as "a
+    crimson triangle on the right"."""
+    pair, specs = _train_split_paraphrase(rng)
+    r = rng.random()
+    if r < COPY_ALONE:
+        text = _outside(rng)
+        return (text, text), ()
+    if r < COPY_ALONE + COPY_AROUND:
+        before, after = _outside(rng) if rng.random() < 0.7 else "", _outside(rng) if rng.random() < 0.5 else ""
+        before = before or ("" if after else _outside(rng))
+        wrap = lambda text: ", ".join(x for x in (before, text, after) if x)  # noqa: E731
+        return (wrap(pair[0]), wrap(pair[1])), specs
+    if r < COPY_ALONE + COPY_AROUND + COPY_MARKED:
+        return _marked(pair[0], rng), specs[:1]
+    return pair, specs
+
+
+COPY_ALONE, COPY_AROUND, COPY_MARKED = 0.1, 0.25, 0.2  # shares of the corpus; the rest are plain paraphrases
+
+
 def paraphrase_pair(rng: random.Random) -> tuple[str, str]:
     """(a prompt of the world, a plausible rewrite of it): synonyms swapped in either direction, attributes
     added or dropped, clauses reordered, or the prompt kept. Nothing says which dialect is wanted: a colour or
@@ -409,10 +437,57 @@ def paraphrase_pair(rng: random.Random) -> tuple[str, str]:
     Both sides mean train-split scenes only (#39): drawn freely, 186 of the 200 held-out prompts the learning
     benchmark scores were among toy-t5's inputs, 96 of them with their exact oracle output, so before any RL 37%
     of its samples on held-out prompts already meant the oracle. A pair touching a held-out scene is drawn again."""
+    return _train_split_paraphrase(rng)[0]
+
+
+def _train_split_paraphrase(rng: random.Random):
     while True:
         pair, specs = _paraphrase(rng)
         if all(world.split_of(s) == "train" for s in specs):
-            return pair
+            return pair, specs
+
+
+@functools.cache
+def outside_words() -> tuple[str, ...]:
+    """Words from outside the toy world: the whole words among the first 30,000 merges of CLIP's BPE
+    vocabulary (the commonest English of image captions: "fox", "snow", "masterpiece", "8k"), less every
+    word a world prompt can say. What toy-t5 learns to copy; a user's words are mostly among them or made of
+    the same pieces."""
+    from bridge.syntax.tokens import _clip_vocab_and_merges
+
+    _, merges = _clip_vocab_and_merges()
+    words = ("".join(m)[:-4] for m in merges[:30_000] if m[1].endswith("</w>"))
+    return tuple(w for w in words if 2 <= len(w) <= 12 and w.isalnum() and w.isascii() and not w.isdigit()
+                 and w not in world.world_words())
+
+
+def _outside(rng: random.Random) -> str:
+    """Text outside the world: one to three comma-separated parts of one to three words."""
+    words = outside_words()
+    return ", ".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3)))
+
+
+def _marked(text: str, rng: random.Random) -> tuple[str, str]:
+    """A world prompt cut into text leaves at word boundaries (as weights and brackets cut it: "a (crimson:1.2)
+    circle" is the leaves "a", "crimson", "circle"), between leaves from outside the world, numbered as the
+    translator sends them; the target swaps each colour and size word for a word of its class in place (any
+    word, uniformly, as the paraphrases do) and copies the rest."""
+    from bridge.models.rewriter import mark
+
+    classes = {w: world.ANY.words(table, value) for table in (world.ANY.colours, world.ANY.sizes)
+               for value in table for w in world.ANY.words(table, value)}
+    words = text.split()
+    swapped = [rng.choice(classes[w]) if w in classes else w for w in words]
+    for i in range(len(swapped) - 1):  # the article goes with the word after it
+        if swapped[i] in ("a", "an"):
+            swapped[i] = "an" if swapped[i + 1][0] in "aeiou" else "a"
+    cuts = sorted(rng.sample(range(1, len(words)), min(len(words) - 1, rng.randint(0, 2))))
+    spans = list(zip([0, *cuts], [*cuts, len(words)]))
+    source = [" ".join(words[i:j]) for i, j in spans]
+    target = [" ".join(swapped[i:j]) for i, j in spans]
+    before = [_outside(rng) for _ in range(rng.randint(0, 2))]
+    after = [_outside(rng) for _ in range(rng.randint(0 if before else 1, 2))]
+    return mark(before + source + after), mark(before + target + after)
 
 
 def _paraphrase(rng: random.Random):
@@ -452,12 +527,17 @@ def _paraphrase(rng: random.Random):
 T5_BATCH, T5_VOCAB_PAIRS = 64, 4000
 
 
-def t5_pretraining_pairs(seed: int, steps: int):
-    """Every (input, target) pair toy-t5's build draws, in order: T5_VOCAB_PAIRS for its vocabulary, then
-    T5_BATCH per training step. One stream, so a test can hash exactly what the model saw."""
+def t5_pretraining_examples(seed: int, steps: int):
+    """Every (pair, specs) toy-t5's build draws (`pretraining_example`), in order: T5_VOCAB_PAIRS for its
+    vocabulary, then T5_BATCH per training step. One stream, so a test can hash exactly what the model saw."""
     rng = random.Random(f"t5-{seed}")
     for _ in range(T5_VOCAB_PAIRS + T5_BATCH * steps):
-        yield paraphrase_pair(rng)
+        yield pretraining_example(rng)
+
+
+def t5_pretraining_pairs(seed: int, steps: int):
+    """The (input, target) pairs of `t5_pretraining_examples`."""
+    return (pair for pair, _ in t5_pretraining_examples(seed, steps))
 
 
 def train_t5(cfg: BuildConfig, device, log):

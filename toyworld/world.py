@@ -350,6 +350,17 @@ def class_member(rng: random.Random, table: dict[str, str], value: str | None, s
     return None if word == first else word
 
 
+def world_words() -> frozenset[str]:
+    """Every word a prompt of any dialect can say, "a" and "the" included: what is none of them is outside."""
+    words = set(SHAPES) | set(COLOURS) | set(SIZES) | set(FILLS) | set(BACKGROUNDS) | set(POSITIONS)
+    words |= {"a", "an", "shape", "on", "background"} | {w for p in _POSITION_WORDS.values() for w in p.split()}
+    for d in DIALECTS.values():
+        for table in (d.colours, d.sizes, d.fills):
+            words |= set(table.values()) | {m for w in table.values() for m in d.synonyms.get(w, ())}
+        words |= {w for phrase in d.artists.values() for w in phrase.split()}
+    return frozenset(words)
+
+
 def unseen_words(prompt: str) -> list[str]:
     """The words of a source prompt that never occur in a training prompt (HELDOUT_WORDS members)."""
     return [w for w in re.findall(r"[a-z]+", prompt.lower()) if w in HELDOUT_WORDS]
