@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -387,6 +388,46 @@ def test_toy_t5_paraphrases_world_prompts():
             except NotAToyPrompt:
                 pass
     assert readable >= 6 and len(set(outs)) >= 2  # world prompts, and more than one of them
+
+
+def test_toy_t5_corpus_copies_what_is_outside_the_world():
+    """#39 item 3: the pairs that teach toy-t5 to copy keep every word from outside the world in place, and the
+    numbered ones keep their leaves: only class words of the world prompt change, each within its class."""
+    from bridge.models.rewriter import unmark
+    from toyworld.build import outside_words, pretraining_example
+
+    inside = world.world_words()
+    assert outside_words() and not set(outside_words()) & inside
+    rng = random.Random(0)
+    kinds = {"alone": 0, "around": 0, "marked": 0}
+    for _ in range(2000):
+        (a, b), specs = pretraining_example(rng)
+        outside_a = [w for w in re.findall(r"[a-z0-9]+", a) if w not in inside]
+        outside_b = [w for w in re.findall(r"[a-z0-9]+", b) if w not in inside]
+        if not outside_a:
+            continue
+        assert outside_a == outside_b, (a, b)  # copied, in order
+        if a.startswith("[1] "):
+            kinds["marked"] += 1
+            n = len(re.findall(r"\[\d+\]", a))
+            left, right = unmark(a, n), unmark(b, n)
+            assert left is not None and right is not None and len(left) == len(right) == n
+            for x, y in zip(left, right):
+                assert len(x.split()) == len(y.split())
+                for u, v in zip(x.split(), y.split()):
+                    assert u == v or u in ("a", "an") or _same_class(u, v), (a, b)
+        elif not specs:
+            kinds["alone"] += 1
+            assert a == b
+        else:
+            kinds["around"] += 1
+    assert min(kinds.values()) > 100, kinds
+
+
+def _same_class(u: str, v: str) -> bool:
+    any_ = world.ANY
+    return any(u in words and v in words for table in (any_.colours, any_.sizes) for value in table
+               for words in [any_.words(table, value)])
 
 
 def test_toy_t5_never_saw_a_held_out_prompt_or_scene():
