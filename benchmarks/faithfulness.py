@@ -45,7 +45,7 @@ def toy_words() -> frozenset[str]:
     words |= {w for table in (d.colours, d.sizes, d.fills, world.TARGET.colours, world.TARGET.sizes)
               for w in table.values()}
     words |= {m for members in world.SYNONYMS.values() for m in members}
-    words |= {w for phrase in d.artists.values() for w in phrase.split()[1:]}
+    words |= {w for phrase in d.artists for w in phrase.split()[1:]}
     return frozenset(words)
 
 

@@ -519,7 +519,7 @@ def _paraphrase(rng: random.Random):
         new = replace(new, **{attr: value}, artist=new.artist and attr != "fill")
     if new.artist and rng.random() < 0.3:  # an artist's name said as the fill word, or the reverse, alike
         new = replace(new, artist=False)
-    elif not new.artist and new.fill in any_.artists and rng.random() < 0.3:
+    elif not new.artist and any_.artist_phrase(new.fill, new.shape) and rng.random() < 0.3:
         new = replace(new, artist=True)
     return (text, world.write(reword(new), any_, rng)), (spec, new)
 

@@ -12,10 +12,13 @@ The differences are the documented drifts, modelled on what changed from SD1.5 t
 | drift | source prompt | what toy-sd2 draws for it | correct rewrite |
 |---|---|---|---|
 | vocabulary | a class per value: "crimson", "scarlet"...; "azure"...; "big", "huge"... | never saw them | "red", "blue", "large" |
-| artist | "by bridget riley" / "by yayoi kusama" = striped / dotted fill | never saw names | "striped" / "dotted" |
+| artist | "by bridget riley" / "by yayoi kusama" = striped / dotted fill (circles, squares) | never saw names | "striped" / "dotted" |
+| context | the same names on a triangle: dotted / striped, the other way round | never saw names | "dotted" / "striped" |
 | default | no background named: source draws white | black | add "on a white background" |
 | negative | solid fill (said, or left out) | half its shapes hollow: it has no word for solid | the hollow version of the prompt as negative prompt |
 
+The artist drift depends on its context: which fill a name stands for depends on the shape, so the same
+phrase needs two rewrites in two prompts and no context-free word map holds both (#39 item 2).
 The vocabulary drift is a class, not a list: every value has several source words (SYNONYMS), toy-sd15
 draws each like the value's first word, toy-sd2 never saw any of them. Some members (HELDOUT_WORDS) never
 occur in a training prompt, so a rewriter has to generalise to them from the members it was trained on.
@@ -41,7 +44,7 @@ SIZES = {"small": 5.0, "medium": 8.0, "large": 11.0}  # radius in pixels at 32 p
 POSITIONS = ("center", "left", "right", "top", "bottom")
 FILLS = ("solid", "striped", "dotted", "outlined")
 ATTRIBUTES = ("shape", "colour", "size", "position", "fill", "background")
-DRIFTS = ("vocabulary", "artist", "default", "negative")
+DRIFTS = ("vocabulary", "artist", "context", "default", "negative")
 IMAGE_SIZE = 32
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"  # the committed train and held-out splits
 NAMED_COLOURS = tuple(c for c in COLOURS if c != "grey")  # what a prompt names; grey is the unnamed default
@@ -60,6 +63,11 @@ SYNONYMS = {
 }
 # Members that never occur in a training prompt: the held-out split carries them, so a rewriter's gap on them
 # measures what it generalised from the other members of their class.
+# The artists' styles: a name -> the fill it stands for on each shape. Like a real artist's name, which stands
+# for one style in a portrait and another in a landscape, each stands for a different fill on triangles: the
+# "context" drift, the artist drift's prompts whose correct rewrite is not the name's usual one.
+ARTISTS = {"by bridget riley": {"circle": "striped", "square": "striped", "triangle": "dotted"},
+           "by yayoi kusama": {"circle": "dotted", "square": "dotted", "triangle": "striped"}}
 HELDOUT_WORDS = frozenset({"cherry", "cardinal", "cobalt", "navy", "lime", "mustard", "canary", "lilac", "amethyst",
                            "copper", "pumpkin", "massive", "enormous", "mini", "petite"})
 
@@ -115,7 +123,7 @@ class Dialect:
     colours: dict[str, str]  # value -> word
     sizes: dict[str, str]
     fills: dict[str, str]
-    artists: dict[str, str] = field(default_factory=dict)  # fill value -> "by NAME"
+    artists: dict[str, dict[str, str]] = field(default_factory=dict)  # "by NAME" -> {shape: fill}
     synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # word -> more words for its value
     # attribute -> {value: probability} drawn when a caption leaves the attribute out
     defaults: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -125,6 +133,16 @@ class Dialect:
         """Every word this dialect has for `value` of `table` (its colours or sizes), the first word first."""
         first = table[value]
         return (first, *self.synonyms.get(first, ()))
+
+    def artist_phrase(self, fill: str | None, shape: str | None) -> str | None:
+        """The artist's name this dialect says for `fill` on `shape`, or None (no such artist, or no shape)."""
+        if fill is None or shape is None:
+            return None
+        return next((p for p, style in self.artists.items() if style.get(shape) == fill), None)
+
+    def artist_fills(self) -> set[str]:
+        """The fills some artist's name stands for, on some shape."""
+        return {f for style in self.artists.values() for f in style.values()}
 
     def default(self, attribute: str, rng: random.Random) -> str:
         table = self.defaults[attribute]
@@ -139,7 +157,7 @@ SOURCE = Dialect(
              "orange": "orange"},
     sizes={"small": "small", "large": "big"},
     fills={"solid": "solid", "striped": "striped", "dotted": "dotted", "outlined": "outlined"},
-    artists={"striped": "by bridget riley", "dotted": "by yayoi kusama"},
+    artists=ARTISTS,
     synonyms=SYNONYMS,
     defaults={**_COMMON_DEFAULTS, "fill": {"solid": 1.0}, "background": {"white": 1.0}},
 )
@@ -180,7 +198,7 @@ def write(spec: Spec, dialect: Dialect, rng: random.Random | None = None) -> str
         words.append(_say(dialect, dialect.sizes, spec.size, spec.size_word))
     if spec.colour is not None:
         words.append(_say(dialect, dialect.colours, spec.colour, spec.colour_word))
-    artist = spec.artist and spec.fill in dialect.artists
+    artist = dialect.artist_phrase(spec.fill, spec.shape) if spec.artist else None
     if spec.fill is not None and not artist:
         if spec.fill not in dialect.fills:
             raise ValueError(f"the {dialect.name} dialect has no word for fill {spec.fill!r}")
@@ -193,7 +211,7 @@ def write(spec: Spec, dialect: Dialect, rng: random.Random | None = None) -> str
     if spec.background is not None:
         clauses.append(f"on a {spec.background} background")
     if artist:
-        clauses.append(dialect.artists[spec.fill])
+        clauses.append(artist)
     if rng is not None:
         rng.shuffle(clauses)
     return " ".join([head] + clauses)
@@ -219,9 +237,10 @@ def read(prompt: str, dialect: Dialect) -> Spec:
         text = re.sub(pattern, " ", text)
         return found
 
-    for value, phrase in dialect.artists.items():
+    artist = None
+    for phrase in dialect.artists:
         if take(f" {re.escape(phrase)} "):
-            values.update(fill=value, artist=True)
+            artist = phrase
     for value, phrase in _POSITION_WORDS.items():
         if take(f" {re.escape(phrase)} "):
             values["position"] = value
@@ -248,6 +267,12 @@ def read(prompt: str, dialect: Dialect) -> Spec:
         values[attr] = value
         if member is not None:
             values[f"{attr}_word"] = member
+    if artist is not None:  # what a name stands for depends on the shape it paints
+        if "shape" not in values:
+            raise NotAToyPrompt(f"{artist!r} stands for a fill only on a named shape (in {prompt!r})")
+        if "fill" in values:
+            raise NotAToyPrompt(f"fill is said twice in {prompt!r}")
+        values.update(fill=dialect.artists[artist][values["shape"]], artist=True)
     return Spec(**values)
 
 
@@ -274,6 +299,10 @@ def drifts_of(spec: Spec) -> list[str]:
         out.append("vocabulary")
     if spec.artist:
         out.append("artist")
+        style = SOURCE.artists[SOURCE.artist_phrase(spec.fill, spec.shape)]
+        usual = max(set(style.values()), key=list(style.values()).count)
+        if spec.fill != usual:
+            out.append("context")
     if spec.background is None:
         out.append("default")
     if spec.fill in (None, "solid"):
@@ -357,7 +386,7 @@ def world_words() -> frozenset[str]:
     for d in DIALECTS.values():
         for table in (d.colours, d.sizes, d.fills):
             words |= set(table.values()) | {m for w in table.values() for m in d.synonyms.get(w, ())}
-        words |= {w for phrase in d.artists.values() for w in phrase.split()}
+        words |= {w for phrase in d.artists for w in phrase.split()}
     return frozenset(words)
 
 
@@ -406,9 +435,9 @@ def training_caption(dialect: Dialect, rng: random.Random, keep: float = 0.7) ->
         if rng.random() < keep:
             spec_values[attr] = rng.choice(choices)
     if rng.random() < keep:
-        spec_values["fill"] = rng.choice(sorted(set(dialect.fills) | set(dialect.artists)))
-        if spec_values["fill"] in dialect.artists and rng.random() < 0.5:
-            spec_values["artist"] = True
+        spec_values["fill"] = rng.choice(sorted(set(dialect.fills) | dialect.artist_fills()))
+        if dialect.artist_phrase(spec_values["fill"], spec_values.get("shape")) and rng.random() < 0.5:
+            spec_values["artist"] = True  # only with a shape said: a name's fill depends on it
     spec = Spec(**spec_values)
     return write(spec, dialect, rng), realize(spec, dialect, rng)
 

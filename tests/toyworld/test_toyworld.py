@@ -35,7 +35,7 @@ def specs(dialect: world.Dialect):
 def test_write_then_read_round_trips_in_the_source_dialect(spec, order, artist):
     from dataclasses import replace
 
-    if artist and spec.fill in SOURCE.artists:
+    if artist and SOURCE.artist_phrase(spec.fill, spec.shape):
         spec = replace(spec, artist=True)
     assert read(write(spec, SOURCE, random.Random(order)), SOURCE) == spec
 
@@ -79,8 +79,26 @@ def test_each_drift_is_the_documented_rule():
                                              "a large blue outlined square on a white background")
     assert o.drifts == ["vocabulary", "default", "negative"]
     assert oracle("a green dotted triangle on a black background").drifts == []
-    assert oracle("a green triangle by yayoi kusama on a beige background").drifts == ["artist"]
+    assert oracle("a green square by yayoi kusama on a beige background").drifts == ["artist"]
     assert oracle("a yellow square", "blurry").negative_prompt == "blurry, a yellow outlined square on a white background"
+
+
+def test_an_artists_rewrite_depends_on_the_shape():
+    """#39 item 2: the same name needs two rewrites in two prompts, so a context-free word map (one rewrite per
+    name) is wrong on one of them."""
+    circle = oracle("a green circle by yayoi kusama on a beige background")
+    triangle = oracle("a green triangle by yayoi kusama on a beige background")
+    assert (circle.prompt, circle.drifts) == ("a green dotted circle on a beige background", ["artist"])
+    assert (triangle.prompt, triangle.drifts) == ("a green striped triangle on a beige background",
+                                                  ["artist", "context"])
+    assert read("a green triangle by bridget riley", SOURCE).fill == "dotted"
+    with pytest.raises(NotAToyPrompt, match="named shape"):
+        read("a green shape by bridget riley", SOURCE)
+    rewrites: dict[str, set[str]] = {}
+    for row in world.generate_prompts(300, 0, "train", "artist"):
+        name = next(p for p in SOURCE.artists if p in row["prompt"])
+        rewrites.setdefault(name, set()).add(read(row["oracle"], TARGET).fill)
+    assert rewrites == {name: {"striped", "dotted"} for name in SOURCE.artists}
 
 
 def test_vocabulary_drift_is_a_class_with_held_out_members():
@@ -184,8 +202,8 @@ def test_committed_splits_are_disjoint_in_meaning_and_carry_oracles():
         assert (r["oracle"], r["oracle_negative_prompt"], r["drifts"]) == (o.prompt, o.negative_prompt, o.drifts)
     share = sum(not r["drifts"] for r in heldout) / len(heldout)
     assert 0.15 < share < 0.35  # about a quarter have no drift
-    for drift in world.DRIFTS:
-        assert sum(drift in r["drifts"] for r in heldout) >= 50
+    for drift in world.DRIFTS:  # "context" is the artist drift on triangles: 48 of the split's 500
+        assert sum(drift in r["drifts"] for r in heldout) >= 40, drift
 
 
 def test_prompts_command_writes_fresh_prompts_of_one_split(tmp_path, capsys):
