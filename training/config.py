@@ -52,6 +52,10 @@ class TrainConfig(MigrationPolicy):
     fallback_penalty: float = field(default=0.05, metadata={
         "help": "a candidate whose structure does not read back is scored as what it would be served as (the "
                 "prompt as written) minus this, so its sampled tokens are pushed down"})
+    preserve_penalty: float = field(default=0.0, metadata={
+        "help": "subtracted from a candidate's reward per content word it drops or adds (function words aside; "
+                "in the negative too with --rewrite-negative): a renderer is indifferent to many words a person "
+                "wrote on purpose, and without a cost the reward lets the adapter delete or invent them (#40)"})
     format: Literal["marked", "leaf"] = field(default="marked", metadata={
         "help": "marked: the model reads the whole prompt, leaves numbered, and answers one output per leaf; "
                 "leaf: each leaf alone, without context (the format of older adapters)"})
@@ -113,7 +117,7 @@ class TrainConfig(MigrationPolicy):
                      "checkpoint_every", "render_batch", "micro_batch"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("min_group_std", "fallback_penalty"):
+        for name in ("min_group_std", "fallback_penalty", "preserve_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.advantage not in ("std", "mean"):

@@ -297,6 +297,27 @@ def update_policy(cfg: TrainConfig, model, opt, accelerator, tokenizer, flat: li
                                  for _ in range(cfg.updates_per_step)) / cfg.updates_per_step}
 
 
+def edit_sizes(flat: list, sources: list[str], negatives: list[str | None], names) -> list[int]:
+    """Content words each candidate drops plus those it adds, in its prompt and (when rewritten) its negative:
+    what `--preserve-penalty` charges. A renderer ignores many words a person wrote on purpose ("fox" in a
+    world of shapes, a LoRA trigger word to a real SD2), so the reward alone is indifferent to deleting them;
+    this makes every change pay, and only a change the renders reward by more survives (#40). Counted as the
+    serving guard reads a rewrite (bridge.models.faithfulness.diff), so a word that only moves costs nothing; a
+    candidate that fell back is served as written and changed nothing."""
+    from bridge.models.faithfulness import diff, leaf_words
+
+    sizes = []
+    for cand, source, negative in zip(flat, sources, negatives):
+        n = 0
+        for before, after in ((source, None if cand.fallback else cand.text),
+                              (negative, cand.negative if cand.negative != negative else None)):
+            if before is not None and after is not None:
+                edit = diff(leaf_words(before, names), leaf_words(after, names))
+                n += len(edit.dropped) + len(edit.added)
+        sizes.append(n)
+    return sizes
+
+
 def count_edits(flat: list, sources: list[str], negatives: list[str | None], r: torch.Tensor, k: int,
                 names) -> dict:
     """What each candidate of a step changed in content words, counted as accepted (reward above its group's
@@ -521,6 +542,10 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
     # (#39: scored as the prompt itself, an unreadable sample was as good as copying, and nothing taught the model
     # to stop making them).
     r = r - cfg.fallback_penalty * torch.tensor([float(c.fallback) for c in flat])
+    if cfg.preserve_penalty:
+        r = r - cfg.preserve_penalty * torch.tensor(
+            edit_sizes(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], run.names),
+            dtype=torch.float32)
     stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference, identity)
     t3 = time.perf_counter()
     edits = count_edits(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], r, cfg.k, run.names)

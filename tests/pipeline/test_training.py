@@ -373,6 +373,46 @@ def test_an_unreadable_candidate_scores_below_the_prompt_as_written(synthetic_da
     assert r_raft.tolist() == r.tolist() and identity.tolist() == [0.5] * 4
 
 
+def test_each_content_word_dropped_or_added_costs_the_preserve_penalty():
+    """#40: the render is indifferent to many words a person wrote on purpose, so --preserve-penalty charges
+    every content word a candidate drops or adds, as the serving guard counts them: moving a word or changing a
+    function word is free, a fallback changed nothing, and a rewritten negative pays too."""
+    from training.trainer import Rollout, edit_sizes
+
+    def cand(text, negative=None, fallback=False):
+        return Rollout(text, negative, [], fallback, False)
+
+    source, neg = "masterpiece, a crimson fox in the snow", "blurry, lowres"
+    flat = [cand(source, neg), cand("a crimson fox in the snow, masterpiece", neg), cand("the crimson fox on snow", neg),
+            cand("a red fox in the snow", neg), cand("a red circle", neg), cand("a red circle", neg, fallback=True),
+            cand(source, "blurry")]
+    assert edit_sizes(flat, [source] * 7, [neg] * 7, frozenset()) == [0, 0, 1, 3, 6, 0, 1]
+
+
+def test_the_preserve_penalty_reaches_the_update(synthetic_data, tmp_path, monkeypatch):
+    """Wired where the fallback penalty is: with a reward that ties, the candidate that added a word scores
+    less by exactly the penalty, and without the flag nothing changes."""
+    from training import trainer
+
+    real = trainer.rollout
+
+    def one_adds_a_word(*args, **kwargs):
+        groups = real(*args, **kwargs)
+        for group, prompt in zip(groups, args[3]):
+            group[0] = trainer.Rollout(prompt, group[0].negative, group[0].sequences, False, False)
+            group[1] = trainer.Rollout(prompt + " zebra", group[1].negative, group[1].sequences, False, False)
+        return groups
+
+    monkeypatch.setattr(trainer, "rollout", one_adds_a_word)
+    got = []
+    monkeypatch.setattr(trainer, "update_policy", lambda cfg, *a: got.append(a[5].tolist()) or {})
+    for penalty in (0.0, 0.125):
+        cfg = TrainConfig(data=synthetic_data, out=tmp_path / str(penalty), steps=1, warm_start_steps=0,
+                          prompts_per_step=4, k=2, max_new_tokens=6, preserve_penalty=penalty, **TINY)
+        run_train(cfg, log=lambda *_: None, reward_fn=lambda sources, candidates, **_: [0.5] * len(candidates))
+    assert got == [[0.5] * 8, [0.5, 0.375] * 4]
+
+
 def test_clip_acts_only_once_the_policy_moved_from_the_rollout():
     import torch
 
