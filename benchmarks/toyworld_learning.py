@@ -4,7 +4,8 @@ of the oracle's gap the adapter recovers on held-out prompts.
     uv run python -m benchmarks.toyworld_learning --out DIR [--algo grpo|raft] [--reduced]
                                                   [--broken frozen|random-reward] [--seeds 0,1,2]
                                                   [--advantage std|mean] [--min-group-std F]
-                                                  [--heldout-seed S]
+                                                  [--heldout-seed S] [--outside SHARE]
+                                                  [--preserve-penalty P]
 
 1. gather   toy-sd15 renders of the first `train_prompts` prompts of the train split -> DIR/gather, and of
             the last `val_prompts` of the held-out split -> DIR/val (the learning curve's held-out points)
@@ -34,6 +35,11 @@ frozen with lr 0, or a reward of random numbers), to show that the test's assert
 The held-out prompts are the committed split (`toyworld/prompts/heldout.jsonl`, what `sd-bridge toyworld prompts
 --split heldout --n 500 --seed 0` writes); `--heldout-seed S` draws 500 fresh ones with seed S instead (written
 to DIR/heldout-seedS.jsonl), so the acceptance can be checked on prompts no test and no earlier run has scored.
+
+`--outside SHARE` dresses that share of the training and held-out prompts (and their oracles) in text from outside
+the world (`world.dress`: "masterpiece, 8k, a crimson circle, fox"), the held-out ones in outside words no training
+prompt says, and prints how many of those words each adapter keeps, unguarded and as served, and how many it
+invents; `--preserve-penalty P` is train's flag (#40 item 2: what deleting or inventing a word costs in training).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import time
@@ -76,6 +83,8 @@ class Recipe:
     advantage: str = "std"  # TrainConfig.advantage
     min_group_std: float | None = None  # None: TrainConfig's default
     heldout_seed: int = 0  # 0: the committed held-out split (drawn with seed 0); else a fresh draw
+    outside: float = 0.0  # share of train and held-out prompts dressed in outside text (world.dress)
+    preserve_penalty: float | None = None  # TrainConfig.preserve_penalty; None: train's default
 
 
 # The recipe at a reduced size: the slow learning test, and the trained adapter the inference-backend benchmark
@@ -115,27 +124,43 @@ HELDOUT_ROWS = 500  # the committed held-out split's size: eval prompts from the
 
 def heldout_rows(recipe: Recipe) -> list[dict]:
     """The recipe's held-out prompts: the committed split, or `HELDOUT_ROWS` drawn fresh with its `heldout_seed`
-    (world.generate_prompts is deterministic: seed 0 gives the committed file)."""
-    if recipe.heldout_seed == 0:
-        return prompt_rows("heldout")
-    return world.generate_prompts(HELDOUT_ROWS, recipe.heldout_seed, "heldout")
+    (world.generate_prompts is deterministic: seed 0 gives the committed file); dressed with `outside`."""
+    rows = prompt_rows("heldout") if recipe.heldout_seed == 0 else world.generate_prompts(
+        HELDOUT_ROWS, recipe.heldout_seed, "heldout")
+    return world.dress(rows, recipe.outside, recipe.seed, "heldout")
+
+
+def train_rows(recipe: Recipe) -> list[dict]:
+    """The recipe's training prompts: the committed train split's first `train_prompts`, dressed with `outside`."""
+    return world.dress(prompt_rows("train", recipe.train_prompts), recipe.outside, recipe.seed, "train")
 
 
 def heldout_file(out: Path, recipe: Recipe) -> Path:
     """`heldout_rows` as a prompts file the gather and eval stages read: the committed one, or written in `out`."""
-    if recipe.heldout_seed == 0:
-        return PROMPTS / "heldout.jsonl"
-    path = out / f"heldout-seed{recipe.heldout_seed}.jsonl"
+    return _prompts_file(out, recipe, "heldout", heldout_rows)
+
+
+def train_file(out: Path, recipe: Recipe) -> Path:
+    """`train_rows` as the gather stage's prompts file: the committed one, or written in `out` when dressed."""
+    return _prompts_file(out, recipe, "train", train_rows)
+
+
+def _prompts_file(out: Path, recipe: Recipe, split: str, rows) -> Path:
+    fresh = recipe.heldout_seed if split == "heldout" else 0
+    if not fresh and not recipe.outside:
+        return PROMPTS / f"{split}.jsonl"
+    name = split + (f"-seed{fresh}" if fresh else "") + (f"-outside{recipe.outside:g}" if recipe.outside else "")
+    path = out / f"{name}.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r) + "\n" for r in heldout_rows(recipe)), encoding="utf-8")
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows(recipe)), encoding="utf-8")
     return path
 
 
 def table_file(out: Path, recipe: Recipe) -> Path:
     """The mined table's translations of the eval prompts, as a translations file eval scores (`file:table`);
     mined from the recipe's training prompts."""
-    table = mine_table(prompt_rows("train", recipe.train_prompts))
+    table = mine_table(train_rows(recipe))
     path = out / "table.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table(table, r["prompt"])})
@@ -210,7 +235,7 @@ def train_adapter(out: Path, recipe: Recipe, reward_fn=None, data: Path | None =
     data = data or out
     seconds = {}
     t = time.perf_counter()
-    run_gather(GatherConfig(prompts=str(PROMPTS / "train.jsonl"), out=data / "gather", preset="toy-sd15",
+    run_gather(GatherConfig(prompts=str(train_file(data, recipe)), out=data / "gather", preset="toy-sd15",
                             scorer="toy-clip", seeds=recipe.train_seeds, seed=recipe.seed, limit=recipe.train_prompts,
                             batch_size=16, device="cpu", progress=False), log=_quiet)
     heldout = heldout_file(data, recipe).read_text(encoding="utf-8").splitlines()
@@ -225,6 +250,8 @@ def train_adapter(out: Path, recipe: Recipe, reward_fn=None, data: Path | None =
     t = time.perf_counter()
     shutil.rmtree(out / "adapter", ignore_errors=True)  # this benchmark's own adapter, retrained on every run
     floor = {} if recipe.min_group_std is None else {"min_group_std": recipe.min_group_std}
+    if recipe.preserve_penalty is not None:
+        floor["preserve_penalty"] = recipe.preserve_penalty
     run_train(TrainConfig(data=data / "gather", out=out / "adapter", val_data=data / "val", target="toy-sd2",
                           rewriter="toy-t5", scorer="toy-clip", algo=recipe.algo, steps=recipe.steps,
                           prompts_per_step=recipe.prompts_per_step, k=recipe.k, lr=recipe.lr,
@@ -362,7 +389,7 @@ def readback(recipe: Recipe, adapters: list[Path]) -> dict:
     prompts, seeds = [r["prompt"] for r in rows], [recipe.seed + i for i in range(len(rows))]
     drew = [world.read_image(im) for im in Renderer(presets.pipeline("toy-sd15"))(prompts, seeds, batch_size=16)]
     target = Renderer(presets.pipeline("toy-sd2"))
-    table = mine_table(prompt_rows("train", recipe.train_prompts))
+    table = mine_table(train_rows(recipe))
     texts = {"identity": (prompts, None), "table": ([apply_table(table, p) for p in prompts], None),
              "oracle": ([r["oracle"] for r in rows], [r["oracle_negative_prompt"] for r in rows])}
     for i, path in enumerate(adapters):
@@ -380,6 +407,42 @@ def readback(recipe: Recipe, adapters: list[Path]) -> dict:
     if runs:
         per["adapter"] = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
     return {"prompts": len(rows), "strategies": per}
+
+
+def outside_kept(recipe: Recipe, adapters: list[Path]) -> dict | None:
+    """#40 item 2, with `--outside`: on the held-out eval prompts dressed in outside text (words no training
+    prompt says), the share of those words each adapter keeps (as a multiset: a word said twice must come back
+    twice), unguarded (`--faithfulness off`: what the model writes) and as served (strict guard: what a user gets),
+    the outside words it invents (in neither the source nor the world's vocabulary), and the rewrites the guard
+    refused. Means over `adapters` (one per training seed)."""
+    from collections import Counter
+
+    from bridge.syntax.policy import MigrationPolicy
+    from bridge.translator import Translator
+
+    if not recipe.outside:
+        return None
+    rows = [r for r in heldout_rows(recipe)[:recipe.eval_prompts] if r.get("outside")]
+    prompts = [r["prompt"] for r in rows]
+    inside = world.world_words()
+    words = lambda text: re.findall(r"[a-z0-9]+", text.lower())  # noqa: E731 (as world.dress lists them)
+    per: dict[str, list[dict]] = {}
+    for path in adapters:
+        for mode in ("off", "strict"):
+            res = Translator.from_pretrained(path, policy=MigrationPolicy(faithfulness=mode)).translate(
+                prompts, [""] * len(prompts))
+            outs = [r.translated_prompt for r in res]
+            kept = sum(sum((Counter(r["outside"]) & Counter(words(o))).values()) for r, o in zip(rows, outs))
+            invented = sum(len([w for w in words(o) if w not in inside and w not in set(words(r["prompt"]))])
+                           for r, o in zip(rows, outs))
+            refused = sum(any(w["code"] == "rewrite-unfaithful" for w in r.warnings) for r in res)
+            per.setdefault(mode, []).append({"kept": kept, "invented": invented, "refused": refused})
+    total = sum(len(r["outside"]) for r in rows)
+    return {"prompts": len(rows), "outside_words": total,
+            **{mode: {"kept_share": statistics.mean(x["kept"] for x in runs) / total,
+                      "kept_share_min": min(x["kept"] for x in runs) / total,
+                      "invented": statistics.mean(x["invented"] for x in runs),
+                      "refused": statistics.mean(x["refused"] for x in runs)} for mode, runs in per.items()}}
 
 
 def untrained(out: Path, recipe: Recipe, cache: Path | None, rewriter: str = "toy-t5") -> dict:
@@ -417,7 +480,7 @@ def prior(rows: list[dict], rewriter: str = "toy-t5", k: int = 8, seed: int = 0)
 
     def meaning(text: str):
         try:
-            return world.read(text, world.TARGET).key()
+            return world.read(world.strip_outside(text), world.TARGET).key()
         except world.NotAToyPrompt:
             return None
 
@@ -443,6 +506,8 @@ def _variant(argv: list[str]) -> str:
     ap.add_argument("--advantage", default="std")
     ap.add_argument("--min-group-std", type=float, default=None)
     ap.add_argument("--heldout-seed", type=int, default=0)
+    ap.add_argument("--outside", type=float, default=0.0)
+    ap.add_argument("--preserve-penalty", type=float, default=None)
     args, _ = ap.parse_known_args(argv)
     floor = args.min_group_std
     if floor is not None and floor == TrainConfig.__dataclass_fields__["min_group_std"].default:
@@ -451,7 +516,10 @@ def _variant(argv: list[str]) -> str:
                                   f"broken-{args.broken}" if args.broken else None,
                                   None if args.advantage == "std" else args.advantage,
                                   f"floor{floor:g}".replace(".", "p") if floor is not None else None,
-                                  f"heldout{args.heldout_seed}" if args.heldout_seed else None]))
+                                  f"heldout{args.heldout_seed}" if args.heldout_seed else None,
+                                  f"outside{args.outside:g}".replace(".", "p") if args.outside else None,
+                                  f"preserve{args.preserve_penalty:g}".replace(".", "p")
+                                  if args.preserve_penalty is not None else None]))
 
 
 @recorded("toyworld_learning", _variant)
@@ -469,9 +537,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--min-group-std", type=float, default=None, help="train's flag (default: train's default)")
     ap.add_argument("--heldout-seed", type=int, default=0, help="draw the held-out prompts fresh with this seed "
                     "(default 0: the committed split, which seed 0 draws)")
+    ap.add_argument("--outside", type=float, default=0.0, help="share of train and held-out prompts dressed in "
+                    "text from outside the world (default 0)")
+    ap.add_argument("--preserve-penalty", type=float, default=None, help="train's flag (default: train's default)")
     args = ap.parse_args(argv)
     recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo, advantage=args.advantage,
-                     min_group_std=args.min_group_std, heldout_seed=args.heldout_seed,
+                     min_group_std=args.min_group_std, heldout_seed=args.heldout_seed, outside=args.outside,
+                     preserve_penalty=args.preserve_penalty,
                      **({"lr": 0.0} if args.broken == "frozen" else {}))
     seeds = [int(x) for x in args.seeds.split(",")]
     reward = random_reward(recipe.seed) if args.broken == "random-reward" else None
@@ -481,11 +553,15 @@ def main(argv: list[str] | None = None) -> dict:
     result["prior"] = prior(heldout_rows(recipe)[:recipe.eval_prompts])
     result["readback"] = readback(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
                                   if len(seeds) > 1 else [args.out / "adapter"])
+    result["outside_kept"] = outside_kept(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
+                                          if len(seeds) > 1 else [args.out / "adapter"])
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
     fresh = f" (drawn fresh with seed {recipe.heldout_seed})" if recipe.heldout_seed else ""
     objective = f"advantage {recipe.advantage}" + ("" if recipe.min_group_std is None else
-                                                     f", min-group-std {recipe.min_group_std}")
+                                                     f", min-group-std {recipe.min_group_std}") + (
+        "" if recipe.preserve_penalty is None else f", preserve-penalty {recipe.preserve_penalty}") + (
+        f"; {recipe.outside:.0%} of prompts dressed in outside text" if recipe.outside else "")
     print(f"toy world, {recipe.algo}{broken} ({objective}; training seeds {args.seeds}): trained on "
           f"{recipe.train_prompts} train-split prompts, {recipe.steps} steps; eval on {result['prompts']} held-out "
           f"prompts{fresh} x {result['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip)")
@@ -532,6 +608,13 @@ def main(argv: list[str] | None = None) -> dict:
           + ", ".join(READ_BACK) + ", all four:")
     for name, v in rb["strategies"].items():
         print(f"    {name:9s} " + "  ".join(f"{v[a]:.2f}" for a in (*READ_BACK, "all")))
+    o = result["outside_kept"]
+    if o is not None:
+        print(f"  outside words on {o['prompts']} dressed held-out prompts ({o['outside_words']} words no training "
+              "prompt says): " + "; ".join(
+                  f"{label} keeps {o[mode]['kept_share']:.1%} (lowest seed {o[mode]['kept_share_min']:.1%}), invents "
+                  f"{o[mode]['invented']:.1f}, guard refused {o[mode]['refused']:.1f}"
+                  for mode, label in (("off", "unguarded"), ("strict", "served"))))
     p = result["prior"]
     print(f"  prior: toy-t5's samples meaning the oracle's prompt before RL ({p['prompts']} held-out prompts x "
           f"{p['samples_per_prompt']}): " + ", ".join(f"{d} {v:.2f}" for d, v in p["share"].items()))

@@ -23,7 +23,6 @@ cross-attention only at 8x8 trains at ~0.13 s/step on 2 cores.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import random
@@ -412,11 +411,11 @@ def pretraining_example(rng: random.Random) -> tuple[tuple[str, str], tuple]:
     pair, specs = _train_split_paraphrase(rng)
     r = rng.random()
     if r < COPY_ALONE:
-        text = _outside(rng)
+        text = world.outside_text(rng)
         return (text, text), ()
     if r < COPY_ALONE + COPY_AROUND:
-        before, after = _outside(rng) if rng.random() < 0.7 else "", _outside(rng) if rng.random() < 0.5 else ""
-        before = before or ("" if after else _outside(rng))
+        before, after = world.outside_text(rng) if rng.random() < 0.7 else "", world.outside_text(rng) if rng.random() < 0.5 else ""
+        before = before or ("" if after else world.outside_text(rng))
         wrap = lambda text: ", ".join(x for x in (before, text, after) if x)  # noqa: E731
         return (wrap(pair[0]), wrap(pair[1])), specs
     if r < COPY_ALONE + COPY_AROUND + COPY_MARKED:
@@ -447,26 +446,6 @@ def _train_split_paraphrase(rng: random.Random):
             return pair, specs
 
 
-@functools.cache
-def outside_words() -> tuple[str, ...]:
-    """Words from outside the toy world: the whole words among the first 30,000 merges of CLIP's BPE
-    vocabulary (the commonest English of image captions: "fox", "snow", "masterpiece", "8k"), less every
-    word a world prompt can say. What toy-t5 learns to copy; a user's words are mostly among them or made of
-    the same pieces."""
-    from bridge.syntax.tokens import _clip_vocab_and_merges
-
-    _, merges = _clip_vocab_and_merges()
-    words = ("".join(m)[:-4] for m in merges[:30_000] if m[1].endswith("</w>"))
-    return tuple(w for w in words if 2 <= len(w) <= 12 and w.isalnum() and w.isascii() and not w.isdigit()
-                 and w not in world.world_words())
-
-
-def _outside(rng: random.Random) -> str:
-    """Text outside the world: one to three comma-separated parts of one to three words."""
-    words = outside_words()
-    return ", ".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3)))
-
-
 def _marked(text: str, rng: random.Random) -> tuple[str, str]:
     """A world prompt cut into text leaves at word boundaries (as weights and brackets cut it: "a (crimson:1.2)
     circle" is the leaves "a", "crimson", "circle"), between leaves from outside the world, numbered as the
@@ -485,8 +464,8 @@ def _marked(text: str, rng: random.Random) -> tuple[str, str]:
     spans = list(zip([0, *cuts], [*cuts, len(words)]))
     source = [" ".join(words[i:j]) for i, j in spans]
     target = [" ".join(swapped[i:j]) for i, j in spans]
-    before = [_outside(rng) for _ in range(rng.randint(0, 2))]
-    after = [_outside(rng) for _ in range(rng.randint(0 if before else 1, 2))]
+    before = [world.outside_text(rng) for _ in range(rng.randint(0, 2))]
+    after = [world.outside_text(rng) for _ in range(rng.randint(0 if before else 1, 2))]
     return mark(before + source + after), mark(before + target + after)
 
 

@@ -29,6 +29,7 @@ held-out by a hash of what they mean, so a held-out prompt never appears in trai
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -388,6 +389,61 @@ def world_words() -> frozenset[str]:
             words |= set(table.values()) | {m for w in table.values() for m in d.synonyms.get(w, ())}
         words |= {w for phrase in d.artists for w in phrase.split()}
     return frozenset(words)
+
+
+@functools.cache
+def outside_words(split: str | None = None) -> tuple[str, ...]:
+    """Words from outside the toy world: the whole words among the first 30,000 merges of CLIP's BPE
+    vocabulary (the commonest English of image captions: "fox", "snow", "masterpiece", "8k"), less every
+    word a world prompt can say. toy-t5 learns to copy all of them (`split=None`); a dressed prompt (`dress`)
+    of the train split says only the three quarters whose hash is not 0 mod 4, of the held-out split only the
+    rest, so what an adapter keeps of them on held-out prompts it never met in training."""
+    from bridge.syntax.tokens import _clip_vocab_and_merges
+
+    if split not in (None, "train", "heldout"):
+        raise ValueError(f"split must be train or heldout, got {split!r}")
+    _, merges = _clip_vocab_and_merges()
+    words = ("".join(m)[:-4] for m in merges[:30_000] if m[1].endswith("</w>"))
+    inside = world_words()
+    every = tuple(w for w in words if 2 <= len(w) <= 12 and w.isalnum() and w.isascii() and not w.isdigit()
+                  and w not in inside)
+    if split is None:
+        return every
+    return tuple(w for w in every if (hashlib.sha256(w.encode()).digest()[0] % 4 == 0) == (split == "heldout"))
+
+
+def outside_text(rng: random.Random, split: str | None = None) -> str:
+    """Text outside the world: one to three comma-separated parts of one to three `outside_words(split)`."""
+    words = outside_words(split)
+    return ", ".join(" ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3)))
+
+
+def dress(rows: list[dict], share: float, seed: int, split: str) -> list[dict]:
+    """`rows` (of `generate_prompts`) with text from outside the world around `share` of their prompts, and the
+    same text around their oracles: comma-separated parts before, after or both ("masterpiece, 8k, a crimson
+    circle, fox in the snow"), as a user's prompt carries quality tags, objects and styles the grammar lacks. A
+    correct rewrite keeps them (#40 item 2); each dressed row lists them under `outside`. Seeded apart from the
+    rows, so `share=0` returns them unchanged."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"the dressed share must be in [0, 1], got {share}")
+    rng = random.Random(f"toyworld-outside-{seed}-{split}")
+    out = []
+    for row in rows:
+        if rng.random() >= share:
+            out.append(row)
+            continue
+        before = outside_text(rng, split) if rng.random() < 0.7 else ""
+        after = outside_text(rng, split) if not before or rng.random() < 0.5 else ""
+        wrap = lambda text: ", ".join(x for x in (before, text, after) if x)  # noqa: E731
+        out.append(dict(row, prompt=wrap(row["prompt"]), oracle=wrap(row["oracle"]),
+                        outside=re.findall(r"[a-z0-9]+", f"{before} {after}")))
+    return out
+
+
+def strip_outside(text: str) -> str:
+    """What `read` understands of a dressed prompt: its comma-separated parts made only of world words."""
+    inside = world_words()
+    return ", ".join(p for p in text.split(", ") if p.split() and all(w in inside for w in p.lower().split()))
 
 
 def unseen_words(prompt: str) -> list[str]:

@@ -412,7 +412,8 @@ def test_toy_t5_corpus_copies_what_is_outside_the_world():
     """#39 item 3: the pairs that teach toy-t5 to copy keep every word from outside the world in place, and the
     numbered ones keep their leaves: only class words of the world prompt change, each within its class."""
     from bridge.models.rewriter import unmark
-    from toyworld.build import outside_words, pretraining_example
+    from toyworld.build import pretraining_example
+    from toyworld.world import outside_words
 
     inside = world.world_words()
     assert outside_words() and not set(outside_words()) & inside
@@ -536,3 +537,27 @@ def test_sheet_counts_its_renders_and_lays_out_a_row_per_prompt(tmp_path, capsys
     assert main(["toyworld", "sheet", "--prompts", "a crimson circle", "--cell", "32", "--no-progress",
                  "--out", str(out)]) == 0
     assert "sheet:" not in capsys.readouterr().err
+
+
+def test_dressed_prompts_carry_outside_words_the_oracle_keeps_and_splits_do_not_share():
+    """#39 item 4, #40 item 2: `dress` puts text from outside the world around a share of the prompts and the
+    same text around their oracles; the held-out split's outside words never occur in a dressed training prompt,
+    and `strip_outside` gives back what `read` understands."""
+    rows = world.generate_prompts(200, 3, "train")
+    assert world.dress(rows, 0.0, 1, "train") == rows
+    dressed = world.dress(rows, 0.5, 1, "train")
+    changed = [(r, d) for r, d in zip(rows, dressed) if r != d]
+    assert 70 <= len(changed) <= 130
+    for r, d in changed:
+        assert d["prompt"] != r["prompt"] and d["outside"] and r["prompt"] in d["prompt"] and r["oracle"] in d["oracle"]
+        assert d["prompt"].replace(r["prompt"], "@") == d["oracle"].replace(r["oracle"], "@")  # the same text around both
+        assert world.strip_outside(d["prompt"]) == r["prompt"] and world.read(world.strip_outside(d["oracle"]),
+                                                                              world.TARGET) == world.read(r["oracle"], world.TARGET)
+        assert not set(d["outside"]) & world.world_words()
+    train, held = set(world.outside_words("train")), set(world.outside_words("heldout"))
+    assert not train & held and train | held == set(world.outside_words()) and 0.15 < len(held) / len(train | held) < 0.35
+    assert {w for _, d in changed for w in d["outside"]} <= train
+    held_rows = world.dress(world.generate_prompts(100, 3, "heldout"), 1.0, 1, "heldout")
+    assert {w for d in held_rows for w in d["outside"]} <= held
+    with pytest.raises(ValueError, match="share"):
+        world.dress(rows, 1.5, 1, "train")
