@@ -400,30 +400,13 @@ def save_clip(model, out: Path) -> None:
 # ------------------------------------------------------------------------------------------- 5. toy-t5
 
 def pretraining_example(rng: random.Random) -> tuple[tuple[str, str], tuple]:
-    """One (input, target) pair of toy-t5's corpus and the toy-world specs it says. Most are paraphrase pairs
-    of world prompts (`paraphrase_pair`). The rest teach it to copy what it has no reason to change (#39 item 3,
-    #40): text outside the world alone, copied (`COPY_ALONE`); a world prompt among comma-separated parts from
-    outside it, the parts copied (`COPY_AROUND`); and the numbered whole-prompt format the translator sends for
-    a prompt of several text leaves ("[1] masterpiece [2] a crimson [3] circle", `rewriter.mark`), a world
-    prompt cut into leaves with its class words swapped in place and the outside leaves copied (`COPY_MARKED`).
-    Before, toy-t5 had seen nothing but world prompts: "a photo of a crimson fox in the snow" came back as "a
-    crimson triangle on the right"."""
-    pair, specs = _train_split_paraphrase(rng)
-    r = rng.random()
-    if r < COPY_ALONE:
-        text = world.outside_text(rng)
-        return (text, text), ()
-    if r < COPY_ALONE + COPY_AROUND:
-        before, after = world.outside_text(rng) if rng.random() < 0.7 else "", world.outside_text(rng) if rng.random() < 0.5 else ""
-        before = before or ("" if after else world.outside_text(rng))
-        wrap = lambda text: ", ".join(x for x in (before, text, after) if x)  # noqa: E731
-        return (wrap(pair[0]), wrap(pair[1])), specs
-    if r < COPY_ALONE + COPY_AROUND + COPY_MARKED:
-        return _marked(pair[0], rng), specs[:1]
-    return pair, specs
-
-
-COPY_ALONE, COPY_AROUND, COPY_MARKED = 0.1, 0.25, 0.2  # shares of the corpus; the rest are plain paraphrases
+    """One (input, target) pair of toy-t5's corpus and the toy-world specs it says: a paraphrase pair of world
+    prompts (`paraphrase_pair`). A corpus that also taught copying (text from outside the world alone, around a
+    world prompt and in the numbered leaf format, each copied; branch `wip/copying-t5`) did not teach this
+    64-wide, two-layer model to copy: after 4,000 steps it kept 2 of 551 outside words of dressed held-out
+    prompts, greedy, and wrote fragments in their place. Copying waits for a rewriter that can learn it (#39
+    item 3); the serving guard catches what this one drops or invents."""
+    return _train_split_paraphrase(rng)
 
 
 def paraphrase_pair(rng: random.Random) -> tuple[str, str]:
@@ -444,29 +427,6 @@ def _train_split_paraphrase(rng: random.Random):
         pair, specs = _paraphrase(rng)
         if all(world.split_of(s) == "train" for s in specs):
             return pair, specs
-
-
-def _marked(text: str, rng: random.Random) -> tuple[str, str]:
-    """A world prompt cut into text leaves at word boundaries (as weights and brackets cut it: "a (crimson:1.2)
-    circle" is the leaves "a", "crimson", "circle"), between leaves from outside the world, numbered as the
-    translator sends them; the target swaps each colour and size word for a word of its class in place (any
-    word, uniformly, as the paraphrases do) and copies the rest."""
-    from bridge.models.rewriter import mark
-
-    classes = {w: world.ANY.words(table, value) for table in (world.ANY.colours, world.ANY.sizes)
-               for value in table for w in world.ANY.words(table, value)}
-    words = text.split()
-    swapped = [rng.choice(classes[w]) if w in classes else w for w in words]
-    for i in range(len(swapped) - 1):  # the article goes with the word after it
-        if swapped[i] in ("a", "an"):
-            swapped[i] = "an" if swapped[i + 1][0] in "aeiou" else "a"
-    cuts = sorted(rng.sample(range(1, len(words)), min(len(words) - 1, rng.randint(0, 2))))
-    spans = list(zip([0, *cuts], [*cuts, len(words)]))
-    source = [" ".join(words[i:j]) for i, j in spans]
-    target = [" ".join(swapped[i:j]) for i, j in spans]
-    before = [world.outside_text(rng) for _ in range(rng.randint(0, 2))]
-    after = [world.outside_text(rng) for _ in range(rng.randint(0 if before else 1, 2))]
-    return mark(before + source + after), mark(before + target + after)
 
 
 def _paraphrase(rng: random.Random):
