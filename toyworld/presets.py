@@ -17,7 +17,8 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 # In every render-cache key: renders of an older build are never reused. v3: toy-sd15 trained 4x longer.
 # v4: toy-sd15 reads the vocabulary classes (a member's embedding tied to its class's word), toy-t5 rebuilt.
 # v5: toy-sd2 trained 20,000 steps instead of 3,000 (it drew the shape asked for on 46% of renders).
-REVISION = "toy-v5"
+# v6: the artist drift depends on the shape (the context drift): toy-sd15 and toy-t5 rebuilt.
+REVISION = "toy-v6"
 
 
 def presets() -> list[Preset]:
