@@ -294,6 +294,26 @@ def test_toy_sd2_draws_the_shape_its_caption_asks_for():
     assert sum(s == shape for s, (shape, _) in zip(seen, asked)) >= SHAPE_FLOOR * len(asked), list(zip(asked, seen))
 
 
+def test_toy_sd15_paints_an_artists_fill_by_the_shape():
+    """#39 item 2, in the renders: toy-sd15's picture of "a red SHAPE by NAME" is nearer (toy-clip, same seeds)
+    to its picture of the fill the name stands for on that shape than to the other fill, for every shape and
+    name: riley's triangle dotted, kusama's striped, the other way round on circles and squares."""
+    from bridge.models import presets
+    from bridge.models.score import Scorer, cosine
+
+    scorer = Scorer(presets.scorer("toy-clip"))
+    seeds = [0, 1, 2, 3]
+    wrong_way = []
+    for name, style in SOURCE.artists.items():
+        for shape, fill in style.items():
+            other = ({"striped", "dotted"} - {fill}).pop()
+            emb = [scorer.embed_images(_render("toy-sd15", [text] * 4, seeds)) for text in
+                   (f"a red {shape} {name}", f"a red {fill} {shape}", f"a red {other} {shape}")]
+            if sum(cosine(emb[0], emb[1])) <= sum(cosine(emb[0], emb[2])):
+                wrong_way.append((name, shape))
+    assert not wrong_way
+
+
 def test_a_translation_that_moves_the_shape_scores_below_the_oracle():
     """What the toy world measures now includes position: toy-sd2 on the oracle translation with the position
     moved to the opposite side agrees with toy-sd15's picture less than the oracle itself, on nearly every
