@@ -499,7 +499,8 @@ def _variant(argv: list[str]) -> str:
     recipe's (a flag set to train's default names nothing)."""
     from training.config import TrainConfig
 
-    ap = argparse.ArgumentParser(add_help=False)
+    # No abbreviations: this parser lacks --out, which would otherwise read as a prefix of --outside.
+    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     ap.add_argument("--algo", default="grpo")
     ap.add_argument("--reduced", action="store_true")
     ap.add_argument("--broken", default=None)

@@ -71,3 +71,18 @@ def test_the_benchmark_can_score_fresh_held_out_prompts(tmp_path):
     assert all(world.split_of(world.read(r["prompt"], world.SOURCE)) == "heldout" for r in rows)
     committed = {r["prompt"] for r in prompt_rows("heldout")}
     assert sum(r["prompt"] in committed for r in rows) < 100  # mostly new prompts, from a finite world
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["--out", "/tmp/x", "--seeds", "0,1,2"], ""),
+    (["--out", "/tmp/x", "--reduced", "--broken", "frozen"], "reduced-broken-frozen"),
+    (["--out", "/tmp/x", "--heldout-seed", "7"], "heldout7"),
+    (["--out", "/tmp/x", "--outside", "0.5", "--preserve-penalty", "0.01"], "outside0p5-preserve0p01"),
+    (["--out", "/tmp/outside", "--algo", "raft"], "raft"),
+])
+def test_each_variant_names_its_own_results_file(argv, name):
+    """`--out DIR` is no `--outside` (a run's results were lost to that prefix once), and each flag that changes
+    the recipe names the file."""
+    from benchmarks.toyworld_learning import _variant
+
+    assert _variant(argv) == name
