@@ -395,9 +395,9 @@ def world_words() -> frozenset[str]:
 def outside_words(split: str | None = None) -> tuple[str, ...]:
     """Words from outside the toy world: the whole words among the first 30,000 merges of CLIP's BPE
     vocabulary (the commonest English of image captions: "fox", "snow", "masterpiece", "8k"), less every
-    word a world prompt can say. toy-t5 learns to copy all of them (`split=None`); a dressed prompt (`dress`)
-    of the train split says only the three quarters whose hash is not 0 mod 4, of the held-out split only the
-    rest, so what an adapter keeps of them on held-out prompts it never met in training."""
+    word a world prompt can say; `split=None` gives all of them. A dressed prompt (`dress`) of the train split
+    says only the three quarters whose hash is not 0 mod 4, of the held-out split only the rest, so what an
+    adapter keeps of them on held-out prompts is what it keeps of words it never met in training."""
     from bridge.syntax.tokens import _clip_vocab_and_merges
 
     if split not in (None, "train", "heldout"):
