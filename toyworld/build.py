@@ -399,16 +399,6 @@ def save_clip(model, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- 5. toy-t5
 
-def pretraining_example(rng: random.Random) -> tuple[tuple[str, str], tuple]:
-    """One (input, target) pair of toy-t5's corpus and the toy-world specs it says: a paraphrase pair of world
-    prompts (`paraphrase_pair`). A corpus that also taught copying (text from outside the world alone, around a
-    world prompt and in the numbered leaf format, each copied; branch `wip/copying-t5`) did not teach this
-    64-wide, two-layer model to copy: after 4,000 steps it kept 2 of 551 outside words of dressed held-out
-    prompts, greedy, and wrote fragments in their place. Copying waits for a rewriter that can learn it (#39
-    item 3); the serving guard catches what this one drops or invents."""
-    return _train_split_paraphrase(rng)
-
-
 def paraphrase_pair(rng: random.Random) -> tuple[str, str]:
     """(a prompt of the world, a plausible rewrite of it): synonyms swapped in either direction, attributes
     added or dropped, clauses reordered, or the prompt kept. Nothing says which dialect is wanted: a colour or
@@ -467,11 +457,16 @@ T5_BATCH, T5_VOCAB_PAIRS = 64, 4000
 
 
 def t5_pretraining_examples(seed: int, steps: int):
-    """Every (pair, specs) toy-t5's build draws (`pretraining_example`), in order: T5_VOCAB_PAIRS for its
-    vocabulary, then T5_BATCH per training step. One stream, so a test can hash exactly what the model saw."""
+    """Every (pair, specs) toy-t5's build draws (`paraphrase_pair` with the specs of its two sides), in order:
+    T5_VOCAB_PAIRS for its vocabulary, then T5_BATCH per training step. One stream, so a test can hash exactly
+    what the model saw. A corpus that also taught copying (text from outside the world alone, around a world
+    prompt and in the numbered leaf format, each copied; branch `wip/copying-t5`) did not teach this 64-wide,
+    two-layer model to copy: after 4,000 steps it kept 2 of 551 outside words of dressed held-out prompts,
+    greedy, and wrote fragments in their place. Copying waits for a rewriter that can learn it (#39 item 3);
+    the serving guard catches what this one drops or invents."""
     rng = random.Random(f"t5-{seed}")
     for _ in range(T5_VOCAB_PAIRS + T5_BATCH * steps):
-        yield pretraining_example(rng)
+        yield _train_split_paraphrase(rng)
 
 
 def t5_pretraining_pairs(seed: int, steps: int):

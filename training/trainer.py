@@ -297,44 +297,44 @@ def update_policy(cfg: TrainConfig, model, opt, accelerator, tokenizer, flat: li
                                  for _ in range(cfg.updates_per_step)) / cfg.updates_per_step}
 
 
-def edit_sizes(flat: list, sources: list[str], negatives: list[str | None], names) -> list[int]:
-    """Content words each candidate drops plus those it adds, in its prompt and (when rewritten) its negative:
-    what `--preserve-penalty` charges. A renderer ignores many words a person wrote on purpose ("fox" in a
-    world of shapes, a LoRA trigger word to a real SD2), so the reward alone is indifferent to deleting them;
-    this makes every change pay, and only a change the renders reward by more survives (#40). Counted as the
-    serving guard reads a rewrite (bridge.models.faithfulness.diff), so a word that only moves costs nothing; a
-    candidate that fell back is served as written and changed nothing."""
+def candidate_edits(flat: list, sources: list[str], negatives: list[str | None], names) -> list[dict]:
+    """Per candidate, what it changed in content words (`bridge.models.faithfulness.diff`, as the serving guard
+    reads a rewrite), by part: "prompt", and "negative" where the negative was rewritten. A candidate that fell
+    back is served as written and changed nothing in its prompt. Computed once per step: the preservation
+    penalty and the edit record both read it."""
     from bridge.models.faithfulness import diff, leaf_words
 
-    sizes = []
+    out = []
     for cand, source, negative in zip(flat, sources, negatives):
-        n = 0
-        for before, after in ((source, None if cand.fallback else cand.text),
-                              (negative, cand.negative if cand.negative != negative else None)):
-            if before is not None and after is not None:
-                edit = diff(leaf_words(before, names), leaf_words(after, names))
-                n += len(edit.dropped) + len(edit.added)
-        sizes.append(n)
-    return sizes
+        pairs = [("prompt", source, None if cand.fallback else cand.text),
+                 ("negative", negative, cand.negative if cand.negative != negative else None)]
+        out.append({name: diff(leaf_words(before, names), leaf_words(after, names))
+                    for name, before, after in pairs if before and after is not None})
+    return out
 
 
-def count_edits(flat: list, sources: list[str], negatives: list[str | None], r: torch.Tensor, k: int,
-                names) -> dict:
-    """What each candidate of a step changed in content words, counted as accepted (reward above its group's
-    mean) or rejected (below): the step's share of the adapter's edit record (bridge.models.faithfulness).
-    Ties with the mean say nothing and are not counted; a candidate that fell back changed nothing."""
-    from bridge.models.faithfulness import EditRecord, diff, leaf_words
+def edit_sizes(edits: list[dict]) -> list[int]:
+    """Content words each candidate drops plus those it adds, over its parts (`candidate_edits`): what
+    `--preserve-penalty` charges. A renderer ignores many words a person wrote on purpose ("fox" in a world of
+    shapes, a LoRA trigger word to a real SD2), so the reward alone is indifferent to deleting them; this makes
+    every change pay, and only a change the renders reward by more survives (#40). A word that only moves
+    costs nothing."""
+    return [sum(len(e.dropped) + len(e.added) for e in parts.values()) for parts in edits]
+
+
+def count_edits(edits: list[dict], r: torch.Tensor, k: int) -> dict:
+    """What each candidate of a step changed in content words (`candidate_edits`), counted as accepted (reward
+    above its group's mean) or rejected (below): the step's share of the adapter's edit record
+    (bridge.models.faithfulness). Ties with the mean say nothing and are not counted."""
+    from bridge.models.faithfulness import EditRecord
 
     records = {"prompt": EditRecord(), "negative": EditRecord()}
-    for j, cand in enumerate(flat):
+    for j, parts in enumerate(edits):
         mean = float(r[j // k * k : (j // k + 1) * k].mean())
         if abs(float(r[j]) - mean) < 1e-9:
             continue
-        pairs = [("prompt", sources[j], None if cand.fallback else cand.text),
-                 ("negative", negatives[j], cand.negative if cand.negative != negatives[j] else None)]
-        for name, before, after in pairs:
-            if before and after is not None:
-                records[name].count(diff(leaf_words(before, names), leaf_words(after, names)), float(r[j]) > mean)
+        for name, edit in parts.items():
+            records[name].count(edit, float(r[j]) > mean)
     return {name: rec.counts() for name, rec in records.items()}
 
 
@@ -542,13 +542,12 @@ def _optimise_step(run: _Run, step: int, t0: float, resumed: bool) -> dict:
     # (#39: scored as the prompt itself, an unreadable sample was as good as copying, and nothing taught the model
     # to stop making them).
     r = r - cfg.fallback_penalty * torch.tensor([float(c.fallback) for c in flat])
+    edits = candidate_edits(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], run.names)
     if cfg.preserve_penalty:
-        r = r - cfg.preserve_penalty * torch.tensor(
-            edit_sizes(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], run.names),
-            dtype=torch.float32)
+        r = r - cfg.preserve_penalty * torch.tensor(edit_sizes(edits), dtype=torch.float32)
     stats = update_policy(cfg, run.model, run.opt, acc, run.tokenizer, flat, r, run.reference, identity)
     t3 = time.perf_counter()
-    edits = count_edits(flat, [inputs[i] for i in owner], [run.negatives[i] for i in owner], r, cfg.k, run.names)
+    edits = count_edits(edits, r, cfg.k)
     if acc.num_processes > 1:  # the main process logs the step: it records every process's edits
         from accelerate.utils import gather_object
 

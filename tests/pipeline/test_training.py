@@ -377,7 +377,7 @@ def test_each_content_word_dropped_or_added_costs_the_preserve_penalty():
     """#40: the render is indifferent to many words a person wrote on purpose, so --preserve-penalty charges
     every content word a candidate drops or adds, as the serving guard counts them: moving a word or changing a
     function word is free, a fallback changed nothing, and a rewritten negative pays too."""
-    from training.trainer import Rollout, edit_sizes
+    from training.trainer import Rollout, candidate_edits, edit_sizes
 
     def cand(text, negative=None, fallback=False):
         return Rollout(text, negative, [], fallback, False)
@@ -386,7 +386,7 @@ def test_each_content_word_dropped_or_added_costs_the_preserve_penalty():
     flat = [cand(source, neg), cand("a crimson fox in the snow, masterpiece", neg), cand("the crimson fox on snow", neg),
             cand("a red fox in the snow", neg), cand("a red circle", neg), cand("a red circle", neg, fallback=True),
             cand(source, "blurry")]
-    assert edit_sizes(flat, [source] * 7, [neg] * 7, frozenset()) == [0, 0, 1, 3, 6, 0, 1]
+    assert edit_sizes(candidate_edits(flat, [source] * 7, [neg] * 7, frozenset())) == [0, 0, 1, 3, 6, 0, 1]
 
 
 def test_the_preserve_penalty_reaches_the_update(synthetic_data, tmp_path, monkeypatch):
