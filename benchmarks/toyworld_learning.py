@@ -426,6 +426,7 @@ def outside_kept(recipe: Recipe, adapters: list[Path]) -> dict | None:
     prompts = [r["prompt"] for r in rows]
     inside = world.world_words()
     words = lambda text: re.findall(r"[a-z0-9]+", text.lower())  # noqa: E731 (as world.dress lists them)
+    said = [inside | set(words(r["prompt"])) for r in rows]  # a word in neither is invented
     per: dict[str, list[dict]] = {}
     for path in adapters:
         for mode in ("off", "strict"):
@@ -433,8 +434,8 @@ def outside_kept(recipe: Recipe, adapters: list[Path]) -> dict | None:
                 prompts, [""] * len(prompts))
             outs = [r.translated_prompt for r in res]
             kept = sum(sum((Counter(r["outside"]) & Counter(words(o))).values()) for r, o in zip(rows, outs))
-            invented = sum(len([w for w in words(o) if w not in inside and w not in set(words(r["prompt"]))])
-                           for r, o in zip(rows, outs))
+            invented = sum(sum(w not in known for w in words(o))
+                           for known, o in zip(said, outs))
             refused = sum(any(w["code"] == "rewrite-unfaithful" for w in r.warnings) for r in res)
             per.setdefault(mode, []).append({"kept": kept, "invented": invented, "refused": refused})
     total = sum(len(r["outside"]) for r in rows)
