@@ -5,6 +5,7 @@ prints."""
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shlex
 import shutil
@@ -58,10 +59,45 @@ def test_every_command_parses_as_written(command):
     config_of(shlex.split(command)[1:])
 
 
+def chains(runnable: list[str]) -> list[list[str]]:
+    """The commands in groups that share no file: a command joins the group of each earlier one whose `--out` it
+    reads (`runs/NAME` or a file name), in README order within a group, so the groups can run side by side."""
+    def key(token: str) -> str:
+        return "/".join(Path(token).parts[:2]) if token.startswith("runs/") else token
+
+    groups: list[list[str]] = []
+    owner: dict[str, list[str]] = {}  # an output's key -> the group that writes it
+    for command in runnable:
+        argv = shlex.split(command)
+        reads = [owner[key(t)] for t in argv if key(t) in owner]
+        group = reads[0] if reads else []
+        for other in reads[1:]:  # reads two groups' outputs: they become one
+            if other is not group:
+                group.extend(other)
+                groups.remove(other)
+        if not reads:
+            groups.append(group)
+        group.append(command)
+        if "--out" in argv:
+            owner[key(argv[argv.index("--out") + 1])] = group
+    return groups
+
+
+def test_commands_that_share_a_file_run_in_one_chain():
+    got = chains(["sd-bridge gather --out runs/g", "sd-bridge translate x", "sd-bridge train --data runs/g --out runs/a",
+                  "sd-bridge eval --adapter runs/a/x --out runs/r", "sd-bridge sweep --out runs/s",
+                  "sd-bridge index runs/s/renders --out runs/i"])
+    assert [len(g) for g in got] == [3, 1, 2] and got[0][-1].startswith("sd-bridge eval")
+
+
 @pytest.mark.slow
 def test_tiny_and_toy_commands_run_as_written(tmp_path):
     """In README order, in a fresh directory laid out like a checkout (`../shared/prompts`, `toyworld`). The
-    ones that need real weights, a GPU or `make demo`'s output are only parsed (above)."""
+    ones that need real weights, a GPU or `make demo`'s output are only parsed (above). Chains of commands that
+    share no file run two at a time, one thread each: these commands are mostly start-up and small models, which
+    one thread runs nearly as fast as two, so two lanes take about two thirds of the time of one."""
+    from concurrent.futures import ThreadPoolExecutor
+
     work = tmp_path / "repo"
     work.mkdir()
     (work / "toyworld").symlink_to(ROOT / "toyworld")
@@ -70,12 +106,28 @@ def test_tiny_and_toy_commands_run_as_written(tmp_path):
     runnable = [c for c in commands() if not REAL.search(c) and not c.startswith("sd-bridge serve")
                 and not any(word in c for word in ("DIR", "demo-out", "my_library", "adapter-sd2", "heldout.jsonl"))]
     assert len(runnable) >= 9, runnable
-    for command in runnable:
-        argv = [str(SD_BRIDGE) if SD_BRIDGE.exists() else shutil.which("sd-bridge"), *shlex.split(command)[1:]]
-        start = time.perf_counter()
-        proc = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{command}\n{proc.stderr[-2000:]}"
-        print(f"{time.perf_counter() - start:6.1f}s  {command}")  # shown with pytest -s: the README's times
+    exe = str(SD_BRIDGE) if SD_BRIDGE.exists() else shutil.which("sd-bridge")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run_chain(chain: list[str]) -> tuple[list[str], str | None]:
+        """Each command's seconds (shown with pytest -s), and the first failure: what follows in a chain needs it."""
+        times = []
+        for command in chain:
+            start = time.perf_counter()
+            proc = subprocess.run([exe, *shlex.split(command)[1:]], cwd=work, capture_output=True, text=True,
+                                  timeout=600, env=env)
+            if proc.returncode != 0:
+                return times, f"{command}\n{proc.stderr[-2000:]}"
+            times.append(f"{time.perf_counter() - start:6.1f}s  {command}")
+        return times, None
+
+    # Longest chains first, so the two lanes end together.
+    ordered = sorted(chains(runnable), key=len, reverse=True)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run_chain, ordered))
+    print("\n".join(line for times, _ in results for line in times))
+    failures = [failure for _, failure in results if failure]
+    assert not failures, "\n\n".join(failures)
 
 
 @pytest.mark.parametrize("block", blocks("console"), ids=lambda b: b[0][:40])
