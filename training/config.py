@@ -56,8 +56,9 @@ class TrainConfig(MigrationPolicy):
         "help": "subtracted from a candidate's reward per content word it drops or adds (function words aside; "
                 "in the negative too with --rewrite-negative): a renderer is indifferent to many words a person "
                 "wrote on purpose, and without a cost the reward lets the adapter delete or invent them (#40)"})
-    format: Literal["marked", "leaf"] = field(default="marked", metadata={
-        "help": "marked: the model reads the whole prompt, leaves numbered, and answers one output per leaf; "
+    format: Literal["flat", "marked", "leaf"] = field(default="flat", metadata={
+        "help": "flat: the model reads the prompt's words without its syntax, and its answer goes back into the "
+                "leaves by a word alignment; marked: the whole prompt, leaves numbered, one output per leaf; "
                 "leaf: each leaf alone, without context (the format of older adapters)"})
     rewrite_negative: bool = field(default=False, metadata={
         "help": "rewrite negative prompts too (their text leaves, with the negative task prefix); an empty "

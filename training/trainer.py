@@ -65,12 +65,14 @@ def step_prompts(cfg: TrainConfig, step: int, n: int) -> list[int]:
 def _pair(source: str, target: str, names, fmt: str) -> list[tuple[str, str]]:
     """(model input, model output) SFT pairs that rewrite prompt `source` into `target` (same leaf count)."""
     from bridge.syntax.prompt import parse
-    from bridge.models.rewriter import mark, model_leaves, sequences, split_edges
+    from bridge.models.rewriter import flatten, mark, model_leaves, sequences, split_edges
 
-    src, tgt = ([split_edges(leaf.value)[1] for leaf in model_leaves(parse(t, names).nodes)] for t in (source, target))
+    src, tgt = ([leaf.value for leaf in model_leaves(parse(t, names).nodes)] for t in (source, target))
     if len(src) != len(tgt):
         return []
-    return [(seq, mark([tgt[i] for i in covered])) for seq, covered in sequences(src, fmt)]
+    if fmt == "flat":
+        return [(seq, flatten(tgt)) for seq, _ in sequences(src, fmt)]
+    return [(seq, mark([split_edges(tgt[i])[1] for i in covered])) for seq, covered in sequences(src, fmt)]
 
 
 def warm_pairs(cfg: TrainConfig, inputs: list[str], negatives: list[str | None], names) -> list[tuple[str, str]]:

@@ -11,6 +11,14 @@ added where it reads best). A prompt with a single leaf is sent as plain text: t
 nothing. An answer whose markers do not read back as [1]..[n] in order is a structure failure (fallback).
 Adapters trained before this format rewrite each leaf alone (format "leaf", deduplicated across prompts).
 
+Format "flat" shows the model the prompt's words without the syntax, `masterpiece, a red fox in snow by greg
+rutkowski` for `(masterpiece:1.2), a (red:1.1) fox in snow [by greg rutkowski]`, as the model reads any caption,
+and puts its answer back into the leaves by a word alignment (`unflatten`): a kept word stays in its leaf, a
+replaced word takes its source's leaf, a moved run of words goes back to its own leaf, an added word joins the
+leaf before it. A weighted word rewritten in place
+keeps its weight ("(crimson:1.2)" -> "(red:1.2)") with no marker for the model to learn; an answer the alignment
+cannot place (a leaf left empty) is a structure failure.
+
 This module holds what training and serving share: the task prefix, batched generation, the repair of a
 generated leaf, and the adapter metadata file that ties a LoRA adapter to its base rewriter preset.
 """
@@ -26,7 +34,7 @@ from typing import Sequence
 
 PREFIX = "Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
 NEGATIVE_PREFIX = "Rewrite this Stable Diffusion 1.5 negative prompt for Stable Diffusion 2: "
-FORMATS = ("marked", "leaf")
+FORMATS = ("marked", "leaf", "flat")
 BATCH_TOKENS = 3072  # padded input tokens per greedy batch (see _token_groups)
 _MARKER = re.compile(r"\s*\[(\d+)\]\s*")
 ADAPTER_META = "sd_bridge_adapter.json"
@@ -63,7 +71,7 @@ class AdapterMeta:
     target: str
     prefix: str = PREFIX
     max_new_tokens: int = 96
-    format: str = "marked"  # what the model reads and writes (module docstring); "leaf" for older adapters
+    format: str = "marked"  # what the model reads and writes (module docstring): marked, flat; "leaf" for older ones
     rewrite_negative: bool = False  # negative prompts are rewritten too (with NEGATIVE_PREFIX)
     negative_prefix: str = NEGATIVE_PREFIX
     extra: dict = field(default_factory=dict)
@@ -327,12 +335,85 @@ def unmark(text: str, n: int) -> list[str] | None:
     return [x.strip() for x in parts[2::2]]
 
 
+def _flat_words(values: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The words of a prompt's model leaves (their raw values) in order, and the leaf each belongs to. A comma
+    that parts two leaves ends the word before it: `(masterpiece:1.2), a cat` reads `masterpiece, a cat`."""
+    words: list[str] = []
+    owners: list[int] = []
+    trail = ""
+    for i, value in enumerate(values):
+        lead, core, after = split_edges(value)
+        if words and ("," in trail or "," in lead) and not words[-1].endswith(","):
+            words[-1] += ","
+        words += core.split()
+        owners += [i] * len(core.split())
+        trail = after
+    return words, owners
+
+
+def flatten(values: Sequence[str]) -> str:
+    """The model's view of a prompt in format "flat": its leaves' words, one space apart (module docstring)."""
+    return " ".join(_flat_words(values)[0])
+
+
+def _align_key(word: str) -> str:
+    """What the alignment compares: a word without its trailing commas, "an" as "a" ("an azure" -> "a blue")."""
+    word = word.rstrip(",").lower()
+    return "a" if word == "an" else word
+
+
+def unflatten(text: str, values: Sequence[str]) -> list[str] | None:
+    """Each leaf's text of a flat answer `text` to the leaves `values` (raw, as `flatten` read them), by a word
+    alignment (difflib, on `_align_key`): kept words stay in their leaf; a replacement takes its source's leaf,
+    or, where its source spans leaves, as many words for each leaf as it had and the rest for the last; an
+    insertion joins the leaf before it (the first leaf at the start). A leaf the alignment left empty whose words
+    the answer has elsewhere, moved ("on a white background (at the bottom:1.2)" answered "at the bottom on a
+    white background"), takes them back, so a weighted clause keeps its weight wherever the model put it. None
+    when a leaf is still empty: its weight or bracket would hold nothing."""
+    from difflib import SequenceMatcher
+
+    words, owners = _flat_words(values)
+    out = text.split()
+    keys, out_keys = [_align_key(w) for w in words], [_align_key(w) for w in out]
+    leaf_of = [0] * len(out)  # each answer word's leaf
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, keys, out_keys, autojunk=False).get_opcodes():
+        if tag == "insert":
+            leaf_of[j1:j2] = [owners[i1 - 1] if i1 > 0 else owners[0]] * (j2 - j1)
+        elif tag in ("equal", "replace"):
+            span, at = owners[i1:i2], j1
+            for n, leaf in enumerate(dict.fromkeys(span)):
+                take = j2 - at if n == len(set(span)) - 1 else min(span.count(leaf), j2 - at)
+                leaf_of[at:at + take] = [leaf] * take
+                at += take
+    for leaf in range(len(values)):
+        mine = [k for k, o in zip(keys, owners) if o == leaf]
+        if leaf in leaf_of or not mine:
+            continue
+        hit = next((j for j in range(len(out) - len(mine) + 1) if out_keys[j:j + len(mine)] == mine), None)
+        if hit is not None:  # moved: the words go back to their leaf
+            leaf_of[hit:hit + len(mine)] = [leaf] * len(mine)
+    result = []
+    for i, value in enumerate(values):
+        leaf = " ".join(w for w, o in zip(out, leaf_of) if o == i)
+        if leaf.endswith(",") and not split_edges(value)[1].endswith(","):
+            leaf = leaf[:-1]  # the comma flatten put between two leaves; the leaf's own separators come back
+        if not leaf:
+            return None
+        result.append(leaf)
+    return result
+
+
 def sequences(leaves: Sequence[str], fmt: str) -> list[tuple[str, list[int]]]:
-    """The model inputs for a prompt's leaves and the leaves each one covers: one per leaf ("leaf"), or
-    the whole prompt in one ("marked")."""
+    """The model inputs for a prompt's leaves (raw values) and the leaves each one covers: one per leaf ("leaf"),
+    or the whole prompt in one ("marked", "flat")."""
+    if not leaves:
+        return []
+    if fmt == "flat":
+        return [(flatten(leaves), list(range(len(leaves))))]
+    cores = [split_edges(value)[1] for value in leaves]
     if fmt == "leaf":
-        return [(text, [i]) for i, text in enumerate(leaves)]
-    return [(mark(leaves), list(range(len(leaves))))] if leaves else []
+        return [(text, [i]) for i, text in enumerate(cores)]
+    return [(mark(cores), list(range(len(cores))))]
 
 
 @dataclass
@@ -365,14 +446,15 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
     if fmt not in FORMATS:
         raise ValueError(f"unknown rewrite format {fmt!r} (known: {', '.join(FORMATS)})")
     parsed = [parse(t, embeddings) for t in texts]
-    plans = [sequences([split_edges(leaf.value)[1] for leaf in model_leaves(p.nodes)], fmt) for p in parsed]
+    values = [[leaf.value for leaf in model_leaves(p.nodes)] for p in parsed]
+    plans = [sequences(v, fmt) for v in values]
     unique = sorted({seq for plan in plans for seq, _ in plan})
     generated = generate(model, tokenizer, unique, prefix=prefix, num_candidates=num_candidates, sample=sample,
                          seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size, temperature=temperature,
                          return_ids=True, size_from_input=size_from_input)
     table = dict(zip(unique, generated))
     result = []
-    for text, p, plan in zip(texts, parsed, plans):
+    for text, p, plan, raw in zip(texts, parsed, plans, values):
         want = skeleton(text, embeddings)
         cands = []
         for c in range(num_candidates):
@@ -384,7 +466,8 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
                 ins.append(seq)
                 outs.append(out_text)
                 ids.append(out_ids)
-                parts = [out_text] if fmt == "leaf" else unmark(out_text, len(covered))
+                parts = {"leaf": lambda: [out_text], "marked": lambda: unmark(out_text, len(covered)),
+                         "flat": lambda: unflatten(out_text, raw)}[fmt]()
                 if parts is None:
                     readable = False
                     continue

@@ -241,6 +241,61 @@ def test_the_model_sees_the_whole_prompt_and_answers_per_leaf(monkeypatch):
     assert leafwise.text == "(masterpiece:1.2), a red fox <lora:x:1> BREAK snow" and len(script.asked) == 3
 
 
+# ------------------------------------------------------------------ the flat format (#40 item 3)
+from bridge.models.rewriter import flatten, unflatten  # noqa: E402
+
+_word = st.sampled_from(["a", "an", "red", "fox", "snow", "masterpiece", "by", "greg", "8k"])
+_value = st.tuples(st.sampled_from(["", " ", ", "]), st.lists(_word, min_size=1, max_size=4),
+                   st.sampled_from(["", " ", ", "])).map(lambda t: t[0] + " ".join(t[1]) + t[2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_value, min_size=1, max_size=5))
+def test_a_flat_answer_that_changes_nothing_puts_every_word_back_in_its_leaf(values):
+    assert unflatten(flatten(values), values) == [" ".join(v.strip(" ,").split()) for v in values]
+
+
+def _leaves(prompt: str) -> list[str]:
+    from bridge.models.rewriter import model_leaves
+    from bridge.syntax.prompt import parse
+
+    return [leaf.value for leaf in model_leaves(parse(prompt, frozenset()).nodes)]
+
+
+def test_a_flat_answer_goes_back_into_the_prompts_leaves():
+    weighted = _leaves("a big (crimson:1.2) circle on the left")
+    assert flatten(weighted) == "a big crimson circle on the left"
+    # A word rewritten in place keeps its weight; "an"/"a" align; added text joins the leaf before it.
+    assert unflatten("a large red circle on the left on a white background", weighted) == [
+        "a large", "red", "circle on the left on a white background"]
+    # A comma between two leaves is shown to the model and given back to the leaves' own separators.
+    tagged = _leaves("(masterpiece:1.2), a crimson fox, <lora:x:1>")
+    assert flatten(tagged) == "masterpiece, a crimson fox"
+    assert unflatten("masterpiece, a red fox", tagged) == ["masterpiece", "a red fox"]
+    # A clause the model moved goes back to its own leaf, so its weight stays on it.
+    clause = _leaves("an azure square on a white background (at the bottom:1.1)")
+    assert unflatten("a blue square at the bottom on a white background", clause) == [
+        "a blue square on a white background", "at the bottom"]
+    # A leaf left empty (an artist's name the rewrite turned into a fill word elsewhere) cannot be placed.
+    artist = _leaves("a crimson circle (by yayoi kusama:1.2)")
+    assert unflatten("a red dotted circle", artist) is None
+
+
+def test_the_flat_format_shows_the_prompts_words_and_keeps_its_syntax(monkeypatch):
+    prompt = "(masterpiece:1.2), a (crimson:1.1) fox <lora:x:1> BREAK snow"
+    script = _Scripted({"masterpiece, a crimson fox snow": "masterpiece, a red fox in deep snow"})
+    monkeypatch.setattr("bridge.models.rewriter.generate", script)
+    [[cand]] = rewrite_prompts(None, _Tok(), [prompt], frozenset(), fmt="flat")
+    assert script.asked == ["Rewrite this Stable Diffusion 1.5 prompt for Stable Diffusion 2: "
+                            "masterpiece, a crimson fox snow"]
+    assert cand.text == "(masterpiece:1.2), a (red:1.1) fox in deep <lora:x:1> BREAK snow" and not cand.fallback
+    # The marked format asks for numbered leaves; a model that answers in plain text breaks the structure.
+    monkeypatch.setattr("bridge.models.rewriter.generate", _Scripted(
+        {"[1] masterpiece [2] a [3] crimson [4] fox [5] snow": "masterpiece, a red fox in deep snow"}))
+    [[marked]] = rewrite_prompts(None, _Tok(), [prompt], frozenset(), fmt="marked")
+    assert marked.fallback and marked.text == prompt
+
+
 def test_negative_prompts_are_rewritten_only_when_the_adapter_learned_to(monkeypatch):
     script = _Scripted({"blurry": "blurry, low quality", "a crimson fox": "a red fox"})
     monkeypatch.setattr("bridge.models.rewriter.generate", script)

@@ -547,9 +547,12 @@ def test_warm_start_pairs_are_in_the_models_format(tmp_path):
     from bridge.models.rewriter import NEGATIVE_PREFIX, PREFIX
     from training.trainer import warm_pairs
 
-    cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", **TINY)
+    cfg = TrainConfig(data=tmp_path, out=tmp_path / "a", **TINY)  # the flat format: the prompt's words
     prompts, negatives = ["(masterpiece:1.2), a fox BREAK snow", "a cat"], ["blurry, ugly", None]
     assert warm_pairs(cfg, prompts, negatives, frozenset()) == sorted([
+        (PREFIX + "masterpiece, a fox snow", "masterpiece, a fox snow"), (PREFIX + "a cat", "a cat")])
+    marked = TrainConfig(data=tmp_path, out=tmp_path / "a", format="marked", **TINY)
+    assert warm_pairs(marked, prompts, negatives, frozenset()) == sorted([
         (PREFIX + "[1] masterpiece [2] a fox [3] snow", "[1] masterpiece [2] a fox [3] snow"),
         (PREFIX + "a cat", "a cat")])
     both = TrainConfig(data=tmp_path, out=tmp_path / "a", rewrite_negative=True, **TINY)
@@ -564,7 +567,7 @@ def test_warm_start_pairs_are_in_the_models_format(tmp_path):
     with pytest.raises(ValueError, match=r"pairs.jsonl:2: source and target must have the same number of text"):
         warm_pairs(extra, prompts, negatives, frozenset())
     pairs.write_text('{"source": "(crimson:1.1), fox", "target": "(red:1.1), fox, white background"}\n')
-    assert (PREFIX + "[1] crimson [2] fox", "[1] red [2] fox, white background") in warm_pairs(
+    assert (PREFIX + "crimson, fox", "red, fox, white background") in warm_pairs(
         extra, prompts, negatives, frozenset())
 
 
@@ -590,6 +593,6 @@ def test_rewrite_negative_samples_and_renders_rewritten_negatives(tmp_path, prom
               reward_fn=reward)
     assert len(seen) == 2 * 4 * 2 and any(n != "blurry, ugly hands" for n in seen)
     meta = json.loads((out / "sd_bridge_adapter.json").read_text())
-    assert meta["rewrite_negative"] is True and meta["format"] == "marked"
+    assert meta["rewrite_negative"] is True and meta["format"] == "flat"
     assert Translator.from_pretrained(out).meta.rewrite_negative
 
