@@ -23,6 +23,7 @@ from benchmarks import (
     toyworld_drift,
     toyworld_guidance,
     toyworld_learning,
+    toyworld_syntax,
     train_step_split,
     translation_cache,
 )
@@ -41,6 +42,7 @@ if __name__ == "__main__":
     train_step_split.main([])
     toyworld_drift.main([])
     toyworld_guidance.main([])
+    toyworld_syntax.main([])
     sweep_breadth.main([])
     reference_index.main([])
     with tempfile.TemporaryDirectory() as tmp:

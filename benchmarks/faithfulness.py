@@ -1,6 +1,6 @@
 """The faithfulness guard (#40) on a trained toy adapter: harmful rewrites caught, correct ones let through.
 
-    uv run python -m benchmarks.faithfulness --out DIR [--adapter DIR] [--heldout N] [--seed S]
+    uv run python -m benchmarks.faithfulness --out DIR [--adapter DIR] [--heldout N] [--seed S] [--syntax SHARE]
 
 1. adapter    the documented toy recipe (benchmarks.toyworld_learning: gather, train) -> DIR/adapter, with
               the edit record training writes; or --adapter, an adapter trained elsewhere
@@ -13,10 +13,13 @@
 3. held-out   fresh held-out toy prompts (`toyworld prompts --split heldout`, a seed the tests do not use): the
               adapter's rewrites with the guard off that equal the oracle's text (correct rewrites), and the
               share of them the guard lets through; then `sd-bridge eval --oracle` with the guard strict and
-              off, and the share of the oracle's gap each recovers, with paired bootstrap intervals
+              off, and the share of the oracle's gap each recovers, with paired bootstrap intervals. `--syntax`
+              (default 0.5) weaves A1111 syntax into that share of them and the same syntax into their oracles
+              (`world.weave`: weights, emphasis, BREAK, comma-separated clauses, a LoRA tag); the woven prompts'
+              fallbacks are counted apart (#40 item 3: at most 5%)
 
-The held-out toy world has no word the adapter never met (the world of "learning that generalises", #39,
-brings them); the unseen-word rule is exercised by tests/models/test_faithfulness.py until then.
+The held-out prompts say class members no training prompt says (world.HELDOUT_WORDS, #39): a correct rewrite of
+such a word is counted apart, since the guard must let it through although the adapter never met the word.
 The last line reads `silent changes (strict): N of M rows`.
 """
 
@@ -93,14 +96,14 @@ def probe(adapter: Path, rows: list[dict]) -> dict:
     return out
 
 
-def heldout(adapter: Path, out: Path, n: int, seed: int, eval_seeds: int) -> dict:
+def heldout(adapter: Path, out: Path, n: int, seed: int, eval_seeds: int, syntax: float = 0.0) -> dict:
     """Step 3: correct rewrites let through, and the gap recovered with the guard strict and off."""
     from bridge.syntax.policy import MigrationPolicy
     from bridge.translator import Translator
     from eval.config import EvalConfig
     from eval.run import run_eval
 
-    rows = world.generate_prompts(n, seed, "heldout")
+    rows = world.weave(world.generate_prompts(n, seed, "heldout"), syntax, seed)
     path = out / "heldout.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     prompts = [r["prompt"] for r in rows]
@@ -117,6 +120,10 @@ def heldout(adapter: Path, out: Path, n: int, seed: int, eval_seeds: int) -> dic
               "correct_unseen_passed": sum(bool(world.unseen_words(prompts[i])) and
                                            strict[i].translated_prompt == off[i].translated_prompt for i in correct),
               "rewritten_passed": sum(strict[i].translated_prompt == off[i].translated_prompt for i in changed),
+              "syntax": syntax, "woven": sum(bool(r.get("syntax")) for r in rows),
+              "woven_fallbacks": sum(bool(r.get("syntax")) and any(w["code"] == "rewrite-fallback" for w in t.warnings)
+                                     for r, t in zip(rows, strict)),
+              "woven_correct": sum(bool(rows[i].get("syntax")) for i in correct),
               "rejected": [{"prompt": strict[i].prompt, "rewrite": strict[i].rejected}
                            for i in range(n) if strict[i].unfaithful][:20], "gap": {}}
     for mode in ("strict", "off"):
@@ -142,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--heldout", type=int, default=200, help="fresh held-out toy prompts")
     ap.add_argument("--seed", type=int, default=HELDOUT_SEED, help="their seed")
     ap.add_argument("--eval-seeds", type=int, default=2, help="render seeds per held-out prompt")
+    ap.add_argument("--syntax", type=float, default=0.5, help="share of the held-out prompts woven with A1111 syntax")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = {}
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     probes = probe(adapter, read_rows())
     seconds["probes"] = time.perf_counter() - t
     t = time.perf_counter()
-    held = heldout(adapter, args.out, args.heldout, args.seed, args.eval_seeds)
+    held = heldout(adapter, args.out, args.heldout, args.seed, args.eval_seeds, args.syntax)
     seconds["heldout"] = time.perf_counter() - t
     print(f"faithfulness guard on the toy adapter {adapter}: {probes['rows']} rows (the probe set and "
           f"../shared/prompts), {probes['outside_rows']} of them without a toy-world word")
@@ -166,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"passed {held['rewritten_passed']}; oracle-exact rewrites {held['correct']}, let through "
           f"{held['correct_passed']} ({held['correct_unseen']} of them rewrite a word no training prompt says, "
           f"let through {held['correct_unseen_passed']})")
+    print(f"    woven with A1111 syntax: {held['woven']}, fallbacks {held['woven_fallbacks']} "
+          f"({held['woven_fallbacks'] / max(1, held['woven']):.1%}; target <= 5%), oracle-exact {held['woven_correct']}")
     for mode, g in held["gap"].items():
         f, (lo, hi) = g["gap_recovered"], g["gap_recovered_ci95"]
         print(f"    guard {mode:6s}: gap recovered {f:.2f} [{lo:.2f}, {hi:.2f}], guard rejections "

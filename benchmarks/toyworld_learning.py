@@ -5,7 +5,7 @@ of the oracle's gap the adapter recovers on held-out prompts.
                                                   [--broken frozen|random-reward] [--seeds 0,1,2]
                                                   [--advantage std|mean] [--min-group-std F]
                                                   [--heldout-seed S] [--outside SHARE]
-                                                  [--preserve-penalty P]
+                                                  [--preserve-penalty P] [--syntax SHARE]
 
 1. gather   toy-sd15 renders of the first `train_prompts` prompts of the train split -> DIR/gather, and of
             the last `val_prompts` of the held-out split -> DIR/val (the learning curve's held-out points)
@@ -40,6 +40,11 @@ to DIR/heldout-seedS.jsonl), so the acceptance can be checked on prompts no test
 the world (`world.dress`: "masterpiece, 8k, a crimson circle, fox"), the held-out ones in outside words no training
 prompt says, and prints how many of those words each adapter keeps, unguarded and as served, and how many it
 invents; `--preserve-penalty P` is train's flag (#40 item 2: what deleting or inventing a word costs in training).
+
+`--syntax SHARE` weaves A1111 syntax into that share of the training and held-out prompts and the same syntax
+into their oracles (`world.weave`: weights, emphasis, BREAK, comma-separated clauses, a LoRA tag), so the
+adapter trains and is measured on the shapes of real prompts, and prints each adapter's fallbacks on the woven
+held-out prompts and the share it rewrites exactly as the oracle does (#40 item 3).
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class Recipe:
     heldout_seed: int = 0  # 0: the committed held-out split (drawn with seed 0); else a fresh draw
     outside: float = 0.0  # share of train and held-out prompts dressed in outside text (world.dress)
     preserve_penalty: float | None = None  # TrainConfig.preserve_penalty; None: train's default
+    syntax: float = 0.0  # share of train and held-out prompts woven with A1111 syntax (world.weave)
 
 
 # The recipe at a reduced size: the slow learning test, and the trained adapter the inference-backend benchmark
@@ -127,12 +133,14 @@ def heldout_rows(recipe: Recipe) -> list[dict]:
     (world.generate_prompts is deterministic: seed 0 gives the committed file); dressed with `outside`."""
     rows = prompt_rows("heldout") if recipe.heldout_seed == 0 else world.generate_prompts(
         HELDOUT_ROWS, recipe.heldout_seed, "heldout")
-    return world.dress(rows, recipe.outside, recipe.seed, "heldout")
+    return world.weave(world.dress(rows, recipe.outside, recipe.seed, "heldout"), recipe.syntax, recipe.seed + 1)
 
 
 def train_rows(recipe: Recipe) -> list[dict]:
-    """The recipe's training prompts: the committed train split's first `train_prompts`, dressed with `outside`."""
-    return world.dress(prompt_rows("train", recipe.train_prompts), recipe.outside, recipe.seed, "train")
+    """The recipe's training prompts: the committed train split's first `train_prompts`, dressed with `outside`,
+    woven with `syntax` (seeded apart from the held-out prompts)."""
+    rows = world.dress(prompt_rows("train", recipe.train_prompts), recipe.outside, recipe.seed, "train")
+    return world.weave(rows, recipe.syntax, recipe.seed)
 
 
 def heldout_file(out: Path, recipe: Recipe) -> Path:
@@ -147,9 +155,10 @@ def train_file(out: Path, recipe: Recipe) -> Path:
 
 def _prompts_file(out: Path, recipe: Recipe, split: str, rows) -> Path:
     fresh = recipe.heldout_seed if split == "heldout" else 0
-    if not fresh and not recipe.outside:
+    if not fresh and not recipe.outside and not recipe.syntax:
         return PROMPTS / f"{split}.jsonl"
-    name = split + (f"-seed{fresh}" if fresh else "") + (f"-outside{recipe.outside:g}" if recipe.outside else "")
+    name = split + (f"-seed{fresh}" if fresh else "") + (f"-outside{recipe.outside:g}" if recipe.outside else "") + (
+        f"-syntax{recipe.syntax:g}" if recipe.syntax else "")
     path = out / f"{name}.jsonl"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,10 +169,13 @@ def _prompts_file(out: Path, recipe: Recipe, split: str, rows) -> Path:
 def table_file(out: Path, recipe: Recipe) -> Path:
     """The mined table's translations of the eval prompts, as a translations file eval scores (`file:table`);
     mined from the recipe's training prompts."""
-    table = mine_table(train_rows(recipe))
+    # Woven prompts (--syntax) are mined on their words and rewritten as the adapter's are: the table's answer to
+    # the prompt's words, aligned back into its leaves, so the table meets the same syntax on the same terms.
+    table = mine_table([dict(r, prompt=world.strip_syntax(r["prompt"]), oracle=world.strip_syntax(r["oracle"]))
+                        for r in train_rows(recipe)])
     path = out / "table.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table(table, r["prompt"])})
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table_woven(table, r["prompt"])})
                             + "\n" for r in heldout_rows(recipe)[:recipe.eval_prompts]), encoding="utf-8")
     return path
 
@@ -356,20 +368,44 @@ def mine_table(rows: list[dict]) -> dict:
 
 
 def apply_table(table: dict, prompt: str) -> str:
-    """`prompt` through a mined table: longest phrases first, left to right, then the appended phrases."""
+    """`prompt` through a mined table: longest phrases first, left to right, then the appended phrases. A comma
+    after a phrase stays after its replacement (comma-separated woven prompts)."""
     words, out, i = prompt.split(), [], 0
     phrases = sorted(table["replace"], key=lambda p: -len(p.split()))
     while i < len(words):
         for phrase in phrases:
             n = len(phrase.split())
-            if words[i:i + n] == phrase.split():
+            if [w.rstrip(",") for w in words[i:i + n]] == phrase.split() and "," not in "".join(words[i:i + n - 1]):
                 out += table["replace"][phrase].split()
+                if words[i + n - 1].endswith(",") and out and not out[-1].endswith(","):
+                    out[-1] += ","
                 i += n
                 break
         else:
             out.append(words[i])
             i += 1
     return " ".join(out + table["append"])
+
+
+def apply_table_woven(table: dict, prompt: str) -> str:
+    """`apply_table` on a woven prompt's words, its A1111 syntax kept: the flat rewrite format's alignment puts
+    the answer back into the leaves (`rewriter.unflatten`), and where it cannot the prompt comes back unchanged.
+    A prompt without syntax goes through `apply_table` as it is."""
+    from bridge.models.rewriter import flatten, model_leaves, split_edges, unflatten
+    from bridge.syntax.prompt import parse, serialize
+
+    if prompt == world.strip_syntax(prompt):
+        return apply_table(table, prompt)
+    parsed = parse(prompt, frozenset())
+    leaves = model_leaves(parsed.nodes)
+    values = [leaf.value for leaf in leaves]
+    parts = unflatten(apply_table(table, flatten(values)), values) if leaves else None
+    if parts is None:
+        return prompt
+    for leaf, part in zip(leaves, parts):
+        lead, _, trail = split_edges(leaf.value)
+        leaf.value = lead + part + trail
+    return serialize(parsed.nodes)
 
 
 READ_BACK = ("shape", "colour", "position", "background")
@@ -446,6 +482,33 @@ def outside_kept(recipe: Recipe, adapters: list[Path]) -> dict | None:
                       "refused": statistics.mean(x["refused"] for x in runs)} for mode, runs in per.items()}}
 
 
+def syntax_kept(recipe: Recipe, adapters: list[Path]) -> dict | None:
+    """#40 item 3, with `--syntax`: on the woven held-out eval prompts, as served (strict guard), the share of
+    rewrites that fell back (`rewrite-fallback`: the answer did not fit the prompt's structure), the share equal to
+    the oracle's text, and whether every rewrite kept the syntax strategy's skeleton (weights, brackets, BREAK,
+    tags: `rewriter.skeleton`). Means over `adapters` (one per training seed), with the worst seed's fallbacks."""
+    from bridge.models.rewriter import skeleton
+    from bridge.syntax.policy import MigrationPolicy
+    from bridge.translator import Translator
+
+    if not recipe.syntax:
+        return None
+    rows = [r for r in heldout_rows(recipe)[:recipe.eval_prompts] if r.get("syntax")]
+    prompts = [r["prompt"] for r in rows]
+    plain = Translator.from_pretrained(None, target="toy-sd2").translate(prompts)  # what any rewrite keeps
+    runs, intact = [], True
+    for path in adapters:
+        res = Translator.from_pretrained(path, policy=MigrationPolicy(faithfulness="strict")).translate(prompts)
+        fallbacks = sum(any(w["code"] == "rewrite-fallback" for w in r.warnings) for r in res)
+        exact = sum(r.translated_prompt == row["oracle"] for r, row in zip(res, rows))
+        intact &= all(skeleton(r.translated_prompt, frozenset()) == skeleton(p.translated_prompt, frozenset())
+                      for r, p in zip(res, plain))
+        runs.append((fallbacks, exact))
+    return {"prompts": len(rows), "fallback_share": statistics.mean(f for f, _ in runs) / len(rows),
+            "fallback_share_max": max(f for f, _ in runs) / len(rows),
+            "oracle_exact_share": statistics.mean(e for _, e in runs) / len(rows), "syntax_kept": intact}
+
+
 def untrained(out: Path, recipe: Recipe, cache: Path | None, rewriter: str = "toy-t5") -> dict:
     """The sceptic's second baseline: the rewriter before any RL, greedy, as a translations file scored on the
     same held-out prompts, render seeds and cached renders as the adapter (a paraphraser whose most likely
@@ -510,6 +573,7 @@ def _variant(argv: list[str]) -> str:
     ap.add_argument("--heldout-seed", type=int, default=0)
     ap.add_argument("--outside", type=float, default=0.0)
     ap.add_argument("--preserve-penalty", type=float, default=None)
+    ap.add_argument("--syntax", type=float, default=0.0)
     args, _ = ap.parse_known_args(argv)
     floor = args.min_group_std
     if floor is not None and floor == TrainConfig.__dataclass_fields__["min_group_std"].default:
@@ -521,7 +585,8 @@ def _variant(argv: list[str]) -> str:
                                   f"heldout{args.heldout_seed}" if args.heldout_seed else None,
                                   f"outside{args.outside:g}".replace(".", "p") if args.outside else None,
                                   f"preserve{args.preserve_penalty:g}".replace(".", "p")
-                                  if args.preserve_penalty is not None else None]))
+                                  if args.preserve_penalty is not None else None,
+                                  f"syntax{args.syntax:g}".replace(".", "p") if args.syntax else None]))
 
 
 @recorded("toyworld_learning", _variant)
@@ -542,10 +607,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--outside", type=float, default=0.0, help="share of train and held-out prompts dressed in "
                     "text from outside the world (default 0)")
     ap.add_argument("--preserve-penalty", type=float, default=None, help="train's flag (default: train's default)")
+    ap.add_argument("--syntax", type=float, default=0.0, help="share of train and held-out prompts woven with "
+                    "A1111 syntax, the oracles alike (default 0)")
     args = ap.parse_args(argv)
     recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo, advantage=args.advantage,
                      min_group_std=args.min_group_std, heldout_seed=args.heldout_seed, outside=args.outside,
-                     preserve_penalty=args.preserve_penalty,
+                     preserve_penalty=args.preserve_penalty, syntax=args.syntax,
                      **({"lr": 0.0} if args.broken == "frozen" else {}))
     seeds = [int(x) for x in args.seeds.split(",")]
     reward = random_reward(recipe.seed) if args.broken == "random-reward" else None
@@ -557,13 +624,16 @@ def main(argv: list[str] | None = None) -> dict:
                                   if len(seeds) > 1 else [args.out / "adapter"])
     result["outside_kept"] = outside_kept(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
                                           if len(seeds) > 1 else [args.out / "adapter"])
+    result["syntax_kept"] = syntax_kept(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
+                                        if len(seeds) > 1 else [args.out / "adapter"])
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
     fresh = f" (drawn fresh with seed {recipe.heldout_seed})" if recipe.heldout_seed else ""
     objective = f"advantage {recipe.advantage}" + ("" if recipe.min_group_std is None else
                                                      f", min-group-std {recipe.min_group_std}") + (
         "" if recipe.preserve_penalty is None else f", preserve-penalty {recipe.preserve_penalty}") + (
-        f"; {recipe.outside:.0%} of prompts dressed in outside text" if recipe.outside else "")
+        f"; {recipe.outside:.0%} of prompts dressed in outside text" if recipe.outside else "") + (
+        f"; {recipe.syntax:.0%} woven with A1111 syntax" if recipe.syntax else "")
     print(f"toy world, {recipe.algo}{broken} ({objective}; training seeds {args.seeds}): trained on "
           f"{recipe.train_prompts} train-split prompts, {recipe.steps} steps; eval on {result['prompts']} held-out "
           f"prompts{fresh} x {result['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip)")
@@ -617,6 +687,11 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{label} keeps {o[mode]['kept_share']:.1%} (lowest seed {o[mode]['kept_share_min']:.1%}), invents "
                   f"{o[mode]['invented']:.1f}, guard refused {o[mode]['refused']:.1f}"
                   for mode, label in (("off", "unguarded"), ("strict", "served"))))
+    w = result["syntax_kept"]
+    if w is not None:
+        print(f"  A1111 syntax on {w['prompts']} woven held-out prompts: fallbacks {w['fallback_share']:.1%} (highest "
+              f"seed {w['fallback_share_max']:.1%}; target <= 5%), rewritten exactly as the oracle "
+              f"{w['oracle_exact_share']:.1%}, syntax kept in every rewrite: {w['syntax_kept']}")
     p = result["prior"]
     print(f"  prior: toy-t5's samples meaning the oracle's prompt before RL ({p['prompts']} held-out prompts x "
           f"{p['samples_per_prompt']}): " + ", ".join(f"{d} {v:.2f}" for d, v in p["share"].items()))

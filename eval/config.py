@@ -23,7 +23,9 @@ class EvalConfig(MigrationPolicy):
     target: str = field(default="auto", metadata={"help": "target pipeline preset (auto: sd2-base or toy-sd2)"})
     scorer: str = field(default="auto", metadata={"help": "scorer preset (auto: vit-h-14 or toy-clip)"})
     oracle: bool = field(default=False, metadata={"help": "add the toy world's correct translation as a strategy "
-                                                          "named oracle (toy source and target only)"})
+                                                          "named oracle (toy source and target only): a JSONL prompts "
+                                                          "file's `oracle` field where it has one, as `toyworld "
+                                                          "prompts` writes it, else the drift table's"})
     adapter: list[Path] = field(default_factory=list, metadata={
         "help": "adapter directories to evaluate (any number; toy: the shipped one)"})
     translations: Path | None = field(default=None, metadata={

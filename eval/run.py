@@ -9,6 +9,7 @@ report.html + plots + the resolved config. Under accelerate, processes split the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def strategies(cfg: EvalConfig, items: list[Item], device: str) -> dict[str, dic
                                    "message": next(w["message"] for w in r.warnings if w["code"] == "rewrite-unfaithful")}
                                   for r in res if r.unfaithful]}
     if cfg.oracle:
-        out["oracle"] = _oracle(items)
+        out["oracle"] = _oracle(items, _file_oracles(cfg.prompts))
     if cfg.translations is not None:
         out[f"file:{Path(cfg.translations).stem}"] = {"prompts": _translations_file(cfg, items),
                                                       "negatives": negatives, "fallbacks": 0}
@@ -175,12 +176,33 @@ def faithfulness_summary(parts: list[dict], prompts: int) -> dict:
             "guard_rejections": len(rejected), "rejected": rejected}
 
 
-def _oracle(items: list[Item]) -> dict:
-    """The toy world's correct translations (written from its drift table, never learned)."""
+def _file_oracles(prompts: str) -> dict[str, tuple[str, str]]:
+    """prompt -> (oracle, oracle negative) from a JSONL prompts file whose rows carry them (`sd-bridge toyworld
+    prompts` writes them, woven with A1111 syntax or dressed in outside text as the prompts are); else empty."""
+    path = Path(prompts)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return {}
+    out = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line) if line.strip() else {}
+            if isinstance(row, dict) and isinstance(row.get("oracle"), str) and isinstance(row.get("prompt"), str):
+                out[row["prompt"]] = (row["oracle"], row.get("oracle_negative_prompt") or "")
+    return out
+
+
+def _oracle(items: list[Item], given: dict[str, tuple[str, str]] | None = None) -> dict:
+    """The toy world's correct translations: the prompts file's own (`given`, where it has the prompt), else
+    written from the drift table (never learned)."""
     from toyworld.world import NotAToyPrompt, oracle
 
     prompts, negatives = [], []
     for it in items:
+        if given and it.prompt in given:
+            prompt, negative = given[it.prompt]
+            prompts.append(prompt)
+            negatives.append(negative)
+            continue
         try:
             o = oracle(it.prompt, it.negative or "")
         except NotAToyPrompt as err:
@@ -191,13 +213,17 @@ def _oracle(items: list[Item]) -> dict:
 
 
 def drifts_of(prompt: str, source: presets.PipelinePreset) -> list[str] | None:
-    """The toy-world drifts a prompt carries, for a toy source; None where that does not apply."""
+    """The toy-world drifts a prompt carries, for a toy source (its A1111 syntax and words from outside the world
+    aside: `world.strip_outside`); None where that does not apply."""
     if not source.toy:
         return None
-    from toyworld.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read
+    from toyworld.world import NotAToyPrompt, SOURCE, drifts_of as toy_drifts, read, strip_outside
 
+    inside = strip_outside(prompt)
+    if not inside:
+        return None
     try:
-        return toy_drifts(read(prompt, SOURCE))
+        return toy_drifts(read(inside, SOURCE))
     except NotAToyPrompt:
         return None
 

@@ -440,8 +440,73 @@ def dress(rows: list[dict], share: float, seed: int, split: str) -> list[dict]:
     return out
 
 
+SYNTAX = ("weight", "emphasis", "head", "clause", "break", "commas", "lora")
+_CLAUSE = re.compile(r" (?=on the |at the |in the |on an? \w+ background|by )")  # where a caption's clauses start
+
+
+def weave(rows: list[dict], share: float, seed: int) -> list[dict]:
+    """`rows` (of `generate_prompts`) with A1111 syntax in `share` of their prompts, and the same syntax at the
+    same places in their oracles: one to three of SYNTAX, each listed under the row's `syntax`. A weight on the
+    colour word ("a big (crimson:1.2) circle" / "a large (red:1.2) circle"), emphasis on the shape ("((circle))"),
+    a weight on the whole head, a weight on the position clause, BREAK between the head and its clauses, the
+    clauses as comma-separated parts, a LoRA tag at the end (the prompt's only: the oracle drops it, as migrating
+    to another model does). The weights are mild (1.1 to 1.3), as users write
+    them. A correct rewrite changes the words and keeps every piece of syntax where it is (#40 item 3).
+    Seeded apart from the rows, so `share=0` returns them unchanged."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"the woven share must be in [0, 1], got {share}")
+    rng = random.Random(f"toyworld-syntax-{seed}")
+    out = []
+    for row in rows:
+        if rng.random() >= share:
+            out.append(row)
+            continue
+        kinds = rng.sample(SYNTAX, rng.randint(1, 3))
+        weights = {k: rng.choice((1.1, 1.2, 1.3)) for k in kinds}
+        lora = f"<lora:{rng.choice(('toy_detail', 'flat_colors', 'shapes_v2'))}:{rng.choice((0.6, 0.7, 0.8))}>"
+        # The oracle leaves the LoRA tag out, as a migration does: an SD1 LoRA cannot load in the target.
+        woven = [_weave_one(row["prompt"], kinds, weights, lora), _weave_one(row["oracle"], kinds, weights, "")]
+        if None in woven:  # a prompt without the part a kind needs (a clause to weight or to BREAK before)
+            out.append(row)
+            continue
+        out.append(dict(row, prompt=woven[0], oracle=woven[1], syntax=kinds))
+    return out
+
+
+def _weave_one(text: str, kinds: list[str], weights: dict[str, float], lora: str) -> str | None:
+    head, *clauses = _CLAUSE.split(text)
+    words = head.split()
+    colour_words = {w for d in DIALECTS.values() for value in d.colours for w in d.words(d.colours, value)}
+    if "weight" in kinds:
+        at = next(i for i, w in enumerate(words) if w in colour_words)
+        words[at] = f"({words[at]}:{weights['weight']})"
+    if "emphasis" in kinds:
+        words[-1] = f"(({words[-1]}))"
+    head = " ".join(words)
+    if "head" in kinds:
+        head = f"({head}:{weights['head']})"
+    if "clause" in kinds:
+        at = next((i for i, c in enumerate(clauses) if c.split()[0] in ("on", "at", "in") and
+                   not c.endswith("background")), None)
+        if at is None:
+            return None
+        clauses[at] = f"({clauses[at]}:{weights['clause']})"
+    if ("break" in kinds or "commas" in kinds) and not clauses:
+        return None
+    joiner = ", " if "commas" in kinds else " "
+    text = head + (" BREAK " if "break" in kinds else joiner) + joiner.join(clauses) if clauses else head
+    return f"{text} {lora}" if "lora" in kinds and lora else text
+
+
+def strip_syntax(text: str) -> str:
+    """A woven prompt's words (`weave`): tags, BREAK, brackets and weights left out, commas kept."""
+    text = re.sub(r"<[^>]*>|\bBREAK\b|:\s*-?[\d.]+\s*(?=\))|[()\[\]]", " ", text)
+    return re.sub(r"\s+", " ", re.sub(r"\s+,", ",", text)).strip()
+
+
 def strip_outside(text: str) -> str:
-    """What `read` understands of a dressed prompt: its comma-separated parts made only of world words."""
+    """What `read` understands of a dressed or woven prompt: its comma-separated parts made only of world words."""
+    text = strip_syntax(text)
     inside = world_words()
     return ", ".join(p for p in text.split(", ") if p.split() and all(w in inside for w in p.lower().split()))
 

@@ -189,3 +189,23 @@ def test_two_processes_split_prompts_and_agree(planted, report_dir, tmp_path):
     for name in one["strategies"]:
         assert two["strategies"][name]["agreement_mean"] == pytest.approx(one["strategies"][name]["agreement_mean"],
                                                                           abs=1e-3)
+
+
+def test_oracle_comes_from_the_prompts_file_where_it_has_one(tmp_path):
+    """A woven toy prompt (`toyworld prompts --syntax`) carries its oracle in the file: the drift table cannot read
+    A1111 syntax, so eval --oracle takes the file's; a prompt the file lacks gets the drift table's."""
+    import json
+
+    from eval.run import Item, _file_oracles, _oracle
+    from toyworld import world
+
+    [row] = [r for r in world.weave(world.generate_prompts(30, 8, "heldout"), 1.0, 8) if "weight" in r.get("syntax", [])][:1]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    items = [Item(row["prompt"], "", [0], None, None), Item("a crimson circle", "", [0], None, None)]
+    got = _oracle(items, _file_oracles(str(path)))
+    assert got["prompts"] == [row["oracle"], world.oracle("a crimson circle").prompt]
+    assert got["negatives"][0] == row["oracle_negative_prompt"]
+    with pytest.raises(ValueError, match="--oracle needs toy-world prompts"):
+        _oracle(items[:1])  # without the file, the weights are not a word of the toy world
+    assert _file_oracles(str(tmp_path / "missing.jsonl")) == {} and _file_oracles(str(tmp_path)) == {}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks.toyworld_learning import apply_table, mine_table, prompt_rows
+from benchmarks.toyworld_learning import apply_table, apply_table_woven, mine_table, prompt_rows
 from toyworld import world
 
 
@@ -37,6 +37,17 @@ def test_an_ending_added_to_most_prompts_is_appended_to_every_prompt():
     table = mine_table([{"prompt": f"a {w}", "oracle": f"a {w} on white"} for w in "abc"]
                        + [{"prompt": "a d on black", "oracle": "a d on black"}])
     assert table["append"] == ["on white"] and apply_table(table, "a e") == "a e on white"
+
+
+def test_the_table_meets_a1111_syntax_on_the_adapters_terms():
+    """On woven prompts (--syntax) the table rewrites the prompt's words and keeps the syntax where it was, as the
+    adapter's flat format does; a prompt without syntax is `apply_table`'s."""
+    table = mine_table(prompt_rows("train", 400))
+    assert apply_table_woven(table, "a big (crimson:1.2) circle BREAK on the left <lora:x:0.7>") == (
+        "a large (red:1.2) circle BREAK on the left <lora:x:0.7>")
+    assert apply_table_woven(table, "a crimson circle, on the left, on a white background") == (
+        "a red circle, on the left, on a white background")
+    assert apply_table_woven(table, "a big crimson circle") == apply_table(table, "a big crimson circle")
 
 
 @pytest.mark.slow
