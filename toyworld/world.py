@@ -450,9 +450,9 @@ def weave(rows: list[dict], share: float, seed: int) -> list[dict]:
     colour word ("a big (crimson:1.2) circle" / "a large (red:1.2) circle"), emphasis on the shape ("((circle))"),
     a weight on the whole head, a weight on the position clause, BREAK between the head and its clauses, the
     clauses as comma-separated parts, a LoRA tag at the end (the prompt's only: the oracle drops it, as migrating
-    to another model does). The weights are mild (1.1 to 1.3), as users write
-    them. A correct rewrite changes the words and keeps every piece of syntax where it is (#40 item 3).
-    Seeded apart from the rows, so `share=0` returns them unchanged."""
+    to another model does). The weights are mild (1.1 to 1.3), as users write them. A correct rewrite changes the
+    words and keeps every piece of syntax where it is (#40 item 3). Seeded apart from the rows, so `share=0`
+    returns them unchanged."""
     if not 0 <= share <= 1:
         raise ValueError(f"the woven share must be in [0, 1], got {share}")
     rng = random.Random(f"toyworld-syntax-{seed}")
@@ -474,6 +474,7 @@ def weave(rows: list[dict], share: float, seed: int) -> list[dict]:
 
 
 def _weave_one(text: str, kinds: list[str], weights: dict[str, float], lora: str) -> str | None:
+    """`text` (a caption: head, then clauses) with `kinds` of syntax; None where a kind needs a clause it lacks."""
     head, *clauses = _CLAUSE.split(text)
     words = head.split()
     colour_words = {w for d in DIALECTS.values() for value in d.colours for w in d.words(d.colours, value)}

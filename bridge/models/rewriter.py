@@ -11,12 +11,12 @@ added where it reads best). A prompt with a single leaf is sent as plain text: t
 nothing. An answer whose markers do not read back as [1]..[n] in order is a structure failure (fallback).
 Adapters trained before this format rewrite each leaf alone (format "leaf", deduplicated across prompts).
 
-Format "flat" shows the model the prompt's words without the syntax, `masterpiece, a red fox in snow by greg
-rutkowski` for `(masterpiece:1.2), a (red:1.1) fox in snow [by greg rutkowski]`, as the model reads any caption,
-and puts its answer back into the leaves by a word alignment (`unflatten`): a kept word stays in its leaf, a
-replaced word takes its source's leaf, a moved run of words goes back to its own leaf, an added word joins the
-leaf before it. A weighted word rewritten in place
-keeps its weight ("(crimson:1.2)" -> "(red:1.2)") with no marker for the model to learn; an answer the alignment
+Format "flat" (what `sd-bridge train` writes unless told otherwise) shows the model the prompt's words without
+the syntax, `masterpiece, a red fox in snow by greg rutkowski` for `(masterpiece:1.2), a (red:1.1) fox in snow
+[by greg rutkowski]`, as the model reads any caption, and puts its answer back into the leaves by a word
+alignment (`unflatten`): a kept word stays in its leaf, a replaced word takes its source's leaf, a moved run of
+words goes back to its own leaf, an added word joins the leaf before it. A weighted word rewritten in place keeps
+its weight ("(crimson:1.2)" -> "(red:1.2)") with no marker for the model to learn; an answer the alignment
 cannot place (a leaf left empty) is a structure failure.
 
 This module holds what training and serving share: the task prefix, batched generation, the repair of a
