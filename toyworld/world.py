@@ -424,20 +424,22 @@ def dress(rows: list[dict], share: float, seed: int, split: str) -> list[dict]:
     circle, fox in the snow"), as a user's prompt carries quality tags, objects and styles the grammar lacks. A
     correct rewrite keeps them (#40 item 2); each dressed row lists them under `outside`. Seeded apart from the
     rows, so `share=0` returns them unchanged."""
-    if not 0 <= share <= 1:
-        raise ValueError(f"the dressed share must be in [0, 1], got {share}")
-    rng = random.Random(f"toyworld-outside-{seed}-{split}")
-    out = []
-    for row in rows:
-        if rng.random() >= share:
-            out.append(row)
-            continue
+    def one(row: dict, rng: random.Random) -> dict:
         before = outside_text(rng, split) if rng.random() < 0.7 else ""
         after = outside_text(rng, split) if not before or rng.random() < 0.5 else ""
         wrap = lambda text: ", ".join(x for x in (before, text, after) if x)  # noqa: E731
-        out.append(dict(row, prompt=wrap(row["prompt"]), oracle=wrap(row["oracle"]),
-                        outside=re.findall(r"[a-z0-9]+", f"{before} {after}")))
-    return out
+        return dict(row, prompt=wrap(row["prompt"]), oracle=wrap(row["oracle"]),
+                    outside=re.findall(r"[a-z0-9]+", f"{before} {after}"))
+
+    return _change_share(rows, share, random.Random(f"toyworld-outside-{seed}-{split}"), one, "dressed")
+
+
+def _change_share(rows: list[dict], share: float, rng: random.Random, change, what: str) -> list[dict]:
+    """`rows` with `change(row, rng)` applied to about `share` of them, drawn with `rng` (a change that returns
+    None leaves its row as it was): what `dress` and `weave` share."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"the {what} share must be in [0, 1], got {share}")
+    return [(change(row, rng) or row) if rng.random() < share else row for row in rows]
 
 
 SYNTAX = ("weight", "emphasis", "head", "clause", "break", "commas", "lora")
@@ -453,33 +455,31 @@ def weave(rows: list[dict], share: float, seed: int) -> list[dict]:
     to another model does). The weights are mild (1.1 to 1.3), as users write them. A correct rewrite changes the
     words and keeps every piece of syntax where it is (#40 item 3). Seeded apart from the rows, so `share=0`
     returns them unchanged."""
-    if not 0 <= share <= 1:
-        raise ValueError(f"the woven share must be in [0, 1], got {share}")
-    rng = random.Random(f"toyworld-syntax-{seed}")
-    out = []
-    for row in rows:
-        if rng.random() >= share:
-            out.append(row)
-            continue
+    def one(row: dict, rng: random.Random) -> dict | None:
         kinds = rng.sample(SYNTAX, rng.randint(1, 3))
         weights = {k: rng.choice((1.1, 1.2, 1.3)) for k in kinds}
         lora = f"<lora:{rng.choice(('toy_detail', 'flat_colors', 'shapes_v2'))}:{rng.choice((0.6, 0.7, 0.8))}>"
         # The oracle leaves the LoRA tag out, as a migration does: an SD1 LoRA cannot load in the target.
         woven = [_weave_one(row["prompt"], kinds, weights, lora), _weave_one(row["oracle"], kinds, weights, "")]
         if None in woven:  # a prompt without the part a kind needs (a clause to weight or to BREAK before)
-            out.append(row)
-            continue
-        out.append(dict(row, prompt=woven[0], oracle=woven[1], syntax=kinds))
-    return out
+            return None
+        return dict(row, prompt=woven[0], oracle=woven[1], syntax=kinds)
+
+    return _change_share(rows, share, random.Random(f"toyworld-syntax-{seed}"), one, "woven")
+
+
+@functools.cache
+def _colour_words() -> frozenset[str]:
+    """Every word any dialect has for a colour: where `weave` puts a colour weight."""
+    return frozenset(w for d in DIALECTS.values() for value in d.colours for w in d.words(d.colours, value))
 
 
 def _weave_one(text: str, kinds: list[str], weights: dict[str, float], lora: str) -> str | None:
     """`text` (a caption: head, then clauses) with `kinds` of syntax; None where a kind needs a clause it lacks."""
     head, *clauses = _CLAUSE.split(text)
     words = head.split()
-    colour_words = {w for d in DIALECTS.values() for value in d.colours for w in d.words(d.colours, value)}
     if "weight" in kinds:
-        at = next(i for i, w in enumerate(words) if w in colour_words)
+        at = next(i for i, w in enumerate(words) if w in _colour_words())
         words[at] = f"({words[at]}:{weights['weight']})"
     if "emphasis" in kinds:
         words[-1] = f"(({words[-1]}))"
