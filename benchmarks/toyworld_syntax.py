@@ -1,15 +1,19 @@
-"""What A1111 syntax does to the toy renderers (#39 item 4): read back from the pixels, per kind of syntax.
+"""What A1111 syntax and outside words do to the toy renderers (#39 item 4): read back from the pixels, per kind.
 
     uv run python -m benchmarks.toyworld_syntax [--n 48] [--seeds 2]
 
 For `n` held-out prompts, each kind of `world.SYNTAX` is woven in alone (`world.weave`'s placement: a weight
 on the colour word, emphasis on the shape, a weight on the head or on the position clause, BREAK between the
-head and its clauses, the clauses as comma-separated parts, a LoRA tag), and the prompts are rendered as
-written and woven: the source prompts by toy-sd15, their oracles by toy-sd2, at `seeds` render seeds each.
+head and its clauses, the clauses as comma-separated parts, a LoRA tag), and so is text from outside the
+world (kind `outside`: `world.dress`, the same quality tags, objects and styles around a prompt and its
+oracle), and the prompts are rendered as written and woven: the source prompts by toy-sd15, their oracles by
+toy-sd2, at `seeds` render seeds each.
 `world.read_image` reads shape, colour, background and position back from every render, and the benchmark
 prints, per renderer and kind, the share of renders where all four match what the prompt asks for, beside
 the plain prompts' share in the same run (the ratio). A renderer that ignores syntax keeps the ratio near 1;
-the issue asks for renderers trained so that these neither help nor hurt.
+the issue asks for renderers trained so that these neither help nor hurt. The reward a rewriter is trained on
+comes from the same renders, so a renderer that outside words move also makes the reward of a rewrite depend
+on how it copies them.
 The last line reads `worst ratio: R (RENDERER, KIND)`.
 """
 
@@ -63,8 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
                                           ("toy-sd2", world.TARGET, "oracle", "oracle_negative_prompt")):
             plain = readback(preset, rows, [r[key] for r in rows], [r[neg] for r in rows], dialect, seeds, Path(tmp))
             kinds = {}
-            for kind in world.SYNTAX:
-                pairs = [(r, world._weave_one(r[key], [kind], {kind: 1.2}, "<lora:toy_detail:0.7>")) for r in rows]
+            dressed = world.dress(rows, 1.0, seed=7, split="heldout")
+            for kind in (*world.SYNTAX, "outside"):
+                if kind == "outside":  # the same outside text around a prompt and its oracle (world.dress)
+                    pairs = [(r, d[key]) for r, d in zip(rows, dressed)]
+                else:
+                    pairs = [(r, world._weave_one(r[key], [kind], {kind: 1.2}, "<lora:toy_detail:0.7>"))
+                             for r in rows]
                 pairs = [(r, t) for r, t in pairs if t is not None]  # kinds that need a clause skip prompts without
                 base = readback(preset, [r for r, _ in pairs], [r[key] for r, _ in pairs],
                                 [r[neg] for r, _ in pairs], dialect, seeds, Path(tmp))
