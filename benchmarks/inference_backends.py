@@ -17,7 +17,7 @@ speed      Rewriters of flan-t5-base's and flan-t5-small's shapes with flan-t5's
 bound      The base shape (`--migrate-shape`) with one new token on fp32 transformers and each int8 engine: the
            encoder and one decoder step. An engine's ceiling is that rate over fp32's full rate (what it would
            reach if its other steps cost nothing), and its full rate over its one-token rate is the share of
-           that ceiling it reaches.
+           that ceiling it reaches. Beside it, the compute bound on that share (`multiply_adds`).
 identity   The base-shaped torch int8 export's greedy rewrites, drafting and one token a pass, id for id.
 agreement  A toy-world adapter trained with the reduced learning recipe (benchmarks.toyworld_learning), exported
            ctranslate2 int8 and fp32 and torch int8; greedy translations of the 500 held-out toy prompts by the
@@ -30,8 +30,10 @@ migrate    A 10,000-row library built from ../shared/prompts migrated with the b
 isa        (not by default, 14 min) The base-shaped int8 export on the AVX-512 kernels `bridge.models.engine` asks
            ctranslate2 for, against its own AVX2 choice, in alternating processes (`--repeats` pairs).
 
-The last line reads `speedup vs fp32: X.X, share of ceiling: S (ENGINE, flan-t5-base shape, ...)`, for the
-fastest int8 engine. The results file records the CPU's instruction sets (the ceiling depends on them).
+The last line reads `speedup vs fp32: X.X, share of ceiling: S, compute bound B (ENGINE, flan-t5-base shape,
+...)`, for the fastest int8 engine. B is the share a decoder would reach if it computed every generated token
+as efficiently per multiply-add as the ceiling's run computes the encoder (`multiply_adds`). The results file
+records the CPU's instruction sets (the ceiling depends on them).
 """
 
 from __future__ import annotations
@@ -337,6 +339,29 @@ def speed(root: Path, prompts: list[str], shapes: list[str], tokenizer: str, wei
 INT8 = {"ctranslate2 int8": "ctranslate2", "torch int8 (copydecode)": "torch"}
 
 
+def multiply_adds(shape: str, source: float, generated: float) -> dict:
+    """Multiply-adds per prompt (in billions, `_g`) of a T5 of `shape` (gated feed-forward, untied head of VOCAB rows) that reads
+    `source` tokens and writes `generated`: the encoder (with every decoder layer's cross-attention keys and values,
+    computed once per source token), one decoder step, and every generated token's step. The ceiling's run does
+    the first two; a greedy decoder that is byte-identical to one token a pass must also compute every generated
+    token's logits, whatever it drafts, so its share of the ceiling is at most (encoder + one step) / (encoder +
+    all steps) unless it runs decoder tokens more efficiently than the ceiling's run runs the encoder.
+    Attention is counted at the mean lengths (its products are a few percent of the total here)."""
+    d, f, d_kv, layers, heads = SHAPES[shape]
+    inner = heads * d_kv
+    ff = d * 2 * f + f * d  # wi_0 and wi_1, then wo
+    encoder = layers * (3 * d * inner + inner * d + ff + 2 * source * inner + 2 * d * inner)  # last: cross k, v
+
+    def step(position: float) -> float:  # self-attention over `position` tokens, cross-attention over the source
+        return layers * (3 * d * inner + 3 * inner * d + ff + 2 * position * inner + 2 * source * inner) + d * VOCAB
+
+    one = source * encoder + step(1)
+    # the sum of step(t) for t = 1..generated: linear in t, so generated steps at the mean position
+    full = source * encoder + generated * step((generated + 1) / 2)
+    return {"source_tokens": source, "generated_tokens": generated, "one_token_g": one / 1e9,
+            "full_g": full / 1e9, "share_bound": one / full}
+
+
 def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: str, full: dict | None) -> dict:
     """What is left to gain once decoding is fast: the same prompts with one new token (the encoder and one
     decoder step) on fp32 transformers and on each int8 engine. Even if an engine's other steps cost nothing,
@@ -370,8 +395,13 @@ def bound(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: s
     best = max(engines, key=lambda n: engines[n]["speedup"])
     print(f"  fastest int8 engine: {best}; the highest ceiling any engine showed: "
           f"{max(e['ceiling'] for e in engines.values()):.1f}x fp32 ({fp32_full:.2f} prompts/s for fp32)")
+    work = multiply_adds(shape, mean_tokens(tokenizer, prompts), full[best]["tokens"] / len(prompts))
+    print(f"  multiply-adds per prompt ({work['source_tokens']:.1f} source tokens, {work['generated_tokens']:.1f} "
+          f"generated): encoder and one step {work['one_token_g']:.2f} G, whole rewrite {work['full_g']:.2f} G; "
+          f"a decoder as efficient per multiply-add as the ceiling's run reaches a share of {work['share_bound']:.2f} "
+          "(the compute bound)")
     return {"one_token": one, "fp32_full": fp32_full, "engines": engines, "chosen": best,
-            "ceiling": engines[best]["ceiling"], "share": engines[best]["share"]}
+            "ceiling": engines[best]["ceiling"], "share": engines[best]["share"], "compute": work}
 
 
 def identical(root: Path, prompts: list[str], shape: str, tokenizer: str, weights: str, draft: int) -> dict:
@@ -596,7 +626,8 @@ def main(argv: list[str] | None = None) -> dict:
         if "bound" in result and shape == "flan-t5-base":
             chosen = result["bound"]["chosen"]
             ratio = result["speed"]["flan-t5-base"][chosen]["ratio"]
-            line = f"speedup vs fp32: {ratio:.1f}, share of ceiling: {result['bound']['share']:.2f} ({chosen}"
+            line = (f"speedup vs fp32: {ratio:.1f}, share of ceiling: {result['bound']['share']:.2f}, compute "
+                    f"bound {result['bound']['compute']['share_bound']:.2f} ({chosen}")
         else:
             line += " (ctranslate2 int8"
         print(f"{line}, flan-t5-base shape, {weights} weights, {len(prompts)} prompts)")

@@ -125,3 +125,30 @@ def test_the_first_draft_starts_where_the_prompt_does(tokenizer, prompt):
     start = _prompt_start(ids, lead)
     assert tokenizer.decode(ids[start:], skip_special_tokens=True).strip() == tokenizer.decode(
         tokenizer(prompt).input_ids, skip_special_tokens=True).strip()
+
+
+def test_the_compute_bound_counts_what_the_model_multiplies():
+    """`multiply_adds` from flan-t5-small's shape, against the same count read off a model of that shape: every
+    linear weight once per token that passes through it, and attention at the lengths given."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from benchmarks.inference_backends import SHAPES, VOCAB, multiply_adds
+
+    d, f, d_kv, layers, heads = SHAPES["flan-t5-small"]
+    model = T5ForConditionalGeneration(T5Config(
+        vocab_size=VOCAB, d_model=d, d_ff=f, d_kv=d_kv, num_layers=layers, num_decoder_layers=layers,
+        num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False))
+    linear = lambda module: sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))  # noqa: E731
+    # cross-attention keys and values: once per source token; every other decoder weight once per generated token
+    cross_kv = sum(b.layer[1].EncDecAttention.k.weight.numel() + b.layer[1].EncDecAttention.v.weight.numel()
+                   for b in model.decoder.block)
+    source, generated, inner = 40, 9, heads * d_kv
+    attention = 2 * inner * layers * (source * source + generated * source + generated * (generated + 1) / 2)
+    want = ((linear(model.encoder) + cross_kv) * source
+            + (linear(model.decoder) - cross_kv + linear(model.lm_head)) * generated + attention)
+    work = multiply_adds("flan-t5-small", source, generated)
+    assert work["full_g"] == pytest.approx(want / 1e9, rel=1e-9)
+    one = multiply_adds("flan-t5-small", source, 1)
+    assert work["one_token_g"] == pytest.approx(one["full_g"], rel=1e-9)
+    assert one["share_bound"] == pytest.approx(1.0)
+    assert 0 < work["share_bound"] < multiply_adds("flan-t5-small", source, 5)["share_bound"] < 1
