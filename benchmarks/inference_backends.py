@@ -340,13 +340,14 @@ INT8 = {"ctranslate2 int8": "ctranslate2", "torch int8 (copydecode)": "torch"}
 
 
 def multiply_adds(shape: str, source: float, generated: float) -> dict:
-    """Multiply-adds per prompt (in billions, `_g`) of a T5 of `shape` (gated feed-forward, untied head of VOCAB rows) that reads
-    `source` tokens and writes `generated`: the encoder (with every decoder layer's cross-attention keys and values,
-    computed once per source token), one decoder step, and every generated token's step. The ceiling's run does
-    the first two; a greedy decoder that is byte-identical to one token a pass must also compute every generated
-    token's logits, whatever it drafts, so its share of the ceiling is at most (encoder + one step) / (encoder +
-    all steps) unless it runs decoder tokens more efficiently than the ceiling's run runs the encoder.
-    Attention is counted at the mean lengths (its products are a few percent of the total here)."""
+    """Multiply-adds per prompt (in billions, `_g`) of a T5 of `shape` (gated feed-forward, untied head of VOCAB
+    rows) that reads `source` tokens and writes `generated`: the encoder (with every decoder layer's
+    cross-attention keys and values, computed once per source token), one decoder step, and every generated
+    token's step. The ceiling's run does the first two; a greedy decoder that is byte-identical to one token a
+    pass must also compute every generated token's logits, whatever it drafts, so its share of the ceiling is at
+    most (encoder + one step) / (encoder + all steps) unless it runs decoder tokens more efficiently than the
+    ceiling's run runs the encoder. Attention is counted at the mean lengths (its products are a few percent of
+    the total here)."""
     d, f, d_kv, layers, heads = SHAPES[shape]
     inner = heads * d_kv
     ff = d * 2 * f + f * d  # wi_0 and wi_1, then wo

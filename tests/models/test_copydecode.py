@@ -138,7 +138,10 @@ def test_the_compute_bound_counts_what_the_model_multiplies():
     model = T5ForConditionalGeneration(T5Config(
         vocab_size=VOCAB, d_model=d, d_ff=f, d_kv=d_kv, num_layers=layers, num_decoder_layers=layers,
         num_heads=heads, feed_forward_proj="gated-gelu", tie_word_embeddings=False))
-    linear = lambda module: sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))  # noqa: E731
+
+    def linear(module) -> int:
+        return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
     # cross-attention keys and values: once per source token; every other decoder weight once per generated token
     cross_kv = sum(b.layer[1].EncDecAttention.k.weight.numel() + b.layer[1].EncDecAttention.v.weight.numel()
                    for b in model.decoder.block)
