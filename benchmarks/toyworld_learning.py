@@ -175,8 +175,9 @@ def table_file(out: Path, recipe: Recipe) -> Path:
                         for r in train_rows(recipe)])
     path = out / "table.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"prompt": r["prompt"], "translated_prompt": apply_table_woven(table, r["prompt"])})
-                            + "\n" for r in heldout_rows(recipe)[:recipe.eval_prompts]), encoding="utf-8")
+    path.write_text("".join(json.dumps({"prompt": r["prompt"],
+                                        "translated_prompt": apply_table_woven(table, r["prompt"])}) + "\n"
+                            for r in heldout_rows(recipe)[:recipe.eval_prompts]), encoding="utf-8")
     return path
 
 
@@ -391,7 +392,7 @@ def apply_table_woven(table: dict, prompt: str) -> str:
     """`apply_table` on a woven prompt's words, its A1111 syntax kept: the flat rewrite format's alignment puts
     the answer back into the leaves (`rewriter.unflatten`), and where it cannot the prompt comes back unchanged.
     A prompt without syntax goes through `apply_table` as it is."""
-    from bridge.models.rewriter import flatten, model_leaves, split_edges, unflatten
+    from bridge.models.rewriter import flatten, model_leaves, refill, unflatten
     from bridge.syntax.prompt import parse, serialize
 
     if prompt == world.strip_syntax(prompt):
@@ -403,8 +404,7 @@ def apply_table_woven(table: dict, prompt: str) -> str:
     if parts is None:
         return prompt
     for leaf, part in zip(leaves, parts):
-        lead, _, trail = split_edges(leaf.value)
-        leaf.value = lead + part + trail
+        refill(leaf, part)
     return serialize(parsed.nodes)
 
 
@@ -620,12 +620,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.out, replace(recipe, train_seed=seeds[0]), reward)
     result["untrained"] = untrained(args.out, recipe, args.out / "eval-cache" if len(seeds) > 1 else None)
     result["prior"] = prior(heldout_rows(recipe)[:recipe.eval_prompts])
-    result["readback"] = readback(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
-                                  if len(seeds) > 1 else [args.out / "adapter"])
-    result["outside_kept"] = outside_kept(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
-                                          if len(seeds) > 1 else [args.out / "adapter"])
-    result["syntax_kept"] = syntax_kept(recipe, [args.out / f"seed-{s}" / "adapter" for s in seeds]
-                                        if len(seeds) > 1 else [args.out / "adapter"])
+    adapters = [args.out / f"seed-{s}" / "adapter" for s in seeds] if len(seeds) > 1 else [args.out / "adapter"]
+    result["readback"] = readback(recipe, adapters)
+    result["outside_kept"] = outside_kept(recipe, adapters)
+    result["syntax_kept"] = syntax_kept(recipe, adapters)
     s = result["seconds"]
     broken = f" (broken: {args.broken})" if args.broken else ""
     fresh = f" (drawn fresh with seed {recipe.heldout_seed})" if recipe.heldout_seed else ""

@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = world.generate_prompts(args.n, 6, "heldout")
     seeds = [11 * (k + 1) for k in range(args.seeds)]
     out: dict = {"prompts": args.n, "seeds": args.seeds, "renderers": {}}
+    dressed = world.dress(rows, 1.0, seed=7, split="heldout")  # kind `outside`: prompt and oracle alike
     with tempfile.TemporaryDirectory() as tmp:
         for preset, dialect, key, neg in (("toy-sd15", world.SOURCE, "prompt", "negative_prompt"),
                                           ("toy-sd2", world.TARGET, "oracle", "oracle_negative_prompt")):
             plain = readback(preset, rows, [r[key] for r in rows], [r[neg] for r in rows], dialect, seeds, Path(tmp))
             kinds = {}
-            dressed = world.dress(rows, 1.0, seed=7, split="heldout")
             for kind in (*world.SYNTAX, "outside"):
-                if kind == "outside":  # the same outside text around a prompt and its oracle (world.dress)
+                if kind == "outside":
                     pairs = [(r, d[key]) for r, d in zip(rows, dressed)]
                 else:
                     pairs = [(r, world._weave_one(r[key], [kind], {kind: 1.2}, "<lora:toy_detail:0.7>"))

@@ -311,6 +311,13 @@ def split_edges(value: str) -> tuple[str, str, str]:
     return value[:start], core, value[start + len(core):]
 
 
+def refill(leaf, text: str) -> None:
+    """Put `text` in a model leaf, keeping the leaf's own leading and trailing separators: they part it from its
+    neighbours."""
+    lead, _, trail = split_edges(leaf.value)
+    leaf.value = lead + text + trail
+
+
 def model_leaves(nodes) -> list:
     """The leaves of a parsed prompt that go to the model (those with letters), in order."""
     from bridge.syntax.prompt import leaves
@@ -466,15 +473,15 @@ def rewrite_prompts(model, tokenizer, texts: Sequence[str], embeddings: frozense
                 ins.append(seq)
                 outs.append(out_text)
                 ids.append(out_ids)
-                parts = {"leaf": lambda: [out_text], "marked": lambda: unmark(out_text, len(covered)),
-                         "flat": lambda: unflatten(out_text, raw)}[fmt]()
+                if fmt == "flat":
+                    parts = unflatten(out_text, raw)
+                else:
+                    parts = [out_text] if fmt == "leaf" else unmark(out_text, len(covered))
                 if parts is None:
                     readable = False
                     continue
                 for i, part in zip(covered, parts):
-                    # Keep the leaf's own leading/trailing separators: they part it from its neighbours.
-                    lead, _, trail = split_edges(targets[i].value)
-                    targets[i].value = lead + repair_leaf(part) + trail
+                    refill(targets[i], repair_leaf(part))
             candidate = serialize(work.nodes)
             # A generation cut off at the token limit is not a rewrite: fall back rather than truncate silently.
             unfinished = not all(ended(x, tokenizer) for x in ids)
