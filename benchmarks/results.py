@@ -84,8 +84,13 @@ def write(name: str, figures: dict, argv: list[str] | None = None, seconds: floa
           module: str | None = None) -> Path:
     import shlex
 
+    from toyworld.presets import WEIGHTS_ENV
+
+    # A toy world other than the committed one is part of what was measured.
+    env = [f"{WEIGHTS_ENV}={shlex.quote(os.environ[WEIGHTS_ENV])}"] * bool(os.environ.get(WEIGHTS_ENV))
     record = {"name": name,
-              "command": " ".join(["uv run python -m", f"benchmarks.{module or name}", *map(shlex.quote, argv or [])]),
+              "command": " ".join([*env, "uv run python -m", f"benchmarks.{module or name}",
+                                   *map(shlex.quote, argv or [])]),
               "machine": machine(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit(), "seconds": None if seconds is None else round(seconds, 1),
               "figures": _plain(figures)}
@@ -97,6 +102,25 @@ def write(name: str, figures: dict, argv: list[str] | None = None, seconds: floa
     os.replace(tmp, path)
     print(f"results: {path}")
     return path
+
+
+def weights_variant(argv: list[str]) -> str:
+    """`weights-NAME` for a run of a toy benchmark on another toy build (`--weights DIR/NAME`), else ""."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--weights="):
+            return f"weights-{Path(arg.split('=', 1)[1]).name}"
+        if arg == "--weights" and i + 1 < len(argv):
+            return f"weights-{Path(argv[i + 1]).name}"
+    return ""
+
+
+def use_weights(directory: str | None) -> None:
+    """Serve every toy preset from `directory` (a `toyworld build --out DIR`) for the rest of this process and
+    the commands it starts; None keeps the committed build."""
+    from toyworld.presets import WEIGHTS_ENV
+
+    if directory:
+        os.environ[WEIGHTS_ENV] = str(Path(directory).resolve())
 
 
 def recorded(module: str, variant=lambda argv: ""):

@@ -1,6 +1,6 @@
 """The toy world's acceptance numbers (issue: toy world), measured in one run.
 
-    uv run python -m benchmarks.toyworld_drift [--prompts 200] [--seeds 4] [--out DIR]
+    uv run python -m benchmarks.toyworld_drift [--prompts 200] [--seeds 4] [--out DIR] [--weights DIR]
 
 1. The drift is real: `sd-bridge eval --oracle` on held-out prompts x seeds, scored by toy-clip: oracle
    minus identity agreement (paired, 95% bootstrap interval), the oracle's win rate on drifted prompts,
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results import recorded
+from benchmarks.results import recorded, use_weights, weights_variant
 from toyworld import world
 
 HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
@@ -164,13 +164,16 @@ def renderers_listen(n: int = 96, timesteps: tuple[int, ...] = (300, 500, 700, 9
     return out
 
 
-@recorded("toyworld_drift")
+@recorded("toyworld_drift", weights_variant)
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None, help="keep the report and renders here")
+    ap.add_argument("--weights", default=None, help="measure the toy build in DIR (`sd-bridge toyworld build --out "
+                    "DIR`) instead of the committed one; the results file is then NAME-weights-DIRNAME")
     args = ap.parse_args(argv)
+    use_weights(args.weights)
     tmp = None if args.out else tempfile.TemporaryDirectory()
     out = args.out or Path(tmp.name)
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """What A1111 syntax and outside words do to the toy renderers (#39 item 4): read back from the pixels, per kind.
 
-    uv run python -m benchmarks.toyworld_syntax [--n 48] [--seeds 2]
+    uv run python -m benchmarks.toyworld_syntax [--n 48] [--seeds 2] [--weights DIR]
 
 For `n` held-out prompts, each kind of `world.SYNTAX` is woven in alone (`world.weave`'s placement: a weight
 on the colour word, emphasis on the shape, a weight on the head or on the position clause, BREAK between the
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results import recorded
+from benchmarks.results import recorded, use_weights, weights_variant
 from toyworld import world
 
 ATTRIBUTES = ("shape", "colour", "background", "position")
@@ -52,12 +52,15 @@ def readback(preset: str, rows: list[dict], texts: list[str], negatives: list[st
     return good / len(images)
 
 
-@recorded("toyworld_syntax")
+@recorded("toyworld_syntax", weights_variant)
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48, help="held-out prompts")
     ap.add_argument("--seeds", type=int, default=2, help="render seeds per prompt")
+    ap.add_argument("--weights", default=None, help="measure the toy build in DIR (`sd-bridge toyworld build --out "
+                    "DIR`) instead of the committed one; the results file is then NAME-weights-DIRNAME")
     args = ap.parse_args(argv)
+    use_weights(args.weights)
     started = time.perf_counter()
     rows = world.generate_prompts(args.n, 6, "heldout")
     seeds = [11 * (k + 1) for k in range(args.seeds)]
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if kind == "outside":
                     pairs = [(r, d[key]) for r, d in zip(rows, dressed)]
                 else:
-                    pairs = [(r, world._weave_one(r[key], [kind], {kind: 1.2}, "<lora:toy_detail:0.7>"))
+                    pairs = [(r, world.weave_text(r[key], [kind], {kind: 1.2}, "<lora:toy_detail:0.7>"))
                              for r in rows]
                 pairs = [(r, t) for r, t in pairs if t is not None]  # kinds that need a clause skip prompts without
                 base = readback(preset, [r for r, _ in pairs], [r[key] for r, _ in pairs],

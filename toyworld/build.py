@@ -58,10 +58,17 @@ class BuildConfig:
                                                                      "times the UNet's rate (0 freezes it)"})
     sd2_text_lr_scale: float = field(default=0.03, metadata={"help": "toy-sd2's text encoder learns at this "
                                                                      "times the UNet's rate (0 freezes it)"})
+    shapes_steps: int = field(default=3000, metadata={"help": "`--only shapes`: fine-tuning steps per pipeline "
+                                                              "on captions in real prompts' shapes"})
+    shapes_share: float = field(default=0.5, metadata={"help": "`--only shapes`: the share of captions dressed "
+                                                               "in outside text, and apart from it the share "
+                                                               "woven with A1111 syntax"})
     seed: int = field(default=0, metadata={"help": "seed of every random stream"})
     only: list[str] = field(default_factory=list, metadata={"help": "build only these (vae, toy-sd15, toy-sd2, "
                                                                        "toy-clip, toy-t5; synonyms: tie the "
-                                                                       "class members in an existing toy-sd15)"})
+                                                                       "class members in an existing toy-sd15; "
+                                                                       "shapes: fine-tune both existing "
+                                                                       "pipelines on real prompts' shapes)"})
     force: bool = field(default=False, metadata={"help": "rebuild models that already exist"})
     device: str = field(default="auto", metadata={"help": "auto (a GPU when present), cpu, cuda"})
 
@@ -73,10 +80,12 @@ class BuildConfig:
         for name in ("sd15_text_lr_scale", "sd2_text_lr_scale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("vae_steps", "sd15_unet_steps", "sd2_unet_steps", "clip_steps", "t5_steps"):
+        if not 0 <= self.shapes_share <= 1:
+            raise ValueError(f"shapes_share must be in [0, 1], got {self.shapes_share}")
+        for name in ("vae_steps", "sd15_unet_steps", "sd2_unet_steps", "clip_steps", "t5_steps", "shapes_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        unknown = set(self.only) - {"vae", *PIPELINE_DIMS, "toy-clip", "toy-t5", "synonyms"}
+        unknown = set(self.only) - {"vae", *PIPELINE_DIMS, "toy-clip", "toy-t5", "synonyms", "shapes"}
         if unknown:
             raise ValueError(f"--only names unknown part(s) {sorted(unknown)}")
 
@@ -198,7 +207,8 @@ def make_unet(dim: int, sd2: bool):
 
 
 def token_ids(tokenizer, texts: list[str]):
-    """[N, 77] ids laid out exactly as bridge.models.encode feeds the encoder: BOS, tokens, EOS, padding."""
+    """[N, 77] ids of each text's first chunk, laid out as bridge.models.encode feeds the encoder: BOS, tokens,
+    EOS, padding (a probe of the text encoder alone; training reads every chunk, `condition`)."""
     import torch
 
     from bridge.models.encode import weighted_chunks
@@ -212,6 +222,26 @@ def token_ids(tokenizer, texts: list[str]):
     return torch.tensor(rows)
 
 
+def condition(text_encoder, tokenizer, per_text: list, device):
+    """The cross-attention input [batch, 77 * chunks, width] for `per_text` (`weighted_chunks` of each caption):
+    every chunk, weights and BREAK included, through the same code that serves a prompt
+    (`bridge.models.encode`), with gradients. A plain caption is one chunk of weight 1, so its conditioning is
+    the text encoder's output unchanged."""
+    from bridge.models.encode import chunk_tensors, weigh_chunks
+
+    ids, weights = chunk_tensors(tokenizer, per_text, device=device)
+    return weigh_chunks(text_encoder(ids)[0], weights, len(per_text))
+
+
+def _latents(vae, pixels, device):
+    """The frozen VAE's posterior (mean, std) of every image, encoded once; a step samples from it."""
+    import torch
+
+    with torch.no_grad():
+        dists = [vae.encode(pixels[i : i + 256].to(device)).latent_dist for i in range(0, len(pixels), 256)]
+        return torch.cat([d.mean for d in dists]).cpu(), torch.cat([d.std for d in dists]).cpu()
+
+
 def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig, device, log):
     import torch
     from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
@@ -220,13 +250,6 @@ def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig
 
     sd2 = name == "toy-sd2"
     tokenizer = build_clip_tokenizer(pad_token="!" if sd2 else EOS)
-    ids = token_ids(tokenizer, captions)
-    empty = token_ids(tokenizer, [""])[0]
-    with torch.no_grad():  # the VAE is frozen: encode the pool once, sample its posterior per step
-        dists = [vae.encode(pixels[i : i + 256].to(device)).latent_dist for i in range(0, len(pixels), 256)]
-        mean = torch.cat([d.mean for d in dists]).cpu()
-        std = torch.cat([d.std for d in dists]).cpu()
-    scale = vae.config.scaling_factor
     # The text encoder learns slower than the UNet. SD conditions on a frozen, pretrained CLIP text encoder;
     # ours starts random. At the full rate it pulled together the words the young UNet could not use yet
     # ("at the top" vs "at the bottom": 1.1 apart at init, 0.29 after 3,000 steps), and no gradient was left
@@ -251,35 +274,128 @@ def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig
     # epsilon 27% (30% with its loss weighted as v's). tiny-sd15 still covers the epsilon code paths.
     sched_cfg = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                      prediction_type="v_prediction")
-    noise_sched = DDPMScheduler(**sched_cfg)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW([{"params": list(unet.parameters())},
-                             {"params": list(text_encoder.parameters()), "lr": cfg.lr * text_lr_scale}],
-                            lr=cfg.lr, weight_decay=0.01)
-    lr_sched = _schedule(opt, steps, warmup=100)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    started = time.perf_counter()
-    for step in range(steps):
-        idx = torch.randint(len(captions), (cfg.batch,), generator=gen)
-        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
-        batch_ids = ids[idx].clone()
-        batch_ids[torch.rand(cfg.batch, generator=gen) < 0.1] = empty  # CFG: learn the unconditional too
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
-        x0, noise, t, batch_ids = x0.to(device), noise.to(device), t.to(device), batch_ids.to(device)
-        cond = text_encoder(batch_ids)[0]
-        noisy = noise_sched.add_noise(x0, noise, t)
-        target = noise_sched.get_velocity(x0, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, target)
-        _optimise(loss, opt, lr_sched, clip_params=params)
-        _report(log, name, step, steps, loss, f" ({(time.perf_counter() - started) / (step + 1):.2f} s/step)")
+    fit(name, unet, text_encoder, tokenizer, captions, _latents(vae, pixels, device), vae.config.scaling_factor,
+        DDPMScheduler(**sched_cfg), steps=steps, lr=cfg.lr, text_lr_scale=text_lr_scale, warmup=100,
+        batch=cfg.batch, seed=cfg.seed, device=device, log=log)
     scheduler = DDIMScheduler(**{k: v for k, v in sched_cfg.items() if k != "num_train_timesteps"},
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return StableDiffusionPipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
         scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+
+
+def fit(name: str, unet, text_encoder, tokenizer, captions: list[str], latents, scale: float, noise_sched, *,
+        steps: int, lr: float, text_lr_scale: float, warmup: int, batch: int, seed: int, device, log) -> None:
+    """Train `unet` and `text_encoder` in place to predict v for (caption, image latent) pairs: `latents` is the
+    pool's VAE posterior (mean, std). A tenth of each batch is the empty caption, so classifier-free guidance has
+    its unconditional. The build (`train_pipeline`) and the shapes fine-tune (`finetune_shapes`) share it."""
+    import torch
+
+    from bridge.models.encode import weighted_chunks
+
+    chunks = [weighted_chunks(c, tokenizer) for c in captions]
+    empty = weighted_chunks("", tokenizer)
+    mean, std = latents
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW([{"params": list(unet.parameters())},
+                             {"params": list(text_encoder.parameters()), "lr": lr * text_lr_scale}],
+                            lr=lr, weight_decay=0.01)
+    lr_sched = _schedule(opt, steps, warmup=warmup)
+    gen = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for step in range(steps):
+        idx = torch.randint(len(captions), (batch,), generator=gen)
+        x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
+        drop = torch.rand(batch, generator=gen) < 0.1  # CFG: learn the unconditional too
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        x0, noise, t = x0.to(device), noise.to(device), t.to(device)
+        cond = condition(text_encoder, tokenizer, [empty if d else chunks[i] for i, d in zip(idx.tolist(),
+                                                                                             drop.tolist())], device)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        target = noise_sched.get_velocity(x0, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(pred, target)
+        _optimise(loss, opt, lr_sched, clip_params=params)
+        _report(log, name, step, steps, loss, f" ({(time.perf_counter() - started) / (step + 1):.2f} s/step)")
+
+
+# A fine-tune, not a schedule from the start: at a third of the build's peak rate the pipelines keep what they
+# drew (experiment on branch wip/copy-vocab: toy-sd2's plain read-back 0.80 -> 0.75 after 4,500 steps at this
+# rate on half-dressed captions, its outside-words ratio 0.31 -> 0.74).
+SHAPES_LR_SCALE = 0.3
+
+
+def shape_captions(captions: list[str], share: float, seed: int) -> list[str]:
+    """`captions` in the shapes of real prompts: `share` of them woven with A1111 syntax (`world.weave_text`:
+    weights, emphasis, BREAK, comma-separated clauses, a LoRA tag) and, drawn apart, `share` dressed in text
+    from outside the world (`world.outside_around`, every outside word), so a renderer learns that syntax
+    means what A1111 makes of it and that outside words draw nothing (#39 item 4)."""
+    rng = random.Random(f"shapes-{seed}")
+    out = []
+    for caption in captions:
+        if rng.random() < share:
+            caption = world.weave_text(caption, *world.draw_syntax(rng)) or caption
+        if rng.random() < share:
+            caption = world.wrap(*(lambda b, a: (b, caption, a))(*world.outside_around(rng)))
+        out.append(caption)
+    return out
+
+
+def finetune_shapes(cfg: BuildConfig, device, log) -> dict:
+    """`--only shapes`: fine-tune each built pipeline (its UNet and text encoder) on its own pool with captions
+    in real prompts' shapes (`shape_captions`), replacing both parts atomically and recording the fine-tune
+    in its build record; toy-sd15's class members are tied again afterwards (`teach_synonyms`)."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    done = {}
+    for name, dialect in (("toy-sd15", world.SOURCE), ("toy-sd2", world.TARGET)):
+        started = time.perf_counter()
+        pipe_dir = cfg.out / name
+        pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32, safety_checker=None,
+                                                       requires_safety_checker=False).to(device)
+        pipe.vae.requires_grad_(False)
+        captions, _, pixels = draw_pool(dialect, cfg.pool, cfg.seed)
+        captions = shape_captions(captions, cfg.shapes_share, cfg.seed)
+        sd2 = name == "toy-sd2"
+        text_lr_scale = cfg.sd2_text_lr_scale if sd2 else cfg.sd15_text_lr_scale
+        noise_sched = DDPMScheduler.from_config(pipe.scheduler.config, num_train_timesteps=1000)
+        fit(name, pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer, captions,
+            _latents(pipe.vae, pixels, device), pipe.vae.config.scaling_factor, noise_sched, steps=cfg.shapes_steps,
+            lr=cfg.lr * SHAPES_LR_SCALE, text_lr_scale=text_lr_scale, warmup=50, batch=cfg.batch,
+            seed=cfg.seed + 1, device=device, log=log)
+        if not sd2:
+            teach_synonyms(pipe.text_encoder, pipe.tokenizer)
+        pipe.unet.eval(), pipe.text_encoder.eval()
+        _replace_parts(pipe_dir, {"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "shapes", {
+            "command": _command(), "steps": cfg.shapes_steps, "share": cfg.shapes_share,
+            "lr": cfg.lr * SHAPES_LR_SCALE, "seconds": round(time.perf_counter() - started, 1)})
+        done[name] = time.perf_counter() - started
+        log(f"  {name}: fine-tuned on real prompts' shapes ({done[name]:.0f}s)")
+    return done
+
+
+def _replace_parts(pipe_dir: Path, parts: dict, key: str, record_entry: dict) -> None:
+    """Save each of `parts` (fp16) over the pipeline's folder of that name, one folder at a time through a
+    temporary name, and add `record_entry` under `key` to the pipeline's build record."""
+    import torch
+
+    from bridge.files import atomic_write
+
+    for folder, model in parts.items():
+        tmp, old = pipe_dir / f".{folder}.tmp", pipe_dir / f".{folder}.old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(old, ignore_errors=True)
+        (pipe_dir / folder).rename(old)
+        tmp.rename(pipe_dir / folder)
+        shutil.rmtree(old)
+    record_path = pipe_dir / BUILD_RECORD
+    record = json.loads(record_path.read_text("utf-8"))
+    record[key] = record_entry
+    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
 
 
 def teach_synonyms(text_encoder, tokenizer, dialect: world.Dialect = world.SOURCE) -> dict[str, str]:
@@ -312,24 +428,11 @@ def tie_synonyms_in_place(pipe_dir: Path, log) -> dict[str, str]:
     import torch
     from transformers import CLIPTextModel
 
-    from bridge.files import atomic_write
     from bridge.syntax.tokens import build_clip_tokenizer
 
-    encoder_dir = pipe_dir / "text_encoder"
-    encoder = CLIPTextModel.from_pretrained(encoder_dir, torch_dtype=torch.float16)
+    encoder = CLIPTextModel.from_pretrained(pipe_dir / "text_encoder", torch_dtype=torch.float16)
     tied = teach_synonyms(encoder, build_clip_tokenizer())
-    tmp = pipe_dir / ".text_encoder.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoder.save_pretrained(tmp, safe_serialization=True)
-    old = pipe_dir / ".text_encoder.old"
-    shutil.rmtree(old, ignore_errors=True)
-    encoder_dir.rename(old)
-    tmp.rename(encoder_dir)
-    shutil.rmtree(old)
-    record_path = pipe_dir / BUILD_RECORD
-    record = json.loads(record_path.read_text("utf-8"))
-    record["synonyms"] = {"command": _command(), "tied": tied}
-    atomic_write(record_path, json.dumps(record, indent=2) + "\n")
+    _replace_parts(pipe_dir, {"text_encoder": encoder}, "synonyms", {"command": _command(), "tied": tied})
     log(f"  toy-sd15: tied {len(tied)} class members to their first words")
     return tied
 
@@ -551,10 +654,12 @@ def run_build(cfg: BuildConfig, log=print) -> dict:
     cfg.out.mkdir(parents=True, exist_ok=True)
     wanted = lambda part: (not cfg.only or part in cfg.only) and (cfg.force or not (cfg.out / part).is_dir())  # noqa: E731
     parts = [p for p in ("vae", *PIPELINE_DIMS, "toy-clip", "toy-t5") if wanted(p)]
-    log(f"toyworld build on {device}: {', '.join(parts + ['synonyms'] * ('synonyms' in cfg.only)) or 'nothing to do'}"
-        f" -> {cfg.out}")
+    in_place = [p for p in ("synonyms", "shapes") if p in cfg.only]
+    log(f"toyworld build on {device}: {', '.join(parts + in_place) or 'nothing to do'} -> {cfg.out}")
     if "synonyms" in cfg.only:  # an existing toy-sd15 learns the classes (a new one learns them as it is built)
         tie_synonyms_in_place(cfg.out / "toy-sd15", log)
+    if "shapes" in cfg.only:  # existing pipelines learn real prompts' shapes (syntax, outside words)
+        finetune_shapes(cfg, device, log)
     # 1. Pools of (caption, image) pairs in each pipeline's dialect.
     pools = {}
     if any(p != "toy-t5" for p in parts):

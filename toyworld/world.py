@@ -425,13 +425,23 @@ def dress(rows: list[dict], share: float, seed: int, split: str) -> list[dict]:
     correct rewrite keeps them (#40 item 2); each dressed row lists them under `outside`. Seeded apart from the
     rows, so `share=0` returns them unchanged."""
     def one(row: dict, rng: random.Random) -> dict:
-        before = outside_text(rng, split) if rng.random() < 0.7 else ""
-        after = outside_text(rng, split) if not before or rng.random() < 0.5 else ""
-        wrap = lambda text: ", ".join(x for x in (before, text, after) if x)  # noqa: E731
-        return dict(row, prompt=wrap(row["prompt"]), oracle=wrap(row["oracle"]),
+        before, after = outside_around(rng, split)
+        return dict(row, prompt=wrap(before, row["prompt"], after), oracle=wrap(before, row["oracle"], after),
                     outside=re.findall(r"[a-z0-9]+", f"{before} {after}"))
 
     return _change_share(rows, share, random.Random(f"toyworld-outside-{seed}-{split}"), one, "dressed")
+
+
+def outside_around(rng: random.Random, split: str | None = None) -> tuple[str, str]:
+    """(before, after): `outside_text` before a prompt (70%), after it, or both; never neither."""
+    before = outside_text(rng, split) if rng.random() < 0.7 else ""
+    after = outside_text(rng, split) if not before or rng.random() < 0.5 else ""
+    return before, after
+
+
+def wrap(before: str, text: str, after: str) -> str:
+    """`text` with comma-separated parts before and after it (either may be empty)."""
+    return ", ".join(x for x in (before, text, after) if x)
 
 
 def _change_share(rows: list[dict], share: float, rng: random.Random, change, what: str) -> list[dict]:
@@ -456,16 +466,22 @@ def weave(rows: list[dict], share: float, seed: int) -> list[dict]:
     words and keeps every piece of syntax where it is (#40 item 3). Seeded apart from the rows, so `share=0`
     returns them unchanged."""
     def one(row: dict, rng: random.Random) -> dict | None:
-        kinds = rng.sample(SYNTAX, rng.randint(1, 3))
-        weights = {k: rng.choice((1.1, 1.2, 1.3)) for k in kinds}
-        lora = f"<lora:{rng.choice(('toy_detail', 'flat_colors', 'shapes_v2'))}:{rng.choice((0.6, 0.7, 0.8))}>"
+        kinds, weights, lora = draw_syntax(rng)
         # The oracle leaves the LoRA tag out, as a migration does: an SD1 LoRA cannot load in the target.
-        woven = [_weave_one(row["prompt"], kinds, weights, lora), _weave_one(row["oracle"], kinds, weights, "")]
+        woven = [weave_text(row["prompt"], kinds, weights, lora), weave_text(row["oracle"], kinds, weights, "")]
         if None in woven:  # a prompt without the part a kind needs (a clause to weight or to BREAK before)
             return None
         return dict(row, prompt=woven[0], oracle=woven[1], syntax=kinds)
 
     return _change_share(rows, share, random.Random(f"toyworld-syntax-{seed}"), one, "woven")
+
+
+def draw_syntax(rng: random.Random) -> tuple[list[str], dict[str, float], str]:
+    """(kinds, weights, LoRA tag) for `weave_text`: one to three of SYNTAX, a mild weight (1.1 to 1.3) for each."""
+    kinds = rng.sample(SYNTAX, rng.randint(1, 3))
+    weights = {k: rng.choice((1.1, 1.2, 1.3)) for k in kinds}
+    lora = f"<lora:{rng.choice(('toy_detail', 'flat_colors', 'shapes_v2'))}:{rng.choice((0.6, 0.7, 0.8))}>"
+    return kinds, weights, lora
 
 
 @functools.cache
@@ -474,12 +490,14 @@ def _colour_words() -> frozenset[str]:
     return frozenset(w for d in DIALECTS.values() for value in d.colours for w in d.words(d.colours, value))
 
 
-def _weave_one(text: str, kinds: list[str], weights: dict[str, float], lora: str) -> str | None:
+def weave_text(text: str, kinds: list[str], weights: dict[str, float], lora: str) -> str | None:
     """`text` (a caption: head, then clauses) with `kinds` of syntax; None where a kind needs a clause it lacks."""
     head, *clauses = _CLAUSE.split(text)
     words = head.split()
     if "weight" in kinds:
-        at = next(i for i, w in enumerate(words) if w in _colour_words())
+        at = next((i for i, w in enumerate(words) if w in _colour_words()), None)
+        if at is None:  # a training caption may leave the colour out (world prompts always say it)
+            return None
         words[at] = f"({words[at]}:{weights['weight']})"
     if "emphasis" in kinds:
         words[-1] = f"(({words[-1]}))"

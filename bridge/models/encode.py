@@ -49,7 +49,20 @@ def encode_chunks(pipe, per_text: list[list[tuple[list[int], list[float]]]], min
     first do not tokenize twice)."""
     import torch
 
-    tok, encoder = pipe.tokenizer, pipe.text_encoder
+    encoder = pipe.text_encoder
+    input_ids, w = chunk_tensors(pipe.tokenizer, per_text, min_chunks, device=pipe.device, dtype=encoder.dtype)
+    with torch.inference_mode():
+        z = encoder(input_ids)[0]  # [batch * chunks, 77, width]
+    return weigh_chunks(z, w, len(per_text))
+
+
+def chunk_tensors(tok, per_text: list[list[tuple[list[int], list[float]]]], min_chunks: int = 1, device=None,
+                  dtype=None):
+    """(input ids [batch * chunks, 77], weights [batch * chunks, 77, 1]) of `weighted_chunks` per text, every
+    text padded to one chunk count with empty chunks: what the text encoder reads. Apart from `encode_chunks`
+    so a toy renderer trains on exactly the conditioning it is served (toyworld.build)."""
+    import torch
+
     n_chunks = max([min_chunks] + [len(c) for c in per_text])
     bos, eos, pad = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
     ids_rows, weight_rows = [], []
@@ -60,11 +73,17 @@ def encode_chunks(pipe, per_text: list[list[tuple[list[int], list[float]]]], min
             # SD1.5 pads with EOS; SD2's tokenizer pads with "!" after one EOS (pad_token_id says which).
             ids_rows.append([bos] + ids + [eos] + [pad] * fill)
             weight_rows.append([1.0] + weights + [1.0] + [1.0] * fill)
-    device = pipe.device
-    input_ids = torch.tensor(ids_rows, device=device)
-    w = torch.tensor(weight_rows, device=device, dtype=encoder.dtype).unsqueeze(-1)
-    with torch.inference_mode():
-        z = encoder(input_ids)[0]  # [batch * chunks, 77, width]
+    return (torch.tensor(ids_rows, device=device),
+            torch.tensor(weight_rows, device=device, dtype=dtype).unsqueeze(-1))
+
+
+def weigh_chunks(z, w, n_texts: int):
+    """The text encoder's output `z` [batch * chunks, 77, width] weighted per token by `w` and each weighted
+    chunk's mean restored (A1111's "restore mean"), then each text's chunks concatenated: [batch, 77 * chunks,
+    width]. Differentiable, so training and serving share it."""
+    import torch
+
+    w = w.to(z.dtype)
     # A1111 restores the mean over the whole batch tensor; per chunk keeps an image independent of
     # which prompts share its batch (bridge.models.render's determinism contract).
     original_mean = z.float().mean(dim=(1, 2), keepdim=True)
@@ -74,7 +93,9 @@ def encode_chunks(pipe, per_text: list[list[tuple[list[int], list[float]]]], min
     # LayerNorm, as in the tiny models, centres every token at 0): that ratio is noise, not a correction.
     weighted = (w != 1).any(dim=1, keepdim=True)
     stable = new_mean.abs() > 1e-4 * z.float().abs().mean(dim=(1, 2), keepdim=True)
-    ratio = torch.where(weighted & stable, original_mean / new_mean, torch.ones_like(new_mean))
+    # The division only where it is used: a gradient through torch.where's other branch is 0 * inf = NaN where
+    # a mean is 0 (training through this, toyworld.build.condition).
+    rescale = weighted & stable
+    ratio = torch.where(rescale, original_mean / torch.where(rescale, new_mean, 1.0), 1.0)
     z = z * ratio.to(z.dtype)
-    return z.reshape(len(per_text), n_chunks * z.shape[1], z.shape[2])
-
+    return z.reshape(n_texts, -1, z.shape[2])

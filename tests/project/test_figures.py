@@ -103,3 +103,18 @@ def test_a_link_that_misquotes_its_file_fails():
     assert all(map(shows, numbers("0.82 [0.69, 0.94]"), expected))
     assert not all(map(shows, numbers("0.85 [0.69, 0.94]"), expected))
     assert shows(numbers("82%")[0], 0.8213) and not shows(numbers("82.5%")[0], 0.8213)
+
+
+def test_a_run_on_another_toy_build_is_named_and_says_so(tmp_path, monkeypatch):
+    """A benchmark run with `--weights DIR` writes NAME-weights-DIRNAME.json, and its command carries the build it
+    measured, so it never overwrites or passes for the committed build's results."""
+    from toyworld.presets import WEIGHTS_ENV
+
+    assert results.weights_variant(["--n", "8", "--weights", "/tmp/x/shapes3000"]) == "weights-shapes3000"
+    assert results.weights_variant(["--weights=/tmp/b"]) == "weights-b" and results.weights_variant(["--n", "8"]) == ""
+    monkeypatch.setattr(results, "results_dir", lambda: tmp_path)
+    monkeypatch.setenv(WEIGHTS_ENV, "")  # restored after the test, whatever use_weights sets
+    results.use_weights(str(tmp_path / "build"))
+    path = results.write("toyworld_syntax-weights-build", {"x": 1}, ["--weights", "build"], 1.0, "toyworld_syntax")
+    record = results.json.loads(path.read_text())
+    assert record["command"].startswith(f"{WEIGHTS_ENV}={tmp_path / 'build'} uv run python -m benchmarks.toyworld_syntax")

@@ -495,6 +495,56 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
     load_rewriter(get_preset("rewriter", str(out / "toy-t5")))
     # Rerunning skips what exists; nothing is rebuilt.
     assert run_build(cfg, log=lambda *_: None)["parts"] == []
+    # The shapes fine-tune changes both pipelines' UNets and text encoders in place, and nothing else.
+    before = {p: p.read_bytes() for p in out.rglob("*.safetensors")}
+    run_build(replace(cfg, only=["shapes"], shapes_steps=2, lr=0.01, sd15_text_lr_scale=1, sd2_text_lr_scale=1),
+              log=lambda *_: None)  # steps large enough for fp16 weights to show, in warm-up
+    changed = {str(p.relative_to(out).parent) for p in before if p.read_bytes() != before[p]}
+    assert changed == {f"{n}/{part}" for n in ("toy-sd15", "toy-sd2") for part in ("unet", "text_encoder")}
+    for name in ("toy-sd15", "toy-sd2"):
+        record = json.loads((out / name / BUILD_RECORD).read_text())
+        assert record["shapes"]["steps"] == 2 and record["config"]["sd15_unet_steps"] == 2
+        assert not list((out / name).glob(".*"))  # no temporary folder left
+    Renderer(get_preset("pipeline", str(out / "toy-sd2")))(["a red circle BREAK at the top"], [0])
+
+
+def test_training_conditions_a_caption_exactly_as_serving_encodes_it():
+    """A renderer learns from the conditioning it is served (toyworld.build.condition against
+    bridge.models.encode): BREAK's second chunk and weights included; a plain caption's conditioning is the text
+    encoder's output, so the build trains exactly as it did on first chunks only."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from bridge.models.encode import encode_prompts, weighted_chunks
+    from toyworld.build import condition, token_ids
+
+    pipe = StableDiffusionPipeline.from_pretrained(WEIGHTS / "toy-sd2", safety_checker=None,
+                                                   requires_safety_checker=False)
+    texts = ["a (red:1.2) circle BREAK at the top", "masterpiece, a ((square)), 8k", "a red circle"]
+    with torch.no_grad():
+        trained = condition(pipe.text_encoder, pipe.tokenizer, [weighted_chunks(t, pipe.tokenizer) for t in texts],
+                            "cpu")
+        plain = pipe.text_encoder(token_ids(pipe.tokenizer, texts[2:]))[0]
+    assert trained.shape[1] == 2 * 77  # the BREAK caption's two chunks; the others padded with an empty one
+    assert torch.equal(trained, encode_prompts(pipe, texts))
+    assert torch.equal(trained[2:, :77], plain)
+
+
+def test_shape_captions_weave_and_dress_a_share_and_keep_the_words():
+    from toyworld.build import shape_captions
+
+    captions = [world.training_caption(TARGET, random.Random(i))[0] for i in range(400)]
+    assert shape_captions(captions, 0.0, seed=0) == captions
+    shaped = shape_captions(captions, 0.5, seed=0)
+    assert shaped == shape_captions(captions, 0.5, seed=0) != shape_captions(captions, 0.5, seed=1)
+    outside = set(world.outside_words())
+    woven = sum(world.strip_syntax(s) != s for s in shaped)
+    dressed = sum(any(w in outside for w in s.replace(",", " ").split()) for s in shaped)
+    assert 0.3 < woven / len(captions) < 0.5 and 0.4 < dressed / len(captions) < 0.6  # weaving needs clauses
+    assert any("BREAK" in s for s in shaped)
+    for caption, s in zip(captions, shaped):  # every word of the caption is still there, in order
+        words = [w for w in world.strip_syntax(s).replace(",", " ").split() if w not in outside]
+        assert words == caption.replace(",", " ").split(), (caption, s)
 
 
 def test_build_config_refuses_bad_values():
@@ -508,6 +558,8 @@ def test_build_config_refuses_bad_values():
         BuildConfig(sd2_text_lr_scale=-0.1)
     with pytest.raises(ValueError, match=r"sd15_text_lr_scale must be in \[0, 1\], got 2"):
         BuildConfig(sd15_text_lr_scale=2)
+    with pytest.raises(ValueError, match=r"shapes_share must be in \[0, 1\], got 1.5"):
+        BuildConfig(shapes_share=1.5)
     assert {f.name for f in fields(BuildConfig)} >= {"out", "pool", "seed", "device"}
 
 
@@ -599,3 +651,27 @@ def test_the_shipped_adapter_rewrites_woven_prompts_and_keeps_their_syntax():
         meta = json.loads((marked / "sd_bridge_adapter.json").read_text())
         (marked / "sd_bridge_adapter.json").write_text(json.dumps({**meta, "format": "marked"}))
         assert fallbacks(marked) > 0.5 * len(rows)
+
+
+def test_toy_presets_load_another_build_when_told(tmp_path, monkeypatch):
+    """SD_BRIDGE_TOY_WEIGHTS serves every toy preset from another build, under a revision of its own (no cache
+    mixes two builds' renders); a directory that is not there is one clear error."""
+    import shutil
+
+    from toyworld import presets
+
+    monkeypatch.delenv(presets.WEIGHTS_ENV, raising=False)
+    assert presets.weights_dir() == (WEIGHTS, presets.REVISION)
+    build = tmp_path / "build"
+    shutil.copytree(WEIGHTS / "toy-t5", build / "toy-t5")
+    monkeypatch.setenv(presets.WEIGHTS_ENV, str(build))
+    root, revision = presets.weights_dir()
+    assert root == build and revision.startswith(presets.REVISION + "+")
+    assert {p.local_path for p in presets.presets()} == {str(build / n) for n in
+                                                         ("toy-sd15", "toy-sd2", "toy-clip", "toy-t5", "toy-adapter")}
+    record = build / "toy-t5" / "toyworld_build.json"
+    record.write_text(record.read_text().replace('"seed": 0', '"seed": 1'))
+    assert presets.weights_dir()[1] != revision  # another build, another revision
+    monkeypatch.setenv(presets.WEIGHTS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="SD_BRIDGE_TOY_WEIGHTS=.*missing: no such directory"):
+        presets.weights_dir()
