@@ -286,16 +286,19 @@ def train_pipeline(name: str, captions: list[str], pixels, vae, cfg: BuildConfig
 
 
 def fit(name: str, unet, text_encoder, tokenizer, captions: list[str], latents, scale: float, noise_sched, *,
-        steps: int, lr: float, text_lr_scale: float, warmup: int, batch: int, seed: int, device, log) -> None:
+        steps: int, lr: float, text_lr_scale: float, warmup: int, batch: int, seed: int, device, log,
+        unconditional: tuple[str, ...] = ("",)) -> None:
     """Train `unet` and `text_encoder` in place to predict v for (caption, image latent) pairs: `latents` is the
-    pool's VAE posterior (mean, std). A tenth of each batch is the empty caption, so classifier-free guidance has
-    its unconditional. The build (`train_pipeline`) and the shapes fine-tune (`finetune_shapes`) share it."""
+    pool's VAE posterior (mean, std). A tenth of each batch gets a caption of `unconditional` instead (one drawn
+    at random where there are several), so classifier-free guidance has its unconditional. The build
+    (`train_pipeline`) and the shapes fine-tune (`finetune_shapes`) share it."""
     import torch
 
     from bridge.models.encode import weighted_chunks
 
     chunks = [weighted_chunks(c, tokenizer) for c in captions]
-    empty = weighted_chunks("", tokenizer)
+    nothing = [weighted_chunks(c, tokenizer) for c in unconditional]
+    pick = random.Random(f"unconditional-{seed}")  # apart from `gen`: one empty caption draws nothing
     mean, std = latents
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW([{"params": list(unet.parameters())},
@@ -311,8 +314,9 @@ def fit(name: str, unet, text_encoder, tokenizer, captions: list[str], latents, 
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (batch,), generator=gen)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
-        cond = condition(text_encoder, tokenizer, [empty if d else chunks[i] for i, d in zip(idx.tolist(),
-                                                                                             drop.tolist())], device)
+        rows = [(nothing[0] if len(nothing) == 1 else pick.choice(nothing)) if d else chunks[i]
+                for i, d in zip(idx.tolist(), drop.tolist())]
+        cond = condition(text_encoder, tokenizer, rows, device)
         noisy = noise_sched.add_noise(x0, noise, t)
         target = noise_sched.get_velocity(x0, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
@@ -359,13 +363,17 @@ def finetune_shapes(cfg: BuildConfig, device, log) -> dict:
         pipe.vae.requires_grad_(False)
         captions, _, pixels = draw_pool(dialect, cfg.pool, cfg.seed)
         captions = shape_captions(captions, cfg.shapes_share, cfg.seed)
+        # Outside text alone draws nothing: half the unconditional captions are such text, so a user's negative
+        # prompt of quality words ("lowres, watermark") steers guidance no more than an empty one.
+        rng = random.Random(f"shapes-nothing-{cfg.seed}")
+        unconditional = ("",) * 1000 + tuple(world.outside_text(rng) for _ in range(1000))
         sd2 = name == "toy-sd2"
         text_lr_scale = cfg.sd2_text_lr_scale if sd2 else cfg.sd15_text_lr_scale
         noise_sched = DDPMScheduler.from_config(pipe.scheduler.config, num_train_timesteps=1000)
         fit(name, pipe.unet.train(), pipe.text_encoder.train(), pipe.tokenizer, captions,
             _latents(pipe.vae, pixels, device), pipe.vae.config.scaling_factor, noise_sched, steps=cfg.shapes_steps,
             lr=cfg.lr * SHAPES_LR_SCALE, text_lr_scale=text_lr_scale, warmup=50, batch=cfg.batch,
-            seed=cfg.seed + 1, device=device, log=log)
+            seed=cfg.seed + 1, device=device, log=log, unconditional=unconditional)
         if not sd2:
             teach_synonyms(pipe.text_encoder, pipe.tokenizer)
         pipe.unet.eval(), pipe.text_encoder.eval()
