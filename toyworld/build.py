@@ -342,7 +342,8 @@ def shape_captions(captions: list[str], share: float, seed: int) -> list[str]:
         if rng.random() < share:
             caption = world.weave_text(caption, *world.draw_syntax(rng)) or caption
         if rng.random() < share:
-            caption = world.wrap(*(lambda b, a: (b, caption, a))(*world.outside_around(rng)))
+            before, after = world.outside_around(rng)
+            caption = world.wrap(before, caption, after)
         out.append(caption)
     return out
 
@@ -350,7 +351,9 @@ def shape_captions(captions: list[str], share: float, seed: int) -> list[str]:
 def finetune_shapes(cfg: BuildConfig, device, log) -> dict:
     """`--only shapes`: fine-tune each built pipeline (its UNet and text encoder) on its own pool with captions
     in real prompts' shapes (`shape_captions`), replacing both parts atomically and recording the fine-tune
-    in its build record; toy-sd15's class members are tied again afterwards (`teach_synonyms`)."""
+    in its build record; toy-sd15's class members are tied again afterwards (`teach_synonyms`). A pipeline whose
+    record says it was fine-tuned already is skipped unless `cfg.force`: a rerun after a crash finishes the other,
+    and never fine-tunes one twice by accident."""
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
@@ -358,6 +361,9 @@ def finetune_shapes(cfg: BuildConfig, device, log) -> dict:
     for name, dialect in (("toy-sd15", world.SOURCE), ("toy-sd2", world.TARGET)):
         started = time.perf_counter()
         pipe_dir = cfg.out / name
+        if "shapes" in json.loads((pipe_dir / BUILD_RECORD).read_text("utf-8")) and not cfg.force:
+            log(f"  {name}: already fine-tuned on real prompts' shapes (its {BUILD_RECORD}); --force does it again")
+            continue
         pipe = StableDiffusionPipeline.from_pretrained(pipe_dir, torch_dtype=torch.float32, safety_checker=None,
                                                        requires_safety_checker=False).to(device)
         pipe.vae.requires_grad_(False)
@@ -376,7 +382,8 @@ def finetune_shapes(cfg: BuildConfig, device, log) -> dict:
             seed=cfg.seed + 1, device=device, log=log, unconditional=unconditional)
         if not sd2:
             teach_synonyms(pipe.text_encoder, pipe.tokenizer)
-        pipe.unet.eval(), pipe.text_encoder.eval()
+        pipe.unet.eval()
+        pipe.text_encoder.eval()
         _replace_parts(pipe_dir, {"unet": pipe.unet, "text_encoder": pipe.text_encoder}, "shapes", {
             "command": _command(), "steps": cfg.shapes_steps, "share": cfg.shapes_share,
             "lr": cfg.lr * SHAPES_LR_SCALE, "seconds": round(time.perf_counter() - started, 1)})

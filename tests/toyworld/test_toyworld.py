@@ -506,6 +506,9 @@ def test_build_at_reduced_size_writes_loadable_models(tmp_path):
         assert record["shapes"]["steps"] == 2 and record["config"]["sd15_unet_steps"] == 2
         assert not list((out / name).glob(".*"))  # no temporary folder left
     Renderer(get_preset("pipeline", str(out / "toy-sd2")))(["a red circle BREAK at the top"], [0])
+    tuned = {p: p.read_bytes() for p in out.rglob("*.safetensors")}
+    run_build(replace(cfg, only=["shapes"]), log=lambda *_: None)  # done already: a rerun changes nothing
+    assert all(p.read_bytes() == tuned[p] for p in tuned)
 
 
 def test_training_conditions_a_caption_exactly_as_serving_encodes_it():
