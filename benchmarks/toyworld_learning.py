@@ -5,7 +5,7 @@ of the oracle's gap the adapter recovers on held-out prompts.
                                                   [--broken frozen|random-reward] [--seeds 0,1,2]
                                                   [--advantage std|mean] [--min-group-std F]
                                                   [--heldout-seed S] [--outside SHARE]
-                                                  [--preserve-penalty P] [--syntax SHARE]
+                                                  [--preserve-penalty P] [--syntax SHARE] [--weights DIR]
 
 1. gather   toy-sd15 renders of the first `train_prompts` prompts of the train split -> DIR/gather, and of
             the last `val_prompts` of the held-out split -> DIR/val (the learning curve's held-out points)
@@ -59,7 +59,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from benchmarks.results import recorded
+from benchmarks.results import recorded, use_weights, weights_variant
 from toyworld import world
 
 PROMPTS = world.PROMPTS_DIR
@@ -575,6 +575,7 @@ def _variant(argv: list[str]) -> str:
     ap.add_argument("--preserve-penalty", type=float, default=None)
     ap.add_argument("--syntax", type=float, default=0.0)
     args, _ = ap.parse_known_args(argv)
+    weights = weights_variant(argv)
     floor = args.min_group_std
     if floor is not None and floor == TrainConfig.__dataclass_fields__["min_group_std"].default:
         floor = None  # train's default, said out loud: the default recipe's file
@@ -586,7 +587,7 @@ def _variant(argv: list[str]) -> str:
                                   f"outside{args.outside:g}".replace(".", "p") if args.outside else None,
                                   f"preserve{args.preserve_penalty:g}".replace(".", "p")
                                   if args.preserve_penalty is not None else None,
-                                  f"syntax{args.syntax:g}".replace(".", "p") if args.syntax else None]))
+                                  f"syntax{args.syntax:g}".replace(".", "p") if args.syntax else None, weights]))
 
 
 @recorded("toyworld_learning", _variant)
@@ -609,7 +610,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preserve-penalty", type=float, default=None, help="train's flag (default: train's default)")
     ap.add_argument("--syntax", type=float, default=0.0, help="share of train and held-out prompts woven with "
                     "A1111 syntax, the oracles alike (default 0)")
+    ap.add_argument("--weights", default=None, help="learn in the toy build in DIR (`sd-bridge toyworld build --out "
+                    "DIR`) instead of the committed one; the results file's name ends in weights-DIRNAME")
     args = ap.parse_args(argv)
+    use_weights(args.weights)
     recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo, advantage=args.advantage,
                      min_group_std=args.min_group_std, heldout_seed=args.heldout_seed, outside=args.outside,
                      preserve_penalty=args.preserve_penalty, syntax=args.syntax,
