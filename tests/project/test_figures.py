@@ -114,7 +114,10 @@ def test_a_run_on_another_toy_build_is_named_and_says_so(tmp_path, monkeypatch):
     assert results.weights_variant(["--weights=/tmp/b"]) == "weights-b" and results.weights_variant(["--n", "8"]) == ""
     monkeypatch.setattr(results, "results_dir", lambda: tmp_path)
     monkeypatch.setenv(WEIGHTS_ENV, "")  # restored after the test, whatever use_weights sets
-    results.use_weights(str(tmp_path / "build"))
     path = results.write("toyworld_syntax-weights-build", {"x": 1}, ["--weights", "build"], 1.0, "toyworld_syntax")
-    record = results.json.loads(path.read_text())
-    assert record["command"].startswith(f"{WEIGHTS_ENV}={tmp_path / 'build'} uv run python -m benchmarks.toyworld_syntax")
+    assert results.json.loads(path.read_text())["command"] == ("uv run python -m benchmarks.toyworld_syntax "
+                                                               "--weights build")
+    results.use_weights(str(tmp_path / "build"))  # set some other way than the run's own flag: the command says so
+    path = results.write("toyworld_syntax", {"x": 1}, ["--n", "8"], 1.0, "toyworld_syntax")
+    assert results.json.loads(path.read_text())["command"] == (f"{WEIGHTS_ENV}={tmp_path / 'build'} uv run python -m "
+                                                               "benchmarks.toyworld_syntax --n 8")
