@@ -491,7 +491,8 @@ def _colour_words() -> frozenset[str]:
 
 
 def weave_text(text: str, kinds: list[str], weights: dict[str, float], lora: str) -> str | None:
-    """`text` (a caption: head, then clauses) with `kinds` of syntax; None where a kind needs a clause it lacks."""
+    """`text` (a caption: head, then clauses) with `kinds` of syntax; None where a kind needs a clause or a colour
+    word it lacks."""
     head, *clauses = _CLAUSE.split(text)
     words = head.split()
     if "weight" in kinds:
