@@ -115,6 +115,12 @@ def weights_variant(argv: list[str]) -> str:
     return ""
 
 
+def add_weights_flag(ap) -> None:
+    """`--weights DIR` on a toy benchmark's parser: measure another toy build (`use_weights` after parsing)."""
+    ap.add_argument("--weights", default=None, help="measure the toy build in DIR (`sd-bridge toyworld build --out "
+                    "DIR`) instead of the committed one; the results file's name then ends in weights-DIRNAME")
+
+
 def use_weights(directory: str | None) -> None:
     """Serve every toy preset from `directory` (a `toyworld build --out DIR`) for the rest of this process and
     the commands it starts; None keeps the committed build."""

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results import recorded, use_weights, weights_variant
+from benchmarks.results import add_weights_flag, recorded, use_weights, weights_variant
 from toyworld import world
 
 HELDOUT = world.PROMPTS_DIR / "heldout.jsonl"
@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None, help="keep the report and renders here")
-    ap.add_argument("--weights", default=None, help="measure the toy build in DIR (`sd-bridge toyworld build --out "
-                    "DIR`) instead of the committed one; the results file is then NAME-weights-DIRNAME")
+    add_weights_flag(ap)
     args = ap.parse_args(argv)
     use_weights(args.weights)
     tmp = None if args.out else tempfile.TemporaryDirectory()

@@ -59,7 +59,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from benchmarks.results import recorded, use_weights, weights_variant
+from benchmarks.results import add_weights_flag, recorded, use_weights, weights_variant
 from toyworld import world
 
 PROMPTS = world.PROMPTS_DIR
@@ -610,8 +610,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preserve-penalty", type=float, default=None, help="train's flag (default: train's default)")
     ap.add_argument("--syntax", type=float, default=0.0, help="share of train and held-out prompts woven with "
                     "A1111 syntax, the oracles alike (default 0)")
-    ap.add_argument("--weights", default=None, help="learn in the toy build in DIR (`sd-bridge toyworld build --out "
-                    "DIR`) instead of the committed one; the results file's name ends in weights-DIRNAME")
+    add_weights_flag(ap)
     args = ap.parse_args(argv)
     use_weights(args.weights)
     recipe = replace(REDUCED if args.reduced else Recipe(), algo=args.algo, advantage=args.advantage,

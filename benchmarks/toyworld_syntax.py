@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.results import recorded, use_weights, weights_variant
+from benchmarks.results import add_weights_flag, recorded, use_weights, weights_variant
 from toyworld import world
 
 ATTRIBUTES = ("shape", "colour", "background", "position")
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=48, help="held-out prompts")
     ap.add_argument("--seeds", type=int, default=2, help="render seeds per prompt")
-    ap.add_argument("--weights", default=None, help="measure the toy build in DIR (`sd-bridge toyworld build --out "
-                    "DIR`) instead of the committed one; the results file is then NAME-weights-DIRNAME")
+    add_weights_flag(ap)
     args = ap.parse_args(argv)
     use_weights(args.weights)
     started = time.perf_counter()

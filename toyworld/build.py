@@ -209,17 +209,9 @@ def make_unet(dim: int, sd2: bool):
 def token_ids(tokenizer, texts: list[str]):
     """[N, 77] ids of each text's first chunk, laid out as bridge.models.encode feeds the encoder: BOS, tokens,
     EOS, padding (a probe of the text encoder alone; training reads every chunk, `condition`)."""
-    import torch
+    from bridge.models.encode import chunk_tensors, weighted_chunks
 
-    from bridge.models.encode import weighted_chunks
-    from bridge.syntax.tokens import CHUNK_TOKENS
-
-    rows = []
-    for text in texts:
-        ids = weighted_chunks(text, tokenizer)[0][0][:CHUNK_TOKENS]
-        rows.append([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id]
-                    + [tokenizer.pad_token_id] * (CHUNK_TOKENS - len(ids)))
-    return torch.tensor(rows)
+    return chunk_tensors(tokenizer, [weighted_chunks(text, tokenizer)[:1] for text in texts])[0]
 
 
 def condition(text_encoder, tokenizer, per_text: list, device):
@@ -298,7 +290,7 @@ def fit(name: str, unet, text_encoder, tokenizer, captions: list[str], latents, 
 
     chunks = [weighted_chunks(c, tokenizer) for c in captions]
     nothing = [weighted_chunks(c, tokenizer) for c in unconditional]
-    pick = random.Random(f"unconditional-{seed}")  # apart from `gen`: one empty caption draws nothing
+    pick = random.Random(f"unconditional-{seed}")  # apart from `gen`, so its draws leave the torch stream as it was
     mean, std = latents
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW([{"params": list(unet.parameters())},
@@ -314,8 +306,7 @@ def fit(name: str, unet, text_encoder, tokenizer, captions: list[str], latents, 
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (batch,), generator=gen)
         x0, noise, t = x0.to(device), noise.to(device), t.to(device)
-        rows = [(nothing[0] if len(nothing) == 1 else pick.choice(nothing)) if d else chunks[i]
-                for i, d in zip(idx.tolist(), drop.tolist())]
+        rows = [pick.choice(nothing) if d else chunks[i] for i, d in zip(idx.tolist(), drop.tolist())]
         cond = condition(text_encoder, tokenizer, rows, device)
         noisy = noise_sched.add_noise(x0, noise, t)
         target = noise_sched.get_velocity(x0, noise, t)
