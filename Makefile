@@ -5,6 +5,10 @@ ifeq ($(UV),)
 UV := python3 -m uv
 endif
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, whole files each (a file's module fixtures, such as an app server, are built once);
+# `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: demo test test-fast bench env browser
 
@@ -21,11 +25,11 @@ browser:
 
 # Everything, slow tests too, with the 25 slowest listed at the end (CI runs this).
 test: env browser
-	$(UV) run pytest --durations=25 $(PYTEST_ARGS)
+	$(UV) run pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 # The inner loop: every test not marked slow.
 test-fast: env browser
-	$(UV) run pytest -m "not slow" $(PYTEST_ARGS)
+	$(UV) run pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # Every benchmark; each writes benchmarks/results/NAME.json, then docs/results.md is regenerated from them.
 bench: env

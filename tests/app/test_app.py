@@ -12,14 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import launch_chromium
-
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port, launch_chromium
 
 
 SCREENSHOTS = os.environ.get("SD_BRIDGE_SCREENSHOTS")  # a directory: keep each browser test's screenshot

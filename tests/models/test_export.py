@@ -96,9 +96,13 @@ def test_loading_an_export_leaves_torch_its_threads(exported):
     the same process (the app's renders) would then run on one core."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    Translator.from_pretrained(exported / "ctranslate2-int8", cache=None).load()
-    assert torch.get_num_threads() == 2
+    try:
+        Translator.from_pretrained(exported / "ctranslate2-int8", cache=None).load()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)  # a pytest-xdist worker runs the rest of its tests on one thread
 
 
 def test_an_export_answered_by_its_cache_never_loads_the_engine(exported, tmp_path):
