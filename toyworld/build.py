@@ -394,6 +394,10 @@ def _replace_parts(pipe_dir: Path, parts: dict, key: str, record_entry: dict) ->
         tmp, old = pipe_dir / f".{folder}.tmp", pipe_dir / f".{folder}.old"
         shutil.rmtree(tmp, ignore_errors=True)
         model.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        config = tmp / "config.json"  # diffusers records where the model was loaded from: a path of this machine
+        settings = json.loads(config.read_text("utf-8"))
+        if settings.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         shutil.rmtree(old, ignore_errors=True)
         (pipe_dir / folder).rename(old)
         tmp.rename(pipe_dir / folder)

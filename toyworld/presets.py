@@ -23,7 +23,8 @@ WEIGHTS_ENV = "SD_BRIDGE_TOY_WEIGHTS"
 # v4: toy-sd15 reads the vocabulary classes (a member's embedding tied to its class's word), toy-t5 rebuilt.
 # v5: toy-sd2 trained 20,000 steps instead of 3,000 (it drew the shape asked for on 46% of renders).
 # v6: the artist drift depends on the shape (the context drift): toy-sd15 and toy-t5 rebuilt.
-REVISION = "toy-v6"
+# v7: both pipelines fine-tuned on captions in real prompts' shapes (`toyworld build --only shapes`).
+REVISION = "toy-v7"
 
 
 def weights_dir() -> tuple[Path, str]:
