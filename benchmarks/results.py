@@ -87,8 +87,8 @@ def write(name: str, figures: dict, argv: list[str] | None = None, seconds: floa
     from toyworld.presets import WEIGHTS_ENV
 
     # A toy world other than the committed one is part of what was measured (said once: `--weights` sets it).
-    env = [f"{WEIGHTS_ENV}={shlex.quote(os.environ[WEIGHTS_ENV])}"] * bool(
-        os.environ.get(WEIGHTS_ENV) and not weights_variant(argv or []))
+    other = os.environ.get(WEIGHTS_ENV)
+    env = [f"{WEIGHTS_ENV}={shlex.quote(other)}"] if other and not weights_variant(argv or []) else []
     record = {"name": name,
               "command": " ".join([*env, "uv run python -m", f"benchmarks.{module or name}",
                                    *map(shlex.quote, argv or [])]),

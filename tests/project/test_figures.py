@@ -121,3 +121,6 @@ def test_a_run_on_another_toy_build_is_named_and_says_so(tmp_path, monkeypatch):
     path = results.write("toyworld_syntax", {"x": 1}, ["--n", "8"], 1.0, "toyworld_syntax")
     assert results.json.loads(path.read_text())["command"] == (f"{WEIGHTS_ENV}={tmp_path / 'build'} uv run python -m "
                                                                "benchmarks.toyworld_syntax --n 8")
+    monkeypatch.delenv(WEIGHTS_ENV)  # the usual run: the committed build, the variable never set
+    path = results.write("toyworld_syntax", {"x": 1}, ["--n", "8"], 1.0, "toyworld_syntax")
+    assert results.json.loads(path.read_text())["command"] == "uv run python -m benchmarks.toyworld_syntax --n 8"
