@@ -82,9 +82,10 @@ class BuildConfig:
         for name in ("sd15_text_lr_scale", "sd2_text_lr_scale"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("shapes_share", "shapes_lr_scale"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.shapes_share <= 1:
+            raise ValueError(f"shapes_share must be in [0, 1], got {self.shapes_share}")
+        if not 0 < self.shapes_lr_scale <= 1:  # 0 would fine-tune for nothing
+            raise ValueError(f"shapes_lr_scale must be in (0, 1], got {self.shapes_lr_scale}")
         for name in ("vae_steps", "sd15_unet_steps", "sd2_unet_steps", "clip_steps", "t5_steps", "shapes_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -563,6 +563,8 @@ def test_build_config_refuses_bad_values():
         BuildConfig(sd15_text_lr_scale=2)
     with pytest.raises(ValueError, match=r"shapes_share must be in \[0, 1\], got 1.5"):
         BuildConfig(shapes_share=1.5)
+    with pytest.raises(ValueError, match=r"shapes_lr_scale must be in \(0, 1\], got 0"):
+        BuildConfig(shapes_lr_scale=0)
     assert {f.name for f in fields(BuildConfig)} >= {"out", "pool", "seed", "device"}
 
 
