@@ -95,8 +95,8 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
         flat = [(r, s) for r in report["rows"] for s in r["seeds"]]
         texts = [text_of(r) for r, _ in flat]
         images = cache.images([t for t, _ in texts], [s for _, s in flat], [n for _, n in texts])
-        colour_ok = bg_ok = placed = drawn_placed = named = shaped = drawn_shaped = shaped_where_drawn = 0
-        by_fill = {}  # fill -> [named, render read right, drawing read right]
+        colour_ok = bg_ok = placed = drawn_placed = 0
+        shapes = []  # (fill, the render reads right, the drawing reads right) for each prompt that names a shape
         for (_, seed), (text, _), image in zip(flat, texts, images):
             # What the prompt asks for, with the model's own default where it says nothing (white for toy-sd15).
             spec = read(text, dialect)
@@ -108,24 +108,21 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
             drawn = read_image(draw(want, seed))
             drawn_placed += drawn["position"] == want.position
             if spec.shape:  # where the prompt leaves the shape open, any is right
-                named += 1
-                shaped += seen["shape"] == want.shape
-                drawn_shaped += drawn["shape"] == want.shape
-                # The reader misreads some of the world's own drawings (a dotted triangle of five dots): the
-                # share read right where the same scene's drawing reads right separates the renderer's misses
-                # from the reader's.
-                shaped_where_drawn += drawn["shape"] == want.shape and seen["shape"] == want.shape
-                tally = by_fill.setdefault(want.fill, [0, 0, 0])
-                tally[0] += 1
-                tally[1] += seen["shape"] == want.shape
-                tally[2] += drawn["shape"] == want.shape
+                shapes.append((want.fill, seen["shape"] == want.shape, drawn["shape"] == want.shape))
+        named, shaped, drawn_shaped = len(shapes), sum(s[1] for s in shapes), sum(s[2] for s in shapes)
+        # The reader misreads some of the world's own drawings (a dotted triangle of five dots): the share read
+        # right where the same scene's drawing reads right separates the renderer's misses from the reader's.
+        where_drawn = [ok for _, ok, drawn_ok in shapes if drawn_ok]
+        by_fill = {fill: [(ok, drawn_ok) for f, ok, drawn_ok in shapes if f == fill]
+                   for fill in sorted({f for f, _, _ in shapes})}
         out[name] = {"images": len(images), "colour": colour_ok / len(images), "background": bg_ok / len(images),
                      "position": placed / len(images), "position_of_drawings": drawn_placed / len(images),
                      "position_chance": 1 / len(POSITIONS), "shape_named": named, "shape": shaped / max(1, named),
                      "shape_of_drawings": drawn_shaped / max(1, named),
-                     "shape_where_drawing_reads": shaped_where_drawn / max(1, drawn_shaped),
-                     "shape_by_fill": {fill: {"named": n, "shape": ok / n, "shape_of_drawings": drawn_ok / n}
-                                       for fill, (n, ok, drawn_ok) in sorted(by_fill.items())}}
+                     "shape_where_drawing_reads": sum(where_drawn) / max(1, len(where_drawn)),
+                     "shape_by_fill": {fill: {"named": len(rows), "shape": sum(ok for ok, _ in rows) / len(rows),
+                                              "shape_of_drawings": sum(d for _, d in rows) / len(rows)}
+                                       for fill, rows in by_fill.items()}}
     return out
 
 
