@@ -350,8 +350,11 @@ def _write_like(prompt: str, spec: Spec) -> str:
 
 # ---------------------------------------------------------------------------------------------- prompts
 
+@functools.lru_cache(maxsize=1 << 18)
 def split_of(spec: Spec) -> str:
-    """train or heldout, by a hash of what the prompt means (a quarter is held out)."""
+    """train or heldout, by a hash of what the prompt means (a quarter is held out). Cached by spec (frozen, so
+    hashable): toy-t5's build and its test ask for a few hundred thousand specs, mostly repeats, and the key's
+    string and sha256 were a quarter of that test's time."""
     digest = hashlib.sha256(spec.key().encode()).digest()
     return "heldout" if digest[0] % 4 == 0 else "train"
 
