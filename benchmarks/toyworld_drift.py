@@ -10,6 +10,7 @@
    of toy-sd15 renders of source-dialect prompts and toy-sd2 renders of their target-dialect (oracle)
    translations, against what the prompt asks for; and the position and shape, against the same read back
    from the world's own drawings of those scenes (the reader is not perfect on striped and dotted shapes).
+   Each model's own default background, where a prompt names none.
 4. What the renderers read from a caption: per attribute, the UNet's denoising loss on the world's drawings
    with that attribute's words swapped, over the loss with the right words (1.0: the words are ignored).
 Everything is rendered through the same Renderer/RenderCache as gather and eval.
@@ -126,6 +127,33 @@ def pictures_are_right(report: dict, cache_dir: Path) -> dict:
     return out
 
 
+def default_background(report: dict, cache_dir: Path) -> dict:
+    """Each model's own background where a prompt names none (white for toy-sd15, black for toy-sd2: the
+    `default` drift): the source prompts as written, rendered by each. The oracle's translations always name a
+    background, so `pictures_are_right` never asks toy-sd2 for its default; a renderer that draws it
+    unreliably shrinks the drift the bridge must close. Read back from the pixels, over every seed."""
+    from bridge.models import presets
+    from bridge.models.render import Renderer
+    from bridge.models.render_cache import RenderCache
+    from toyworld.world import SOURCE, TARGET, read, read_image
+
+    flat = [(r, s) for r in report["rows"] for s in r["seeds"] if read(r["prompt"], SOURCE).background is None]
+    out = {}
+    for preset, dialect in (("toy-sd15", SOURCE), ("toy-sd2", TARGET)):
+        want = dialect.default("background", random.Random(0))
+        # The eval's source and identity renders: the same texts, seeds and negatives, so the cache has them.
+        cache = RenderCache(cache_dir, Renderer(presets.pipeline(preset)), None, 16)
+        images = cache.images([r["prompt"] for r, _ in flat], [s for _, s in flat],
+                              [r["strategies"]["identity"]["negative"] for r, _ in flat])
+        seen = [read_image(image)["background"] for image in images]
+        prompts = {r["index"]: True for r, _ in flat}
+        for (r, _), bg in zip(flat, seen):
+            prompts[r["index"]] &= bg == want
+        out[preset] = {"default": want, "images": len(seen), "share": sum(b == want for b in seen) / max(1, len(seen)),
+                       "prompts": len(prompts), "every_seed": sum(prompts.values()) / max(1, len(prompts))}
+    return out
+
+
 def renderers_listen(n: int = 96, timesteps: tuple[int, ...] = (300, 500, 700, 900)) -> dict:
     """What each toy UNet reads from its caption: the denoising loss on the world's drawings with one attribute's
     words swapped for another value, over the loss with the right words, averaged over `timesteps` (where the
@@ -190,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts = [r["prompt"] for r in report["rows"]][:100]
     meaning = scorer_sees_meaning(prompts, [11, 22], out / "report" / "render-cache")
     pictures = pictures_are_right(report, out / "report" / "render-cache")
+    defaults = default_background(report, out / "report" / "render-cache")
     listen = renderers_listen()
     lo, hi = drift["delta_ci95"]
     print(f"toy world on {drift['prompts']} held-out prompts x {drift['seeds']} seeds (toy-sd15 -> toy-sd2, toy-clip):")
@@ -211,12 +240,16 @@ def main(argv: list[str] | None = None) -> dict:
               f"chance 33%); {p['shape_where_drawing_reads']:.1%} where the same scene's drawing reads right; by "
               "fill (renders / drawings): " + ", ".join(f"{fill} {f['shape']:.0%} / {f['shape_of_drawings']:.0%}"
                                                          for fill, f in p["shape_by_fill"].items()))
+    print("  default background where a prompt names none (source prompts as written): " + "; ".join(
+        f"{name} {d['default']} on {d['share']:.1%} of {d['images']} images, at every seed on {d['every_seed']:.0%} "
+        f"of {d['prompts']} prompts" for name, d in defaults.items()) + " (target >= 95%)")
     for name, ratios in listen.items():
         print(f"  what {name} reads from its caption (denoising loss with the attribute's words swapped / with the "
               "right words; 1.00 = ignored): " + ", ".join(f"{a} {r:.2f}" for a, r in ratios.items()))
     seconds = time.perf_counter() - started
     print(f"  took {seconds:.0f}s on this machine")
-    result = {"drift": drift, "meaning": meaning, "pictures": pictures, "listen": listen, "seconds": seconds}
+    result = {"drift": drift, "meaning": meaning, "pictures": pictures, "default_background": defaults,
+              "listen": listen, "seconds": seconds}
     if args.out:
         (out / "toyworld_drift.json").write_text(json.dumps(result, indent=2) + "\n")
     if tmp:

@@ -5,10 +5,8 @@ prints."""
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +20,6 @@ from bridge.config import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "results.md")]
 README = "\n".join(p.read_text(encoding="utf-8") for p in DOCS)
-SD_BRIDGE = Path(sys.executable).with_name("sd-bridge")
 REAL = re.compile(r"--(?:preset|source|target|scorer|rewriter) (?!tiny-|toy-)\S+")  # real models: not here
 
 
@@ -91,12 +88,13 @@ def test_commands_that_share_a_file_run_in_one_chain():
 
 
 @pytest.mark.slow
-def test_tiny_and_toy_commands_run_as_written(tmp_path):
+def test_tiny_and_toy_commands_run_as_written(tmp_path, monkeypatch, capsys):
     """In README order, in a fresh directory laid out like a checkout (`../shared/prompts`, `toyworld`). The
-    ones that need real weights, a GPU or `make demo`'s output are only parsed (above). Chains of commands that
-    share no file run two at a time, one thread each: these commands are mostly start-up and small models, which
-    one thread runs nearly as fast as two, so two lanes take about two thirds of the time of one."""
-    from concurrent.futures import ThreadPoolExecutor
+    ones that need real weights, a GPU or `make demo`'s output are only parsed (above). They run in this
+    process through `bridge.cli.main`, the console script's own function: a subprocess each added its start-up
+    (torch, diffusers, open_clip: about 6 s) fifteen times, half of this test's work
+    (tests/cli/test_cli.py runs the installed `sd-bridge` script itself)."""
+    from bridge.cli import main
 
     work = tmp_path / "repo"
     work.mkdir()
@@ -106,28 +104,17 @@ def test_tiny_and_toy_commands_run_as_written(tmp_path):
     runnable = [c for c in commands() if not REAL.search(c) and not c.startswith("sd-bridge serve")
                 and not any(word in c for word in ("DIR", "demo-out", "my_library", "adapter-sd2", "heldout.jsonl"))]
     assert len(runnable) >= 9, runnable
-    exe = str(SD_BRIDGE) if SD_BRIDGE.exists() else shutil.which("sd-bridge")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def run_chain(chain: list[str]) -> tuple[list[str], str | None]:
-        """Each command's seconds (shown with pytest -s), and the first failure: what follows in a chain needs it."""
-        times = []
-        for command in chain:
+    monkeypatch.chdir(work)
+    times = []
+    for chain in chains(runnable):
+        for command in chain:  # in README order: what follows in a chain reads what came before
             start = time.perf_counter()
-            proc = subprocess.run([exe, *shlex.split(command)[1:]], cwd=work, capture_output=True, text=True,
-                                  timeout=600, env=env)
-            if proc.returncode != 0:
-                return times, f"{command}\n{proc.stderr[-2000:]}"
+            code = main(shlex.split(command)[1:])
+            err = capsys.readouterr().err
+            assert code == 0, f"{command}\n{err[-2000:]}"
             times.append(f"{time.perf_counter() - start:6.1f}s  {command}")
-        return times, None
-
-    # Longest chains first, so the two lanes end together.
-    ordered = sorted(chains(runnable), key=len, reverse=True)
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(run_chain, ordered))
-    print("\n".join(line for times, _ in results for line in times))
-    failures = [failure for _, failure in results if failure]
-    assert not failures, "\n\n".join(failures)
+    with capsys.disabled():  # each command's seconds (shown with pytest -s)
+        print("\n" + "\n".join(times))
 
 
 @pytest.mark.parametrize("block", blocks("console"), ids=lambda b: b[0][:40])

@@ -97,3 +97,20 @@ def test_each_variant_names_its_own_results_file(argv, name):
     from benchmarks.toyworld_learning import _variant
 
     assert _variant(argv) == name
+
+
+def test_the_drift_benchmark_reads_each_models_default_background(tmp_path):
+    """benchmarks.toyworld_drift's `default_background`: only prompts that name no background count, each model
+    is held to its own default (toy-sd15 white, toy-sd2 black), read from the pixels at every seed. toy-sd15
+    draws its white there (toy-sd2's black is the figure the benchmark watches: fine-tuning it for real prompt
+    shapes made it less reliable)."""
+    from benchmarks.toyworld_drift import default_background
+
+    rows = [{"index": i, "prompt": p, "seeds": [1, 2, 3], "strategies": {"identity": {"negative": None}}}
+            for i, p in enumerate(["a crimson circle", "a big azure square on the left",
+                                   "a crimson triangle on a beige background"])]
+    out = default_background({"rows": rows}, tmp_path / "cache")
+    assert out["toy-sd15"]["default"] == "white" and out["toy-sd2"]["default"] == "black"
+    assert out["toy-sd15"]["images"] == out["toy-sd2"]["images"] == 6  # the beige prompt names its background
+    assert out["toy-sd15"]["prompts"] == 2 and out["toy-sd15"]["share"] >= 5 / 6
+    assert 0 <= out["toy-sd2"]["every_seed"] <= out["toy-sd2"]["share"] <= 1
