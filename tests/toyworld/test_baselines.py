@@ -108,9 +108,10 @@ def test_the_drift_benchmark_reads_each_models_default_background(tmp_path):
 
     rows = [{"index": i, "prompt": p, "seeds": [1, 2, 3], "strategies": {"identity": {"negative": None}}}
             for i, p in enumerate(["a crimson circle", "a big azure square on the left",
-                                   "a crimson triangle on a beige background"])]
+                                   "a crimson triangle on a beige background", "a crimson circle by bridget riley"])]
     out = default_background({"rows": rows}, tmp_path / "cache")
     assert out["toy-sd15"]["default"] == "white" and out["toy-sd2"]["default"] == "black"
-    assert out["toy-sd15"]["images"] == out["toy-sd2"]["images"] == 6  # the beige prompt names its background
-    assert out["toy-sd15"]["prompts"] == 2 and out["toy-sd15"]["share"] >= 5 / 6
+    assert out["toy-sd15"]["images"] == out["toy-sd2"]["images"] == 9  # the beige prompt names its background
+    assert out["toy-sd15"]["prompts"] == 3 and out["toy-sd15"]["share"] >= 7 / 9
+    assert out["toy-sd2"]["with_artist"]["images"] == 3 and out["toy-sd2"]["without_artist"]["images"] == 6
     assert 0 <= out["toy-sd2"]["every_seed"] <= out["toy-sd2"]["share"] <= 1
