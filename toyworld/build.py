@@ -320,14 +320,23 @@ def fit(name: str, unet, text_encoder, tokenizer, captions: list[str], latents, 
         _report(log, name, step, steps, loss, f" ({(time.perf_counter() - started) / (step + 1):.2f} s/step)")
 
 
-def shape_captions(captions: list[str], share: float, seed: int) -> list[str]:
+def shape_captions(captions: list[str], share: float, seed: int, unknown: tuple[str, ...] = ()) -> list[str]:
     """`captions` in the shapes of real prompts: `share` of them woven with A1111 syntax (`world.weave_text`:
     weights, emphasis, BREAK, comma-separated clauses, a LoRA tag) and, drawn apart, `share` dressed in text
     from outside the world (`world.outside_around`, every outside word), so a renderer learns that syntax
-    means what A1111 makes of it and that outside words draw nothing (#39 item 4)."""
+    means what A1111 makes of it and that outside words draw nothing (#39 item 4).
+
+    `unknown`: clauses of the world that this model never learned (toy-sd2: the artists' names). Drawn apart,
+    `share` of the captions say one among their clauses, the picture unchanged. Never trained on them, toy-sd2
+    drew its default black background on half of the renders of prompts naming an artist, all of the others
+    (toyworld_drift's `default_background`, toy-v6): a name it does not know pulled it off its defaults
+    instead of drawing nothing. Without `unknown` no number is drawn for it, so toy-sd15's captions are as
+    before."""
     rng = random.Random(f"shapes-{seed}")
     out = []
     for caption in captions:
+        if unknown and rng.random() < share:
+            caption = world.with_clause(caption, rng.choice(unknown), rng)
         if rng.random() < share:
             caption = world.weave_text(caption, *world.draw_syntax(rng)) or caption
         if rng.random() < share:
@@ -357,12 +366,14 @@ def finetune_shapes(cfg: BuildConfig, device, log) -> dict:
                                                        requires_safety_checker=False).to(device)
         pipe.vae.requires_grad_(False)
         captions, _, pixels = draw_pool(dialect, cfg.pool, cfg.seed)
-        captions = shape_captions(captions, cfg.shapes_share, cfg.seed)
+        sd2 = name == "toy-sd2"
+        # toy-sd2 never learned an artist's name (the `artist` drift): it must draw nothing for one.
+        captions = shape_captions(captions, cfg.shapes_share, cfg.seed,
+                                  unknown=tuple(world.SOURCE.artists) if sd2 else ())
         # Outside text alone draws nothing: half the unconditional captions are such text, so a user's negative
         # prompt of quality words ("lowres, watermark") steers guidance no more than an empty one.
         rng = random.Random(f"shapes-nothing-{cfg.seed}")
         unconditional = ("",) * 1000 + tuple(world.outside_text(rng) for _ in range(1000))
-        sd2 = name == "toy-sd2"
         text_lr_scale = cfg.sd2_text_lr_scale if sd2 else cfg.sd15_text_lr_scale
         noise_sched = DDPMScheduler.from_config(pipe.scheduler.config, num_train_timesteps=1000)
         # A fine-tune, not a schedule from the start: its peak is `shapes_lr_scale` of the build's (at 0.3,

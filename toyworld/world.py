@@ -442,6 +442,14 @@ def outside_around(rng: random.Random, split: str | None = None) -> tuple[str, s
     return before, after
 
 
+def with_clause(text: str, clause: str, rng: random.Random) -> str:
+    """`text` (a caption: head, then clauses) with `clause` put among its clauses at random, where a source
+    prompt says an artist's name ("a navy triangle by bridget riley at the top")."""
+    head, *clauses = _CLAUSE.split(text)
+    clauses.insert(rng.randint(0, len(clauses)), clause)
+    return " ".join([head, *clauses])
+
+
 def wrap(before: str, text: str, after: str) -> str:
     """`text` with comma-separated parts before and after it (either may be empty)."""
     return ", ".join(x for x in (before, text, after) if x)

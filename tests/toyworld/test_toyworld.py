@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -548,6 +549,29 @@ def test_shape_captions_weave_and_dress_a_share_and_keep_the_words():
     for caption, s in zip(captions, shaped):  # every word of the caption is still there, in order
         words = [w for w in world.strip_syntax(s).replace(",", " ").split() if w not in outside]
         assert words == caption.replace(",", " ").split(), (caption, s)
+
+
+def test_shape_captions_teach_toy_sd2_that_an_artists_name_draws_nothing():
+    """toy-sd2's captions (`unknown`: the artists' names it never learned) say a name among their clauses on
+    about `share` of them, the rest of the caption as it was; toy-sd15's (none) are exactly what they were."""
+    from toyworld.build import shape_captions
+
+    captions = [world.training_caption(TARGET, random.Random(i))[0] for i in range(400)]
+    names = tuple(world.SOURCE.artists)
+    plain = shape_captions(captions, 0.5, seed=0)
+    assert plain == shape_captions(captions, 0.5, seed=0, unknown=())
+    shaped = shape_captions(captions, 0.5, seed=0, unknown=names)
+    said = [next((n for n in names if n in s), None) for s in shaped]
+    assert 0.4 < sum(n is not None for n in said) / len(captions) < 0.6
+    assert {n for n in said if n} == set(names)
+    outside = set(world.outside_words())
+    for caption, s, name in zip(captions, shaped, said):
+        rest = world.strip_syntax(s.replace(f" {name}", "") if name else s)
+        assert [w for w in rest.replace(",", " ").split() if w not in outside] == caption.replace(",", " ").split()
+        if name:  # among the clauses, after the whole head, never inside it ("a red by bridget riley circle")
+            words = [w for w in world.strip_syntax(s).replace(",", " ").split() if w not in outside]
+            head = re.split(r" (?=on the |at the |in the |on an? \w+ background)", caption)[0].split()
+            assert words[:len(head)] == head, (caption, s)
 
 
 def test_build_config_refuses_bad_values():
