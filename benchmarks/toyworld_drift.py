@@ -137,7 +137,8 @@ def default_background(report: dict, cache_dir: Path) -> dict:
     from bridge.models.render_cache import RenderCache
     from toyworld.world import SOURCE, TARGET, read, read_image
 
-    flat = [(r, s) for r in report["rows"] for s in r["seeds"] if read(r["prompt"], SOURCE).background is None]
+    specs = {r["index"]: read(r["prompt"], SOURCE) for r in report["rows"]}  # each prompt parsed once
+    flat = [(r, s) for r in report["rows"] for s in r["seeds"] if specs[r["index"]].background is None]
     out = {}
     for preset, dialect in (("toy-sd15", SOURCE), ("toy-sd2", TARGET)):
         want = dialect.default("background", random.Random(0))
@@ -151,8 +152,8 @@ def default_background(report: dict, cache_dir: Path) -> dict:
             prompts[r["index"]] &= bg == want
         # An artist's name is a word toy-sd2 never learned (the `artist` drift): apart, it shows whether words
         # a model does not know pull it off its default.
-        artist = [bg == want for (r, _), bg in zip(flat, seen) if read(r["prompt"], SOURCE).artist]
-        plain = [bg == want for (r, _), bg in zip(flat, seen) if not read(r["prompt"], SOURCE).artist]
+        artist = [bg == want for (r, _), bg in zip(flat, seen) if specs[r["index"]].artist]
+        plain = [bg == want for (r, _), bg in zip(flat, seen) if not specs[r["index"]].artist]
         out[preset] = {"default": want, "images": len(seen), "share": sum(b == want for b in seen) / max(1, len(seen)),
                        "prompts": len(prompts), "every_seed": sum(prompts.values()) / max(1, len(prompts)),
                        "with_artist": {"images": len(artist), "share": sum(artist) / max(1, len(artist))},

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -570,7 +569,7 @@ def test_shape_captions_teach_toy_sd2_that_an_artists_name_draws_nothing():
         assert [w for w in rest.replace(",", " ").split() if w not in outside] == caption.replace(",", " ").split()
         if name:  # among the clauses, after the whole head, never inside it ("a red by bridget riley circle")
             words = [w for w in world.strip_syntax(s).replace(",", " ").split() if w not in outside]
-            head = re.split(r" (?=on the |at the |in the |on an? \w+ background)", caption)[0].split()
+            head = world._CLAUSE.split(caption)[0].split()  # where weave_text and with_clause split a caption
             assert words[:len(head)] == head, (caption, s)
 
 
